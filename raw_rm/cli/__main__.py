@@ -1,0 +1,5 @@
+import sys
+
+from raw_rm.cli import main
+
+sys.exit(main())

@@ -1,0 +1,49 @@
+"""Shared CLI plumbing: --config FILE plus key.sub=value overrides; everyday flags are shorthands for overrides."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from raw_rm.config import DEFAULT_CONFIG, Config, ConfigError, load_config
+
+# flag -> dotted config key; each is only a shorthand for an override, never a second config system.
+SHORTHANDS = {
+    "data": "data.train_path",
+    "eval_data": "data.eval_path",
+    "model": "model.backbone",
+    "arch": "model.arch",
+    "loss": "loss.name",
+    "epochs": "train.epochs",
+    "max_steps": "train.max_steps",
+    "batch_size": "train.batch_size",
+    "lr": "train.lr",
+    "output": "train.output_dir",
+    "workers": "ray.num_workers",
+    "address": "ray.address",
+    "tracking_uri": "mlflow.tracking_uri",
+}
+
+
+def add_config_args(parser: argparse.ArgumentParser, *, flags: tuple[str, ...] = tuple(SHORTHANDS)) -> None:
+    """Add ``--config``, positional ``key.sub=value`` overrides and the chosen shorthand flags."""
+    parser.add_argument("--config", default=None, help=f"YAML config (default: the packaged {DEFAULT_CONFIG.name})")
+    parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides, e.g. loss.temperature=0.5")
+    for flag in flags:
+        parser.add_argument(f"--{flag.replace('_', '-')}", dest=flag, default=None, help=f"shorthand for {SHORTHANDS[flag]}=...")
+    if "workers" in flags:
+        parser.add_argument("--gpu", action="store_true", help="shorthand for ray.use_gpu=true")
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """Resolve the config of a command: file, then shorthand flags, then explicit overrides (which win)."""
+    overrides = [f"{key}={getattr(args, flag)}" for flag, key in SHORTHANDS.items() if getattr(args, flag, None) is not None]
+    if getattr(args, "gpu", False):
+        overrides.append("ray.use_gpu=true")
+    overrides += list(args.overrides or [])
+    path = args.config or DEFAULT_CONFIG
+    try:
+        return load_config(path, overrides)
+    except ConfigError as exc:
+        print(f"raw-rm: config error:\n{exc}", file=sys.stderr)
+        raise SystemExit(2) from exc

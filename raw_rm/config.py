@@ -1,0 +1,378 @@
+"""One typed config tree for every raw_rm job, and the one loader that fills it.
+
+Precedence: dataclass defaults < YAML file < ``key.sub=value`` overrides. Unknown keys and wrong
+types fail naming the file and the dotted key, suggesting the closest known name, with every problem
+of one load reported in a single error.
+
+    cfg = load_config("raw_rm/configs/default.yaml", ["loss.temperature=0.5"])
+    cfg.loss.temperature  # 0.5
+
+The same object reaches every consumer: Ray Train workers rebuild it with ``config_from_dict(asdict(cfg))``;
+Tune applies its sampled points as dotted overrides with ``apply_overrides``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.yaml"
+
+
+class ConfigError(ValueError):
+    """A config file or override is wrong; the message lists every problem found."""
+
+
+# --------------------------------------------------------------------------------------- sections
+@dataclass
+class SyntheticConfig:
+    n_prompts: int = 1200  # number of synthetic prompts (each yields one pair, one group, ratings)
+    group_size: int = 4  # responses per prompt in the k-wise groups
+    noise: float = 1.0  # Bradley-Terry temperature of label sampling; 0 = labels always follow the latent reward
+    seed: int = 0  # generator seed: the same seed gives the same data set
+
+
+@dataclass
+class DataConfig:
+    train_path: str | None = None  # file, directory saved by `datasets`, or Hub name; None = synthetic default
+    eval_path: str | None = None  # held-out file; None = a split of train_path by prompt hash
+    format: Literal["auto", "standard", "conversational", "hh", "ranked", "rated"] = "auto"  # record format
+    kind: Literal["pairs", "groups", "ratings"] = "pairs"  # what the trainer consumes
+    val_fraction: float = 0.1  # share of prompts (by hash) that go to validation when eval_path is None
+    max_len_tokens: int = 256  # prompt+response budget; the prompt is cut from the left, the response keeps its end
+    limit: int | None = None  # read at most this many records (None = all)
+    strict: bool = False  # degenerate records (chosen == rejected, empty, group < 2) raise instead of being dropped
+    split_seed: str = "raw_rm"  # salt of the prompt hash that assigns train/validation
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError(f"data.val_fraction: expected 0 <= value < 1, got {self.val_fraction}")
+        if self.max_len_tokens < 8:
+            raise ConfigError(f"data.max_len_tokens: expected >= 8, got {self.max_len_tokens}")
+
+
+@dataclass
+class ModelConfig:
+    arch: Literal["concat", "separate", "cross_attention", "multi_objective", "hierarchical", "multihead"] = "concat"
+    backbone: str = "minilm"  # "minilm" (packaged all-MiniLM-L6-v2), "tiny-bert", "tiny-gpt2", or any HF path/name
+    pooling: Literal["auto", "cls", "mean", "last"] = "auto"  # auto: HF head (CLS for encoders, last token for decoders)
+    dropout: float = 0.1  # dropout before the reward head(s)
+    num_heads: int = 5  # members of the shared-trunk multi-head ensemble (arch=multihead)
+    bootstrap: bool = False  # multihead: each head trains on its own Poisson(1) bootstrap mask
+    aspects: list[str] = field(default_factory=lambda: ["helpfulness", "harmlessness", "honesty"])  # multi_objective
+    aspect_weights: list[float] | None = None  # multi_objective combination weights; None = equal
+    learned_gate: bool = False  # multi_objective: a gate computes the weights from the input instead
+    fusion: Literal["concat", "product", "difference"] = "concat"  # separate encoder: how prompt/response fuse
+    shared_encoder: bool = True  # separate encoder: one set of weights for prompt and response
+    cross_attention_layers: int = 1  # cross_attention: layers of response->prompt attention
+    init_from: str | None = None  # a saved raw_rm model directory to start from (fine-tuning, distillation)
+
+    def __post_init__(self) -> None:
+        if self.aspect_weights is not None and len(self.aspect_weights) != len(self.aspects):
+            raise ConfigError(
+                f"model.aspect_weights has {len(self.aspect_weights)} values but model.aspects has "
+                f"{len(self.aspects)}: give one weight per aspect"
+            )
+        if self.num_heads < 1:
+            raise ConfigError(f"model.num_heads: expected >= 1, got {self.num_heads}")
+
+
+@dataclass
+class LossConfig:
+    name: str = "bt"  # bt | margin | contrastive | focal | triplet | label_smoothing | kwise_adjacent | kwise_all_pairs | plackett_luce
+    temperature: float = 1.0  # contrastive: divides reward differences; searched by Tune
+    margin: float = 1.0  # margin / triplet: required reward gap
+    gamma: float = 2.0  # focal: focusing exponent (0 = Bradley-Terry)
+    epsilon: float = 0.1  # label_smoothing: probability mass on the flipped label (0 = Bradley-Terry)
+    center_coef: float = 0.0  # reward centering: coefficient on (r_chosen + r_rejected)^2
+    reward_l2_coef: float = 0.0  # L2 penalty on reward magnitude
+    param_l2_coef: float = 0.0  # L2 penalty on trainable parameters (beyond AdamW weight decay)
+    use_weights: bool = True  # weight each example by its annotator agreement / weight field when present
+    uncertainty_weighting: bool = False  # down-weight pairs on which the ensemble heads disagree
+
+    def __post_init__(self) -> None:
+        if self.temperature <= 0:
+            raise ConfigError(f"loss.temperature: expected > 0, got {self.temperature}")
+        if not 0.0 <= self.epsilon < 0.5:
+            raise ConfigError(f"loss.epsilon: expected 0 <= value < 0.5, got {self.epsilon}")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 1  # passes over the training data
+    max_steps: int | None = None  # stop after this many optimiser steps (None = epochs decide)
+    batch_size: int = 16  # pairs (or groups) per micro-batch per worker
+    grad_accum_steps: int = 1  # micro-batches per optimiser step
+    lr: float = 5e-5  # peak AdamW learning rate
+    weight_decay: float = 0.01  # AdamW decoupled weight decay
+    warmup_ratio: float = 0.1  # share of optimiser steps with linear warm-up
+    schedule: Literal["cosine", "linear", "constant"] = "linear"  # decay after warm-up
+    max_grad_norm: float | None = 1.0  # clip gradients by global norm (None = no clipping)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 where the device runs it fast, else fp32
+    seed: int = 0  # seeds torch, numpy, python and the batch sampler
+    eval_every_steps: int | None = None  # validate every N optimiser steps (None = once per epoch)
+    early_stopping_metric: str = "val_accuracy"  # metric watched for early stopping / best checkpoint
+    early_stopping_mode: Literal["max", "min"] = "max"  # whether larger is better for that metric
+    patience: int | None = None  # evaluations without improvement before stopping (None = never stop early)
+    restore_best: bool = True  # load the best weights seen at the end of training
+    checkpoint_every_steps: int | None = None  # save a resumable checkpoint every N steps (None = each epoch)
+    output_dir: str = "runs/latest"  # where the trained model, checkpoints and metrics go
+    resume: bool = False  # continue from the latest checkpoint in output_dir
+    log_every_steps: int = 10  # step-metric reporting interval
+    progress: bool = True  # show a progress bar (never on non-zero ranks or without a TTY)
+    num_threads: int | None = None  # torch intra-op threads on CPU (None = torch default)
+    fail_at_step: int | None = None  # testing aid: raise once at this step to exercise fault tolerance
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError(f"train.batch_size: expected >= 1, got {self.batch_size}")
+        if self.grad_accum_steps < 1:
+            raise ConfigError(f"train.grad_accum_steps: expected >= 1, got {self.grad_accum_steps}")
+        if self.patience is not None and self.patience < 1:
+            raise ConfigError(f"train.patience: expected >= 1 or null, got {self.patience}")
+
+
+@dataclass
+class RayConfig:
+    address: str | None = None  # None: a cluster if RAY_ADDRESS is set, else a local Ray started in-process
+    num_workers: int = 1  # data-parallel Ray Train workers
+    use_gpu: bool = False  # one GPU per worker
+    cpus_per_worker: float = 1.0  # CPUs reserved per worker
+    strategy: Literal["ddp", "fsdp"] = "ddp"  # fsdp shards parameters for models too big for one device
+    max_failures: int = 1  # worker-group restarts from the last checkpoint before the run fails
+    storage_path: str | None = None  # Ray Train storage (None = <train.output_dir>/ray)
+    run_name: str | None = None  # Ray Train run name; reuse one to resume (None = unique per run)
+    keep_checkpoints: int = 2  # best checkpoints kept, ranked by train.early_stopping_metric
+
+
+@dataclass
+class MlflowConfig:
+    enabled: bool = True  # track runs and register models
+    tracking_uri: str = "sqlite:///mlruns/mlflow.db"  # local SQLite store by default; any MLflow server URI works
+    artifact_location: str | None = None  # experiment artifact root (None = ./mlruns/artifacts)
+    experiment: str = "raw_rm"  # experiment name
+    registered_model: str = "raw_rm-reward"  # registry name for trained models
+    register: bool = True  # register the trained model as a new version with alias "candidate"
+
+
+@dataclass
+class GateConfig:
+    min_accuracy: float | None = None  # promotion refused below this validation accuracy
+    max_ece: float | None = None  # promotion refused above this calibration error (after temperature scaling)
+    no_worse_than_champion: bool = True  # promotion refused if accuracy is below the current champion's
+
+
+@dataclass
+class TuneConfig:
+    space: dict[str, Any] = field(default_factory=dict)  # dotted config path -> distribution spec (see docs)
+    num_samples: int = 8  # trials
+    searcher: Literal["random", "optuna"] = "random"  # search algorithm
+    metric: str = "val_accuracy"  # selection metric (val_accuracy, val_nll, val_ece, ...)
+    mode: Literal["max", "min"] = "max"  # whether larger is better for the metric
+    scheduler: Literal["asha", "none"] = "asha"  # early stopping of bad trials
+    grace_period: int = 1  # ASHA: evaluations before a trial can be stopped
+    reduction_factor: int = 2  # ASHA halving rate
+    max_concurrent: int = 2  # trials running at once
+    cpus_per_trial: float = 1.0  # CPU share per trial
+    gpus_per_trial: float = 0.0  # GPU share per trial
+    name: str | None = None  # experiment name; reuse with resume=true to continue (None = unique)
+    storage_path: str | None = None  # Tune storage (None = <train.output_dir>/tune)
+    resume: bool = False  # restore an interrupted experiment of the same name
+
+
+@dataclass
+class EnsembleConfig:
+    members: int = 3  # independently trained members (seeds or bootstrap resamples)
+    bootstrap: bool = False  # each member trains on a bootstrap resample of the training pairs
+    from_tune: str | None = None  # a Tune experiment folder: members = its top configurations
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
+    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ----------------------------------------------------------------------------------------- loader
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    *,
+    root: type = Config,
+) -> Any:
+    """Build a config: defaults < YAML at ``path`` < ``key.sub=value`` overrides.
+
+    Raises:
+        ConfigError: naming the file and each wrong key, with every problem of the load in one message.
+    """
+    raw: dict[str, Any] = {}
+    source = "<defaults>"
+    if path is not None:
+        source = str(path)
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read config file ({exc.strerror})") from exc
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level, got {type(loaded).__name__}")
+        raw = loaded or {}
+    errors: list[str] = []
+    for item in overrides or []:
+        try:
+            key, value = parse_override(item)
+        except ConfigError as exc:
+            errors.append(str(exc))
+            continue
+        _set_dotted(raw, key, value)
+    cfg = _build(root, raw, prefix="", source=source, errors=errors)
+    if errors:
+        raise ConfigError("\n".join(errors))
+    return cfg
+
+
+def config_from_dict(data: dict[str, Any], *, root: type = Config, source: str = "<dict>") -> Any:
+    """Rebuild a config from ``asdict(cfg)`` (what Ray workers and checkpoints carry)."""
+    errors: list[str] = []
+    cfg = _build(root, copy.deepcopy(data), prefix="", source=source, errors=errors)
+    if errors:
+        raise ConfigError("\n".join(errors))
+    return cfg
+
+
+def apply_overrides(cfg: Any, overrides: dict[str, Any] | list[str]) -> Any:
+    """A copy of ``cfg`` with dotted overrides applied (a dict of path -> value, or ``key=value`` strings)."""
+    data = asdict(cfg)
+    items = overrides.items() if isinstance(overrides, dict) else [parse_override(o) for o in overrides]
+    for key, value in items:
+        _set_dotted(data, key, value)
+    return config_from_dict(data, root=type(cfg), source="<overrides>")
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``"loss.temperature=0.5"`` -> ``("loss.temperature", 0.5)``; the value is parsed as YAML."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r}: expected key.sub=value")
+    key, _, text = item.partition("=")
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {item!r}: empty key")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        value = text
+    return key, value
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    node = data
+    parts = key.split(".")
+    for part in parts[:-1]:
+        nxt = node.get(part)
+        if not isinstance(nxt, dict):
+            nxt = {}
+            node[part] = nxt
+        node = nxt
+    node[parts[-1]] = value
+
+
+def _build(cls: type, raw: Any, *, prefix: str, source: str, errors: list[str]) -> Any:
+    where = prefix.rstrip(".") or "<root>"
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        errors.append(f"{source}: {where}: expected a mapping, got {type(raw).__name__}")
+        return cls()
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            hint = f' (did you mean "{close[0]}"?)' if close else f" (known: {', '.join(fields)})"
+            errors.append(f"{source}: {prefix}{key}: unknown key{hint}")
+            continue
+        hint_type = hints[key]
+        if dataclasses.is_dataclass(hint_type):
+            kwargs[key] = _build(hint_type, value, prefix=f"{prefix}{key}.", source=source, errors=errors)
+            continue
+        ok, coerced, expected = _coerce(value, hint_type)
+        if not ok:
+            errors.append(f"{source}: {prefix}{key}: expected {expected}, got {value!r}")
+            continue
+        kwargs[key] = coerced
+    try:
+        return cls(**kwargs)
+    except ConfigError as exc:
+        errors.append(f"{source}: {exc}")
+    except TypeError as exc:  # pragma: no cover - dataclass signature mismatch is a bug
+        errors.append(f"{source}: {where}: {exc}")
+    return cls()
+
+
+def _coerce(value: Any, tp: Any) -> tuple[bool, Any, str]:
+    """Check ``value`` against a type hint; ints are accepted where floats are expected."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return True, value, "any value"
+    if origin in (typing.Union, types.UnionType):
+        names = []
+        for arg in args:
+            ok, coerced, name = _coerce(value, arg)
+            if ok:
+                return True, coerced, name
+            names.append(name)
+        return False, value, " or ".join(names)
+    if tp is type(None):
+        return value is None, None, "null"
+    if origin is Literal:
+        return value in args, value, "one of " + ", ".join(repr(a) for a in args)
+    if origin is list:
+        if not isinstance(value, list):
+            return False, value, f"a list of {_name(args[0])}"
+        out = []
+        for item in value:
+            ok, coerced, _ = _coerce(item, args[0])
+            if not ok:
+                return False, value, f"a list of {_name(args[0])}"
+            out.append(coerced)
+        return True, out, f"a list of {_name(args[0])}"
+    if origin is dict:
+        return isinstance(value, dict), value, "a mapping"
+    if tp is bool:
+        return isinstance(value, bool), value, "true or false"
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool), value, "an integer"
+    if tp is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return ok, float(value) if ok else value, "a number"
+    if tp is str:
+        return isinstance(value, str), value, "a string"
+    return isinstance(value, tp), value, _name(tp)
+
+
+def _name(tp: Any) -> str:
+    return {int: "integer", float: "number", str: "string", bool: "boolean"}.get(tp, getattr(tp, "__name__", str(tp)))
