@@ -1,0 +1,285 @@
+"""Evaluation metrics for reward models: numpy or torch in, floats and dicts of numpy arrays out.
+
+Conventions. ``delta`` is r_chosen − r_rejected for pairs whose ``chosen`` side humans preferred, so the model
+is right when delta > 0 (a tie, delta == 0, counts as wrong). The model's probability that chosen wins is
+P = σ(delta / T) with the calibration temperature T (:func:`fit_temperature`).
+
+Calibration of pairs. A pair has no natural orientation: P(a ≻ b) = p is the same prediction as P(b ≻ a) = 1 − p.
+:func:`calibration_error` and :func:`reliability_bins` therefore score every (p, label) as the two points
+(p, label) and (1 − p, 1 − label). Brier score and NLL are unchanged by this; ECE becomes the usual
+confidence (top-label) ECE and is meaningful when every label is 1, the normal case of chosen/rejected data
+(on p with label 1 alone, every bin's observed frequency would be 1).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Literal
+
+import numpy as np
+from scipy import optimize, special, stats
+
+logger = logging.getLogger(__name__)
+NLL_EPS = 1e-12  # probabilities are clipped to [eps, 1 − eps] in the NLL: a sure wrong answer costs 27.6 nats
+
+
+def _np(values: Any, name: str) -> np.ndarray:
+    if hasattr(values, "detach"):  # a torch tensor, without importing torch here
+        values = values.detach().cpu().double().numpy()
+    x = np.asarray(values, dtype=np.float64).reshape(-1)
+    if x.size == 0:
+        raise ValueError(f"{name}: no values")
+    if np.isnan(x).any():
+        raise ValueError(f"{name}: {int(np.isnan(x).sum())} values are NaN")
+    return x
+
+
+def _same_length(**arrays: np.ndarray) -> None:
+    lengths = {k: v.size for k, v in arrays.items()}
+    if len(set(lengths.values())) > 1:
+        raise ValueError("expected arrays of one length, got " + ", ".join(f"{k}: {n}" for k, n in lengths.items()))
+
+
+# ------------------------------------------------------------------------------------------- accuracy
+def preference_accuracy(
+    chosen: Any, rejected: Any, n_boot: int = 1000, seed: int = 0, *, confidence: float = 0.95
+) -> dict[str, float]:
+    """Share of pairs with r_chosen > r_rejected (ties are wrong), with a percentile bootstrap interval.
+
+    Resampling n pairs with replacement from n right/wrong outcomes gives Binomial(n, accuracy) right answers,
+    so the bootstrap draws those counts directly (exact, O(n_boot) memory).
+
+    Returns:
+        ``accuracy``, ``tie_rate``, ``ci_low``, ``ci_high`` (the ``confidence`` interval) and ``n``.
+    """
+    c, r = _np(chosen, "chosen"), _np(rejected, "rejected")
+    _same_length(chosen=c, rejected=r)
+    if n_boot < 1:
+        raise ValueError(f"n_boot: expected >= 1, got {n_boot}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence: expected 0 < value < 1, got {confidence}")
+    n = c.size
+    accuracy = float(np.mean(c > r))
+    boot = np.random.default_rng(seed).binomial(n, accuracy, size=n_boot) / n
+    alpha = (1.0 - confidence) / 2
+    return {
+        "accuracy": accuracy,
+        "tie_rate": float(np.mean(c == r)),
+        "ci_low": float(np.quantile(boot, alpha)),
+        "ci_high": float(np.quantile(boot, 1.0 - alpha)),
+        "n": n,
+    }
+
+
+def pair_probabilities(delta: Any, temperature: float = 1.0) -> np.ndarray:
+    """P(chosen ≻ rejected) = σ(delta / T), elementwise."""
+    if not temperature > 0:
+        raise ValueError(f"temperature: expected > 0, got {temperature}")
+    return special.expit(_np(delta, "delta") / temperature)
+
+
+def pair_nll(delta: Any, temperature: float = 1.0) -> float:
+    """Mean −log σ(delta / T): the NLL of the human labels under the model (stable for any delta)."""
+    if not temperature > 0:
+        raise ValueError(f"temperature: expected > 0, got {temperature}")
+    return float(np.mean(np.logaddexp(0.0, -_np(delta, "delta") / temperature)))
+
+
+# ---------------------------------------------------------------------------------------- calibration
+def _symmetrised(probs: Any, labels: Any | None) -> tuple[np.ndarray, np.ndarray]:
+    p = _np(probs, "probs")
+    if p.min() < 0 or p.max() > 1:
+        raise ValueError(f"probs: expected values in [0, 1], got min {p.min()} and max {p.max()}")
+    y = np.ones_like(p) if labels is None else _np(labels, "labels")
+    _same_length(probs=p, labels=y)
+    if not np.isin(y, (0.0, 1.0)).all():
+        raise ValueError("labels: expected 0 or 1 (1 = the first response of the pair is the human's choice)")
+    return np.concatenate([p, 1.0 - p]), np.concatenate([y, 1.0 - y])
+
+
+def _width_bins(p: np.ndarray, n_bins: int) -> np.ndarray:
+    return np.minimum((p * n_bins).astype(np.int64), n_bins - 1)
+
+
+def reliability_bins(
+    probs: Any, labels: Any | None = None, n_bins: int = 15, *, strategy: Literal["width", "mass"] = "width"
+) -> dict[str, np.ndarray]:
+    """Per-bin data for a reliability diagram, on the symmetrised set (see the module doc).
+
+    Returns arrays of one entry per bin: ``lower``, ``upper`` (bin range of p), ``confidence`` (mean p),
+    ``accuracy`` (observed frequency of label 1) and ``count``; empty equal-width bins have NaN
+    confidence and accuracy. ``strategy="mass"`` makes bins of (nearly) equal counts instead.
+    """
+    p, y = _symmetrised(probs, labels)
+    return _reliability(p, y, n_bins, strategy)
+
+
+def _reliability(p: np.ndarray, y: np.ndarray, n_bins: int, strategy: str) -> dict[str, np.ndarray]:
+    if n_bins < 1:
+        raise ValueError(f"n_bins: expected >= 1, got {n_bins}")
+    if strategy == "width":
+        idx = _width_bins(p, n_bins)
+        count = np.bincount(idx, minlength=n_bins)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            conf = np.bincount(idx, weights=p, minlength=n_bins) / count
+            acc = np.bincount(idx, weights=y, minlength=n_bins) / count
+        edges = np.linspace(0.0, 1.0, n_bins + 1)
+        return {"lower": edges[:-1], "upper": edges[1:], "confidence": conf, "accuracy": acc, "count": count}
+    if strategy == "mass":
+        order = np.argsort(p, kind="stable")
+        chunks = [c for c in np.array_split(order, n_bins) if c.size]
+        return {
+            "lower": np.array([p[c].min() for c in chunks]),
+            "upper": np.array([p[c].max() for c in chunks]),
+            "confidence": np.array([p[c].mean() for c in chunks]),
+            "accuracy": np.array([y[c].mean() for c in chunks]),
+            "count": np.array([c.size for c in chunks]),
+        }
+    raise ValueError(f'strategy: expected "width" or "mass", got "{strategy}"')
+
+
+def calibration_error(probs: Any, labels: Any | None = None, n_bins: int = 15) -> dict[str, float]:
+    """Calibration of P(first ≻ second) against human labels (None = all 1: ``probs`` are P(chosen ≻ rejected)).
+
+    Returns:
+        ``ece`` (equal-width bins), ``ece_equal_mass``, ``mce`` (largest gap of a non-empty equal-width bin),
+        ``brier`` (mean (p − y)²) and ``nll`` (mean −log of the probability given to the human's choice).
+        ECE/MCE use the symmetrised set of the module doc.
+    """
+    p, y = _symmetrised(probs, labels)
+    gaps = {}
+    for strategy in ("width", "mass"):
+        b = _reliability(p, y, n_bins, strategy)
+        used = b["count"] > 0
+        gap = np.abs(b["accuracy"][used] - b["confidence"][used])
+        gaps[strategy] = (float(np.sum(gap * b["count"][used]) / p.size), float(gap.max()))
+    p1, y1 = p[: p.size // 2], y[: y.size // 2]
+    q = np.clip(np.where(y1 == 1, p1, 1.0 - p1), NLL_EPS, 1.0 - NLL_EPS)
+    return {
+        "ece": gaps["width"][0],
+        "ece_equal_mass": gaps["mass"][0],
+        "mce": gaps["width"][1],
+        "brier": float(np.mean((p1 - y1) ** 2)),
+        "nll": float(-np.mean(np.log(q))),
+    }
+
+
+def fit_temperature(delta: Any, *, bounds: tuple[float, float] = (0.01, 100.0)) -> float:
+    """The T in ``bounds`` minimising the NLL mean −log σ(delta / T) of chosen-minus-rejected differences.
+
+    NLL is convex in 1/T (softplus of a linear function), hence unimodal in log T, so a bounded 1-D search
+    on log T finds the global minimum. Separable data (every delta > 0) drives T to the lower bound; all-zero
+    deltas carry no information and give T = 1 (logged).
+    """
+    d = _np(delta, "delta")
+    lo, hi = bounds
+    if not 0 < lo < 1 < hi:
+        raise ValueError(f"bounds: expected 0 < low < 1 < high, got {bounds}")
+    if not np.any(d):
+        logger.warning("fit_temperature: every reward difference is 0; keeping temperature 1.0")
+        return 1.0
+    result = optimize.minimize_scalar(
+        lambda log_t: np.mean(np.logaddexp(0.0, -d * np.exp(-log_t))),
+        bounds=(math.log(lo), math.log(hi)),
+        method="bounded",
+        options={"xatol": 1e-6},
+    )
+    return float(np.exp(result.x))
+
+
+# ------------------------------------------------------------------------------------------- rankings
+def _correlations(x: np.ndarray, y: np.ndarray) -> tuple[float, float] | None:
+    if x.size < 2 or np.all(x == x[0]) or np.all(y == y[0]):
+        return None  # undefined: fewer than two items or a constant side
+    return float(stats.spearmanr(x, y).statistic), float(stats.kendalltau(x, y).statistic)
+
+
+def ranking_correlation(
+    predicted: Any,
+    target: Any,
+    group_ids: Any | None = None,
+    *,
+    target_kind: Literal["score", "rank"] = "score",
+) -> dict[str, float]:
+    """Spearman ρ and Kendall τ-b (tie-corrected) between predicted rewards and human scores or ranks.
+
+    Args:
+        predicted: rewards (N,).
+        target: human scores (larger = better) or, with ``target_kind="rank"``, ranks (0 = best).
+        group_ids: (N,) group of each item (e.g. its prompt); None = one group.
+
+    Returns:
+        ``spearman`` and ``kendall``: mean of the per-group values over groups where they are defined (at
+        least two items, neither side constant; ``n_groups`` used, ``n_skipped`` not); ``spearman_pooled`` and
+        ``kendall_pooled``: over all items at once (meaningful for absolute ratings). NaN where undefined.
+    """
+    x, t = _np(predicted, "predicted"), _np(target, "target")
+    _same_length(predicted=x, target=t)
+    if target_kind == "rank":
+        t = -t
+    elif target_kind != "score":
+        raise ValueError(f'target_kind: expected "score" or "rank", got "{target_kind}"')
+    groups = np.zeros(x.size, dtype=np.int64) if group_ids is None else np.asarray(group_ids).reshape(-1)
+    if groups.size != x.size:
+        raise ValueError(f"group_ids: expected {x.size} values, got {groups.size}")
+    per_group = []
+    for g in np.unique(groups):
+        r = _correlations(x[groups == g], t[groups == g])
+        if r is not None:
+            per_group.append(r)
+    pooled = _correlations(x, t) or (math.nan, math.nan)
+    mean = np.mean(per_group, axis=0) if per_group else (math.nan, math.nan)
+    n_groups = len(np.unique(groups))
+    return {
+        "spearman": float(mean[0]),
+        "kendall": float(mean[1]),
+        "spearman_pooled": pooled[0],
+        "kendall_pooled": pooled[1],
+        "n_groups": len(per_group),
+        "n_skipped": n_groups - len(per_group),
+    }
+
+
+# ---------------------------------------------------------------------------------------- uncertainty
+def auroc(scores: Any, labels: Any) -> float:
+    """Area under the ROC curve of ``scores`` for predicting ``labels`` == 1 (e.g. ensemble spread → mistake).
+
+    The Mann-Whitney statistic with average ranks for ties: P(score of a positive > score of a negative) +
+    ½·P(equal). NaN when only one class is present.
+    """
+    s, y = _np(scores, "scores"), _np(labels, "labels")
+    _same_length(scores=s, labels=y)
+    if not np.isin(y, (0.0, 1.0)).all():
+        raise ValueError("labels: expected 0 or 1")
+    n_pos = int(y.sum())
+    n_neg = y.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        logger.warning("auroc: only one class among %d labels; AUROC is undefined (NaN)", y.size)
+        return math.nan
+    ranks = stats.rankdata(s)
+    return float((ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def accuracy_coverage(uncertainty: Any, correct: Any) -> dict[str, np.ndarray | float]:
+    """Accuracy on the most confident share of the data, for every share.
+
+    Items are sorted by ``uncertainty`` (ascending; equal values keep their input order). Returns
+    ``coverage`` (k/N for k = 1..N), ``accuracy`` (of the k most certain items), ``threshold`` (the k-th
+    uncertainty) and ``area`` (mean accuracy over all coverages; 1 is best, the plain accuracy is what a
+    useless uncertainty gives on average).
+    """
+    u, c = _np(uncertainty, "uncertainty"), _np(correct, "correct")
+    _same_length(uncertainty=u, correct=c)
+    order = np.argsort(u, kind="stable")
+    k = np.arange(1, u.size + 1)
+    accuracy = np.cumsum(c[order]) / k
+    return {"coverage": k / u.size, "accuracy": accuracy, "threshold": u[order], "area": float(accuracy.mean())}
+
+
+def spread_error_correlation(spread: Any, error: Any) -> float:
+    """Spearman ρ between ensemble spread and error (a 0/1 mistake or a magnitude); NaN if either is constant."""
+    s, e = _np(spread, "spread"), _np(error, "error")
+    _same_length(spread=s, error=e)
+    r = _correlations(s, e)
+    return math.nan if r is None else r[0]
