@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import asdict, dataclass, field
@@ -38,6 +39,7 @@ class SyntheticConfig:
     group_size: int = 4  # responses per prompt in the k-wise groups
     noise: float = 1.0  # Bradley-Terry temperature of label sampling; 0 = labels always follow the latent reward
     seed: int = 0  # generator seed: the same seed gives the same data set
+    annotators: int = 0  # > 0: each pair's weight = share of this many simulated annotators (Bradley-Terry votes on the latent reward, own RNG) agreeing with its label; 0 = no weights
 
 
 @dataclass
@@ -51,6 +53,7 @@ class DataConfig:
     limit: int | None = None  # read at most this many records (None = all)
     strict: bool = False  # degenerate records (chosen == rejected, empty, group < 2) raise instead of being dropped
     split_seed: str = "raw_rm"  # salt of the prompt hash that assigns train/validation
+    aspect: str | None = None  # ratings -> pairs/groups: the aspect compared (None = mean of the aspects)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
     def __post_init__(self) -> None:
@@ -62,7 +65,9 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    arch: Literal["concat", "separate", "cross_attention", "multi_objective", "hierarchical", "multihead"] = "concat"
+    arch: Literal[
+        "concat", "separate", "cross_attention", "multi_objective", "hierarchical", "multihead"
+    ] = "concat"  # architecture: prompt+response concatenated, separate encoders, cross-attention, aspect heads, segment heads, K-head ensemble
     backbone: str = "minilm"  # "minilm" (packaged all-MiniLM-L6-v2), "tiny-bert", "tiny-gpt2", or any HF path/name
     pooling: Literal["auto", "cls", "mean", "last"] = "auto"  # auto: HF head (CLS for encoders, last token for decoders)
     dropout: float = 0.1  # dropout before the reward head(s)
@@ -187,6 +192,7 @@ class TuneConfig:
     name: str | None = None  # experiment name; reuse with resume=true to continue (None = unique)
     storage_path: str | None = None  # Tune storage (None = <train.output_dir>/tune)
     resume: bool = False  # restore an interrupted experiment of the same name
+    baseline: bool = True  # first trial = the base config's own values of the searched paths (measures the gain)
 
 
 @dataclass
@@ -210,6 +216,55 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+# ------------------------------------------------------------------------------------------ serve
+@dataclass
+class ServeConfig:
+    """Its own root: ``load_config(path, root=ServeConfig)``; Serve YAML ``applications[].args`` carry these keys."""
+
+    models: list[str] = field(default_factory=list)  # model dirs or models:/NAME@alias URIs; one member deployment each (a multi-head model gives K members)
+    tracking_uri: str | None = None  # MLflow store that resolves models:/ URIs (None = MLFLOW_TRACKING_URI or MLflow's default)
+    app_name: str = "raw_rm"  # Serve application name
+    route_prefix: str = "/"  # HTTP route prefix of the application
+    host: str = "127.0.0.1"  # HTTP bind address; anything but loopback needs an API key or allow_unauthenticated_network
+    port: int = 8000  # HTTP port
+    api_key_env: str = "RAW_RM_API_KEY"  # environment variable holding the API key (read where the app is built)
+    api_key_file: str | None = None  # file holding the API key (first line); used when the environment variable is unset
+    allow_unauthenticated_network: bool = False  # serve a non-loopback address without a key (trusted private network only; logged loudly)
+    reward: Literal["mean", "lcb", "min", "mean_minus_lambda_var"] = "mean"  # which ensemble aggregate is "the reward"
+    lam: float = 1.0  # lambda of mean - lambda * variance
+    k: float = 1.0  # k of the lower confidence bound mean - k * std
+    normalize: bool = True  # members' rewards become (reward - reward_mean) / reward_std with each model's training statistics
+    max_len_tokens: int = 512  # token limit per prompt+response (capped by the model's own); longer inputs keep the response end
+    max_batch_size: int = 64  # texts per forward pass gathered by @serve.batch across concurrent requests
+    batch_wait_timeout_s: float = 0.005  # how long a member waits for a batch to fill
+    max_ongoing_requests: int = 256  # concurrent requests per replica (Serve's default 5 starves batching)
+    num_replicas: int = 1  # replicas per member deployment
+    ingress_replicas: int = 1  # replicas of the HTTP ingress deployment
+    member_num_cpus: float = 1.0  # CPUs reserved per member replica
+    ingress_num_cpus: float = 0.0  # CPUs reserved per ingress replica
+    torch_threads: int | None = None  # torch intra-op threads per member replica (None = torch default)
+    precision: Literal["fp32", "bf16", "auto"] = "fp32"  # member forward precision; auto = bf16 where the CPU/GPU runs it natively
+    cache_size: int = 65536  # per-replica LRU entries of (model version, prompt, response) -> member rewards; 0 = off
+    max_items: int = 16384  # items per request (queries, items, pairs or responses); old OpenRLHF sends whole rollout batches
+    max_text_chars: int = 200000  # characters per text; /get_reward keeps the end of longer texts, other endpoints refuse them
+    max_body_bytes: int = 33554432  # request body limit (413 above it): the abuse guard
+    member_retries: int = 3  # ingress retries of a member call whose replica died (the handle waits for the replacement)
+    drift_window: int = 2048  # recent rewards per member compared with the model's reference distribution (PSI, KS)
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch_size", "max_ongoing_requests", "num_replicas", "ingress_replicas", "max_items"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}: expected >= 1, got {getattr(self, name)}")
+        for name in ("max_len_tokens", "max_text_chars", "max_body_bytes"):
+            if getattr(self, name) < 8:
+                raise ConfigError(f"{name}: expected >= 8, got {getattr(self, name)}")
+        for name, low in (("cache_size", 0), ("member_retries", 0), ("drift_window", 1)):
+            if getattr(self, name) < low:
+                raise ConfigError(f"{name}: expected >= {low}, got {getattr(self, name)}")
+        if self.batch_wait_timeout_s < 0:
+            raise ConfigError(f"batch_wait_timeout_s: expected >= 0, got {self.batch_wait_timeout_s}")
 
 
 # ----------------------------------------------------------------------------------------- loader
@@ -332,6 +387,9 @@ def _build(cls: type, raw: Any, *, prefix: str, source: str, errors: list[str]) 
     return cls()
 
 
+_FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
 def _coerce(value: Any, tp: Any) -> tuple[bool, Any, str]:
     """Check ``value`` against a type hint; ints are accepted where floats are expected."""
     origin = typing.get_origin(tp)
@@ -367,6 +425,8 @@ def _coerce(value: Any, tp: Any) -> tuple[bool, Any, str]:
     if tp is int:
         return isinstance(value, int) and not isinstance(value, bool), value, "an integer"
     if tp is float:
+        if isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads "1e-3" (no dot) as text, though everyone means a number
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         return ok, float(value) if ok else value, "a number"
     if tp is str:

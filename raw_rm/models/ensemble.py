@@ -175,6 +175,7 @@ def save_ensemble(
     if len(member_meta) != len(member_dirs):
         raise ValueError(f"save_ensemble: info['members'] has {len(member_meta)} entries for {len(member_dirs)} member folders")
     out.mkdir(parents=True, exist_ok=True)
+    (out / ENSEMBLE_FILE).unlink(missing_ok=True)  # never leave an old record beside new members
     placed: list[str] = []
     for i, src in enumerate(member_dirs):
         src = Path(src)
@@ -198,14 +199,40 @@ def save_ensemble(
         "aggregate": {**DEFAULT_AGGREGATE, **info.get("aggregate", {})},
         "metadata": (metadata or RewardMetadata()).to_dict(),
     }
+    facts = [_member_facts(out / m["dir"]) for m in members]  # validate now: shared tokenizer and input kind
+    _check_members(out / ENSEMBLE_FILE, [m["dir"] for m in members], [f[0] for f in facts], [f[1] for f in facts])
+    if metadata is None:
+        record["metadata"]["base_model"] = facts[0][2]
     json.dumps(record)  # fail before writing if anything is not JSON
     (out / ENSEMBLE_FILE).write_text(json.dumps(record, indent=2) + "\n")
-    model, _ = load_ensemble(out)  # validate now: shared tokenizer and input kind
-    if metadata is None:
-        model.metadata.base_model = model.members[0].metadata.base_model
-        (out / ENSEMBLE_FILE).write_text(json.dumps(model.record(), indent=2) + "\n")
-    logger.info("saved an ensemble of %d members (%d reward columns) to %s", len(members), model.num_members, out)
+    logger.info("saved an ensemble of %d members to %s", len(members), out)
     return out
+
+
+def _member_facts(member_dir: Path) -> tuple[str, str, str]:
+    """(input_kind, tokenizer fingerprint, base_model) of a saved model folder, without loading its weights."""
+    from transformers import AutoTokenizer
+
+    from raw_rm.models.base import model_class
+    from raw_rm.models.persistence import RAW_RM_FILE, RAW_RM_KEY
+
+    raw = member_dir / RAW_RM_FILE
+    if raw.is_file():
+        record = json.loads(raw.read_text())
+    else:
+        record = json.loads((member_dir / "config.json").read_text()).get(RAW_RM_KEY) or {"arch": "concat", "metadata": {}}
+    kind = model_class(record["arch"]).input_kind
+    tokenizer = AutoTokenizer.from_pretrained(member_dir)
+    return kind, tokenizer_fingerprint(tokenizer), str(record.get("metadata", {}).get("base_model", ""))
+
+
+def _check_members(source: Path, names: Sequence[str], kinds: Sequence[str], prints: Sequence[str]) -> None:
+    if len(set(kinds)) > 1:
+        detail = ", ".join(f"{n}={k}" for n, k in zip(names, kinds, strict=True))
+        raise ValueError(f"{source}: members take different inputs ({detail}); every member must have the same input_kind")
+    if len(set(prints)) > 1:
+        detail = ", ".join(f"{n}={p}" for n, p in zip(names, prints, strict=True))
+        raise ValueError(f"{source}: members use different tokenizers ({detail}); an ensemble needs one shared tokenizer")
 
 
 def save_ensemble_model(model: EnsembleRewardModel, tokenizer: Any, directory: str | Path) -> Path:
@@ -264,10 +291,8 @@ def load_ensemble(directory: str | Path) -> tuple[EnsembleRewardModel, Any]:
         model, tokenizer = load_model(member_dir)
         models.append(model)
         tokenizers.append(tokenizer)
-    prints = [tokenizer_fingerprint(t) for t in tokenizers]
-    if len(set(prints)) > 1:
-        detail = ", ".join(f"{m['dir']}={p}" for m, p in zip(record["members"], prints, strict=True))
-        raise ValueError(f"{source}: members use different tokenizers ({detail}); an ensemble needs one shared tokenizer")
+    _check_members(source, [m["dir"] for m in record["members"]], [m.input_kind for m in models],
+                   [tokenizer_fingerprint(t) for t in tokenizers])
     metadata = RewardMetadata.from_dict(record["metadata"], source=f"{source}: metadata")
     model = EnsembleRewardModel(
         models, metadata=metadata, member_info=record["members"], aggregate=record.get("aggregate"), directory=path

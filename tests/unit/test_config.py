@@ -61,3 +61,10 @@ def _shipped_yaml() -> list[Path]:
 @pytest.mark.parametrize("path", _shipped_yaml(), ids=lambda p: p.name)
 def test_every_shipped_training_config_loads(path: Path) -> None:
     assert isinstance(load_config(path), Config)
+
+
+def test_exponent_without_dot_is_a_number_where_a_number_is_expected() -> None:
+    # YAML 1.1 reads "1e-3" as a string; a float field accepts it, a string field keeps the text.
+    cfg = load_config(None, ["train.lr=1e-3", "mlflow.experiment=1e-3"])
+    assert cfg.train.lr == 0.001
+    assert cfg.mlflow.experiment == "1e-3"

@@ -1,0 +1,170 @@
+"""Ensemble vs its best single member: NLL and ECE on held-out HH-RLHF harmless pairs, spread in- vs out-of-distribution.
+
+Setup (one run, same machine, model, data and settings for every contender):
+- Data: ../shared/data/hh-rlhf-harmless/pairs.jsonl.gz split by prompt hash (``--val-fraction``) into train and
+  held-out; the held-out prompts split again by hash into a calibration half and a test half. OOD:
+  ../shared/data/hh-rlhf-helpful/helpful-online.jsonl.gz (first ``--ood-limit`` pairs), never trained on.
+- Members: ``--members`` MiniLM ``arch=concat`` models that differ only in ``train.seed`` (the seeds recipe of
+  ``raw_rm.train.ensemble``: ``member_configs`` + ``train_member``, the same loop as ``raw-rm train``), trained one
+  after another here; ``--bootstrap`` uses bootstrap resamples instead. The ensemble folder is written with
+  ``save_ensemble`` and its scores checked against ``load_model(ensemble)`` on a few texts.
+- Fairness: every contender (each member, and the ensemble mean of the members' z-scored rewards) fits its own
+  temperature on the SAME calibration half; NLL / ECE (15 equal-width bins) / accuracy are then measured on the
+  test half and on OOD with that temperature. "Best single member" = the member with the lowest test NLL (picked
+  with hindsight, which favours the single model).
+- Spread: per pair, the std over members of the z-scored reward differences; mean on the test half vs OOD, and
+  the AUROC of that spread for predicting the ensemble's mistakes.
+
+    python benchmarks/ensemble_vs_single.py                          # 3 members, 1 epoch, max_len 256
+    python benchmarks/ensemble_vs_single.py --members 5 --train-limit 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import numpy as np
+import torch
+
+from raw_rm import metrics as M
+from raw_rm.config import load_config
+from raw_rm.data import read_records, split_by_prompt
+from raw_rm.inference import RewardModelInference
+from raw_rm.models import load_model
+from raw_rm.models.ensemble import save_ensemble
+from raw_rm.train.ensemble import member_configs, train_member
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--members", type=int, default=3)
+    p.add_argument("--bootstrap", action="store_true")
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--max-len-tokens", type=int, default=256)
+    p.add_argument("--val-fraction", type=float, default=0.3)
+    p.add_argument("--train-limit", type=int, default=800, help="train on the first N training pairs (0 = all)")
+    p.add_argument("--ood-limit", type=int, default=400)
+    p.add_argument("--out", default="benchmarks/results/ensemble_vs_single")
+    p.add_argument("--threads", type=int, default=2)
+    return p.parse_args()
+
+
+def score(model_dir: str, prompts: list[str], texts: list[str], max_len: int) -> np.ndarray:
+    rm = RewardModelInference(model_dir, max_len_tokens=max_len, batch_size=32, cache_size=0)
+    return rm.batch_predict(prompts, texts)
+
+
+def pair_eval(delta_cal: np.ndarray, delta_test: np.ndarray, delta_ood: np.ndarray) -> dict[str, float]:
+    t = M.fit_temperature(delta_cal)
+    out = {"temperature": t}
+    for name, d in (("test", delta_test), ("ood", delta_ood)):
+        cal = M.calibration_error(M.pair_probabilities(d, t))
+        out.update({f"{name}_nll": cal["nll"], f"{name}_ece": cal["ece"], f"{name}_accuracy": float(np.mean(d > 0))})
+    return out
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    harmless = SHARED / "hh-rlhf-harmless" / "pairs.jsonl.gz"
+    helpful = SHARED / "hh-rlhf-helpful" / "helpful-online.jsonl.gz"
+    for f in (harmless, helpful):
+        if not f.exists():
+            sys.exit(f"missing data file {f}")
+    out = Path(args.out).resolve()
+    cfg = load_config(None, [
+        f"data.train_path={harmless}", f"data.val_fraction={args.val_fraction}", f"data.max_len_tokens={args.max_len_tokens}",
+        f"train.epochs={args.epochs}", f"train.num_threads={args.threads}", "train.precision=fp32", "train.progress=false",
+        f"train.output_dir={out / 'run'}", f"ensemble.members={args.members}", f"ensemble.bootstrap={str(args.bootstrap).lower()}",
+        "mlflow.enabled=false", "model.backbone=minilm", "model.arch=concat",
+    ])
+    records = read_records(str(harmless)).records
+    train, held = split_by_prompt(records, args.val_fraction, cfg.data.split_seed)
+    test, calib = split_by_prompt(held, 0.5, cfg.data.split_seed + "/calibration")
+    if args.train_limit:
+        train = train[: args.train_limit]
+    ood = read_records(str(helpful), limit=args.ood_limit).records
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, torch threads {args.threads}, fp32")
+    print(f"data: train {len(train)} pairs, calibration {len(calib)}, test {len(test)} (harmless, split by prompt hash); OOD {len(ood)} (helpful-online)")
+
+    member_dirs, train_s = [], []
+    for i, mc in enumerate(member_configs(cfg)):
+        s = time.perf_counter()
+        model_dir, metrics = train_member(mc, records=(train, calib))
+        train_s.append(time.perf_counter() - s)
+        member_dirs.append(model_dir)
+        print(f"member {i} (seed {mc.train.seed}{', bootstrap' if args.bootstrap else ''}): trained in {train_s[-1]:.0f}s, "
+              f"{metrics.get('pairs_per_s', float('nan')):.1f} pairs/s, val_accuracy {metrics.get('val_accuracy', float('nan')):.3f}")
+    ens_dir = save_ensemble(out / "ensemble", member_dirs, {"members": [{"seed": cfg.train.seed + i} for i in range(len(member_dirs))]})
+
+    sets = {"calib": calib, "test": test, "ood": ood}
+    prompts = [p.prompt for s in sets.values() for p in s for _ in (0, 1)]
+    texts = [t for s in sets.values() for p in s for t in (p.chosen, p.rejected)]
+    s = time.perf_counter()
+    raw = np.stack([score(d, prompts, texts, args.max_len_tokens) for d in member_dirs], axis=1)  # (2N, K)
+    score_s = time.perf_counter() - s
+    metas = [load_model(d)[0].metadata for d in member_dirs]
+    z = np.stack([(raw[:, k] - m.reward_mean) / m.reward_std for k, m in enumerate(metas)], axis=1)  # as EnsembleRewardModel
+    check = RewardModelInference(str(ens_dir), max_len_tokens=args.max_len_tokens).batch_predict_members(prompts[:16], texts[:16])
+    assert np.allclose(check, z[:16], atol=1e-4), f"ensemble folder scores differ from the members': {np.abs(check - z[:16]).max()}"
+
+    bounds, start = {}, 0
+    for name, recs in sets.items():
+        bounds[name] = slice(start, start + 2 * len(recs))
+        start += 2 * len(recs)
+
+    def deltas(col: np.ndarray) -> dict[str, np.ndarray]:
+        return {n: col[b][0::2] - col[b][1::2] for n, b in bounds.items()}
+
+    results = {}
+    for k in range(len(member_dirs)):
+        d = deltas(raw[:, k])
+        results[f"member_{k}"] = pair_eval(d["calib"], d["test"], d["ood"])
+    d = deltas(z.mean(1))
+    results["ensemble"] = pair_eval(d["calib"], d["test"], d["ood"])
+    best = min((n for n in results if n.startswith("member_")), key=lambda n: results[n]["test_nll"])
+    spread = {}
+    for name in ("test", "ood"):
+        zd = z[bounds[name]][0::2] - z[bounds[name]][1::2]  # (N, K) z-scored member differences
+        pair_spread = zd.std(axis=1)
+        mistakes = (zd.mean(axis=1) <= 0).astype(np.float64)
+        spread[name] = {"mean": float(pair_spread.mean()), "median": float(np.median(pair_spread)),
+                        "text_std_mean": float(z[bounds[name]].std(axis=1).mean()),
+                        "auroc_mistakes": float(M.auroc(pair_spread, mistakes)) if 0 < mistakes.mean() < 1 else float("nan")}
+
+    print(f"\nscoring {len(texts)} texts x {len(member_dirs)} members took {score_s:.0f}s; training {sum(train_s):.0f}s")
+    print(f"\n{'model':<12} {'T':>6} {'test NLL':>9} {'test ECE':>9} {'test acc':>9} {'OOD NLL':>9} {'OOD ECE':>9} {'OOD acc':>8}")
+    for name, r in results.items():
+        tag = " (best)" if name == best else ""
+        print(f"{name + tag:<12} {r['temperature']:>6.3f} {r['test_nll']:>9.4f} {r['test_ece']:>9.4f} {r['test_accuracy']:>9.3f} "
+              f"{r['ood_nll']:>9.4f} {r['ood_ece']:>9.4f} {r['ood_accuracy']:>8.3f}")
+    e, b = results["ensemble"], results[best]
+    print(f"\nensemble vs best member ({best}): test NLL {e['test_nll']:.4f} vs {b['test_nll']:.4f} "
+          f"({'better' if e['test_nll'] < b['test_nll'] else 'NOT better'}), test ECE {e['test_ece']:.4f} vs {b['test_ece']:.4f} "
+          f"({'better' if e['test_ece'] < b['test_ece'] else 'NOT better'})")
+    print(f"                     OOD NLL {e['ood_nll']:.4f} vs {b['ood_nll']:.4f}, OOD ECE {e['ood_ece']:.4f} vs {b['ood_ece']:.4f}")
+    print(f"spread (std over members of z-scored reward differences): in-distribution {spread['test']['mean']:.4f}, "
+          f"OOD {spread['ood']['mean']:.4f} (ratio {spread['ood']['mean'] / spread['test']['mean']:.2f}; "
+          f"{'larger' if spread['ood']['mean'] > spread['test']['mean'] else 'NOT larger'} on OOD)")
+    print(f"AUROC of spread for ensemble mistakes: in-distribution {spread['test']['auroc_mistakes']:.3f}, OOD {spread['ood']['auroc_mistakes']:.3f}")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps({"args": vars(args), "results": results, "best_member": best, "spread": spread,
+                                                  "train_s": train_s, "score_s": score_s}, indent=1))
+    print(f"\nwrote {out / 'results.json'} ({time.perf_counter() - t0:.0f}s total)")
+
+
+if __name__ == "__main__":
+    main()

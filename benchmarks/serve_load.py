@@ -1,0 +1,307 @@
+"""Serving benchmark: raw_rm's Ray Serve deployment vs a plain per-request FastAPI server, same model and texts.
+
+    python benchmarks/serve_load.py                       # MiniLM, HH-RLHF harmless texts, concurrency 1/16/64
+    python benchmarks/serve_load.py --requests 40 200 400 --backbone tiny-bert   # quicker smoke run
+
+In one run, on this machine, loopback only:
+
+1. ceiling: texts/s of ``RewardModelInference.batch_predict`` in one process (batches of 64 sorted by length);
+2. plain: a FastAPI + uvicorn server scoring each request on its own in its event loop (the shape of
+   OpenRLHF's reference reward server), in a subprocess;
+3. raw_rm: ``raw_rm.serve.app.build_app`` on Ray Serve (dynamic batching across requests, cache off);
+4. a 5-head shared-trunk ensemble on the same Serve setup vs the single model (p50 latency).
+
+Each request is one OpenRLHF ``/get_reward`` query (what the current OpenRLHF client sends) with a distinct
+HH dialogue. Prints requests/s, p50 and p99 per concurrency level for both servers and the ratios; targets
+(issue 9) are read from the printout, never asserted. The machine's load average is printed before and
+after: other processes competing for the CPUs change every number.
+"""
+
+import argparse
+import asyncio
+import gzip
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data" / "hh-rlhf-harmless" / "pairs.jsonl.gz"
+
+
+# ------------------------------------------------------------------------------------------ inputs
+def load_texts(limit: int) -> list[tuple[str, str]]:
+    """(prompt, response) pairs from the HH harmless file: each pair's chosen and rejected dialogues."""
+    from raw_rm.data.formats import split_hh_dialogue
+
+    rows: list[tuple[str, str]] = []
+    with gzip.open(DATA, "rt") as handle:
+        for line in handle:
+            record = json.loads(line)
+            for key in ("chosen", "rejected"):
+                rows.append(split_hh_dialogue(record[key]))
+            if len(rows) >= limit:
+                break
+    return rows[:limit]
+
+
+def machine_facts() -> dict[str, str]:
+    import torch
+
+    cpu = platform.processor()
+    flags = ""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        cpu = next(line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name"))
+        flags = next(line for line in info.splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        pass
+    return {
+        "cpu": cpu,
+        "cores": str(os.cpu_count()),
+        "torch": torch.__version__,
+        "torch threads": str(torch.get_num_threads()),
+
+        "native bf16": str("avx512_bf16" in flags or "amx_bf16" in flags),
+        "load average": " ".join(f"{x:.1f}" for x in os.getloadavg()),
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def build_models(root: Path, backbone: str) -> tuple[str, str]:
+    """An untrained single model and a 5-head shared-trunk model (throughput does not depend on training)."""
+    from raw_rm.config import ModelConfig
+    from raw_rm.models import build_model, save_model
+
+    single, tok = build_model(ModelConfig(backbone=backbone))
+    save_model(single, tok, root / "single")
+    multi, tok = build_model(ModelConfig(backbone=backbone, arch="multihead", num_heads=5))
+    save_model(multi, tok, root / "multihead5")
+    return str(root / "single"), str(root / "multihead5")
+
+
+# --------------------------------------------------------------------------------------- the plain server
+def run_plain_server(port: int, model_dir: str, max_len_tokens: int, precision: str) -> None:
+    """OpenRLHF's reference shape: FastAPI, each request scored on its own inside the handler.
+
+    (No ``from __future__ import annotations`` in this file: FastAPI must see ``Request`` itself.)
+    """
+    import uvicorn
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse
+
+    from raw_rm.inference import RewardModelInference
+    from raw_rm.serve.scoring import split_query
+
+    engine = RewardModelInference(model_dir, cache_size=0, max_len_tokens=max_len_tokens, precision=precision)
+    app = FastAPI()
+
+    @app.post("/get_reward")
+    async def get_reward(request: Request) -> JSONResponse:
+        body = await request.json()
+        pieces = [split_query(q, p or "") for q, p in zip(body["query"], body.get("prompts") or [None] * len(body["query"]))]
+        rewards = engine.batch_predict([h for h, _, _ in pieces], [t for _, t, _ in pieces]).tolist()
+        return JSONResponse({"rewards": rewards, "scores": rewards, "extra_logs": {"reward_mean": rewards}})
+
+    @app.get("/healthz")
+    async def healthz() -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+
+
+# ---------------------------------------------------------------------------------------------- client
+async def load(url: str, payloads: list[dict], concurrency: int) -> dict[str, float]:
+    """Closed loop: ``concurrency`` clients post the payloads in order; requests/s, p50, p99 (ms), errors."""
+    import aiohttp
+
+    latencies: list[float] = []
+    errors = 0
+    first_error: list[str] = []
+    indices = iter(range(len(payloads)))
+
+    async def client(session: aiohttp.ClientSession) -> None:
+        nonlocal errors
+        for i in indices:
+            start = time.perf_counter()
+            async with session.post(url, json=payloads[i]) as resp:
+                data = await resp.read()
+                if resp.status != 200:
+                    errors += 1
+                    if not first_error:
+                        first_error.append(f"{resp.status} {data[:200]!r}")
+            latencies.append((time.perf_counter() - start) * 1000.0)
+
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=600)) as session:
+        start = time.perf_counter()
+        await asyncio.gather(*(client(session) for _ in range(concurrency)))
+        wall = time.perf_counter() - start
+    latencies.sort()
+    if first_error:
+        print(f"    first error: {first_error[0]}", flush=True)
+    return {
+        "rps": len(payloads) / wall,
+        "p50": statistics.median(latencies),
+        "p99": latencies[min(len(latencies) - 1, int(round(0.99 * (len(latencies) - 1))))],
+        "errors": float(errors),
+    }
+
+
+def payloads_for(texts: list[tuple[str, str]], start: int, n: int) -> list[dict]:
+    rows = [texts[(start + i) % len(texts)] for i in range(n)]
+    return [{"query": [p + " " + r], "prompts": [p], "labels": [""]} for p, r in rows]
+
+
+def run_levels(url: str, texts: list[tuple[str, str]], levels: list[int], counts: list[int]) -> dict[int, dict[str, float]]:
+    results = {}
+    offset = 0
+    asyncio.run(load(url, payloads_for(texts, 0, 8), 4))  # warm-up
+    for concurrency, n in zip(levels, counts):
+        results[concurrency] = asyncio.run(load(url, payloads_for(texts, offset, n), concurrency))
+        offset += n
+        r = results[concurrency]
+        print(f"    concurrency {concurrency:>3}: {r['rps']:7.1f} req/s  p50 {r['p50']:8.1f} ms  p99 {r['p99']:8.1f} ms  errors {int(r['errors'])}", flush=True)
+    return results
+
+
+def wait_healthy(url: str, timeout_s: float = 300.0) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"{url} not healthy after {timeout_s} s")
+
+
+# ------------------------------------------------------------------------------------------------ main
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backbone", default="minilm", help="model backbone (minilm = the packaged all-MiniLM-L6-v2)")
+    parser.add_argument("--levels", type=int, nargs="+", default=[1, 16, 64], help="client concurrency levels")
+    parser.add_argument("--requests", type=int, nargs="+", default=[60, 320, 640], help="requests per level")
+    parser.add_argument("--max-len-tokens", type=int, default=256, help="token limit for both servers")
+    parser.add_argument("--max-batch-size", type=int, default=64, help="Serve: texts per batched forward")
+    parser.add_argument("--batch-wait-s", type=float, default=0.01, help="Serve: batch wait timeout")
+    parser.add_argument("--ceiling-texts", type=int, default=512, help="texts for the one-process ceiling")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "auto"], help="forward precision, all three setups")
+    parser.add_argument("--plain-server", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--model", default="", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.plain_server:
+        run_plain_server(args.port, args.model, args.max_len_tokens, args.precision)
+        return 0
+    if len(args.requests) != len(args.levels):
+        parser.error("--requests needs one count per --levels entry")
+
+    import numpy as np
+
+    print("machine:", ", ".join(f"{k} {v}" for k, v in machine_facts().items()), f"precision {args.precision}", flush=True)
+    texts = load_texts(max(sum(args.requests) + 16, args.ceiling_texts))
+    lengths = [len(p) + len(r) for p, r in texts]
+    print(f"data: {DATA.name}, {len(texts)} HH dialogues, mean {np.mean(lengths):.0f} characters; max_len_tokens {args.max_len_tokens}")
+    root = Path(tempfile.mkdtemp(prefix="serve_load_"))
+    single_dir, multi_dir = build_models(root, args.backbone)
+
+    # 1. ceiling: one process, batches of 64 sorted by length
+    from raw_rm.inference import RewardModelInference
+
+    engine = RewardModelInference(single_dir, cache_size=0, batch_size=64, max_len_tokens=args.max_len_tokens, precision=args.precision)
+    sample = texts[: args.ceiling_texts]
+    engine.batch_predict([p for p, _ in sample[:64]], [r for _, r in sample[:64]])  # warm-up
+    start = time.perf_counter()
+    engine.batch_predict([p for p, _ in sample], [r for _, r in sample])
+    ceiling = len(sample) / (time.perf_counter() - start)
+    print(f"ceiling (one process, batch 64 sorted by length): {ceiling:.1f} texts/s", flush=True)
+    del engine
+
+    # 2. plain per-request FastAPI server in its own process
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--plain-server", "--port", str(port), "--model", single_dir, "--max-len-tokens", str(args.max_len_tokens), "--precision", args.precision]
+    )
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}/healthz")
+        print("plain FastAPI + uvicorn, one forward per request:", flush=True)
+        plain = run_levels(f"http://127.0.0.1:{port}/get_reward", texts, args.levels, args.requests)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+    # 3. raw_rm on Ray Serve, then 4. the 5-head ensemble on the same setup
+    import httpx
+    import ray
+    from ray import serve
+
+    from raw_rm.config import ServeConfig
+    from raw_rm.serve.app import build_app
+
+    ray.init(include_dashboard=False, log_to_driver=False)
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    base = f"http://127.0.0.1:{port}"
+    common = dict(
+        port=port, max_len_tokens=args.max_len_tokens, max_batch_size=args.max_batch_size,
+        batch_wait_timeout_s=args.batch_wait_s, cache_size=0, member_num_cpus=1.0, torch_threads=os.cpu_count(),
+        precision=args.precision,
+    )
+    try:
+        serve.run(build_app(ServeConfig(models=[single_dir], **common)), name="bench", route_prefix="/")
+        wait_healthy(f"{base}/healthz")
+        print("raw_rm on Ray Serve (dynamic batching, cache off):", flush=True)
+        served = run_levels(f"{base}/get_reward", texts, args.levels, args.requests)
+        batches = httpx.get(f"{base}/stats", timeout=60).json()["members"]["member0"]
+        print(f"    mean batch size {batches['mean_batch_size']:.1f} texts over {batches['batches']} batches")
+
+        serve.run(build_app(ServeConfig(models=[multi_dir], **common)), name="bench", route_prefix="/")
+        wait_healthy(f"{base}/healthz")
+        print("5-head shared-trunk ensemble on Ray Serve:", flush=True)
+        ensemble = run_levels(f"{base}/get_reward", texts, args.levels[:2], args.requests[:2])
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+    # summary
+    print()
+    print(f"{'concurrency':>11} | {'plain req/s':>11} {'p50 ms':>8} {'p99 ms':>8} | {'raw_rm req/s':>12} {'p50 ms':>8} {'p99 ms':>8} | {'ratio':>5} | {'% ceiling':>9}")
+    for c in args.levels:
+        p, s = plain[c], served[c]
+        print(
+            f"{c:>11} | {p['rps']:>11.1f} {p['p50']:>8.1f} {p['p99']:>8.1f} | {s['rps']:>12.1f} {s['p50']:>8.1f} {s['p99']:>8.1f} | "
+            f"{s['rps'] / p['rps']:>5.2f} | {100 * s['rps'] / ceiling:>8.0f}%"
+        )
+    for c in args.levels[:2]:
+        print(f"5-head ensemble p50 at concurrency {c}: {ensemble[c]['p50']:.1f} ms vs single {served[c]['p50']:.1f} ms "
+              f"({ensemble[c]['p50'] / served[c]['p50']:.2f}x; target <= 1.3x)")
+    top = args.levels[-1]
+    print(f"targets: raw_rm / plain at concurrency {top} = {served[top]['rps'] / plain[top]['rps']:.2f}x (target >= 3x); "
+          f"raw_rm at concurrency {top} = {100 * served[top]['rps'] / ceiling:.0f}% of the ceiling (target >= 50%)")
+    print("load average after:", " ".join(f"{x:.1f}" for x in os.getloadavg()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

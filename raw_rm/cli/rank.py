@@ -1,0 +1,68 @@
+"""`raw-rm rank`: rank k responses per prompt. Input JSONL rows {"prompt": ..., "responses": [...]}.
+
+Each output row adds "order" (indices of responses, best first), "rewards" (input order) and "best".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="model directory (or a URI with a registered resolver)")
+    parser.add_argument("--input", "-i", required=True, help='JSONL with "prompt" and "responses" ("-" = stdin)')
+    parser.add_argument("--output", "-o", default="-", help='JSONL to write ("-" = stdout)')
+    parser.add_argument("--batch-size", type=int, default=32, help="texts per forward pass")
+    parser.add_argument("--max-len-tokens", type=int, default=None, help="token budget per text (default 512)")
+
+
+def _read(path: str) -> list[tuple[dict, str, list[str]]]:
+    from raw_rm.cli._io import InputError, read_jsonl, require_str
+
+    out = []
+    for where, row in read_jsonl(path):
+        prompt = require_str(row, "prompt", where)
+        responses = row.get("responses")
+        if not isinstance(responses, list) or not all(isinstance(r, str) for r in responses):
+            raise InputError(f'{where}: field "responses": expected a list of strings, got {type(responses).__name__}')
+        if not responses:
+            raise InputError(f'{where}: field "responses": empty list, nothing to rank')
+        out.append((row, prompt, responses))
+    if not out:
+        raise InputError(f"{path}: no rows to rank")
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from raw_rm.cli._io import InputError, open_text, show_progress
+
+    try:
+        rows = _read(args.input)
+        from raw_rm.compression import load_for_inference
+
+        rm = load_for_inference(args.model, batch_size=args.batch_size, max_len_tokens=args.max_len_tokens)
+    except (InputError, ValueError, OSError) as exc:
+        print(f"raw-rm rank: error: {exc}", file=sys.stderr)
+        return 2
+    prompts = [p for _, p, rs in rows for _ in rs]
+    responses = [r for _, _, rs in rows for r in rs]
+    rm.batch_predict(prompts, responses)  # one length-sorted pass over everything; rank_responses hits the cache
+    iterator = rows
+    if show_progress():
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(rows, desc="rank", unit="prompt")
+    out = open_text(args.output, "w")
+    try:
+        for row, prompt, responses_ in iterator:
+            order, rewards = rm.rank_responses(prompt, responses_)
+            out.write(json.dumps(dict(row, order=order, rewards=[float(x) for x in rewards], best=order[0])) + "\n")
+    finally:
+        if out is not sys.stdout:
+            out.close()
+        else:
+            out.flush()
+    print(f"ranked {len(rows)} prompts ({len(responses)} responses) -> {args.output}", file=sys.stderr)
+    return 0

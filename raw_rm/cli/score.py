@@ -1,0 +1,89 @@
+"""`raw-rm score`: score prompt/response pairs from JSONL into JSONL (reward, normalised reward, members).
+
+Input rows: {"prompt": ..., "response": ...} or HH style {"text": "\\n\\nHuman: ...\\n\\nAssistant: ..."} (split
+at the last Assistant turn). Other fields are copied to the output unchanged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="model directory (or a URI with a registered resolver, e.g. models:/NAME@champion)")
+    parser.add_argument("--input", "-i", required=True, help='JSONL (.jsonl or .jsonl.gz; "-" = stdin) with prompt/response or text')
+    parser.add_argument("--output", "-o", default="-", help='JSONL to write ("-" = stdout, the default)')
+    parser.add_argument("--prompt-field", default="prompt", help="input field holding the prompt")
+    parser.add_argument("--response-field", default="response", help="input field holding the response")
+    parser.add_argument("--text-field", default="text", help="HH-style field used when the prompt field is absent")
+    parser.add_argument("--batch-size", type=int, default=32, help="texts per forward pass")
+    parser.add_argument("--max-len-tokens", type=int, default=None, help="token budget per text (default 512)")
+    parser.add_argument("--chunk", type=int, default=512, help="rows scored per progress update")
+
+
+def _prompt_response(row: dict, where: str, args: argparse.Namespace) -> tuple[str, str]:
+    from raw_rm.cli._io import InputError, require_str
+    from raw_rm.data.formats import split_hh_dialogue
+
+    if args.prompt_field in row or args.text_field not in row:
+        return require_str(row, args.prompt_field, where), require_str(row, args.response_field, where)
+    text = require_str(row, args.text_field, where)
+    try:
+        return split_hh_dialogue(text)
+    except ValueError as exc:
+        raise InputError(f'{where}: field "{args.text_field}": {exc}; give "{args.prompt_field}" and "{args.response_field}" instead') from exc
+
+
+def run(args: argparse.Namespace) -> int:
+    from raw_rm.cli._io import InputError, open_text, read_jsonl, show_progress
+
+    if args.batch_size < 1:
+        print(f"raw-rm score: error: --batch-size must be >= 1, got {args.batch_size}", file=sys.stderr)
+        return 2
+    try:
+        rows, items = [], []
+        for where, row in read_jsonl(args.input):
+            items.append(_prompt_response(row, where, args))
+            rows.append(row)
+        if not rows:
+            raise InputError(f"{args.input}: no rows to score")
+        from raw_rm.compression import load_for_inference
+
+        rm = load_for_inference(args.model, batch_size=args.batch_size, max_len_tokens=args.max_len_tokens)
+    except (InputError, ValueError, OSError) as exc:
+        print(f"raw-rm score: error: {exc}", file=sys.stderr)
+        return 2
+    bar = None
+    if show_progress():
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(rows), desc="score", unit="text")
+    t0 = time.perf_counter()
+    out = open_text(args.output, "w")
+    try:
+        for start in range(0, len(rows), args.chunk):
+            chunk = items[start:start + args.chunk]
+            prompts, responses = [p for p, _ in chunk], [r for _, r in chunk]
+            members = rm.batch_predict_members(prompts, responses)
+            rewards = rm.batch_predict(prompts, responses)  # cached: no second forward
+            normalized = rm.normalize(rewards)
+            for j, row in enumerate(rows[start:start + args.chunk]):
+                result = dict(row, reward=float(rewards[j]), reward_normalized=float(normalized[j]))
+                if members.shape[1] > 1:
+                    result["members"] = [float(x) for x in members[j]]
+                out.write(json.dumps(result) + "\n")
+            if bar is not None:
+                bar.update(len(chunk))
+    finally:
+        if bar is not None:
+            bar.close()
+        if out is not sys.stdout:
+            out.close()
+        else:
+            out.flush()
+    dt = time.perf_counter() - t0
+    print(f"scored {len(rows)} responses in {dt:.1f}s ({len(rows) / dt:.1f}/s) -> {args.output}", file=sys.stderr)
+    return 0

@@ -1,0 +1,103 @@
+"""`raw-rm select`: the N unlabelled pairs an ensemble is least sure about, as JSONL, for humans to label next.
+
+Pool rows: {"prompt": ..., "response_a": ..., "response_b": ...} (``--a-field``/``--b-field``); rows with
+"chosen"/"rejected" instead are read the same way (their labels are ignored). Output rows are the input rows,
+most informative first, plus ``selection_score``, ``selection_rank`` (0 = first), ``strategy``, ``prob_a`` (the
+ensemble's calibrated P(a ≻ b)) and ``delta_std`` (std over members of r_a − r_b, normalised units).
+Strategies (``raw_rm.uncertainty.selection_scores``): std, disagreement, margin, random.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+STRATEGIES = ("std", "disagreement", "margin", "random")
+NEEDS_MEMBERS = ("std", "disagreement")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="ensemble or multi-head model folder, or a models:/ URI")
+    parser.add_argument("--pool", required=True, help="JSONL (.jsonl or .jsonl.gz) of unlabelled pairs")
+    parser.add_argument("--k", type=int, required=True, help="how many pairs to select")
+    parser.add_argument("--strategy", choices=STRATEGIES, default="disagreement", help="informativeness score")
+    parser.add_argument("--out", default="-", help='JSONL to write ("-" = stdout)')
+    parser.add_argument("--a-field", default="response_a", help="pool field of the first response (falls back to chosen)")
+    parser.add_argument("--b-field", default="response_b", help="pool field of the second response (falls back to rejected)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random strategy")
+    parser.add_argument("--batch-size", type=int, default=32, help="texts per forward pass")
+    parser.add_argument("--max-len-tokens", type=int, default=None, help="token budget per text (default 512)")
+
+
+def read_pool(path: str, a_field: str, b_field: str) -> tuple[list[dict[str, Any]], list[tuple[str, str, str]]]:
+    """(rows, [(prompt, a, b)]) of a pool file; a row without ``a_field``/``b_field`` uses chosen/rejected."""
+    from raw_rm.cli._io import InputError, read_jsonl, require_str
+
+    rows, items = [], []
+    for where, row in read_jsonl(path):
+        fa, fb = (a_field, b_field) if a_field in row or "chosen" not in row else ("chosen", "rejected")
+        items.append((require_str(row, "prompt", where), require_str(row, fa, where), require_str(row, fb, where)))
+        rows.append(row)
+    if not rows:
+        raise InputError(f"{path}: no pairs in the pool")
+    return rows, items
+
+
+def select_pairs(rm: Any, items: list[tuple[str, str, str]], k: int, strategy: str, *, seed: int = 0) -> list[dict[str, float]]:
+    """Score the pool with ``rm`` (a RewardModelInference) and return the top ``k`` as dicts, best first:
+    ``index`` (into ``items``), ``selection_score``, ``prob_a``, ``delta_std``.
+
+    Raises:
+        ValueError: an unknown strategy, ``k`` out of range, or std/disagreement with a one-member model.
+    """
+    import torch
+
+    from raw_rm.uncertainty import compare_pairs, select_top_k, selection_scores
+
+    if strategy not in STRATEGIES:
+        raise ValueError(f'unknown strategy "{strategy}"; valid: {", ".join(STRATEGIES)}')
+    prompts = [p for p, _, _ in items]
+    members = rm.batch_predict_members(prompts * 2, [a for _, a, _ in items] + [b for _, _, b in items])
+    n = len(items)
+    if strategy in NEEDS_MEMBERS and members.shape[1] < 2:
+        raise ValueError(f"strategy {strategy} needs an ensemble (>= 2 members) but {rm.source} gives 1 reward per text; "
+                         "use margin or random, or an ensemble / multi-head model")
+    raw_a, raw_b = torch.as_tensor(members[:n]), torch.as_tensor(members[n:])
+    norm_a, norm_b = torch.as_tensor(rm.normalize(members[:n])), torch.as_tensor(rm.normalize(members[n:]))
+    scores = selection_scores(strategy, norm_a, norm_b, seed=seed)
+    top = select_top_k(scores, k)
+    cmp_raw = compare_pairs(raw_a, raw_b, temperature=rm.temperature)  # temperature is fitted on raw rewards
+    cmp_norm = compare_pairs(norm_a, norm_b)
+    return [{"index": int(i), "selection_score": float(scores[i]), "prob_a": float(cmp_raw["prob"][i]),
+             "delta_std": float(cmp_norm["delta_std"][i])} for i in top.tolist()]
+
+
+def run(args: argparse.Namespace) -> int:
+    from raw_rm.cli._io import InputError, open_text
+
+    try:
+        rows, items = read_pool(args.pool, args.a_field, args.b_field)
+        if not 1 <= args.k <= len(rows):
+            raise InputError(f"--k {args.k}: expected 1 <= k <= {len(rows)} (the pool size)")
+        from raw_rm.compression import load_for_inference
+
+        rm = load_for_inference(args.model, batch_size=args.batch_size, max_len_tokens=args.max_len_tokens)
+        picked = select_pairs(rm, items, args.k, args.strategy, seed=args.seed)
+    except (InputError, ValueError, OSError) as exc:
+        print(f"raw-rm select: error: {exc}", file=sys.stderr)
+        return 2
+    out = open_text(args.out, "w")
+    try:
+        for rank, item in enumerate(picked):
+            row = dict(rows[item["index"]], selection_score=item["selection_score"], selection_rank=rank,
+                       strategy=args.strategy, prob_a=item["prob_a"], delta_std=item["delta_std"])
+            out.write(json.dumps(row) + "\n")
+    finally:
+        if out is not sys.stdout:
+            out.close()
+        else:
+            out.flush()
+    print(f"selected {len(picked)} of {len(rows)} pairs by {args.strategy} -> {args.out}", file=sys.stderr)
+    return 0

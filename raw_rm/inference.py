@@ -1,0 +1,256 @@
+"""Scoring with a trained reward model: single and batched rewards, ranking, pair probabilities, an LRU cache.
+
+    rm = RewardModelInference("runs/latest/model")
+    rm.predict_reward("How do I boil an egg?", "Put it in boiling water for 8 minutes.")
+    rm.batch_predict(prompts, responses, normalized=True)        # np.ndarray (N,), input order
+    order, rewards = rm.rank_responses(prompt, [r1, r2, r3])      # best first
+    rm.pair_probability(prompt, a, b)                             # P(a > b) = sigmoid((r_a - r_b) / temperature)
+    rm.cache_info()                                               # CacheInfo(hits, misses, size, max_size)
+
+``model_or_dir`` is a loaded model, a local model directory, or a URI that a registered resolver turns into
+a local directory: edges add schemes with :func:`register_uri_resolver` (``raw_rm.registry`` adds
+``models:/``), so this core module never imports MLflow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+# URI prefix ("models:/", "s3://") -> function that returns a local model directory for the URI.
+URI_RESOLVERS: dict[str, Callable[[str], str]] = {}
+
+
+def register_uri_resolver(prefix: str, resolver: Callable[[str], str]) -> None:
+    """Let ``RewardModelInference`` open URIs starting with ``prefix``; ``resolver(uri)`` returns a local dir."""
+    URI_RESOLVERS[prefix] = resolver
+
+
+def resolve_model_uri(uri: str | Path) -> str:
+    """A local model directory for ``uri``: a resolver's answer for a registered prefix, else the path itself.
+
+    Raises:
+        ValueError: a URI scheme no resolver handles (listing the known prefixes), or a missing directory.
+    """
+    text = str(uri)
+    for prefix, resolver in sorted(URI_RESOLVERS.items(), key=lambda kv: -len(kv[0])):
+        if text.startswith(prefix):
+            return str(resolver(text))
+    if "://" in text or text.startswith("models:/") or text.startswith("runs:/"):
+        known = ", ".join(sorted(URI_RESOLVERS)) or "none registered"
+        hint = " (import raw_rm.registry to register models:/ and runs:/)" if text.startswith(("models:/", "runs:/")) else ""
+        raise ValueError(f"{text}: no resolver for this URI scheme{hint}; known prefixes: {known}")
+    path = Path(text)
+    if not path.is_dir():
+        raise ValueError(f"{text}: not a model directory (expected a folder written by raw_rm save_model)")
+    return str(path)
+
+
+@dataclass(frozen=True)
+class CacheInfo:
+    hits: int
+    misses: int
+    size: int
+    max_size: int
+
+
+def weights_version(model: nn.Module) -> str:
+    """A cheap content id of a model's weights (shapes plus a strided sample of every tensor).
+
+    Quantised models hash their dequantised weights plus the quantisation settings, so an int8 copy never
+    shares cache entries with its fp32 original.
+    """
+    digest = hashlib.sha256()
+
+    def add(name: str, value: Any) -> None:
+        if isinstance(value, (tuple, list)):
+            for i, item in enumerate(value):
+                add(f"{name}.{i}", item)
+            return
+        digest.update(name.encode())
+        if not isinstance(value, torch.Tensor):
+            digest.update(repr(value).encode())
+            return
+        if value.is_quantized:
+            digest.update(b"quantized")
+            value = value.dequantize()
+        flat = value.detach().reshape(-1)
+        sample = flat[:: max(1, flat.numel() // 64)][:64].to("cpu", torch.float32)
+        digest.update(str(tuple(value.shape)).encode())
+        digest.update(sample.numpy().tobytes())
+
+    for name, value in model.state_dict().items():
+        add(name, value)
+    return digest.hexdigest()[:16]
+
+
+class RewardModelInference:
+    """Reward scoring for one model (an ensemble model's members come along).
+
+    Args:
+        model_or_dir: a ``RewardModelBase``, a local model directory, or a URI with a registered resolver.
+        tokenizer: required when ``model_or_dir`` is a model object.
+        device: "cpu" or "cuda[:i]".
+        batch_size: texts per forward in batch_predict.
+        max_len_tokens: token budget per text (prompt cut from the left); None = 512 or the tokenizer's limit.
+        cache_size: LRU entries keyed by (model version, prompt, response); 0 disables the cache.
+        precision: "fp32", "bf16" or "auto" (bf16 where the device runs it natively).
+    """
+
+    def __init__(
+        self,
+        model_or_dir: nn.Module | str | Path,
+        *,
+        tokenizer: Any = None,
+        device: str = "cpu",
+        batch_size: int = 32,
+        max_len_tokens: int | None = None,
+        cache_size: int = 10000,
+        precision: str = "fp32",
+    ) -> None:
+        from raw_rm.train.loop import resolve_precision
+
+        if batch_size < 1:
+            raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
+        if isinstance(model_or_dir, nn.Module):
+            if tokenizer is None:
+                raise ValueError("RewardModelInference(model): pass tokenizer= with a model object")
+            model, self.source = model_or_dir, f"<{type(model_or_dir).__name__}>"
+        else:
+            from raw_rm.models import load_model
+
+            self.source = str(model_or_dir)
+            model, tokenizer = load_model(resolve_model_uri(model_or_dir))
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        limit = getattr(tokenizer, "model_max_length", 512) or 512
+        self.max_len_tokens = max_len_tokens or int(min(512, limit))
+        precision = resolve_precision(precision, self.device) if precision != "fp16" else "fp16"
+        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        self.metadata = model.metadata
+        self.version = self.metadata.version or weights_version(model)
+        self.cache_size = cache_size
+        self._cache: OrderedDict[tuple[str, str, str], tuple[float, tuple[float, ...] | None]] = OrderedDict()
+        self._hits = self._misses = 0
+        self._lock = threading.Lock()
+
+    # ----------------------------------------------------------------------------------- cache
+    def cache_info(self) -> CacheInfo:
+        with self._lock:
+            return CacheInfo(self._hits, self._misses, len(self._cache), self.cache_size)
+
+    def clear_cache(self) -> None:
+        with self._lock:
+            self._cache.clear()
+            self._hits = self._misses = 0
+
+    # ------------------------------------------------------------------------------------ core
+    @property
+    def temperature(self) -> float:
+        return float(self.metadata.temperature or 1.0)
+
+    def normalize(self, rewards: np.ndarray) -> np.ndarray:
+        """(reward - reward_mean) / reward_std from the training-set statistics in the metadata."""
+        std = float(self.metadata.reward_std or 1.0)
+        return (np.asarray(rewards, dtype=np.float64) - float(self.metadata.reward_mean)) / std
+
+    def _score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[tuple[float, tuple[float, ...] | None]]:
+        """(reward, members) per input, in input order; cached entries are not recomputed."""
+        if len(prompts) != len(responses):
+            raise ValueError(f"got {len(prompts)} prompts but {len(responses)} responses: give one prompt per response")
+        for i, (p, r) in enumerate(zip(prompts, responses, strict=True)):
+            if not isinstance(p, str) or not isinstance(r, str):
+                raise TypeError(f"item {i}: prompt and response must be strings, got {type(p).__name__} and {type(r).__name__}")
+        results: list[tuple[float, tuple[float, ...] | None] | None] = [None] * len(prompts)
+        missing: dict[tuple[str, str], list[int]] = {}
+        with self._lock:
+            for i, (p, r) in enumerate(zip(prompts, responses, strict=True)):
+                key = (self.version, p, r)
+                hit = self._cache.get(key) if self.cache_size else None
+                if hit is not None:
+                    self._cache.move_to_end(key)
+                    self._hits += 1
+                    results[i] = hit
+                else:
+                    missing.setdefault((p, r), []).append(i)
+            self._misses += sum(len(v) for v in missing.values())
+        if missing:
+            unique = list(missing)
+            scored = self._forward(unique)
+            with self._lock:
+                for (p, r), value in zip(unique, scored, strict=True):
+                    for i in missing[(p, r)]:
+                        results[i] = value
+                    if self.cache_size:
+                        self._cache[(self.version, p, r)] = value
+                        self._cache.move_to_end((self.version, p, r))
+                        while len(self._cache) > self.cache_size:
+                            self._cache.popitem(last=False)
+        return results  # type: ignore[return-value]
+
+    @torch.no_grad()
+    def _forward(self, items: list[tuple[str, str]]) -> list[tuple[float, tuple[float, ...] | None]]:
+        """Score in length-sorted batches (little padding), then put the results back in input order."""
+        from raw_rm.data.batching import encode
+
+        order = sorted(range(len(items)), key=lambda i: len(items[i][0]) + len(items[i][1]))
+        out: list[tuple[float, tuple[float, ...] | None]] = [(math.nan, None)] * len(items)
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            enc = encode(
+                self.tokenizer, [items[i][0] for i in idx], [items[i][1] for i in idx],
+                max_len_tokens=self.max_len_tokens, input_kind=self.model.input_kind,
+            )
+            features = {k: v.to(self.device) for k, v in enc.features.items()}
+            with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None):
+                result = self.model(**features)
+            rewards = result.rewards.float().cpu().tolist()
+            members = result.members.float().cpu().tolist() if result.members is not None else None
+            for j, i in enumerate(idx):
+                out[i] = (rewards[j], tuple(members[j]) if members is not None else None)
+        return out
+
+    # ------------------------------------------------------------------------------------- API
+    def batch_predict(self, prompts: Sequence[str], responses: Sequence[str], *, normalized: bool = False) -> np.ndarray:
+        """Rewards (N,) in input order; ``normalized`` applies the training-set mean/std."""
+        rewards = np.array([r for r, _ in self._score(prompts, responses)], dtype=np.float64)
+        return self.normalize(rewards) if normalized else rewards
+
+    def batch_predict_members(self, prompts: Sequence[str], responses: Sequence[str], *, normalized: bool = False) -> np.ndarray:
+        """Member rewards (N, K) in input order; a single model gives K = 1 (its reward)."""
+        scored = self._score(prompts, responses)
+        rows = [m if m is not None else (r,) for r, m in scored]
+        members = np.array(rows, dtype=np.float64).reshape(len(rows), -1 if rows else 1)
+        return self.normalize(members) if normalized else members
+
+    def predict_reward(self, prompt: str, response: str, *, normalized: bool = False) -> float:
+        return float(self.batch_predict([prompt], [response], normalized=normalized)[0])
+
+    def rank_responses(self, prompt: str, responses: Sequence[str]) -> tuple[list[int], np.ndarray]:
+        """(indices of ``responses`` best first, rewards in input order). Ties keep input order."""
+        if not responses:
+            raise ValueError("rank_responses: no responses to rank")
+        rewards = self.batch_predict([prompt] * len(responses), list(responses))
+        order = sorted(range(len(responses)), key=lambda i: (-rewards[i], i))
+        return order, rewards
+
+    def pair_probability(self, prompt: str, a: str, b: str) -> float:
+        """P(a preferred to b) = sigmoid((r_a - r_b) / temperature), temperature from calibration metadata."""
+        ra, rb = self.batch_predict([prompt, prompt], [a, b])
+        z = (ra - rb) / self.temperature
+        return float(1.0 / (1.0 + math.exp(-z))) if z >= 0 else float(math.exp(z) / (1.0 + math.exp(z)))

@@ -1,0 +1,729 @@
+"""MLflow tracking and model registry for raw_rm (edge).
+
+Tracking: one MLflow run per training with the flattened config as params, per-step metrics from rank 0
+(``MlflowCallback``, a loop callback that also travels to Ray Train workers), lineage tags (data fingerprint,
+git commit, base model) and the eval report and trained model as artifacts.
+
+Registry: every trained model becomes a version of a registered model with alias ``candidate``;
+``promote`` moves ``champion`` only when the evaluation gate passes and records the previous champion on the
+new one, so ``rollback`` can move ``champion`` back, recording who and why.
+
+    with tracking(cfg) as run:
+        result = train_local(cfg, callbacks=[run.callback()])
+        run.log_model(result.model_dir)
+    version = register_model(run.run_id, "model", "raw_rm-reward", {"note": "first"}, tracking_uri=uri)
+    promote("raw_rm-reward", version, cfg.gate, tracking_uri=uri)
+
+Only the MlflowClient API is used, never the fluent ``mlflow.start_run``/``set_tracking_uri`` globals, so
+tests and several stores can live in one process. ``models:/NAME@alias`` and ``models:/NAME/3`` URIs resolve
+to a local model directory through ``resolve_model_uri`` (cached per version).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+# Silence per-file download bars before mlflow is imported (STACK_NOTES); setdefault leaves a user's choice.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+import mlflow.artifacts  # noqa: E402
+from mlflow import MlflowClient  # noqa: E402
+from mlflow.entities import Metric, Param  # noqa: E402
+from mlflow.exceptions import MlflowException  # noqa: E402
+
+from raw_rm.config import Config, DataConfig, GateConfig, MlflowConfig  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+CANDIDATE = "candidate"
+CHAMPION = "champion"
+MODEL_ARTIFACT = "model"
+REPORT_ARTIFACT = "eval_report"
+# Tags written on each model version; the gate and `show` read metrics from them first, then from the run.
+GATE_METRICS = ("accuracy", "ece")
+_LINEAGE_TAGS = ("data_fingerprint", "data_source", "git_commit", "base_model", "arch", "loss")
+_RUN_METRIC_FALLBACKS = {"accuracy": ("eval.accuracy", "val_accuracy"), "ece": ("eval.ece", "val_ece")}
+
+
+class RegistryError(RuntimeError):
+    """A registry operation cannot be done as asked; the message says why and what to do."""
+
+
+class PromotionRefused(RegistryError):
+    """The evaluation gate refused a promotion; ``decision.reasons`` lists every failed rule."""
+
+    def __init__(self, decision: GateDecision) -> None:
+        self.decision = decision
+        super().__init__(f"{decision.name} v{decision.version}: promotion refused: " + "; ".join(decision.reasons))
+
+
+# ----------------------------------------------------------------------------------------- stores
+def client_for(tracking_uri: str | None = None) -> MlflowClient:
+    """A client on ``tracking_uri`` (None: $MLFLOW_TRACKING_URI, else the config default).
+
+    A SQLite store's folder is created first: SQLAlchemy does not create it and fails with an unclear error.
+    """
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or MlflowConfig().tracking_uri
+    db = _sqlite_path(uri)
+    if db is not None:
+        db.parent.mkdir(parents=True, exist_ok=True)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    return Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
+
+
+def absolute_uri(uri: str) -> str:
+    """``sqlite:///mlruns/mlflow.db`` (relative to the working directory) -> ``sqlite:////abs/mlruns/mlflow.db``.
+
+    Ray Train workers and Ray jobs may run in another working directory: they must reach the same file.
+    """
+    db = _sqlite_path(uri)
+    return f"sqlite:///{db.resolve()}" if db is not None and not db.is_absolute() else uri
+
+
+def artifact_location(cfg: MlflowConfig) -> str | None:
+    """The experiment's artifact root: explicit, or ``<folder of the SQLite file>/artifacts`` (absolute).
+
+    Set explicitly because MLflow's default is relative to the working directory at creation time, which
+    differs between the CLI, Ray workers and `ray job submit` (STACK_NOTES). A server URI keeps its own default.
+    """
+    if cfg.artifact_location:
+        loc = cfg.artifact_location
+        return Path(loc).resolve().as_uri() if "://" not in loc else loc
+    db = _sqlite_path(cfg.tracking_uri)
+    return (db.parent.resolve() / "artifacts").as_uri() if db is not None else None
+
+
+def ensure_experiment(client: MlflowClient, cfg: MlflowConfig) -> str:
+    """The id of experiment ``cfg.experiment``, created with an explicit artifact location if absent."""
+    exp = client.get_experiment_by_name(cfg.experiment)
+    location = artifact_location(cfg)
+    if exp is None:
+        return client.create_experiment(cfg.experiment, artifact_location=location)
+    if location is not None and exp.artifact_location != location:
+        log.warning(
+            "experiment %r keeps its artifact location %s (mlflow.artifact_location asks for %s; an experiment's "
+            "location cannot change: use a new mlflow.experiment name to move it)",
+            cfg.experiment, exp.artifact_location, location,
+        )
+    return exp.experiment_id
+
+
+# ---------------------------------------------------------------------------------------- lineage
+def data_fingerprint(data: DataConfig) -> str:
+    """A stable id of the training data: sha256 of the input files, the dataset name, or the synthetic config.
+
+    Files and ``datasets`` folders hash their bytes (a folder: every file, in path order, with its relative path).
+    A name that is not a local path is a Hub dataset, fingerprinted by name (no revision is pinned in the config).
+    The synthetic default hashes its generator config, which determines the data exactly. With a separate
+    eval file the two fingerprints are joined by "+".
+    """
+    if data.train_path is None:
+        blob = json.dumps(asdict(data.synthetic), sort_keys=True)
+        return "synthetic:" + hashlib.sha256(blob.encode()).hexdigest()
+    sources = [s for s in (data.train_path, data.eval_path) if s is not None]
+    return "+".join(_source_fingerprint(s) for s in sources)
+
+
+def _source_fingerprint(source: str) -> str:
+    path = Path(source)
+    if not path.exists():
+        return f"hub:{source}"
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            digest.update(str(file.relative_to(path)).encode() + b"\0")
+        with file.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+    return "sha256:" + digest.hexdigest()
+
+
+def git_commit() -> str:
+    """The commit of the code that runs: $RAW_RM_GIT_COMMIT, else `git rev-parse HEAD` (+ "-dirty"), else "unknown".
+
+    A Ray job's working directory has no .git: set RAW_RM_GIT_COMMIT in the job's env to keep the lineage.
+    """
+    if os.environ.get("RAW_RM_GIT_COMMIT"):
+        return os.environ["RAW_RM_GIT_COMMIT"]
+    repo = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        if head.returncode != 0:
+            return "unknown"
+        # --no-optional-locks: a read-only status that never rewrites the index.
+        status = subprocess.run(
+            ["git", "--no-optional-locks", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return head.stdout.strip() + ("-dirty" if status.stdout.strip() else "")
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """``{"train": {"lr": 1e-4}}`` -> ``{"train.lr": "0.0001"}``; lists and None as JSON."""
+    out: dict[str, str] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, prefix=f"{name}."))
+        else:
+            out[name] = json.dumps(value) if isinstance(value, (list, dict, type(None), bool)) else str(value)
+    return out
+
+
+# --------------------------------------------------------------------------------------- tracking
+class MlflowCallback:
+    """Loop callback sending rank-0 step and eval metrics to one MLflow run.
+
+    Holds only strings until first use, so it pickles into Ray Train workers (the client is built lazily).
+    Metrics are buffered and sent in batches of ``flush_every`` steps, on every evaluation and at the end.
+    """
+
+    def __init__(self, tracking_uri: str, run_id: str, *, flush_every: int = 20) -> None:
+        self.tracking_uri = tracking_uri
+        self.run_id = run_id
+        self.flush_every = flush_every
+        self._client: MlflowClient | None = None
+        self._buffer: list[Metric] = []
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"tracking_uri": self.tracking_uri, "run_id": self.run_id, "flush_every": self.flush_every}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["tracking_uri"], state["run_id"], flush_every=state["flush_every"])
+
+    def on_step(self, step: int, metrics: dict[str, Any]) -> None:
+        self._add(step, metrics, prefix="")
+        if len({m.step for m in self._buffer}) >= self.flush_every:
+            self.flush()
+
+    def on_eval(self, step: int, metrics: dict[str, Any]) -> None:
+        self._add(step, metrics, prefix="")
+        self.flush()
+
+    def on_checkpoint(self, step: int, path: Any, metrics: dict[str, Any]) -> None:
+        self.flush()
+
+    def on_fit_end(self, result: Any) -> None:
+        self.flush()
+
+    def _add(self, step: int, metrics: dict[str, Any], *, prefix: str) -> None:
+        now = int(time.time() * 1000)
+        for key, value in metrics.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                continue
+            self._buffer.append(Metric(_metric_key(prefix + key), float(value), now, int(step)))
+
+    def flush(self) -> None:
+        if not self._buffer:
+            return
+        if self._client is None:
+            self._client = client_for(self.tracking_uri)
+        # log_batch takes at most 1000 metrics per call.
+        for start in range(0, len(self._buffer), 1000):
+            self._client.log_batch(self.run_id, metrics=self._buffer[start : start + 1000], synchronous=True)
+        self._buffer = []
+
+
+def _metric_key(key: str) -> str:
+    # MLflow accepts letters, digits, "_-./ " in names; anything else becomes "_".
+    return "".join(c if c.isalnum() or c in "_-./ " else "_" for c in key)
+
+
+@dataclass
+class TrackedRun:
+    """An open MLflow run (what ``tracking`` yields)."""
+
+    client: MlflowClient
+    run_id: str
+    experiment_id: str
+    tracking_uri: str
+    tags: dict[str, str]
+
+    def callback(self) -> MlflowCallback:
+        return MlflowCallback(self.tracking_uri, self.run_id)
+
+    def log_metrics(self, metrics: dict[str, Any], *, prefix: str = "", step: int = 0) -> None:
+        cb = self.callback()
+        cb._add(step, metrics, prefix=prefix)
+        cb.flush()
+
+    def log_model(self, model_dir: str | Path) -> str:
+        """Upload a saved model folder as artifact ``model``; returns its artifact URI."""
+        self.client.log_artifacts(self.run_id, str(model_dir), MODEL_ARTIFACT)
+        return f"{self.client.get_run(self.run_id).info.artifact_uri}/{MODEL_ARTIFACT}"
+
+    def log_report(self, report_dir: str | Path, metrics: dict[str, Any]) -> None:
+        """Upload an eval report folder as artifact ``eval_report`` and its flat metrics as ``eval.*``."""
+        self.client.log_artifacts(self.run_id, str(report_dir), REPORT_ARTIFACT)
+        self.log_metrics(metrics, prefix="eval.")
+
+
+@contextlib.contextmanager
+def tracking(cfg: Config, *, run_name: str | None = None) -> Iterator[TrackedRun]:
+    """Open one MLflow run for a training: config as params, lineage tags; FINISHED or FAILED on exit."""
+    client = client_for(cfg.mlflow.tracking_uri)
+    experiment_id = ensure_experiment(client, cfg.mlflow)
+    tags = {
+        "data_fingerprint": data_fingerprint(cfg.data),
+        "data_source": cfg.data.train_path or "synthetic",
+        "git_commit": git_commit(),
+        "base_model": cfg.model.backbone,
+        "arch": cfg.model.arch,
+        "loss": cfg.loss.name,
+        "mlflow.user": _who(None),
+    }
+    run = client.create_run(experiment_id, tags=tags, run_name=run_name or cfg.ray.run_name)
+    run_id = run.info.run_id
+    params = [Param(k[:250], v[:6000]) for k, v in flatten(cfg.to_dict()).items()]
+    for start in range(0, len(params), 100):  # log_batch takes at most 100 params per call
+        client.log_batch(run_id, params=params[start : start + 100], synchronous=True)
+    client.log_dict(run_id, cfg.to_dict(), "config.json")
+    log.info("MLflow run %s in experiment %s (%s)", run_id, cfg.mlflow.experiment, cfg.mlflow.tracking_uri)
+    try:
+        yield TrackedRun(client, run_id, experiment_id, absolute_uri(cfg.mlflow.tracking_uri), tags)
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    client.set_terminated(run_id, "FINISHED")
+
+
+def tracked_training(cfg: Config, train_fn: Callable[..., Any], *, evaluate_fn: Callable[..., Any] | None = None) -> Any:
+    """Run ``train_fn(cfg, callbacks=[...])`` inside an MLflow run, then log, evaluate and register the model.
+
+    ``train_fn`` is ``train_local`` or ``train_ray``; both return a result with ``model_dir``. With
+    ``cfg.mlflow.enabled`` false this is just ``train_fn(cfg)``. ``evaluate_fn(cfg, model_dir, report_dir) ->
+    dict`` (default: ``evaluate_for_registry``) writes the eval report whose metrics feed the promotion gate.
+    The result gains ``mlflow_run_id`` and ``model_version`` (None when not registered) attributes.
+    """
+    if not cfg.mlflow.enabled:
+        return train_fn(cfg)
+    evaluate_fn = evaluate_fn or evaluate_for_registry
+    with tracking(cfg) as run:
+        result = train_fn(cfg, callbacks=[run.callback()])
+        # the run's summary: final validation, throughput, steps (and global_batch_size under Ray Train)
+        run.log_metrics(result.metrics, prefix="summary.", step=int(result.metrics.get("steps", 0)))
+        model_dir = Path(result.model_dir)
+        with tempfile.TemporaryDirectory(prefix="raw_rm_eval_") as tmp:
+            metrics = evaluate_fn(cfg, model_dir, Path(tmp))
+            run.log_report(tmp, metrics)
+        run.log_model(model_dir)
+        version = None
+        if cfg.mlflow.register:
+            gate_tags = {k: str(metrics[k]) for k in GATE_METRICS if k in metrics}
+            version = register_model(
+                run.run_id, MODEL_ARTIFACT, cfg.mlflow.registered_model, {**run.tags, **gate_tags},
+                tracking_uri=cfg.mlflow.tracking_uri,
+            )
+            run.client.set_tag(run.run_id, "registered_version", f"{cfg.mlflow.registered_model}/{version}")
+    result.mlflow_run_id, result.model_version = run.run_id, version
+    log.info("tracked run %s%s", run.run_id, f"; registered {cfg.mlflow.registered_model} v{version}" if version else "")
+    return result
+
+
+def evaluate_for_registry(cfg: Config, model_dir: Path, report_dir: Path) -> dict[str, float]:
+    """Evaluate the trained model on the validation split, write the eval report folder, return flat metrics.
+
+    Half of the validation prompts (by hash) fit the calibration temperature, which is saved into the model's
+    metadata before the model is logged; the other half is the evaluation set. Keys ``accuracy`` and ``ece``
+    (after temperature scaling) are what the promotion gate reads.
+    """
+    from raw_rm.data import load_train_val
+    from raw_rm.data.formats import group_to_pairs
+    from raw_rm.data.splits import split_by_prompt
+    from raw_rm.eval.evaluator import RewardModelEvaluator
+    from raw_rm.inference import RewardModelInference
+
+    rm = RewardModelInference(str(model_dir), max_len_tokens=cfg.data.max_len_tokens)
+    _, val, _ = load_train_val(cfg, tokenizer=rm.tokenizer)
+    if cfg.data.kind == "groups":
+        val = [p for g in val for p in group_to_pairs(g)]
+    elif cfg.data.kind != "pairs":
+        log.warning("data.kind=%s: no pairwise evaluation report; the gate will read val_* training metrics", cfg.data.kind)
+        return {}
+    if len(val) < 4:
+        log.warning("only %d validation pairs: no eval report; the gate will read val_* training metrics", len(val))
+        return {}
+    test, calibration = split_by_prompt(val, 0.5, cfg.data.split_seed + "/calibration")
+    if not test or not calibration:
+        log.warning("validation prompts did not split in two (%d/%d): calibrating and evaluating on the same pairs", len(test), len(calibration))
+        test = calibration = val
+    evaluator = RewardModelEvaluator(rm, n_boot=200, seed=cfg.train.seed)
+    report = evaluator.run(
+        test, name="validation", val_pairs=calibration, save_temperature=True,
+        model_info={"model_dir": str(model_dir), "base_model": cfg.model.backbone, "arch": cfg.model.arch},
+    )
+    report.write(report_dir)
+    head = report.headline()
+    metrics = dict(report.flat_metrics())
+    metrics.update(accuracy=float(head["accuracy"]), ece=float(head["ece_after"]), temperature=float(head["temperature"]))
+    return metrics
+
+
+# --------------------------------------------------------------------------------------- registry
+def register_model(
+    run_id: str, artifact_path: str, name: str, tags: dict[str, str] | None = None, *, tracking_uri: str | None = None
+) -> str:
+    """Register ``<run artifacts>/artifact_path`` as a new version of ``name`` with alias ``candidate``.
+
+    Uses create_registered_model + create_model_version(source=artifact URI): ``mlflow.register_model`` on a
+    plain model folder fails with "Unable to find a logged_model" (STACK_NOTES).
+
+    Returns:
+        The new version number, as a string ("1", "2", ...).
+    """
+    client = client_for(tracking_uri)
+    run = client.get_run(run_id)
+    try:
+        client.create_registered_model(name, description="raw_rm reward model")
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    exp = client.get_experiment(run.info.experiment_id)
+    lineage = {"experiment_id": exp.experiment_id, "experiment_name": exp.name}
+    lineage.update({k: run.data.tags[k] for k in _LINEAGE_TAGS if k in run.data.tags})
+    source = f"{run.info.artifact_uri.rstrip('/')}/{artifact_path}"
+    mv = client.create_model_version(name, source, run_id=run_id, tags={**lineage, **(tags or {})})
+    client.set_registered_model_alias(name, CANDIDATE, mv.version)
+    log.info("registered %s v%s from run %s (alias %s)", name, mv.version, run_id, CANDIDATE)
+    return str(mv.version)
+
+
+@dataclass
+class VersionInfo:
+    """One model version as `registry list/show` print it."""
+
+    name: str
+    version: str
+    aliases: list[str]
+    run_id: str | None
+    created_ms: int
+    metrics: dict[str, float]
+    data_fingerprint: str
+    experiment: str
+    base_model: str
+    git_commit: str
+    source: str
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+def _version_info(client: MlflowClient, mv: Any, aliases: list[str]) -> VersionInfo:
+    metrics = _version_metrics(client, mv)
+    tags = dict(mv.tags or {})
+    exp = f"{tags.get('experiment_name', '?')} ({tags.get('experiment_id', '?')})"
+    return VersionInfo(
+        name=mv.name, version=str(mv.version), aliases=sorted(aliases), run_id=mv.run_id,
+        created_ms=int(mv.creation_timestamp or 0), metrics=metrics,
+        data_fingerprint=tags.get("data_fingerprint", "?"), experiment=exp, base_model=tags.get("base_model", "?"),
+        git_commit=tags.get("git_commit", "?"), source=mv.source, tags=tags,
+    )
+
+
+def _version_metrics(client: MlflowClient, mv: Any) -> dict[str, float]:
+    """Gate metrics of a version: its tags first, then its run's ``eval.*`` metrics, then ``val_*``."""
+    out: dict[str, float] = {}
+    run_metrics: dict[str, float] | None = None
+    for key in GATE_METRICS:
+        if key in (mv.tags or {}):
+            out[key] = float(mv.tags[key])
+            continue
+        if run_metrics is None:
+            run_metrics = client.get_run(mv.run_id).data.metrics if mv.run_id else {}
+        for candidate in _RUN_METRIC_FALLBACKS[key]:
+            if candidate in run_metrics:
+                out[key] = float(run_metrics[candidate])
+                break
+    return out
+
+
+def _get_version(client: MlflowClient, name: str, version: str) -> Any:
+    try:
+        return client.get_model_version(name, str(version))
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            known = [str(v.version) for v in client.search_model_versions(f"name='{name}'")]
+            if not known:
+                raise RegistryError(f"registered model {name!r} does not exist (or has no versions)") from None
+            raise RegistryError(
+                f"{name}: no version {version} (versions: {', '.join(sorted(known, key=int))})"
+            ) from None
+        raise
+
+
+def _alias_version(client: MlflowClient, name: str, alias: str) -> Any | None:
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+            return None
+        raise
+
+
+def list_versions(name: str, *, tracking_uri: str | None = None) -> list[VersionInfo]:
+    """Every version of ``name``, newest first, with aliases, gate metrics and lineage."""
+    client = client_for(tracking_uri)
+    versions = client.search_model_versions(f"name='{name}'")
+    if not versions:
+        raise RegistryError(f"registered model {name!r} does not exist (or has no versions)")
+    # search_model_versions leaves ModelVersion.aliases empty on this store: read them from the model.
+    by_version: dict[str, list[str]] = {}
+    for alias, version in (client.get_registered_model(name).aliases or {}).items():
+        by_version.setdefault(str(version), []).append(alias)
+    infos = [_version_info(client, mv, by_version.get(str(mv.version), [])) for mv in versions]
+    return sorted(infos, key=lambda v: -int(v.version))
+
+
+@dataclass
+class ModelInfo:
+    name: str
+    aliases: dict[str, str]  # alias -> version
+    tags: dict[str, str]
+    versions: list[VersionInfo]
+
+
+def show(name: str, *, tracking_uri: str | None = None) -> ModelInfo:
+    """The registered model ``name``: aliases, tags (rollback history) and every version."""
+    client = client_for(tracking_uri)
+    try:
+        rm = client.get_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            raise RegistryError(f"registered model {name!r} does not exist") from None
+        raise
+    aliases = dict(sorted((rm.aliases or {}).items()))
+    versions = list_versions(name, tracking_uri=tracking_uri)
+    return ModelInfo(name=name, aliases={k: str(v) for k, v in aliases.items()}, tags=dict(rm.tags or {}), versions=versions)
+
+
+@dataclass
+class GateDecision:
+    name: str
+    version: str
+    passed: bool
+    reasons: list[str]  # one line per failed rule; empty when passed
+    metrics: dict[str, float]
+    champion: str | None  # current champion version, if any
+    champion_metrics: dict[str, float]
+
+
+def check_gate(name: str, version: str, gate: GateConfig, *, tracking_uri: str | None = None) -> GateDecision:
+    """Evaluate the promotion gate for ``name`` v``version`` against ``gate`` and the current champion."""
+    client = client_for(tracking_uri)
+    mv = _get_version(client, name, version)
+    metrics = _version_metrics(client, mv)
+    champion = _alias_version(client, name, CHAMPION)
+    champion_metrics = _version_metrics(client, champion) if champion is not None else {}
+    reasons = []
+    acc, ece = metrics.get("accuracy"), metrics.get("ece")
+    if gate.min_accuracy is not None:
+        if acc is None:
+            reasons.append("accuracy unknown (no 'accuracy' tag or eval.accuracy/val_accuracy run metric)")
+        elif acc < gate.min_accuracy:
+            reasons.append(f"accuracy {acc:.4f} < gate.min_accuracy {gate.min_accuracy:.4f}")
+    if gate.max_ece is not None:
+        if ece is None:
+            reasons.append("ece unknown (no 'ece' tag or eval.ece/val_ece run metric)")
+        elif ece > gate.max_ece:
+            reasons.append(f"ece {ece:.4f} > gate.max_ece {gate.max_ece:.4f}")
+    if gate.no_worse_than_champion and champion is not None and str(champion.version) != str(version):
+        champ_acc = champion_metrics.get("accuracy")
+        if acc is None or champ_acc is None:
+            reasons.append(f"cannot compare with champion v{champion.version}: accuracy unknown")
+        elif acc < champ_acc:
+            reasons.append(f"accuracy {acc:.4f} < champion v{champion.version} accuracy {champ_acc:.4f}")
+    return GateDecision(
+        name=name, version=str(version), passed=not reasons, reasons=reasons, metrics=metrics,
+        champion=str(champion.version) if champion is not None else None, champion_metrics=champion_metrics,
+    )
+
+
+def promote(
+    name: str, version: str, gate: GateConfig, *, who: str | None = None, reason: str = "", tracking_uri: str | None = None
+) -> GateDecision:
+    """Move alias ``champion`` to ``version`` if the gate passes; the old champion is kept for rollback.
+
+    Raises:
+        PromotionRefused: the gate failed (``exc.decision.reasons`` lists why); nothing changed.
+        RegistryError: unknown model/version, or the version is already the champion.
+    """
+    decision = check_gate(name, version, gate, tracking_uri=tracking_uri)
+    if decision.champion == str(version):
+        raise RegistryError(f"{name} v{version} is already the champion")
+    if not decision.passed:
+        raise PromotionRefused(decision)
+    client = client_for(tracking_uri)
+    tags = {"promoted_by": _who(who), "promoted_at": _now(), "promotion_reason": reason or "gate passed"}
+    if decision.champion is not None:
+        tags["previous_champion"] = decision.champion
+    for key, value in tags.items():
+        client.set_model_version_tag(name, str(version), key, value)
+    client.set_registered_model_alias(name, CHAMPION, str(version))
+    log.info("%s: champion v%s -> v%s (%s)", name, decision.champion, version, tags["promoted_by"])
+    return decision
+
+
+@dataclass
+class RollbackResult:
+    name: str
+    from_version: str
+    to_version: str
+    who: str
+    reason: str
+
+
+def rollback(name: str, reason: str, who: str | None = None, *, tracking_uri: str | None = None) -> RollbackResult:
+    """Move ``champion`` back to the champion before it, tagging who and why on the version and the model.
+
+    Raises:
+        RegistryError: no champion, or the champion has no recorded predecessor.
+    """
+    if not reason.strip():
+        raise RegistryError("rollback needs a reason (it is recorded in the registry)")
+    client = client_for(tracking_uri)
+    current = _alias_version(client, name, CHAMPION)
+    if current is None:
+        raise RegistryError(f"{name} has no champion to roll back")
+    previous = (current.tags or {}).get("previous_champion")
+    if not previous:
+        raise RegistryError(f"{name}: champion v{current.version} has no previous champion to roll back to")
+    _get_version(client, name, previous)
+    by, at = _who(who), _now()
+    for key, value in (("rolled_back_by", by), ("rolled_back_at", at), ("rollback_reason", reason)):
+        client.set_model_version_tag(name, str(current.version), key, value)
+    client.set_registered_model_alias(name, CHAMPION, previous)
+    client.set_registered_model_tag(name, "last_rollback", f"v{current.version} -> v{previous} at {at} by {by}: {reason}")
+    log.warning("%s: champion rolled back v%s -> v%s by %s: %s", name, current.version, previous, by, reason)
+    return RollbackResult(name=name, from_version=str(current.version), to_version=previous, who=by, reason=reason)
+
+
+def _who(who: str | None) -> str:
+    if who:
+        return who
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+# ------------------------------------------------------------------------------------ URI resolver
+def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
+    """``models:/NAME@alias`` -> (NAME, None, alias); ``models:/NAME/3`` -> (NAME, "3", None).
+
+    Raises:
+        RegistryError: not one of those two forms.
+    """
+    if not uri.startswith("models:/"):
+        raise RegistryError(f"{uri!r}: expected models:/NAME@alias or models:/NAME/VERSION")
+    rest = uri[len("models:/") :].strip("/")
+    if "@" in rest:
+        name, _, alias = rest.rpartition("@")
+        if name and alias:
+            return name, None, alias
+    else:
+        name, _, version = rest.rpartition("/")
+        if name and version.isdigit():
+            return name, version, None
+    raise RegistryError(f"{uri!r}: expected models:/NAME@alias or models:/NAME/VERSION")
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("RAW_RM_MODEL_CACHE", Path.home() / ".cache" / "raw_rm" / "models"))
+
+
+def resolve_model_uri(uri: str, *, tracking_uri: str | None = None, cache_dir: str | Path | None = None) -> Path:
+    """Download a registered model version to ``cache_dir/NAME/VERSION`` once and return that folder.
+
+    Aliases resolve to a version first, so moving ``champion`` is seen at the next resolve while each version
+    is downloaded only once. A partial download never counts: the files land in a temporary folder renamed
+    into place when complete.
+    """
+    name, version, alias = parse_model_uri(uri)
+    client = client_for(tracking_uri)
+    if alias is not None:
+        mv = _alias_version(client, name, alias)
+        if mv is None:
+            raise RegistryError(f"{uri}: {name} has no alias {alias!r}")
+        version = str(mv.version)
+    else:
+        _get_version(client, name, version)
+    target = Path(cache_dir or default_cache_dir()) / quote(name, safe="") / str(version)
+    if target.is_dir():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=target.parent))
+    try:
+        source = client.get_model_version_download_uri(name, str(version))
+        # Returns the local path of the downloaded folder (a run artifact URI lands as tmp/<artifact name>).
+        local = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(tmp), tracking_uri=client.tracking_uri)
+        try:
+            Path(local).rename(target)
+        except OSError:  # another process finished first: keep theirs
+            if not target.is_dir():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    log.info("resolved %s -> %s", uri, target)
+    return target
+
+
+def resolve_run_uri(uri: str, *, tracking_uri: str | None = None, cache_dir: str | Path | None = None) -> Path:
+    """``runs:/RUN_ID/model`` -> a local copy of that run artifact folder (cached under ``cache_dir/runs``)."""
+    rest = uri[len("runs:/") :].strip("/") if uri.startswith("runs:/") else ""
+    run_id, _, artifact = rest.partition("/")
+    if not run_id or not artifact:
+        raise RegistryError(f"{uri!r}: expected runs:/RUN_ID/ARTIFACT_PATH (e.g. runs:/<id>/model)")
+    target = Path(cache_dir or default_cache_dir()) / "runs" / run_id / artifact
+    if target.is_dir():
+        return target
+    client = client_for(tracking_uri)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".run-", dir=target.parent))
+    try:
+        local = mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=artifact, dst_path=str(tmp), tracking_uri=client.tracking_uri
+        )
+        Path(local).rename(target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def install_uri_resolver(tracking_uri: str | None = None) -> None:
+    """Let every raw_rm command accept ``models:/`` and ``runs:/`` URIs where a model directory is expected.
+
+    Importing this module installs it with ``tracking_uri=None`` ($MLFLOW_TRACKING_URI, else the config default,
+    read at resolve time); call again to bind a specific store.
+    """
+    from raw_rm import inference
+
+    inference.register_uri_resolver("models:/", lambda uri: str(resolve_model_uri(uri, tracking_uri=tracking_uri)))
+    inference.register_uri_resolver("runs:/", lambda uri: str(resolve_run_uri(uri, tracking_uri=tracking_uri)))
+
+
+install_uri_resolver()

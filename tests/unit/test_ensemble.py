@@ -1,0 +1,113 @@
+"""Ensemble folders: saved and loaded as one model, members z-scored per member, shared tokenizer enforced."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from model_features import PROMPTS, RESPONSES, encode_features
+
+from raw_rm.config import ModelConfig
+from raw_rm.inference import RewardModelInference
+from raw_rm.models import build_model, load_model, save_model
+from raw_rm.models.ensemble import EnsembleRewardModel, is_ensemble_dir, load_ensemble, save_ensemble
+
+STATS = [(0.5, 2.0), (-1.0, 0.5)]  # (reward_mean, reward_std) of the two members
+
+
+def make_member(seed: int, arch: str = "concat"):
+    torch.manual_seed(seed)
+    model, tokenizer = build_model(ModelConfig(arch=arch, backbone="tiny-bert"))
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():  # distinct weights per member (the tiny backbone itself is seeded the same way)
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=gen))
+    model.eval()
+    return model, tokenizer
+
+
+@pytest.fixture(scope="module")
+def members(tmp_path_factory) -> list[Path]:
+    root = tmp_path_factory.mktemp("members")
+    dirs = []
+    for i, (mean, std) in enumerate(STATS):
+        model, tokenizer = make_member(i)
+        model.metadata.reward_mean, model.metadata.reward_std = mean, std
+        dirs.append(save_model(model, tokenizer, root / f"m{i}"))
+    return dirs
+
+
+@pytest.fixture(scope="module")
+def expected(members: list[Path]) -> np.ndarray:
+    """(N, K) z-scored rewards of each member loaded on its own: (r_k - reward_mean_k) / reward_std_k."""
+    cols = []
+    for d, (mean, std) in zip(members, STATS):
+        model, tokenizer = load_model(d)
+        with torch.no_grad():
+            cols.append((model(**encode_features(tokenizer, PROMPTS, RESPONSES, "concat")).rewards.numpy() - mean) / std)
+    return np.stack(cols, axis=1)
+
+
+@pytest.fixture(scope="module")
+def ensemble(members: list[Path], tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("ensemble")
+    return save_ensemble(root / "ens", members, {"members": [{"seed": 0, "run_id": "a"}, {"seed": 1, "run_id": "b"}]})
+
+
+def test_saved_ensemble_loads_as_one_model_with_z_scored_members(ensemble: Path, members: list[Path], expected: np.ndarray) -> None:
+    assert is_ensemble_dir(ensemble) and not is_ensemble_dir(members[0])
+    record = json.loads((ensemble / "ensemble.json").read_text())
+    assert [(m["dir"], m["seed"], m["run_id"]) for m in record["members"]] == [("member_0", 0, "a"), ("member_1", 1, "b")]
+    assert record["metadata"]["base_model"] == "tiny-bert"
+    model, tokenizer = load_model(ensemble)
+    assert isinstance(model, EnsembleRewardModel) and not model.training
+    assert model.num_members == 2 and model.input_kind == "concat"
+    with torch.no_grad():
+        out = model(**encode_features(tokenizer, PROMPTS, RESPONSES, "concat"))
+    assert tuple(out.members.shape) == (len(PROMPTS), 2)
+    np.testing.assert_allclose(out.members.numpy(), expected, atol=1e-5)
+    np.testing.assert_allclose(out.rewards.numpy(), expected.mean(1), atol=1e-5)
+
+    # save_model on a loaded ensemble: in place only ensemble.json changes (eval's save_temperature does this) ...
+    model.metadata.temperature = 2.5
+    save_model(model, tokenizer, ensemble)
+    assert sorted(p.name for p in ensemble.iterdir()) == ["ensemble.json", "member_0", "member_1"]
+    assert json.loads((ensemble / "ensemble.json").read_text())["metadata"]["temperature"] == 2.5
+    # ... elsewhere, every member is written out again
+    copy = save_model(model, tokenizer, ensemble.parent / "copy")
+    assert sorted(p.name for p in copy.iterdir() if not p.name.startswith("tok") and p.suffix != ".json") == ["member_0", "member_1"]
+    assert load_ensemble(copy)[0].metadata.temperature == 2.5
+
+
+def test_inference_on_an_ensemble_dir(ensemble: Path, expected: np.ndarray) -> None:
+    rm = RewardModelInference(str(ensemble), cache_size=0)
+    np.testing.assert_allclose(rm.batch_predict_members(PROMPTS, RESPONSES), expected, atol=1e-5)
+    np.testing.assert_allclose(rm.batch_predict(PROMPTS, RESPONSES), expected.mean(1), atol=1e-5)
+
+
+def test_members_with_different_tokenizers_are_refused(members: list[Path], tmp_path: Path) -> None:
+    model, tokenizer = make_member(2)
+    tokenizer.add_tokens(["<extra_token>"])
+    other = save_model(model, tokenizer, tmp_path / "other")
+    with pytest.raises(ValueError, match=r"ensemble\.json: members use different tokenizers \(member_0=[0-9a-f]{16}, "
+                                         r"member_1=[0-9a-f]{16}\); an ensemble needs one shared tokenizer"):
+        save_ensemble(tmp_path / "ens", [members[0], other])
+
+
+def test_members_with_different_inputs_are_refused() -> None:
+    concat, _ = make_member(0)
+    split, _ = make_member(0, arch="separate")
+    with pytest.raises(ValueError, match=r"members take different inputs \(RewardModel\(concat\), "
+                                         r"SeparateEncoderRewardModel\(split\)\)"):
+        EnsembleRewardModel([concat, split])
+
+
+def test_bad_member_folder_and_empty_list(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="no member folders"):
+        save_ensemble(tmp_path / "ens", [])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match=r"member 0: .*empty is not a saved reward model folder"):
+        save_ensemble(tmp_path / "ens", [tmp_path / "empty"])

@@ -1,0 +1,328 @@
+"""RewardModelEvaluator against hand-checked values, with a fake scorer injected (and one tiny-bert model)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from raw_rm.data.records import PreferencePair, RankedGroup, RatedResponse
+from raw_rm.eval.evaluator import RewardModelEvaluator, _accuracy_bins
+from raw_rm.eval.probes import INJECTION_TEXT, VERBOSITY_FILLER
+
+
+class FakeInference:
+    """batch_predict through ``fn(prompt, response)``; records every text it is asked to score."""
+
+    def __init__(self, fn, members_fn=None, temperature=1.0):
+        self.fn = fn
+        self.members_fn = members_fn
+        self.calls: list[list[tuple[str, str]]] = []
+        self.metadata = type("Meta", (), {"temperature": temperature})()
+
+    def batch_predict(self, prompts, responses):
+        self.calls.append(list(zip(prompts, responses)))
+        return np.array([self.fn(p, r) for p, r in zip(prompts, responses)])
+
+    def batch_predict_members(self, prompts, responses):
+        if self.members_fn is None:
+            return np.array([[self.fn(p, r)] for p, r in zip(prompts, responses)])
+        return np.array([self.members_fn(p, r) for p, r in zip(prompts, responses)])
+
+
+def table_pairs(values):
+    """Pairs whose responses are named texts; returns (pairs, reward table)."""
+    table, pairs = {}, []
+    for i, (c, r) in enumerate(values):
+        pairs.append(PreferencePair(prompt=f"p{i}", chosen=f"c{i}" + "x" * i, rejected=f"r{i}"))
+        table[(f"p{i}", f"c{i}" + "x" * i)] = c
+        table[(f"p{i}", f"r{i}")] = r
+    return pairs, table
+
+
+# rewards (chosen, rejected): right, tie, wrong, right, right
+VALUES = [(2.0, 1.0), (1.0, 1.0), (0.0, 3.0), (5.0, 4.0), (1.0, 0.5)]
+
+
+def test_accuracy_ties_bins_and_rewards_hand_checked():
+    pairs, table = table_pairs(VALUES)
+    ev = RewardModelEvaluator(FakeInference(lambda p, r: table[(p, r)]), n_boot=200, n_margin_bins=3,
+                              n_length_bins=2)
+    res = ev.evaluate_pairs(pairs, "test")
+    assert res["n_pairs"] == 5
+    assert res["accuracy"] == pytest.approx(0.6)
+    assert res["tie_rate"] == pytest.approx(0.2)
+    assert res["ci_low"] <= 0.6 <= res["ci_high"]
+    # |delta| = 1, 0, 3, 1, 0.5 -> sorted 0 (tie), 0.5 (right), 1 (right), 1 (right), 3 (wrong); the cut at 3
+    # would split the two 1s, so it moves past them.
+    assert res["by_margin"] == [
+        {"lo": 0.0, "hi": 0.5, "n": 2, "accuracy": 0.5},
+        {"lo": 1.0, "hi": 1.0, "n": 2, "accuracy": 1.0},
+        {"lo": 3.0, "hi": 3.0, "n": 1, "accuracy": 0.0},
+    ]
+    # mean response length (chars): pair i has chosen len 2+i, rejected len 2 -> 2, 2.5, 3, 3.5, 4
+    assert res["by_length"] == [
+        {"lo": 2.0, "hi": 2.5, "n": 2, "accuracy": 0.5},
+        {"lo": 3.0, "hi": 4.0, "n": 3, "accuracy": 2 / 3},
+    ]
+    assert res["by_length_difference"] == {
+        "chosen_longer": {"n": 4, "accuracy": 0.5},
+        "chosen_shorter": {"n": 0, "accuracy": None},
+        "same_length": {"n": 1, "accuracy": 1.0},
+    }
+    assert res["rewards"]["chosen"] == {"mean": 1.8, "std": pytest.approx(np.std([2, 1, 0, 5, 1])), "min": 0.0,
+                                        "max": 5.0}
+    assert res["rewards"]["margin_mean"] == pytest.approx(-0.1)  # (1 + 0 - 3 + 1 + 0.5) / 5
+    # T = 1 and no fitted temperature: before == after, NLL = mean softplus(-delta)
+    cal = res["calibration"]
+    nll = np.mean([math.log1p(math.exp(-d)) for d in (1, 0, -3, 1, 0.5)])
+    assert cal["before"]["nll"] == pytest.approx(nll) and cal["after"] == cal["before"]
+    assert cal["temperature_source"] == "none (T = 1)"
+
+
+def test_accuracy_bins_keep_equal_values_together():
+    values = np.array([1.0, 1.0, 1.0, 1.0, 2.0, 3.0])
+    correct = np.array([1, 0, 1, 0, 1, 1], dtype=bool)
+    assert _accuracy_bins(values, correct, 3) == [
+        {"lo": 1.0, "hi": 1.0, "n": 4, "accuracy": 0.5},
+        {"lo": 2.0, "hi": 3.0, "n": 2, "accuracy": 1.0},
+    ]
+
+
+def test_temperature_scaling_lowers_nll_and_keeps_accuracy():
+    rng = np.random.default_rng(0)
+
+    def simulated(n, offset):  # true P(chosen wins) = sigmoid(z / 4); the model reports sigmoid(z): overconfident
+        z = rng.normal(0, 6, size=n)
+        human_prefers_first = rng.random(n) < 1 / (1 + np.exp(-z / 4))
+        pairs, table = [], {}
+        for i in range(n):
+            a, b = (z[i], 0.0) if human_prefers_first[i] else (0.0, z[i])
+            pairs.append(PreferencePair(prompt=f"q{offset + i}", chosen="A", rejected="B"))
+            table[(f"q{offset + i}", "A")], table[(f"q{offset + i}", "B")] = a, b
+        return pairs, table
+
+    val, t1 = simulated(2000, 0)
+    test, t2 = simulated(2000, 10_000)
+    table = {**t1, **t2}
+    ev = RewardModelEvaluator(FakeInference(lambda p, r: table[(p, r)]), n_boot=100)
+    temperature = ev.fit_calibration(val)
+    assert 3.0 < temperature < 5.3, temperature
+    res = ev.evaluate_pairs(test, "test")
+    before, after = res["calibration"]["before"], res["calibration"]["after"]
+    assert after["nll"] < before["nll"] - 0.1
+    assert after["ece"] < 0.05 < before["ece"]
+    assert after["brier"] < before["brier"]
+    assert res["calibration"]["temperature"] == temperature
+    assert res["calibration"]["temperature_source"] == "2000 validation pairs"
+    # accuracy does not depend on T: the same number as scoring the rewards directly
+    c = np.array([table[(p.prompt, "A")] for p in test])
+    r = np.array([table[(p.prompt, "B")] for p in test])
+    assert res["accuracy"] == pytest.approx(np.mean(c > r))
+
+
+def test_fit_calibration_without_pairs_says_what_to_give():
+    ev = RewardModelEvaluator(FakeInference(lambda p, r: 0.0))
+    with pytest.raises(ValueError, match=r"^fit_calibration: no validation pairs \(give --calibrate-on FILE or "
+                                         r"--val-fraction > 0\)$"):
+        ev.fit_calibration([])
+
+
+def length_reward(prompt, response):
+    """A verbosity-biased scorer: reward = number of characters / 100; ties impossible for distinct lengths."""
+    return len(response) / 100
+
+
+def test_probes_on_a_length_biased_scorer():
+    pairs = [PreferencePair(prompt=f"p{i}", chosen="a" * (60 + i), rejected="b" * (20 + i)) for i in range(4)]
+    pairs.append(PreferencePair(prompt="p4", chosen="short", rejected="much longer rejected"))  # clean: wrong
+    ev = RewardModelEvaluator(FakeInference(length_reward), n_boot=50)
+    res = ev.probes(pairs)
+    assert res["clean_accuracy"] == pytest.approx(0.8)
+    p = res["probes"]
+    # filler (+2 + len(FILLER) chars) makes every rejected longer than every chosen
+    assert len(VERBOSITY_FILLER) > 100
+    assert p["verbosity"]["accuracy"] == 0.0 and p["verbosity"]["delta"] == pytest.approx(-0.8)
+    assert p["verbosity"]["flip_rate"] == 1.0
+    assert len(INJECTION_TEXT) + 22 > 64  # injection also pushes every rejected past every chosen
+    assert p["injection"]["delta"] == pytest.approx(-0.8)
+    assert p["typos"]["delta"] == 0.0  # transpositions keep the length
+    assert p["swap"] == {"accuracy": 0.8, "delta": 0.0, "flip_rate": 0.0, "consistency": 1.0}
+    assert res["worst"] == "verbosity"  # first of the equally worst, in probe order
+    assert res["length_correlation"] == pytest.approx(1.0)
+
+
+def test_swap_consistency_counts_ties_as_not_flipped():
+    pairs, table = table_pairs(VALUES)
+    ev = RewardModelEvaluator(FakeInference(lambda p, r: table.get((p, r), 0.0)), n_boot=10,
+                              probe_names=["swap"])
+    res = ev.probes(pairs)
+    assert res["probes"]["swap"]["consistency"] == pytest.approx(0.8)  # 1 of 5 pairs is a tie
+
+
+def test_robustness_gap_per_ood_set():
+    pairs, table = table_pairs(VALUES)  # accuracy 0.6
+    ood1, t1 = table_pairs([(1.0, 0.0)] * 4)  # accuracy 1.0 (same prompts/texts as pairs 0..3? no: own table)
+    ood1 = [PreferencePair(prompt="o" + p.prompt, chosen=p.chosen, rejected=p.rejected) for p in ood1]
+    scores = {**table, **{("o" + k[0], k[1]): v for k, v in t1.items()}}
+    ood2 = [PreferencePair(prompt="z", chosen="c", rejected="r")] * 1
+    scores[("z", "c")], scores[("z", "r")] = 0.0, 1.0  # accuracy 0
+    ev = RewardModelEvaluator(FakeInference(lambda p, r: scores[(p, r)]), n_boot=10)
+    ev.evaluate_pairs(pairs, "test")
+    res = ev.robustness(pairs, {"easy": ood1, "hard": ood2}, in_dist_name="test")
+    assert res["in_distribution"] == {"name": "test", "accuracy": pytest.approx(0.6)}
+    assert res["ood"]["easy"]["gap"] == pytest.approx(-0.4)
+    assert res["ood"]["hard"]["gap"] == pytest.approx(0.6)
+    assert res["ood"]["hard"]["n_pairs"] == 1
+
+
+def test_run_scores_every_distinct_text_once():
+    pairs, table = table_pairs(VALUES)
+    ood = [PreferencePair(prompt="p0", chosen="c0", rejected="new")]  # (p0, c0) is shared with the main set
+    fake = FakeInference(lambda p, r: table.get((p, r), len(r) / 100))
+    ev = RewardModelEvaluator(fake, n_boot=20, chunk_size=7)
+    report = ev.run(pairs, val_pairs=pairs[:3], ood={"other": ood})
+    scored = [k for call in fake.calls for k in call]
+    assert len(scored) == len(set(scored))  # nothing scored twice
+    # 10 clean texts + 1 OOD + probes: verbosity/sycophancy/markdown/injection 5 new rejected each (markdown
+    # "- r0" etc. are new too), typos: 5 new chosen, except chosen texts too short to change ("c0" has no two
+    # differing letters... "c0" -> unchanged), swap: nothing new
+    assert ev.n_scored == len(scored) == report.metrics["model"]["texts_scored"]
+    assert all(len(call) <= 7 for call in fake.calls)
+    assert set(report.metrics["sets"]) == {"test", "other"}
+    assert report.metrics["robustness"]["ood"]["other"]["gap"] == pytest.approx(0.6 - 1.0)
+    assert "uncertainty" not in report.metrics
+
+
+def test_run_rejects_ood_named_like_main_set():
+    pairs, table = table_pairs(VALUES)
+    ev = RewardModelEvaluator(FakeInference(lambda p, r: table[(p, r)]))
+    with pytest.raises(ValueError, match="^OOD set name 'test' is the main set's name; choose another$"):
+        ev.run(pairs, ood={"test": pairs})
+
+
+def test_uncertainty_quality_spread_predicts_mistakes():
+    # members disagree (spread 2) exactly on the pairs the mean gets wrong
+    right = {"c": [1.0, 1.0, 1.0], "r": [0.0, 0.0, 0.0]}
+    wrong = {"c": [-2.0, 0.0, 2.0], "r": [0.5, 0.5, 0.5]}
+    pairs = [PreferencePair(prompt=f"{'w' if i % 3 == 0 else 'k'}{i}", chosen="c", rejected="r") for i in range(9)]
+
+    def members(p, r):
+        return (wrong if p.startswith("w") else right)[r]
+
+    fake = FakeInference(lambda p, r: float(np.mean(members(p, r))), members_fn=members)
+    ev = RewardModelEvaluator(fake, n_boot=10)
+    res = ev.uncertainty_quality(pairs)
+    assert res["n_members"] == 3
+    assert res["auroc"] == 1.0
+    assert res["spread_error_spearman"] == pytest.approx(1.0)
+    points = {round(p["coverage"], 4): p["accuracy"] for p in res["accuracy_coverage"]}
+    assert points[round(6 / 9, 4)] == 1.0 and points[1.0] == pytest.approx(6 / 9)
+    assert res["member_accuracy"] == [pytest.approx(6 / 9), pytest.approx(6 / 9), 1.0]
+
+
+def test_single_member_model_has_no_uncertainty_section():
+    pairs, table = table_pairs(VALUES)
+    ev = RewardModelEvaluator(FakeInference(lambda p, r: table[(p, r)]))
+    assert ev.uncertainty_quality(pairs) is None
+
+
+def test_groups_and_ratings_correlations():
+    groups = [RankedGroup(prompt="g1", responses=["a", "bb", "ccc"], ranks=[2, 1, 0]),  # longer = better
+              RankedGroup(prompt="g2", responses=["a", "bb", "ccc"], ranks=[0, 1, 2])]  # shorter = better
+    ev = RewardModelEvaluator(FakeInference(lambda p, r: float(len(r))))
+    res = ev.evaluate_groups(groups)
+    assert res["spearman_mean"] == pytest.approx(0.0)  # +1 and -1
+    assert res["kendall_mean"] == pytest.approx(0.0)
+    assert res["top1_accuracy"] == 0.5
+    assert res["n_groups_used"] == 2
+    ratings = [RatedResponse(prompt="q", response="x" * n, ratings={"helpfulness": n, "honesty": -n})
+               for n in (1, 2, 3, 4)]
+    ratings.append(RatedResponse(prompt="q", response="yy", ratings={"helpfulness": 2.0}))
+    res = ev.evaluate_ratings(ratings)
+    assert res["aspects"]["helpfulness"]["spearman"] == pytest.approx(1.0)
+    assert res["aspects"]["helpfulness"]["n"] == 5
+    assert res["aspects"]["honesty"] == {"spearman": pytest.approx(-1.0), "kendall": pytest.approx(-1.0), "n": 4}
+
+
+def test_flat_metrics_carry_the_gate_keys():
+    pairs, table = table_pairs(VALUES)
+    fake = FakeInference(lambda p, r: table.get((p, r), len(r) / 100), temperature=2.0)
+    report = RewardModelEvaluator(fake, n_boot=20).run(pairs)
+    flat = report.flat_metrics()
+    assert flat["accuracy"] == pytest.approx(0.6)
+    assert flat["temperature"] == 2.0  # the model's stored T is the "after" temperature when none is fitted
+    assert flat["ece"] == report.metrics["sets"]["test"]["calibration"]["after"]["ece"]
+    assert flat["ece_before"] == report.metrics["sets"]["test"]["calibration"]["before"]["ece"]
+    assert flat["probe.verbosity"] == report.metrics["probes"]["probes"]["verbosity"]["delta"]
+    assert flat["sets.test.tie_rate"] == pytest.approx(0.2)
+    assert all(isinstance(v, float) and math.isfinite(v) for v in flat.values())
+
+
+def test_tiny_bert_model_end_to_end_and_saved_temperature(tmp_path):
+    from raw_rm.config import ModelConfig
+    from raw_rm.inference import RewardModelInference
+    from raw_rm.models import build_model, load_model, save_model
+
+    model, tokenizer = build_model(ModelConfig(backbone="tiny-bert"))
+    save_model(model, tokenizer, tmp_path / "m")
+    rm = RewardModelInference(tmp_path / "m", max_len_tokens=32)
+    pairs = [PreferencePair(prompt=f"Question {i}?", chosen=f"Answer number {i}.", rejected=f"No {i}.")
+             for i in range(6)]
+    ev = RewardModelEvaluator(rm, n_boot=20)
+    report = ev.run(pairs[:4], val_pairs=pairs[4:], save_temperature=True)
+    c = rm.batch_predict([p.prompt for p in pairs[:4]], [p.chosen for p in pairs[:4]])
+    r = rm.batch_predict([p.prompt for p in pairs[:4]], [p.rejected for p in pairs[:4]])
+    assert report.metrics["sets"]["test"]["accuracy"] == pytest.approx(np.mean(c > r))
+    assert np.allclose(report.arrays["test"]["chosen"], c)
+    temperature = report.metrics["model"]["temperature"]
+    reloaded, _ = load_model(tmp_path / "m")
+    assert reloaded.metadata.temperature == pytest.approx(temperature)
+    assert rm.temperature == pytest.approx(temperature)
+
+
+def test_multi_objective_aspects_combine_to_the_reward():
+    from raw_rm.config import ModelConfig
+    from raw_rm.inference import RewardModelInference
+    from raw_rm.models import build_model
+
+    cfg = ModelConfig(backbone="tiny-bert", arch="multi_objective", aspects=["help", "harm"],
+                      aspect_weights=[0.25, 0.75])
+    model, tokenizer = build_model(cfg)
+    rm = RewardModelInference(model, tokenizer=tokenizer, max_len_tokens=32)
+    ev = RewardModelEvaluator(rm, n_boot=10)
+    groups = [RankedGroup(prompt=f"Q{i}", responses=["one.", "two words.", "three more words."], ranks=[0, 1, 2])
+              for i in range(3)]
+    keys = [(g.prompt, r) for g in groups for r in g.responses]
+    per_aspect = ev.aspect_rewards(keys)
+    assert ev.aspect_names == ["help", "harm"] and per_aspect.shape == (9, 2)
+    np.testing.assert_allclose(per_aspect @ np.array([0.25, 0.75]), ev.rewards(keys), atol=1e-5)
+    res = ev.evaluate_groups(groups)
+    assert set(res["aspects"]) == {"help", "harm"}
+    ratings = [RatedResponse(prompt="Q0", response=r, ratings={"help": float(i)})
+               for i, r in enumerate(groups[0].responses)]
+    out = ev.evaluate_ratings(ratings)["aspects"]["help"]
+    from scipy.stats import spearmanr
+
+    assert out["n"] == 3
+    assert out["spearman_aspect_head"] == pytest.approx(spearmanr(per_aspect[:3, 0], [0.0, 1.0, 2.0]).statistic)
+
+
+def test_evaluate_model_dir_feeds_the_gate_and_stores_temperature(tmp_path):
+    from raw_rm.config import Config, ModelConfig, apply_overrides
+    from raw_rm.eval import evaluate_model_dir
+    from raw_rm.models import build_model, load_model, save_model
+
+    model, tokenizer = build_model(ModelConfig(backbone="tiny-bert"))
+    save_model(model, tokenizer, tmp_path / "m")
+    cfg = apply_overrides(Config(), {"data.synthetic.n_prompts": 80, "data.val_fraction": 0.25,
+                                     "data.max_len_tokens": 32})
+    report = evaluate_model_dir(cfg, tmp_path / "m")
+    flat = report.flat_metrics()
+    n = report.metrics["sets"]["validation"]["n_pairs"]
+    assert flat["accuracy"] == report.metrics["sets"]["validation"]["accuracy"]
+    assert flat["ece"] == report.metrics["sets"]["validation"]["calibration"]["after"]["ece"]
+    source = report.metrics["sets"]["validation"]["calibration"]["temperature_source"]
+    assert source.endswith(" validation pairs") and n >= 2
+    assert load_model(tmp_path / "m")[0].metadata.temperature == pytest.approx(flat["temperature"])
