@@ -16,7 +16,7 @@ Setup (all seeded; one run prints everything):
   each strategy to reach the target accuracy (``--target``, default: the accuracy of the ensemble trained on the
   whole pool minus ``--target-gap``) and how many fewer than random.
 
-    python benchmarks/active_learning.py                   # ~2-4 minutes on 2 cores (embedding dominates)
+    python benchmarks/active_learning.py                   # ~4 minutes on a busy 2-core box once embeddings are cached
     python benchmarks/active_learning.py --oracle latent --repeats 5
 """
 
@@ -53,15 +53,15 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--oracle", choices=["sampled", "latent"], default="sampled", help="labels: the generator's sampled label, or the latent order")
     p.add_argument("--heads", type=int, default=5, help="ensemble members (heads)")
     p.add_argument("--seed-labels", type=int, default=10)
-    p.add_argument("--k", type=int, default=10, help="pairs labelled per round")
-    p.add_argument("--max-labels", type=int, default=200)
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--steps", type=int, default=300, help="full-batch Adam steps per retraining")
+    p.add_argument("--k", type=int, default=20, help="pairs labelled per round")
+    p.add_argument("--max-labels", type=int, default=310)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--steps", type=int, default=150, help="full-batch Adam steps per retraining")
     p.add_argument("--target", type=float, default=None)
     p.add_argument("--target-gap", type=float, default=0.02)
     p.add_argument("--max-len-tokens", type=int, default=128)
     p.add_argument("--out", default="benchmarks/results/active_learning")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (tiny full-batch steps: 1 avoids thread contention)")
     return p.parse_args()
 
 

@@ -52,6 +52,9 @@ def train(xa, xb, y, w, loss_cfg: LossConfig, *, heads: int, steps: int, seed: i
         layer.weight.uniform_(-bound, bound, generator=gen)
         layer.bias.zero_()
     loss_fn = build_loss(loss_cfg)
+    # Each head trains on its own Poisson(1) bootstrap resample (as the multihead trainer does): heads on a convex
+    # problem would otherwise converge to the same solution and never disagree.
+    counts = torch.poisson(torch.ones(len(y), heads), generator=gen)
     first = y.bool()  # a was chosen
     opt = torch.optim.Adam(layer.parameters(), lr=1e-2, weight_decay=1e-3)
     for _ in range(steps):
@@ -59,7 +62,8 @@ def train(xa, xb, y, w, loss_cfg: LossConfig, *, heads: int, steps: int, seed: i
         chosen = torch.where(first[:, None], ra, rb)
         rejected = torch.where(first[:, None], rb, ra)
         weight = example_weights(loss_cfg, w, chosen, rejected)
-        loss = sum(loss_fn(chosen[:, k], rejected[:, k], weight=weight) for k in range(heads)) / heads
+        loss = sum(loss_fn(chosen[:, k], rejected[:, k], weight=counts[:, k] if weight is None else weight * counts[:, k])
+                   for k in range(heads)) / heads
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -76,13 +80,17 @@ def main() -> None:
     cache = Path(args.cache) / "embeddings_n1200_noise1.0_len128.pt"
     print(f"{'noise':>5} {'labels':>6}  " + "  ".join(f"{m:>14}" for m in METHODS) + "   mean weight (right / wrong labels)")
     for noise in (1.0, 2.0):
+        # The texts (a, b) are those of the noise-1.0 pool, as embedded and cached by active_learning.py; only the
+        # labels and weights change with the noise level (the generator draws the same texts for every noise).
+        ref_pool, _ = split_by_prompt(generate(SyntheticConfig(n_prompts=1200, noise=1.0, seed=0)).pairs, 0.25, "active-learning")
         syn = generate(SyntheticConfig(n_prompts=1200, noise=noise, seed=0, annotators=5))
         pool, val = split_by_prompt(syn.pairs, 0.25, "active-learning")
+        assert [q.prompt for q in pool] == [q.prompt for q in ref_pool]
         rng = random.Random(0)
-        flips = [rng.random() < 0.5 for _ in pool]
-        a = [q.rejected if f else q.chosen for q, f in zip(pool, flips)]
-        b = [q.chosen if f else q.rejected for q, f in zip(pool, flips)]
-        y = torch.tensor([0 if f else 1 for f in flips])
+        flips = [rng.random() < 0.5 for _ in ref_pool]
+        a = [q.rejected if f else q.chosen for q, f in zip(ref_pool, flips)]
+        b = [q.chosen if f else q.rejected for q, f in zip(ref_pool, flips)]
+        y = torch.tensor([int(x == q.chosen) for x, q in zip(a, pool)])  # 1 = a is this noise level's chosen
         w = torch.tensor([q.weight for q in pool], dtype=torch.float32)
         right = torch.tensor([latent_reward(q.prompt, q.chosen) > latent_reward(q.prompt, q.rejected) for q in pool])
         if cache.exists():

@@ -57,7 +57,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--train-limit", type=int, default=800, help="train on the first N training pairs (0 = all)")
     p.add_argument("--ood-limit", type=int, default=400)
     p.add_argument("--out", default="benchmarks/results/ensemble_vs_single")
+    p.add_argument("--calib-limit", type=int, default=0, help="use at most N calibration pairs (0 = all)")
+    p.add_argument("--test-limit", type=int, default=0, help="use at most N test pairs (0 = all)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--parallel", action="store_true", help="train and score each member in its own process at once")
+    p.add_argument("--member-index", type=int, default=None, help=argparse.SUPPRESS)  # internal: one member's worker
     return p.parse_args()
 
 
@@ -73,6 +77,18 @@ def pair_eval(delta_cal: np.ndarray, delta_test: np.ndarray, delta_ood: np.ndarr
         cal = M.calibration_error(M.pair_probabilities(d, t))
         out.update({f"{name}_nll": cal["nll"], f"{name}_ece": cal["ece"], f"{name}_accuracy": float(np.mean(d > 0))})
     return out
+
+
+def run_member(args, member_cfg, train, calib, prompts, texts, out: Path) -> None:
+    """Train one member (the shared loop) and score every evaluation text with it; results go to ``out``."""
+    s = time.perf_counter()
+    model_dir, metrics = train_member(member_cfg, records=(train, calib))
+    train_s = time.perf_counter() - s
+    s = time.perf_counter()
+    i = int(Path(member_cfg.train.output_dir).name.split("_")[-1])
+    np.save(out / f"member_{i}_scores.npy", score(model_dir, prompts, texts, args.max_len_tokens))
+    (out / f"member_{i}.json").write_text(json.dumps({"model_dir": model_dir, "metrics": metrics, "train_s": train_s,
+                                                      "score_s": time.perf_counter() - s}))
 
 
 def main() -> None:
@@ -97,29 +113,44 @@ def main() -> None:
     if args.train_limit:
         train = train[: args.train_limit]
     ood = read_records(str(helpful), limit=args.ood_limit).records
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, torch threads {args.threads}, fp32")
-    print(f"data: train {len(train)} pairs, calibration {len(calib)}, test {len(test)} (harmless, split by prompt hash); OOD {len(ood)} (helpful-online)")
 
-    member_dirs, train_s = [], []
-    for i, mc in enumerate(member_configs(cfg)):
-        s = time.perf_counter()
-        model_dir, metrics = train_member(mc, records=(train, calib))
-        train_s.append(time.perf_counter() - s)
-        member_dirs.append(model_dir)
-        print(f"member {i} (seed {mc.train.seed}{', bootstrap' if args.bootstrap else ''}): trained in {train_s[-1]:.0f}s, "
-              f"{metrics.get('pairs_per_s', float('nan')):.1f} pairs/s, val_accuracy {metrics.get('val_accuracy', float('nan')):.3f}")
-    ens_dir = save_ensemble(out / "ensemble", member_dirs, {"members": [{"seed": cfg.train.seed + i} for i in range(len(member_dirs))]})
-
+    if args.calib_limit:
+        calib = calib[: args.calib_limit]
+    if args.test_limit:
+        test = test[: args.test_limit]
+    if args.member_index is None:
+        print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, torch threads {args.threads}, fp32")
+        print(f"data: train {len(train)} pairs, calibration {len(calib)}, test {len(test)} (harmless, split by prompt hash); "
+              f"OOD {len(ood)} (helpful-online)")
     sets = {"calib": calib, "test": test, "ood": ood}
     prompts = [p.prompt for s in sets.values() for p in s for _ in (0, 1)]
     texts = [t for s in sets.values() for p in s for t in (p.chosen, p.rejected)]
-    s = time.perf_counter()
-    raw = np.stack([score(d, prompts, texts, args.max_len_tokens) for d in member_dirs], axis=1)  # (2N, K)
-    score_s = time.perf_counter() - s
+    configs = member_configs(cfg)
+    if args.member_index is not None:  # worker: train and score one member, write its results, exit
+        run_member(args, configs[args.member_index], train, calib, prompts, texts, out)
+        return
+    if args.parallel:  # on a shared, oversubscribed machine K processes get K shares of the CPUs
+        import subprocess
+
+        procs = [subprocess.Popen([sys.executable, __file__, *sys.argv[1:], "--member-index", str(i)]) for i in range(len(configs))]
+        if any(p.wait() != 0 for p in procs):
+            sys.exit("a member worker failed")
+    else:
+        for i, mc in enumerate(configs):
+            run_member(args, mc, train, calib, prompts, texts, out)
+    done = [json.loads((out / f"member_{i}.json").read_text()) for i in range(len(configs))]
+    member_dirs, train_s = [d["model_dir"] for d in done], [d["train_s"] for d in done]
+    for i, d in enumerate(done):
+        print(f"member {i} (seed {configs[i].train.seed}{', bootstrap' if args.bootstrap else ''}): trained in {d['train_s']:.0f}s, "
+              f"{d['metrics'].get('pairs_per_s', float('nan')):.2f} pairs/s, val_accuracy {d['metrics'].get('val_accuracy', float('nan')):.3f}; "
+              f"scored {len(texts)} texts in {d['score_s']:.0f}s")
+    score_s = sum(d["score_s"] for d in done)
+    ens_dir = save_ensemble(out / "ensemble", member_dirs, {"members": [{"seed": cfg.train.seed + i} for i in range(len(member_dirs))]})
+    raw = np.stack([np.load(out / f"member_{i}_scores.npy") for i in range(len(configs))], axis=1)  # (2N, K)
     metas = [load_model(d)[0].metadata for d in member_dirs]
     z = np.stack([(raw[:, k] - m.reward_mean) / m.reward_std for k, m in enumerate(metas)], axis=1)  # as EnsembleRewardModel
-    check = RewardModelInference(str(ens_dir), max_len_tokens=args.max_len_tokens).batch_predict_members(prompts[:16], texts[:16])
-    assert np.allclose(check, z[:16], atol=1e-4), f"ensemble folder scores differ from the members': {np.abs(check - z[:16]).max()}"
+    check = RewardModelInference(str(ens_dir), max_len_tokens=args.max_len_tokens).batch_predict_members(prompts[:4], texts[:4])
+    assert np.allclose(check, z[:4], atol=1e-4), f"ensemble folder scores differ from the members': {np.abs(check - z[:4]).max()}"
 
     bounds, start = {}, 0
     for name, recs in sets.items():

@@ -207,6 +207,7 @@ def main() -> int:
     parser.add_argument("--batch-wait-s", type=float, default=0.01, help="Serve: batch wait timeout")
     parser.add_argument("--ceiling-texts", type=int, default=512, help="texts for the one-process ceiling")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "auto"], help="forward precision, all three setups")
+    parser.add_argument("--json", default=None, metavar="PATH", help="also write machine facts and every number here (run_all.py reads it)")
     parser.add_argument("--plain-server", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--model", default="", help=argparse.SUPPRESS)
@@ -300,6 +301,13 @@ def main() -> int:
     print(f"targets: raw_rm / plain at concurrency {top} = {served[top]['rps'] / plain[top]['rps']:.2f}x (target >= 3x); "
           f"raw_rm at concurrency {top} = {100 * served[top]['rps'] / ceiling:.0f}% of the ceiling (target >= 50%)")
     print("load average after:", " ".join(f"{x:.1f}" for x in os.getloadavg()))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({
+            "machine": machine_facts(), "args": vars(args), "ceiling_texts_per_s": ceiling, "levels": args.levels,
+            "plain": {str(c): v for c, v in plain.items()}, "raw_rm": {str(c): v for c, v in served.items()},
+            "ensemble5": {str(c): v for c, v in ensemble.items()}, "mean_batch_size": batches["mean_batch_size"],
+        }, indent=1))
     return 0
 
 

@@ -327,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.add_argument(flag, type=int, default=None)
         else:
             parser.add_argument(flag, type=type(default), default=default)
+    parser.add_argument("--json", default=None, metavar="PATH", help="also write machine facts, setup and results here (run_all.py reads it)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--setup", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -350,6 +351,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {name}: {json.dumps(results[name])}", file=sys.stderr, flush=True)
     print()
     print_table(results)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"machine": machine_facts(setup.threads), "setup": asdict(setup), "results": results}, indent=1))
     return 0
 
 

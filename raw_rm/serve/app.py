@@ -118,6 +118,7 @@ class RewardMember:
             "version": str(self.engine.version),
             "heads": self.heads,
             "arch": getattr(self.engine.model, "arch", ""),
+            "members_normalised": bool(getattr(self.engine.model, "is_ensemble", False)),
             "base_model": meta.base_model,
             "reward_mean": float(meta.reward_mean),
             "reward_std": float(meta.reward_std),
@@ -454,7 +455,10 @@ class RewardIngress:
                 entry["alias"] = _alias(entry["source"])
             self.drift = [_monitor(i.get("reference"), self.cfg.drift_window) for i in infos]
             self.infos = [
-                MemberInfo(name, int(i["heads"]), float(i["reward_mean"]), float(i["reward_std"]), float(i["temperature"]))
+                MemberInfo(
+                    name, int(i["heads"]), float(i["reward_mean"]), float(i["reward_std"]), float(i["temperature"]),
+                    members_normalised=bool(i["members_normalised"]),
+                )
                 for name, i in zip(self.names, infos)
             ]
 

@@ -324,13 +324,15 @@ class MemberInfo:
     reward_mean: float = 0.0
     reward_std: float = 1.0
     temperature: float = 1.0
+    members_normalised: bool = False  # an ensemble folder: its members are already z-scores (models/ensemble.py)
 
 
 def normalise_members(raw: torch.Tensor, infos: list[MemberInfo], *, normalize: bool) -> torch.Tensor:
     """(N, K) raw member rewards -> (N, K) rewards in training-standardised units, each model with its own stats.
 
     Column order is ``infos`` order, each model's heads side by side. A model whose stored std is not a
-    positive finite number (an untrained model) is only centred.
+    positive finite number (an untrained model) is only centred. An ensemble folder's members arrive
+    already normalised with each member's own statistics and are kept as they are.
     """
     k_total = sum(m.heads for m in infos)
     assert raw.shape[1] == k_total, f"members: got {raw.shape[1]} columns, infos describe {k_total}"
@@ -338,9 +340,13 @@ def normalise_members(raw: torch.Tensor, infos: list[MemberInfo], *, normalize: 
         return raw
     columns, start = [], 0
     for m in infos:
-        std = m.reward_std if m.reward_std > 0 and math.isfinite(m.reward_std) else 1.0
-        columns.append(normalise(raw[:, start : start + m.heads], m.reward_mean, std))
+        block = raw[:, start : start + m.heads]
         start += m.heads
+        if m.members_normalised:
+            columns.append(block)
+            continue
+        std = m.reward_std if m.reward_std > 0 and math.isfinite(m.reward_std) else 1.0
+        columns.append(normalise(block, m.reward_mean, std))
     return torch.cat(columns, dim=1).to(raw.dtype)  # (N, K)
 
 

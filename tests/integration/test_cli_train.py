@@ -24,7 +24,8 @@ def trained(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("cli") / "run"
     proc = raw_rm(
         "train", "--model", "tiny-bert", "--epochs", "1", "--batch-size", "8", "--output", str(out),
-        "data.synthetic.n_prompts=64", "data.max_len_tokens=64", "train.precision=fp32", cwd=out.parent,
+        "data.synthetic.n_prompts=64", "data.max_len_tokens=64", "train.precision=fp32", "mlflow.enabled=false",
+        cwd=out.parent,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"model: {out / 'model'}" in proc.stdout

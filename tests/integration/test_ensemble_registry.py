@@ -25,7 +25,7 @@ def test_ensemble_registered_as_one_version_and_served_by_one_uri(ray_session, m
 
     monkeypatch.setenv("RAW_RM_MODEL_CACHE", str(tmp_path / "cache"))
     cfg = apply_overrides(Config(), {
-        "model.backbone": "tiny-bert", "data.synthetic.n_prompts": 48, "data.max_len_tokens": 64,
+        "model.backbone": "tiny-bert", "data.synthetic.n_prompts": 64, "data.val_fraction": 0.3, "data.max_len_tokens": 64,
         "train.epochs": 1, "train.batch_size": 8, "train.progress": False, "train.output_dir": str(tmp_path / "run"),
         "ensemble.members": 2, "ensemble.bootstrap": True, "tune.cpus_per_trial": 1, "tune.max_concurrent": 2,
         "mlflow.tracking_uri": mlflow_uri, "mlflow.registered_model": NAME,
@@ -39,6 +39,7 @@ def test_ensemble_registered_as_one_version_and_served_by_one_uri(ray_session, m
     assert all(m["config"]["bootstrap"] for m in record["members"])
     assert set(record["metadata"]["reference"]) == {"reward", "length"}  # drift references of the ensemble mean
     assert record["metadata"]["temperature"] == pytest.approx(result.metrics["temperature"])  # saved by the registry eval
+    assert {"accuracy", "ece"} <= set(result.metrics)
 
     versions = registry.list_versions(NAME, tracking_uri=mlflow_uri)
     assert [v.version for v in versions] == ["1"] and versions[0].aliases == ["candidate"]

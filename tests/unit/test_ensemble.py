@@ -111,3 +111,19 @@ def test_bad_member_folder_and_empty_list(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match=r"member 0: .*empty is not a saved reward model folder"):
         save_ensemble(tmp_path / "ens", [tmp_path / "empty"])
+
+
+def test_member_configs_and_bootstrap_resamples(tmp_path: Path) -> None:
+    from raw_rm.config import Config, apply_overrides
+    from raw_rm.train.ensemble import bootstrap_resample, member_configs
+
+    cfg = apply_overrides(Config(), {"train.seed": 7, "train.output_dir": str(tmp_path), "ensemble.members": 3,
+                                     "ensemble.bootstrap": True})
+    configs = member_configs(cfg)
+    assert [c.train.seed for c in configs] == [7, 8, 9]
+    assert [c.train.output_dir for c in configs] == [str(tmp_path / "members" / f"member_{i}") for i in range(3)]
+    assert all(c.ensemble.bootstrap and not c.mlflow.enabled for c in configs)
+    records = list(range(50))
+    a, b = bootstrap_resample(records, 7), bootstrap_resample(records, 8)
+    assert len(a) == 50 and a == bootstrap_resample(records, 7) and a != b
+    assert len(set(a)) < 50 and set(a) <= set(records)  # drawn with replacement: some records repeat

@@ -163,7 +163,7 @@ def test_swap_consistency_counts_ties_as_not_flipped():
 
 def test_robustness_gap_per_ood_set():
     pairs, table = table_pairs(VALUES)  # accuracy 0.6
-    ood1, t1 = table_pairs([(1.0, 0.0)] * 4)  # accuracy 1.0 (same prompts/texts as pairs 0..3? no: own table)
+    ood1, t1 = table_pairs([(1.0, 0.0)] * 4)  # accuracy 1.0; prompts renamed below so the texts are new
     ood1 = [PreferencePair(prompt="o" + p.prompt, chosen=p.chosen, rejected=p.rejected) for p in ood1]
     scores = {**table, **{("o" + k[0], k[1]): v for k, v in t1.items()}}
     ood2 = [PreferencePair(prompt="z", chosen="c", rejected="r")] * 1
@@ -185,9 +185,7 @@ def test_run_scores_every_distinct_text_once():
     report = ev.run(pairs, val_pairs=pairs[:3], ood={"other": ood})
     scored = [k for call in fake.calls for k in call]
     assert len(scored) == len(set(scored))  # nothing scored twice
-    # 10 clean texts + 1 OOD + probes: verbosity/sycophancy/markdown/injection 5 new rejected each (markdown
-    # "- r0" etc. are new too), typos: 5 new chosen, except chosen texts too short to change ("c0" has no two
-    # differing letters... "c0" -> unchanged), swap: nothing new
+    # clean (10 texts), validation (a subset of them), OOD (1 new text) and every probed text: each once
     assert ev.n_scored == len(scored) == report.metrics["model"]["texts_scored"]
     assert all(len(call) <= 7 for call in fake.calls)
     assert set(report.metrics["sets"]) == {"test", "other"}

@@ -156,6 +156,12 @@ def test_normalise_uses_each_models_own_training_stats() -> None:
     assert scoring.normalise_members(raw, infos, normalize=False).tolist() == raw.tolist()
 
 
+def test_ensemble_folder_members_are_already_normalised() -> None:
+    infos = [MemberInfo("ens", heads=2, reward_mean=3.0, reward_std=0.5, members_normalised=True), MemberInfo("b", 1, 1.0, 2.0)]
+    out = scoring.normalise_members(torch.tensor([[0.2, -0.4, 5.0]], dtype=torch.float64), infos, normalize=True)
+    assert out.tolist() == [[0.2, -0.4, 2.0]]
+
+
 def test_untrained_model_with_zero_std_is_only_centred() -> None:
     out = scoring.normalise_members(torch.tensor([[3.0]]), [MemberInfo("a", 1, reward_mean=1.0, reward_std=0.0)], normalize=True)
     assert out.tolist() == [[2.0]]
