@@ -42,10 +42,11 @@ def make_scorer(args: argparse.Namespace):
     return score
 
 
-def run(args: argparse.Namespace) -> dict[str, float]:
+def run(args: argparse.Namespace, score=None) -> dict[str, float]:
+    """Mean true reward of the response each policy picks: random, best by mean, best by the penalised aggregate."""
     rng = random.Random(args.seed)
     prompts = [p.prompt for p in synthetic.generate(SyntheticConfig(n_prompts=args.prompts, seed=args.seed + 1)).pairs]
-    score = make_scorer(args)
+    score = score or make_scorer(args)
     picked: dict[str, list[float]] = {"random": [], "best_mean": [], f"best_{args.aggregate}": [], "oracle": []}
     for prompt in prompts:
         candidates = [synthetic.sample_response(prompt, rng) for _ in range(args.n)]
@@ -58,7 +59,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     return {name: statistics.fmean(values) for name, values in picked.items()}
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", help="model or ensemble directory (or models:/ URI) scored in-process")
@@ -69,7 +70,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lam", type=float, default=1.0, help="lambda of mean - lambda * var (in-process only)")
     parser.add_argument("--k", type=float, default=1.0, help="k of mean - k * std (in-process only)")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     result = run(args)
     print(f"best-of-{args.n} over {args.prompts} prompts: mean TRUE reward of the pick")
     for name, value in result.items():

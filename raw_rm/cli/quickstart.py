@@ -116,11 +116,12 @@ def run(args: argparse.Namespace) -> int:
                  f"registered {cfg.mlflow.registered_model} v{version} as candidate; report {report_dir}/index.html")
 
     timeline.begin(5, "promotion to champion through the gate")
-    champion = _promote(cfg, version)
-    timeline.end(champion)
+    promotion, alias = _promote(cfg, version)
+    timeline.end(promotion)
 
-    timeline.begin(6, "Ray Serve deployment of models:/" + cfg.mlflow.registered_model + "@champion")
-    serve_cfg = ServeConfig(models=[f"models:/{cfg.mlflow.registered_model}@champion"],
+    model_uri = f"models:/{cfg.mlflow.registered_model}@{alias}"
+    timeline.begin(6, f"Ray Serve deployment of {model_uri}")
+    serve_cfg = ServeConfig(models=[model_uri],
                             tracking_uri=cfg.mlflow.tracking_uri, port=args.port, reward="lcb")
     url = _deploy(serve_cfg)
     timeline.end(f"listening on {url}")
@@ -129,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
     examples = _example_requests(url, cfg)
     timeline.end(f"{len(examples)} items scored")
 
-    _print_summary(timeline, cfg, url, report_dir, version, metrics, bayes, examples)
+    _print_summary(timeline, cfg, url, report_dir, model_uri, metrics, bayes, examples)
     if args.keep_serving:
         print(f"\nserving at {url} until Ctrl-C")
         try:
@@ -173,20 +174,25 @@ def _write_report(cfg: Config, run_id: str | None, model_dir: Path) -> Path:
     return report_dir
 
 
-def _promote(cfg: Config, version: str | None) -> str:
+def _promote(cfg: Config, version: str | None) -> tuple[str, str]:
+    """Try to make ``version`` the champion; returns (what happened, the alias to serve)."""
     from raw_rm.registry import PromotionRefused, RegistryError, promote
 
     if version is None:
-        return "nothing registered (mlflow disabled)"
+        return "nothing registered (mlflow.register is off)", "candidate"
     try:
         decision = promote(cfg.mlflow.registered_model, version, cfg.gate, reason="quickstart",
                            tracking_uri=cfg.mlflow.tracking_uri)
     except PromotionRefused as exc:
-        return f"gate refused v{version}: {'; '.join(exc.decision.reasons)} (champion unchanged)"
+        if exc.decision.champion is not None:
+            return (f"gate refused v{version}: {'; '.join(exc.decision.reasons)}; "
+                    f"champion stays v{exc.decision.champion}"), "champion"
+        return (f"gate refused v{version}: {'; '.join(exc.decision.reasons)}; there is no champion yet, "
+                "so the candidate is served (promote it with `raw-rm registry promote` once it passes)"), "candidate"
     except RegistryError as exc:
-        return str(exc)
+        return str(exc), "champion"
     previous = f" (previous champion v{decision.champion}, kept for `raw-rm registry rollback`)" if decision.champion else ""
-    return f"v{version} is champion{previous}"
+    return f"v{version} is champion{previous}", "champion"
 
 
 def _deploy(serve_cfg: ServeConfig) -> str:
@@ -221,7 +227,7 @@ def _example_requests(url: str, cfg: Config) -> list[dict[str, Any]]:
     return rows
 
 
-def _print_summary(timeline: Timeline, cfg: Config, url: str, report_dir: Path, version: str | None,
+def _print_summary(timeline: Timeline, cfg: Config, url: str, report_dir: Path, model_uri: str,
                    metrics: dict[str, Any], bayes: float | None, examples: list[dict[str, Any]]) -> None:
     print("\n" + "=" * 100)
     print(f"raw_rm quickstart finished in {timeline.total_s / 60:.1f} min")
@@ -238,7 +244,7 @@ def _print_summary(timeline: Timeline, cfg: Config, url: str, report_dir: Path, 
     print(f"  MLflow:    mlflow ui --backend-store-uri {cfg.mlflow.tracking_uri}")
     print(f"  registry:  raw-rm registry show {cfg.mlflow.registered_model} mlflow.tracking_uri={cfg.mlflow.tracking_uri}")
     print(f"  endpoint:  {url}/get_reward (stopped now; --keep-serving leaves it up, or "
-          f"raw-rm serve --model models:/{cfg.mlflow.registered_model}@champion)")
+          f"raw-rm serve --model {model_uri})")
     if bayes is not None and "accuracy" in metrics:
         print(f"  accuracy:  {metrics['accuracy']:.3f} vs Bayes {bayes:.3f}")
 

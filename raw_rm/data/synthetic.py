@@ -274,6 +274,16 @@ def _make_response(state: str, slots: dict[str, str], rng: random.Random) -> str
     return " ".join([*before, core, *after])
 
 
+def sample_response(prompt: str, rng: random.Random) -> str:
+    """A reply to a synthetic prompt in a uniformly drawn state: the toy generator of the rollout examples.
+
+    Raises:
+        ValueError: ``prompt`` was not produced by this generator.
+    """
+    kind, slots = parse_prompt(prompt)
+    return _make_response(rng.choice(STATES[kind]), _slots_for(kind, slots), rng)
+
+
 def _plackett_luce_ranks(rewards: list[float], noise: float, rng: random.Random) -> list[int]:
     """Ranks (0 = best) sampled by Gumbel-max from Plackett-Luce with temperature ``noise``; noise 0 = dense ranks."""
     if noise == 0:

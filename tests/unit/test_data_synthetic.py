@@ -99,3 +99,15 @@ def test_groups_expand_to_pairs_and_labels_follow_the_reward_more_often_than_not
 def test_bad_config() -> None:
     with pytest.raises(ValueError, match="expected n_prompts >= 1, group_size >= 2, noise >= 0; got 10, 1, 1.0"):
         S.generate(SyntheticConfig(n_prompts=10, group_size=1))
+
+
+def test_sample_response_answers_its_prompt_in_every_state() -> None:
+    import random
+
+    from raw_rm.data.synthetic import STATES, parse_prompt, parse_response, sample_response
+
+    rng = random.Random(0)
+    for pair in S.generate(SyntheticConfig(n_prompts=40, seed=3)).pairs:
+        kind, _ = parse_prompt(pair.prompt)
+        states = {parse_response(pair.prompt, sample_response(pair.prompt, rng)) for _ in range(30)}
+        assert states == set(STATES[kind]), (pair.prompt, states)
