@@ -85,7 +85,7 @@ def _raw_rm(setup: Setup, *, precision: str, group_by_length: bool) -> dict[str,
     train, val = load_split(setup)
     cfg = Config(
         data=DataConfig(max_len_tokens=setup.max_len_tokens),
-        model=ModelConfig(arch="concat", backbone="minilm"),
+        model=ModelConfig(arch="concat", backbone="minilm", backbone_dropout=0.0),  # TRL disables dropout too
         train=TrainConfig(
             epochs=setup.epochs, batch_size=setup.batch_size, lr=setup.lr, warmup_ratio=setup.warmup_ratio,
             weight_decay=setup.weight_decay, schedule="linear", precision=precision, seed=setup.seed, progress=False,

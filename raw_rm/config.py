@@ -71,6 +71,7 @@ class ModelConfig:
     backbone: str = "minilm"  # "minilm" (packaged all-MiniLM-L6-v2), "tiny-bert", "tiny-gpt2", or any HF path/name
     pooling: Literal["auto", "cls", "mean", "last"] = "auto"  # auto: HF head (CLS for encoders, last token for decoders)
     dropout: float = 0.1  # dropout before the reward head(s)
+    backbone_dropout: float | None = None  # dropout inside the backbone (None = its own config; 0 = off, as TRL's disable_dropout)
     num_heads: int = 5  # members of the shared-trunk multi-head ensemble (arch=multihead)
     bootstrap: bool = False  # multihead: each head trains on its own Poisson(1) bootstrap mask
     aspects: list[str] = field(default_factory=lambda: ["helpfulness", "harmlessness", "honesty"])  # multi_objective

@@ -120,6 +120,22 @@ def set_head_dropout(config: PretrainedConfig, dropout: float) -> None:
         config.classifier_dropout = dropout
 
 
+# Dropout probabilities inside the backbone, under the names the common families use (BERT/MiniLM, GPT-2,
+# Llama/Qwen, DistilBERT, DeBERTa). TRL's RewardTrainer sets them all to 0 by default (``disable_dropout``).
+BACKBONE_DROPOUT_FIELDS = (
+    "hidden_dropout_prob", "attention_probs_dropout_prob", "resid_pdrop", "embd_pdrop", "attn_pdrop",
+    "attention_dropout", "hidden_dropout", "dropout", "activation_dropout",
+)
+
+
+def set_backbone_dropout(config: PretrainedConfig, dropout: float) -> list[str]:
+    """Set every dropout probability inside the backbone that ``config`` has; returns the fields it set."""
+    names = [name for name in BACKBONE_DROPOUT_FIELDS if isinstance(getattr(config, name, None), (int, float))]
+    for name in names:
+        setattr(config, name, dropout)
+    return names
+
+
 def load_backbone(
     name: str,
     *,

@@ -8,7 +8,7 @@ import logging
 from transformers import PreTrainedTokenizerBase
 
 from raw_rm.config import ModelConfig
-from raw_rm.models.backbones import backbone_config, is_decoder, load_backbone, load_tokenizer
+from raw_rm.models.backbones import backbone_config, is_decoder, load_backbone, load_tokenizer, set_backbone_dropout
 from raw_rm.models.base import MODEL_CLASSES, RewardMetadata, RewardModelBase, model_class
 from raw_rm.models.persistence import load_model
 
@@ -31,6 +31,8 @@ def build_model(cfg: ModelConfig) -> tuple[RewardModelBase, PreTrainedTokenizerB
         return _build_from_saved(cfg)
     tokenizer = load_tokenizer(cfg.backbone)
     config = backbone_config(cfg.backbone, tokenizer)
+    if cfg.backbone_dropout is not None:
+        set_backbone_dropout(config, cfg.backbone_dropout)
     with_head = cls.wants_hf_head(cfg, decoder=is_decoder(config))
     backbone, tokenizer = load_backbone(
         cfg.backbone, with_head=with_head, dropout=cfg.dropout, tokenizer=tokenizer, config=config

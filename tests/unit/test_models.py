@@ -325,3 +325,16 @@ def test_predict_reward_scores_one_pair_and_restores_the_mode(arch: str) -> None
     with torch.no_grad():
         expected = model(**encode_features(tokenizer, PROMPTS[:1], RESPONSES[:1], model.input_kind)).rewards[0]
     assert value == pytest.approx(expected.item(), abs=1e-6)
+
+
+def test_backbone_dropout_sets_every_dropout_inside_the_backbone() -> None:
+    from raw_rm.config import ModelConfig
+    from raw_rm.models import build_model
+
+    model, _ = build_model(ModelConfig(backbone="tiny-bert", backbone_dropout=0.0))
+    config = model.backbone_config
+    assert (config.hidden_dropout_prob, config.attention_probs_dropout_prob) == (0.0, 0.0)
+    default, _ = build_model(ModelConfig(backbone="tiny-bert"))
+    assert default.backbone_config.hidden_dropout_prob == 0.1  # None keeps the backbone's own setting
+    gpt2, _ = build_model(ModelConfig(backbone="tiny-gpt2", backbone_dropout=0.0))
+    assert (gpt2.backbone_config.resid_pdrop, gpt2.backbone_config.attn_pdrop, gpt2.backbone_config.embd_pdrop) == (0.0, 0.0, 0.0)
