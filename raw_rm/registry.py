@@ -671,13 +671,16 @@ def resolve_model_uri(uri: str, *, tracking_uri: str | None = None, cache_dir: s
         version = str(mv.version)
     else:
         _get_version(client, name, version)
-    target = Path(cache_dir or default_cache_dir()) / quote(name, safe="") / str(version)
+    source = client.get_model_version_download_uri(name, str(version))
+    # NAME/VERSION alone is not unique: two MLflow stores (a quickstart's and a test's) both have "v1" of a name.
+    # The artifact URI of the version is, so it keys the cache.
+    digest = hashlib.sha256(f"{client.tracking_uri}|{source}".encode()).hexdigest()[:12]
+    target = Path(cache_dir or default_cache_dir()) / quote(name, safe="") / f"{version}-{digest}"
     if target.is_dir():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=target.parent))
     try:
-        source = client.get_model_version_download_uri(name, str(version))
         # Returns the local path of the downloaded folder (a run artifact URI lands as tmp/<artifact name>).
         local = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(tmp), tracking_uri=client.tracking_uri)
         try:

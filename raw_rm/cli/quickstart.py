@@ -32,6 +32,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(config=str(QUICKSTART_CONFIG))
     parser.add_argument("--trials", type=int, default=None, help="Tune trials (shorthand for tune.num_samples)")
     parser.add_argument("--members", type=int, default=None, help="ensemble members (shorthand for ensemble.members)")
+    parser.add_argument("--tune-epochs", type=int, default=1,
+                        help="epochs per Tune trial: the search ranks configs on a shorter budget than the ensemble trains on")
     parser.add_argument("--port", type=int, default=8000, help="Serve HTTP port on 127.0.0.1")
     parser.add_argument("--keep-serving", action="store_true", help="leave the endpoint up until Ctrl-C")
 
@@ -87,10 +89,10 @@ def run(args: argparse.Namespace) -> int:
     data_detail, bayes = _describe_data(cfg)
     timeline.end(data_detail)
 
-    timeline.begin(2, f"Ray Tune search ({cfg.tune.num_samples} trials, ASHA on {cfg.tune.metric})")
+    timeline.begin(2, f"Ray Tune search ({cfg.tune.num_samples} trials of {args.tune_epochs} epoch(s), ASHA on {cfg.tune.metric})")
     from raw_rm.tune import run_tune
 
-    outcome = run_tune(apply_overrides(cfg, {"mlflow.register": False}))
+    outcome = run_tune(apply_overrides(cfg, {"mlflow.register": False, "train.epochs": args.tune_epochs}))
     if outcome.best is None:
         print("no Tune trial completed; see the errors above", file=sys.stderr)
         return 1

@@ -107,7 +107,7 @@ def test_models_uri_resolves_alias_and_version_to_cached_dir(cfg: Config, tmp_pa
     _trained(cfg, tmp_path, "second", 0.9, 0.05)
     cache = tmp_path / "cache"
     path = registry.resolve_model_uri(f"models:/{NAME}@candidate", tracking_uri=uri, cache_dir=cache)
-    assert path == cache / NAME / "2"
+    assert path.parent == cache / NAME and path.name.startswith("2-")
     assert (path / "weights.txt").read_text() == "second"
     first = registry.resolve_model_uri(f"models:/{NAME}/1", tracking_uri=uri, cache_dir=cache)
     assert (first / "weights.txt").read_text() == "first"
@@ -145,3 +145,18 @@ def test_registry_cli_list_promote_refusal_and_rollback(cfg: Config, tmp_path: P
     assert capsys.readouterr().err == f"raw-rm registry: {NAME}: champion v1 has no previous champion to roll back to\n"
     assert main(["registry", "show", "nope", "--tracking-uri", uri]) == 1
     assert capsys.readouterr().err == "raw-rm registry: registered model 'nope' does not exist\n"
+
+
+def test_same_name_and_version_in_two_stores_are_cached_apart(tmp_path: Path) -> None:
+    # Regression: the cache was keyed by NAME/VERSION only, so a second store's v1 served the first store's model.
+    from raw_rm import registry
+
+    cache = tmp_path / "cache"
+    texts = []
+    for store in ("a", "b"):
+        cfg = apply_overrides(Config(), {"mlflow.tracking_uri": f"sqlite:///{tmp_path / store}.db", "mlflow.registered_model": NAME,
+                                         "train.output_dir": str(tmp_path / store)})
+        _trained(cfg, tmp_path, f"weights of store {store}", 0.8, 0.05)
+        path = registry.resolve_model_uri(f"models:/{NAME}/1", tracking_uri=cfg.mlflow.tracking_uri, cache_dir=cache)
+        texts.append((path / "weights.txt").read_text())
+    assert texts == ["weights of store a", "weights of store b"]
