@@ -1,12 +1,14 @@
-"""JSONL input/output for the scoring commands (score, rank): line-numbered errors, '-' = stdin/stdout."""
+"""JSONL input/output for the CLI commands (score, rank, select, drift): line-numbered errors, '-' = stdin/stdout."""
 
 from __future__ import annotations
 
 import gzip
 import io
 import json
+import os
 import sys
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -15,17 +17,56 @@ class InputError(ValueError):
     """A bad input file or row; the message names file:line, the field and what was expected."""
 
 
-def open_text(path: str, mode: str = "r") -> TextIO:
+def open_text(path: str) -> TextIO:
+    """``path`` opened for reading text ("-" = stdin, ``.gz`` = gzip)."""
     if path == "-":
-        return sys.stdin if "r" in mode else sys.stdout
+        return sys.stdin
     p = Path(path)
-    if "r" in mode and not p.exists():
+    if not p.exists():
         raise InputError(f"{path}: no such file")
     if p.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(p, mode.replace("t", "") + "b"), encoding="utf-8")
-    if "w" in mode:
-        p.parent.mkdir(parents=True, exist_ok=True)
-    return open(p, mode, encoding="utf-8")
+        return io.TextIOWrapper(gzip.open(p, "rb"), encoding="utf-8")
+    return open(p, encoding="utf-8")
+
+
+def write_jsonl(path: str, rows: Iterable[dict[str, Any]]) -> int:
+    """Write ``rows`` as JSONL to ``path`` ("-" = stdout, ``.gz`` = gzip) and return how many were written.
+
+    A file is written to a temporary file in the same folder (parent folders created) and renamed over ``path``
+    only once every row is written, so an error half way (a bad row, a failed forward pass) leaves an existing
+    ``path`` untouched and no partial file behind. ``rows`` may be a generator: rows are written as they come.
+    """
+    if path == "-":
+        n = 0
+        try:
+            for n, row in enumerate(rows, start=1):
+                sys.stdout.write(json.dumps(row) + "\n")
+        finally:
+            sys.stdout.flush()
+        return n
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as raw:
+            binary = gzip.GzipFile(filename=target.name[:-3], mode="wb", fileobj=raw) if target.suffix == ".gz" else raw
+            with io.TextIOWrapper(binary, encoding="utf-8") as handle:
+                n = 0
+                for n, row in enumerate(rows, start=1):
+                    handle.write(json.dumps(row) + "\n")
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file open()'s usual mode
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return n
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def read_jsonl(path: str) -> Iterator[tuple[str, dict[str, Any]]]:

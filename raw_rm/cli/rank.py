@@ -6,7 +6,6 @@ Each output row adds "order" (indices of responses, best first), "rewards" (inpu
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 
@@ -36,7 +35,7 @@ def _read(path: str) -> list[tuple[dict, str, list[str]]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from raw_rm.cli._io import InputError, open_text, show_progress
+    from raw_rm.cli._io import InputError, show_progress, write_jsonl
 
     try:
         rows = _read(args.input)
@@ -54,15 +53,12 @@ def run(args: argparse.Namespace) -> int:
         from tqdm.auto import tqdm
 
         iterator = tqdm(rows, desc="rank", unit="prompt")
-    out = open_text(args.output, "w")
-    try:
+
+    def ranked_rows():
         for row, prompt, responses_ in iterator:
             order, rewards = rm.rank_responses(prompt, responses_)
-            out.write(json.dumps(dict(row, order=order, rewards=[float(x) for x in rewards], best=order[0])) + "\n")
-    finally:
-        if out is not sys.stdout:
-            out.close()
-        else:
-            out.flush()
+            yield dict(row, order=order, rewards=[float(x) for x in rewards], best=order[0])
+
+    write_jsonl(args.output, ranked_rows())
     print(f"ranked {len(rows)} prompts ({len(responses)} responses) -> {args.output}", file=sys.stderr)
     return 0

@@ -7,9 +7,9 @@ at the last Assistant turn). Other fields are copied to the output unchanged.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
+from collections.abc import Iterator
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -37,8 +37,25 @@ def _prompt_response(row: dict, where: str, args: argparse.Namespace) -> tuple[s
         raise InputError(f'{where}: field "{args.text_field}": {exc}; give "{args.prompt_field}" and "{args.response_field}" instead') from exc
 
 
+def _scored_rows(rm, rows: list[dict], items: list[tuple[str, str]], *, chunk: int, bar) -> Iterator[dict]:
+    """The output rows, ``chunk`` rows per forward pass: each input row plus reward, reward_normalized, members."""
+    for start in range(0, len(rows), chunk):
+        part = items[start:start + chunk]
+        prompts, responses = [p for p, _ in part], [r for _, r in part]
+        members = rm.batch_predict_members(prompts, responses)
+        rewards = rm.batch_predict(prompts, responses)  # cached: no second forward
+        normalized = rm.normalize(rewards)
+        for j, row in enumerate(rows[start:start + chunk]):
+            result = dict(row, reward=float(rewards[j]), reward_normalized=float(normalized[j]))
+            if members.shape[1] > 1:
+                result["members"] = [float(x) for x in members[j]]
+            yield result
+        if bar is not None:
+            bar.update(len(part))
+
+
 def run(args: argparse.Namespace) -> int:
-    from raw_rm.cli._io import InputError, open_text, read_jsonl, show_progress
+    from raw_rm.cli._io import InputError, read_jsonl, show_progress, write_jsonl
 
     if args.batch_size < 1:
         print(f"raw-rm score: error: --batch-size must be >= 1, got {args.batch_size}", file=sys.stderr)
@@ -62,28 +79,11 @@ def run(args: argparse.Namespace) -> int:
 
         bar = tqdm(total=len(rows), desc="score", unit="text")
     t0 = time.perf_counter()
-    out = open_text(args.output, "w")
     try:
-        for start in range(0, len(rows), args.chunk):
-            chunk = items[start:start + args.chunk]
-            prompts, responses = [p for p, _ in chunk], [r for _, r in chunk]
-            members = rm.batch_predict_members(prompts, responses)
-            rewards = rm.batch_predict(prompts, responses)  # cached: no second forward
-            normalized = rm.normalize(rewards)
-            for j, row in enumerate(rows[start:start + args.chunk]):
-                result = dict(row, reward=float(rewards[j]), reward_normalized=float(normalized[j]))
-                if members.shape[1] > 1:
-                    result["members"] = [float(x) for x in members[j]]
-                out.write(json.dumps(result) + "\n")
-            if bar is not None:
-                bar.update(len(chunk))
+        write_jsonl(args.output, _scored_rows(rm, rows, items, chunk=args.chunk, bar=bar))
     finally:
         if bar is not None:
             bar.close()
-        if out is not sys.stdout:
-            out.close()
-        else:
-            out.flush()
     dt = time.perf_counter() - t0
     print(f"scored {len(rows)} responses in {dt:.1f}s ({len(rows) / dt:.1f}/s) -> {args.output}", file=sys.stderr)
     return 0

@@ -10,7 +10,6 @@ Strategies (``raw_rm.uncertainty.selection_scores``): std, disagreement, margin,
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
@@ -75,7 +74,7 @@ def select_pairs(rm: Any, items: list[tuple[str, str, str]], k: int, strategy: s
 
 
 def run(args: argparse.Namespace) -> int:
-    from raw_rm.cli._io import InputError, open_text
+    from raw_rm.cli._io import InputError, write_jsonl
 
     try:
         rows, items = read_pool(args.pool, args.a_field, args.b_field)
@@ -88,16 +87,8 @@ def run(args: argparse.Namespace) -> int:
     except (InputError, ValueError, OSError) as exc:
         print(f"raw-rm select: error: {exc}", file=sys.stderr)
         return 2
-    out = open_text(args.out, "w")
-    try:
-        for rank, item in enumerate(picked):
-            row = dict(rows[item["index"]], selection_score=item["selection_score"], selection_rank=rank,
-                       strategy=args.strategy, prob_a=item["prob_a"], delta_std=item["delta_std"])
-            out.write(json.dumps(row) + "\n")
-    finally:
-        if out is not sys.stdout:
-            out.close()
-        else:
-            out.flush()
+    write_jsonl(args.out, (dict(rows[item["index"]], selection_score=item["selection_score"], selection_rank=rank,
+                                strategy=args.strategy, prob_a=item["prob_a"], delta_std=item["delta_std"])
+                           for rank, item in enumerate(picked)))
     print(f"selected {len(picked)} of {len(rows)} pairs by {args.strategy} -> {args.out}", file=sys.stderr)
     return 0
