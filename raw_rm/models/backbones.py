@@ -236,6 +236,21 @@ def trunk_hidden(
     return trunk(**kwargs).last_hidden_state
 
 
+def pooled_hidden(
+    trunk: PreTrainedModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    token_type_ids: torch.Tensor | None = None,
+    *,
+    decoder: bool,
+    pooling: Pooling,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The forward prelude of every trunk-based model: (N, T) ids -> last hidden states (N, T, H) and their
+    pooling (N, H) by ``pooling`` (for "last": the last real token, found from ``attention_mask``)."""
+    hidden = trunk_hidden(trunk, input_ids, attention_mask, token_type_ids, decoder=decoder)  # (N, T, H)
+    return hidden, pool(hidden, attention_mask, pooling)
+
+
 def resolve_pooling(pooling: str, *, decoder: bool) -> Pooling:
     """``"auto"`` means the Hugging Face convention: the last real token for decoders, CLS for encoders."""
     if pooling == "auto":

@@ -16,7 +16,7 @@ from torch import nn
 
 from raw_rm import __version__
 from raw_rm.config import ModelConfig
-from raw_rm.models.backbones import hidden_size, is_decoder, pool, resolve_pooling, trunk_hidden
+from raw_rm.models.backbones import hidden_size, is_decoder, pool, pooled_hidden, resolve_pooling, trunk_hidden
 
 InputKind = Literal["concat", "split", "segments"]
 
@@ -131,6 +131,21 @@ class TrunkRewardModel(RewardModelBase):
     def pooled(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(N, T, H) -> (N, H) by ``self.pooling``."""
         return pool(hidden, attention_mask, self.pooling)
+
+    def encode(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        *,
+        trunk: nn.Module | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The shared forward prelude: (N, T) ids -> (hidden (N, T, H), pooled (N, H)) of ``trunk`` (default:
+        ``self.trunk``), pooled by ``self.pooling``. Dropout is left to each head (multihead draws one per head)."""
+        trunk = trunk if trunk is not None else self.trunk
+        return pooled_hidden(
+            trunk, input_ids, attention_mask, token_type_ids, decoder=self.decoder, pooling=self.pooling
+        )
 
 
 MODEL_CLASSES: dict[str, type[RewardModelBase]] = {}  # ModelConfig.arch -> class, filled by @register_model

@@ -19,7 +19,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from raw_rm.config import ModelConfig
-from raw_rm.models.backbones import hidden_size, is_decoder, pool, resolve_pooling, trunk_hidden
+from raw_rm.models.backbones import hidden_size, is_decoder, pooled_hidden, resolve_pooling
 from raw_rm.models.base import RewardMetadata, RewardModelBase, RewardOutput, register_model
 
 
@@ -81,7 +81,9 @@ class RewardModel(RewardModelBase):
             logits = self.hf(input_ids=input_ids, attention_mask=attention_mask, **kwargs).logits  # (N, 1)
             return RewardOutput(rewards=logits[:, 0])
         trunk = self.hf.base_model if self.hf is not None else self.trunk
-        hidden = trunk_hidden(trunk, input_ids, attention_mask, token_type_ids, decoder=self.decoder)  # (N, T, H)
-        pooled = self.dropout(pool(hidden, attention_mask, self.pooling))  # (N, H)
+        _, pooled = pooled_hidden(
+            trunk, input_ids, attention_mask, token_type_ids, decoder=self.decoder, pooling=self.pooling
+        )  # (N, H)
+        pooled = self.dropout(pooled)
         head = self.hf.score if self.hf is not None else self.head
         return RewardOutput(rewards=head(pooled)[:, 0])

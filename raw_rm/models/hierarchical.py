@@ -36,7 +36,7 @@ class HierarchicalRewardModel(TrunkRewardModel):
         token_type_ids: torch.Tensor | None = None,
     ) -> RewardOutput:
         """(N, T) ids and segment ids -> rewards (N,), segments (N, S), segment_mask (N, S)."""
-        hidden = self.hidden(input_ids, attention_mask, token_type_ids)  # (N, T, H)
+        hidden, pooled = self.encode(input_ids, attention_mask, token_type_ids)  # (N, T, H), (N, H)
         n_segments = int(segment_ids.max().item()) + 1 if segment_ids.numel() else 0  # CPU-GPU sync, once per batch
         n_segments = max(n_segments, 0)
         # Column 0 of the one-hot collects the -1 (no segment) tokens and is dropped.
@@ -47,5 +47,5 @@ class HierarchicalRewardModel(TrunkRewardModel):
         states = member.transpose(1, 2) @ hidden / counts.clamp(min=1.0).unsqueeze(-1)  # (N, S, H)
         segments = self.segment_head(self.dropout(states))[..., 0] * segment_mask  # (N, S), 0 where absent
         segment_mean = segments.sum(1) / segment_mask.sum(1).clamp(min=1)  # rows without sentences add 0
-        response = self.response_head(self.dropout(self.pooled(hidden, attention_mask)))[:, 0]  # (N,)
+        response = self.response_head(self.dropout(pooled))[:, 0]  # (N,)
         return RewardOutput(rewards=segment_mean + response, segments=segments, segment_mask=segment_mask)

@@ -68,7 +68,8 @@ class MultiObjectiveRewardModel(TrunkRewardModel):
         token_type_ids: torch.Tensor | None = None,
     ) -> RewardOutput:
         """(N, T) concatenated prompt + response ids -> rewards (N,), aspects (N, A)."""
-        pooled = self.dropout(self.pooled(self.hidden(input_ids, attention_mask, token_type_ids), attention_mask))
+        _, pooled = self.encode(input_ids, attention_mask, token_type_ids)  # (N, H)
+        pooled = self.dropout(pooled)
         aspects = torch.cat([head(pooled) for head in self.heads.values()], dim=-1)  # (N, A)
         if self.gate is not None:
             weights = torch.softmax(self.gate(pooled), dim=-1)  # (N, A), per example

@@ -57,7 +57,7 @@ class MultiHeadRewardModel(TrunkRewardModel):
         token_type_ids: torch.Tensor | None = None,
     ) -> RewardOutput:
         """(N, T) concatenated prompt + response ids -> rewards (N,), members (N, K)."""
-        pooled = self.pooled(self.hidden(input_ids, attention_mask, token_type_ids), attention_mask)  # (N, H)
+        _, pooled = self.encode(input_ids, attention_mask, token_type_ids)  # (N, H)
         # Each head draws its own dropout mask, one more source of member diversity.
         members = torch.cat([head(self.dropout(pooled)) for head in self.heads], dim=-1)  # (N, K)
         return RewardOutput(rewards=members.mean(-1), members=members)

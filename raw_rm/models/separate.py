@@ -53,14 +53,9 @@ trunk's final LayerNorm bias cancels out of r - p (its gradient is exactly zero)
         response_token_type_ids: torch.Tensor | None = None,
     ) -> RewardOutput:
         """(N, Tp) prompt ids and (N, Tr) response ids -> rewards (N,)."""
-        prompt = self.pooled(
-            self.hidden(prompt_input_ids, prompt_attention_mask, prompt_token_type_ids), prompt_attention_mask
-        )  # (N, H)
-        response = self.pooled(
-            self.hidden(
-                response_input_ids, response_attention_mask, response_token_type_ids, trunk=self.response_trunk
-            ),
-            response_attention_mask,
+        _, prompt = self.encode(prompt_input_ids, prompt_attention_mask, prompt_token_type_ids)  # (N, H)
+        _, response = self.encode(
+            response_input_ids, response_attention_mask, response_token_type_ids, trunk=self.response_trunk
         )  # (N, H)
         if self.fusion == "concat":
             fused = torch.cat([prompt, response], dim=-1)
