@@ -913,21 +913,21 @@ def log_to_mlflow(cfg: Config, outcome: TuneOutcome, specs: list[ParamSpec]) -> 
     """
     from mlflow.entities import Param
 
-    from raw_rm import registry
+    from raw_rm import tracking
 
-    client = registry.client_for(cfg.mlflow.tracking_uri)
-    experiment_id = registry.ensure_experiment(client, cfg.mlflow)
+    client = tracking.client_for(cfg.mlflow.tracking_uri)
+    experiment_id = tracking.ensure_experiment(client, cfg.mlflow)
     exp_path = outcome.experiment_path
     lineage = {
-        "tune_experiment": exp_path, "data_fingerprint": registry.data_fingerprint(cfg.data),
-        "data_source": cfg.data.train_path or "synthetic", "git_commit": registry.git_commit(),
+        "tune_experiment": exp_path, "data_fingerprint": tracking.data_fingerprint(cfg.data),
+        "data_source": cfg.data.train_path or "synthetic", "git_commit": tracking.git_commit(),
         "base_model": cfg.model.backbone, "arch": cfg.model.arch,
     }
     parent = _find_run(client, experiment_id, exp_path, "parent")
     if parent is None:
         run = client.create_run(experiment_id, tags={**lineage, "tune_role": "parent"}, run_name=Path(exp_path).name)
         parent = run.info.run_id
-        params = registry.flatten(cfg.to_dict())
+        params = tracking.flatten(cfg.to_dict())
         params["tune.space"] = json.dumps(cfg.tune.space)
         batch = [Param(k[:250], v[:6000]) for k, v in params.items()]
         for start in range(0, len(batch), 100):
@@ -935,11 +935,11 @@ def log_to_mlflow(cfg: Config, outcome: TuneOutcome, specs: list[ParamSpec]) -> 
     outcome.mlflow_run_id = parent
     trial_runs = {}
     for trial in outcome.trials:
-        trial_runs[trial.trial_id] = _log_trial(client, registry, experiment_id, parent, trial, lineage)
+        trial_runs[trial.trial_id] = _log_trial(client, experiment_id, parent, trial, lineage)
     summary = {f"best_{outcome.metric}": outcome.best.value} if outcome.best is not None and outcome.best.value is not None else {}
     summary.update({f"gain_{k}": v for k, v in outcome.gain().items()})
     summary.update({"trials": len(outcome.trials), "trials_stopped_early": sum(t.status == "stopped_early" for t in outcome.trials)})
-    registry.TrackedRun(client, parent, experiment_id, cfg.mlflow.tracking_uri, lineage).log_metrics(summary)
+    tracking.TrackedRun(client, parent, experiment_id, cfg.mlflow.tracking_uri, lineage).log_metrics(summary)
     if outcome.results_csv:
         client.log_artifact(parent, outcome.results_csv)
     for plot in outcome.plots:
@@ -947,7 +947,7 @@ def log_to_mlflow(cfg: Config, outcome: TuneOutcome, specs: list[ParamSpec]) -> 
     if outcome.best is not None:
         client.set_tag(parent, "best_trial", outcome.best.trial_id)
         if cfg.mlflow.register and outcome.best_model_dir:
-            outcome.registered_version = _register_best(cfg, client, registry, outcome, trial_runs[outcome.best.trial_id], lineage)
+            outcome.registered_version = _register_best(cfg, client, outcome, trial_runs[outcome.best.trial_id], lineage)
             client.set_tag(parent, "registered_version", f"{cfg.mlflow.registered_model}/{outcome.registered_version}")
     client.set_terminated(parent, "FINISHED")
 
@@ -960,8 +960,10 @@ def _find_run(client: Any, experiment_id: str, exp_path: str, role: str, trial_i
     return runs[0].info.run_id if runs else None
 
 
-def _log_trial(client: Any, registry: Any, experiment_id: str, parent: str, trial: TrialSummary, lineage: dict[str, str]) -> str:
+def _log_trial(client: Any, experiment_id: str, parent: str, trial: TrialSummary, lineage: dict[str, str]) -> str:
     from mlflow.entities import Param
+
+    from raw_rm.tracking import MlflowCallback
 
     existing = _find_run(client, experiment_id, lineage["tune_experiment"], "trial", trial.trial_id)
     if existing is not None:
@@ -974,7 +976,7 @@ def _log_trial(client: Any, registry: Any, experiment_id: str, parent: str, tria
     params = [Param(k, json.dumps(v) if v is None or isinstance(v, (bool, list)) else str(v)) for k, v in trial.params.items()]
     if params:
         client.log_batch(run_id, params=params, synchronous=True)
-    callback = registry.MlflowCallback(client.tracking_uri, run_id)
+    callback = MlflowCallback(client.tracking_uri, run_id)
     for report in trial.history:  # one point per evaluation, at its training step
         if report.get(DONE_KEY) == 1.0:
             continue
@@ -988,16 +990,19 @@ def _log_trial(client: Any, registry: Any, experiment_id: str, parent: str, tria
     return run_id
 
 
-def _register_best(cfg: Config, client: Any, registry: Any, outcome: TuneOutcome, run_id: str, lineage: dict[str, str]) -> str:
+def _register_best(cfg: Config, client: Any, outcome: TuneOutcome, run_id: str, lineage: dict[str, str]) -> str:
+    from raw_rm.registry import register_model
+    from raw_rm.tracking import MODEL_ARTIFACT
+
     best = outcome.best
     assert best is not None and outcome.best_model_dir is not None, "registration needs a completed best trial"
-    client.log_artifacts(run_id, outcome.best_model_dir, registry.MODEL_ARTIFACT)
+    client.log_artifacts(run_id, outcome.best_model_dir, MODEL_ARTIFACT)
     tags = {**lineage, "tune_trial": best.trial_id, "tune_metric": outcome.metric, f"tune_{outcome.metric}": str(best.value)}
     # What the promotion gate reads (registry.GATE_METRICS): the trial's final validation metrics.
     for gate_key, metric in (("accuracy", "val_accuracy"), ("ece", "val_ece")):
         if metric in best.metrics:
             tags[gate_key] = str(best.metrics[metric])
-    return registry.register_model(run_id, registry.MODEL_ARTIFACT, cfg.mlflow.registered_model, tags, tracking_uri=cfg.mlflow.tracking_uri)
+    return register_model(run_id, MODEL_ARTIFACT, cfg.mlflow.registered_model, tags, tracking_uri=cfg.mlflow.tracking_uri)
 
 
 def format_summary(outcome: TuneOutcome, specs: list[ParamSpec] | None = None) -> str:

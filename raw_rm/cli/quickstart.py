@@ -164,15 +164,16 @@ def _describe_data(cfg: Config) -> tuple[str, float | None]:
 
 def _write_report(cfg: Config, run_id: str | None, model_dir: Path) -> Path:
     """The eval report (plots, HTML) that the ensemble's MLflow run logged, copied into the run folder."""
-    from raw_rm import registry
+    from raw_rm.registry import evaluate_for_registry
+    from raw_rm.tracking import REPORT_ARTIFACT, client_for
 
     report_dir = Path(cfg.train.output_dir) / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
     if run_id is not None:
-        registry.client_for(cfg.mlflow.tracking_uri).download_artifacts(run_id, registry.REPORT_ARTIFACT, str(report_dir))
-        nested = report_dir / registry.REPORT_ARTIFACT  # download_artifacts keeps the artifact folder's name
+        client_for(cfg.mlflow.tracking_uri).download_artifacts(run_id, REPORT_ARTIFACT, str(report_dir))
+        nested = report_dir / REPORT_ARTIFACT  # download_artifacts keeps the artifact folder's name
         return nested if nested.exists() else report_dir
-    registry.evaluate_for_registry(cfg, model_dir, report_dir)  # MLflow disabled: evaluate here instead
+    evaluate_for_registry(cfg, model_dir, report_dir)  # MLflow disabled: evaluate here instead
     return report_dir
 
 

@@ -282,16 +282,17 @@ def register_ensemble(cfg: Config, result: EnsembleResult) -> EnsembleResult:
     ``result.metrics`` (the registry evaluation: accuracy, ece after temperature scaling, ...).
     """
     from raw_rm import registry
+    from raw_rm.tracking import MODEL_ARTIFACT, TrackedRun, tracking
 
     ens_dir = Path(result.ensemble_dir)
-    with registry.tracking(cfg, run_name=f"ensemble-{len(result.members)}") as run:
+    with tracking(cfg, run_name=f"ensemble-{len(result.members)}") as run:
         member_runs = []
         for i, member in enumerate(result.members):
             child = run.client.create_run(run.experiment_id, run_name=f"member_{i}", tags={
                 "mlflow.parentRunId": run.run_id, "ensemble_member": str(i), "seed": str(member.get("seed")),
                 **{f"config.{k}": str(v) for k, v in (member.get("config") or {}).items()},
             })
-            registry.TrackedRun(run.client, child.info.run_id, run.experiment_id, run.tracking_uri, {}).log_metrics(member.get("metrics") or {})
+            TrackedRun(run.client, child.info.run_id, run.experiment_id, run.tracking_uri, {}).log_metrics(member.get("metrics") or {})
             run.client.set_terminated(child.info.run_id, "FINISHED")
             member_runs.append(child.info.run_id)
             member["run_id"] = child.info.run_id
@@ -309,7 +310,7 @@ def register_ensemble(cfg: Config, result: EnsembleResult) -> EnsembleResult:
                 **{k: str(metrics[k]) for k in registry.GATE_METRICS if k in metrics},
             }
             result.model_version = registry.register_model(
-                run.run_id, registry.MODEL_ARTIFACT, cfg.mlflow.registered_model, tags, tracking_uri=cfg.mlflow.tracking_uri
+                run.run_id, MODEL_ARTIFACT, cfg.mlflow.registered_model, tags, tracking_uri=cfg.mlflow.tracking_uri
             )
             run.client.set_tag(run.run_id, "registered_version", f"{cfg.mlflow.registered_model}/{result.model_version}")
     return result

@@ -18,7 +18,7 @@ RESPONSES = ["2 + 3 = 5.", "Mix flour, water and yeast, then bake."]
 
 
 def test_ensemble_registered_as_one_version_and_served_by_one_uri(ray_session, mlflow_uri: str, tmp_path: Path, monkeypatch) -> None:
-    from raw_rm import registry
+    from raw_rm import registry, tracking
     from raw_rm.inference import RewardModelInference
     from raw_rm.models.ensemble import EnsembleRewardModel
     from raw_rm.train.ensemble import train_ensemble
@@ -47,7 +47,7 @@ def test_ensemble_registered_as_one_version_and_served_by_one_uri(ray_session, m
     members = json.loads(tags["ensemble_members"])
     assert (tags["ensemble"], tags["ensemble_size"]) == ("true", "2")
     assert [m["dir"] for m in members] == ["member_0", "member_1"]
-    client = registry.client_for(mlflow_uri)
+    client = tracking.client_for(mlflow_uri)
     for m in members:  # each member's own MLflow run, a child of the ensemble's run
         run = client.get_run(m["run_id"])
         assert run.data.tags["mlflow.parentRunId"] == result.mlflow_run_id

@@ -98,10 +98,11 @@ def test_ray_job_submit_trains_tracks_and_registers(ray_session, ray_head, tmp_p
     assert (out_dir / "model").is_dir() and json.loads((out_dir / "metrics.json").read_text())["steps"] == 3.0
 
     from raw_rm import registry
+    from raw_rm.tracking import client_for
 
     (version,) = registry.list_versions("job-rm", tracking_uri=f"sqlite:///{db}")
     assert (version.version, version.aliases, version.base_model) == ("1", ["candidate"], "tiny-bert")
-    client = registry.client_for(f"sqlite:///{db}")
+    client = client_for(f"sqlite:///{db}")
     run = client.get_run(version.run_id)
     assert run.data.params["train.max_steps"] == "3" and run.data.params["ray.num_workers"] == "1"
     assert {"loss", "val_accuracy", "eval.accuracy", "eval.ece", "summary.pairs_per_s"} <= set(run.data.metrics)

@@ -22,18 +22,19 @@ def cfg(mlflow_uri: str, tmp_path: Path) -> Config:
 def _trained(cfg: Config, tmp_path: Path, tag: str, accuracy: float, ece: float) -> str:
     """One tracked run whose 'model' is a folder holding ``tag``; registered with its gate metrics."""
     from raw_rm import registry
+    from raw_rm.tracking import tracking
 
     model_dir = tmp_path / f"model-{tag}"
     model_dir.mkdir()
     (model_dir / "weights.txt").write_text(tag)
-    with registry.tracking(cfg, run_name=tag) as run:
+    with tracking(cfg, run_name=tag) as run:
         run.log_metrics({"accuracy": accuracy, "ece": ece}, prefix="eval.")
         run.log_model(model_dir)
     return registry.register_model(run.run_id, "model", NAME, {"note": tag}, tracking_uri=cfg.mlflow.tracking_uri)
 
 
 def test_register_sets_candidate_alias_and_lineage(cfg: Config, tmp_path: Path) -> None:
-    from raw_rm import registry
+    from raw_rm import registry, tracking
 
     assert _trained(cfg, tmp_path, "a", 0.80, 0.05) == "1"
     assert _trained(cfg, tmp_path, "b", 0.85, 0.04) == "2"
@@ -43,7 +44,7 @@ def test_register_sets_candidate_alias_and_lineage(cfg: Config, tmp_path: Path) 
     assert (v2.version, v2.aliases, v1.aliases) == ("2", ["candidate"], [])
     # gate metrics come from the run's eval.* metrics (no accuracy/ece tags were given)
     assert v2.metrics == {"accuracy": 0.85, "ece": 0.04}
-    assert v2.data_fingerprint == registry.data_fingerprint(cfg.data)
+    assert v2.data_fingerprint == tracking.data_fingerprint(cfg.data)
     assert v2.data_fingerprint.startswith("synthetic:") and len(v2.data_fingerprint) == len("synthetic:") + 64
     assert v2.experiment.startswith("raw_rm (") and v2.base_model == "minilm" and v2.run_id
     # the experiment's artifacts live beside the SQLite file, not in the working directory

@@ -20,8 +20,9 @@ pytestmark = pytest.mark.integration
 
 def _register(cfg: Config, model_dir: Path, name: str) -> str:
     from raw_rm import registry
+    from raw_rm.tracking import tracking
 
-    with registry.tracking(cfg, run_name=model_dir.name) as run:
+    with tracking(cfg, run_name=model_dir.name) as run:
         run.log_model(model_dir)
     return registry.register_model(run.run_id, "model", name, tracking_uri=cfg.mlflow.tracking_uri)
 
@@ -30,15 +31,15 @@ def test_alias_move_and_redeploy_swaps_model_without_dropping_requests(serve_htt
     import aiohttp
     from ray import serve
 
-    from raw_rm import registry
     from raw_rm.inference import RewardModelInference
     from raw_rm.serve.app import build_app, pin_model_source
+    from raw_rm.tracking import client_for
 
     name = f"rm-swap-{uuid.uuid4().hex[:8]}"  # the replicas' download cache is keyed by name/version
     cfg = apply_overrides(Config(), {"mlflow.tracking_uri": mlflow_uri, "train.output_dir": str(tmp_path / "run")})
     old_dir, new_dir = save_tiny(tmp_path / "old", seed=3), save_tiny(tmp_path / "new", seed=4)
     assert (_register(cfg, old_dir, name), _register(cfg, new_dir, name)) == ("1", "2")
-    client = registry.client_for(mlflow_uri)
+    client = client_for(mlflow_uri)
     client.set_registered_model_alias(name, "champion", "1")
     uri = f"models:/{name}@champion"
     assert pin_model_source(uri, mlflow_uri) == f"models:/{name}/1"

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.integration
 
 
 def test_tracked_local_training_logs_everything_and_registers(mlflow_uri: str, tmp_path: Path, monkeypatch) -> None:
-    from raw_rm import registry
+    from raw_rm import registry, tracking
     from raw_rm.inference import RewardModelInference
     from raw_rm.train.local import train_local
 
@@ -24,15 +24,15 @@ def test_tracked_local_training_logs_everything_and_registers(mlflow_uri: str, t
     ])
     result = registry.tracked_training(cfg, train_local)
     assert result.model_version == "1"
-    client = registry.client_for(mlflow_uri)
+    client = tracking.client_for(mlflow_uri)
     run = client.get_run(result.mlflow_run_id)
     assert run.info.status == "FINISHED"
     params = run.data.params
     assert (params["train.max_steps"], params["model.backbone"], params["data.train_path"]) == ("3", "tiny-bert", "null")
     assert params["model.aspects"] == '["helpfulness", "harmlessness", "honesty"]'
     tags = run.data.tags
-    assert tags["data_fingerprint"] == registry.data_fingerprint(cfg.data) and tags["base_model"] == "tiny-bert"
-    assert tags["git_commit"] == registry.git_commit()
+    assert tags["data_fingerprint"] == tracking.data_fingerprint(cfg.data) and tags["base_model"] == "tiny-bert"
+    assert tags["git_commit"] == tracking.git_commit()
     assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1, 2, 3]
     assert 0.0 <= run.data.metrics["eval.accuracy"] <= 1.0 and "eval.sets.validation.accuracy" in run.data.metrics
     assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"model", "eval_report", "config.json"}
@@ -51,7 +51,7 @@ def test_tracked_local_training_logs_everything_and_registers(mlflow_uri: str, t
 
 
 def test_tracking_marks_the_run_failed_when_training_raises(mlflow_uri: str, tmp_path: Path) -> None:
-    from raw_rm import registry
+    from raw_rm import registry, tracking
 
     cfg = load_config(None, [f"mlflow.tracking_uri={mlflow_uri}", f"train.output_dir={tmp_path}"])
 
@@ -60,7 +60,7 @@ def test_tracking_marks_the_run_failed_when_training_raises(mlflow_uri: str, tmp
 
     with pytest.raises(RuntimeError, match="^boom$"):
         registry.tracked_training(cfg, broken)
-    client = registry.client_for(mlflow_uri)
+    client = tracking.client_for(mlflow_uri)
     exp = client.get_experiment_by_name("raw_rm")
     (run,) = client.search_runs([exp.experiment_id])
     assert run.info.status == "FAILED"

@@ -9,7 +9,7 @@ import sys
 
 import raw_rm
 
-EDGE_PREFIXES = ("raw_rm.cli", "raw_rm.registry", "raw_rm.tune", "raw_rm.serve.app", "raw_rm.train.ray_train",
+EDGE_PREFIXES = ("raw_rm.cli", "raw_rm.registry", "raw_rm.tracking", "raw_rm.tune", "raw_rm.serve.app", "raw_rm.train.ray_train",
                  "raw_rm.train.ensemble")
 FORBIDDEN = ("ray", "mlflow", "fastapi", "starlette")
 
