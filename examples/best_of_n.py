@@ -32,7 +32,12 @@ def make_scorer(args: argparse.Namespace):
     from raw_rm.inference import RewardModelInference
     from raw_rm.uncertainty import aggregate
 
-    inference = RewardModelInference(args.model)
+    resolver = None
+    if args.model.startswith(("models:/", "runs:/")):
+        from raw_rm.registry import uri_resolver
+
+        resolver = uri_resolver()  # the store of $MLFLOW_TRACKING_URI, else mlflow.tracking_uri's default
+    inference = RewardModelInference(args.model, resolver=resolver)
 
     def score(prompt: str, responses: list[str]) -> list[dict[str, float]]:
         members = torch.as_tensor(inference.batch_predict_members([prompt] * len(responses), responses, normalized=True))

@@ -33,7 +33,7 @@ from torch import nn
 
 from raw_rm.config import Config, ConfigError
 from raw_rm.data.records import PreferencePair
-from raw_rm.inference import RewardModelInference, resolve_model_uri
+from raw_rm.inference import Resolver, RewardModelInference, resolve_model_uri
 from raw_rm.train.loop import FitResult, RewardModelTrainer
 
 logger = logging.getLogger(__name__)
@@ -73,11 +73,12 @@ def write_quantized(model_dir: str | Path, out_dir: str | Path) -> Path:
     return out
 
 
-def load_for_inference(model_dir: str | Path, **kwargs: Any) -> RewardModelInference:
-    """``RewardModelInference`` for a directory, quantised when it carries ``quantization.json``."""
+def load_for_inference(model_dir: str | Path, *, resolver: Resolver | None = None, **kwargs: Any) -> RewardModelInference:
+    """``RewardModelInference`` for a directory (or a URI that ``resolver`` resolves to one), quantised when it
+    carries ``quantization.json``."""
     from raw_rm.models import load_model
 
-    path = Path(resolve_model_uri(model_dir))
+    path = Path(resolve_model_uri(model_dir, resolver))
     if not (path / QUANTIZATION_FILE).exists():
         return RewardModelInference(path, **kwargs)
     model, tokenizer = load_model(path)

@@ -7,9 +7,13 @@
     rm.pair_probability(prompt, a, b)                             # P(a > b) = sigmoid((r_a - r_b) / temperature)
     rm.cache_info()                                               # CacheInfo(hits, misses, size, max_size)
 
-``model_or_dir`` is a loaded model, a local model directory, or a URI that a registered resolver turns into
-a local directory: edges add schemes with :func:`register_uri_resolver` (``raw_rm.registry`` adds
-``models:/``), so this core module never imports MLflow.
+``model_or_dir`` is a loaded model, a local model directory, or a URI with the ``resolver`` that turns it into
+a local directory, passed explicitly (no process-wide hook: two MLflow stores can be used side by side):
+
+    rm = RewardModelInference("models:/raw_rm-reward@champion", resolver=registry.uri_resolver(tracking_uri))
+
+``raw_rm.registry.uri_resolver`` resolves ``models:/`` and ``runs:/`` on one store; this core module never
+imports MLflow.
 """
 
 from __future__ import annotations
@@ -30,29 +34,30 @@ from torch import nn
 
 logger = logging.getLogger(__name__)
 
-# URI prefix ("models:/", "s3://") -> function that returns a local model directory for the URI.
-URI_RESOLVERS: dict[str, Callable[[str], str]] = {}
+# A URI ("models:/NAME@alias", "runs:/ID/model", "s3://...") -> the local model directory it names.
+Resolver = Callable[[str], "str | Path"]
 
 
-def register_uri_resolver(prefix: str, resolver: Callable[[str], str]) -> None:
-    """Let ``RewardModelInference`` open URIs starting with ``prefix``; ``resolver(uri)`` returns a local dir."""
-    URI_RESOLVERS[prefix] = resolver
+def is_model_uri(text: str | Path) -> bool:
+    """Whether ``text`` is a URI (``models:/``, ``runs:/``, ``scheme://``) rather than a local path."""
+    text = str(text)
+    return "://" in text or text.startswith(("models:/", "runs:/"))
 
 
-def resolve_model_uri(uri: str | Path) -> str:
-    """A local model directory for ``uri``: a resolver's answer for a registered prefix, else the path itself.
+def resolve_model_uri(uri: str | Path, resolver: Resolver | None = None) -> str:
+    """A local model directory for ``uri``: ``resolver(uri)`` for a URI, else the path itself.
 
     Raises:
-        ValueError: a URI scheme no resolver handles (listing the known prefixes), or a missing directory.
+        ValueError: a URI without a resolver, or a path that is not a directory.
     """
     text = str(uri)
-    for prefix, resolver in sorted(URI_RESOLVERS.items(), key=lambda kv: -len(kv[0])):
-        if text.startswith(prefix):
-            return str(resolver(text))
-    if "://" in text or text.startswith("models:/") or text.startswith("runs:/"):
-        known = ", ".join(sorted(URI_RESOLVERS)) or "none registered"
-        hint = " (import raw_rm.registry to register models:/ and runs:/)" if text.startswith(("models:/", "runs:/")) else ""
-        raise ValueError(f"{text}: no resolver for this URI scheme{hint}; known prefixes: {known}")
+    if is_model_uri(text):
+        if resolver is None:
+            hint = ""
+            if text.startswith(("models:/", "runs:/")):
+                hint = " (raw_rm.registry.uri_resolver(tracking_uri) resolves models:/ and runs:/)"
+            raise ValueError(f"{text}: a URI needs a resolver{hint}; or pass a local model directory")
+        return str(resolver(text))
     path = Path(text)
     if not path.is_dir():
         raise ValueError(f"{text}: not a model directory (expected a folder written by raw_rm save_model)")
@@ -101,7 +106,8 @@ class RewardModelInference:
     """Reward scoring for one model (an ensemble model's members come along).
 
     Args:
-        model_or_dir: a ``RewardModelBase``, a local model directory, or a URI with a registered resolver.
+        model_or_dir: a ``RewardModelBase``, a local model directory, or a URI that ``resolver`` resolves.
+        resolver: turns a URI ``model_or_dir`` into a local directory (e.g. ``raw_rm.registry.uri_resolver``).
         tokenizer: required when ``model_or_dir`` is a model object.
         device: "cpu" or "cuda[:i]".
         batch_size: texts per forward in batch_predict.
@@ -114,6 +120,7 @@ class RewardModelInference:
         self,
         model_or_dir: nn.Module | str | Path,
         *,
+        resolver: Resolver | None = None,
         tokenizer: Any = None,
         device: str = "cpu",
         batch_size: int = 32,
@@ -128,12 +135,14 @@ class RewardModelInference:
         if isinstance(model_or_dir, nn.Module):
             if tokenizer is None:
                 raise ValueError("RewardModelInference(model): pass tokenizer= with a model object")
+            if resolver is not None:
+                raise ValueError("RewardModelInference(model): resolver= is for a URI, not a model object")
             model, self.source = model_or_dir, f"<{type(model_or_dir).__name__}>"
         else:
             from raw_rm.models import load_model
 
             self.source = str(model_or_dir)
-            model, tokenizer = load_model(resolve_model_uri(model_or_dir))
+            model, tokenizer = load_model(resolve_model_uri(model_or_dir, resolver))
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer

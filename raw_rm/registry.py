@@ -13,7 +13,7 @@ lineage are ``raw_rm.tracking``'s; this module builds on it (``tracked_training`
 
 Only the MlflowClient API is used, never the fluent globals, so tests and several stores can live in one process.
 ``models:/NAME@alias`` and ``models:/NAME/3`` URIs resolve to a local model directory through
-``resolve_model_uri`` (cached per version).
+``resolve_model_uri`` (cached per version); ``uri_resolver(tracking_uri)`` hands that to inference explicitly.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from typing import Any
 from urllib.parse import quote
 
 # raw_rm.tracking first: it sets MLflow's environment (no progress bars, no telemetry) before mlflow is imported.
-from raw_rm.tracking import MODEL_ARTIFACT, client_for, tracking, user_name  # isort: skip
+from raw_rm.tracking import MODEL_ARTIFACT, client_for, store_uri, tracking, user_name  # isort: skip
 
 import mlflow.artifacts  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
@@ -461,16 +461,18 @@ def resolve_run_uri(uri: str, *, tracking_uri: str | None = None, cache_dir: str
     return target
 
 
-def install_uri_resolver(tracking_uri: str | None = None) -> None:
-    """Let every raw_rm command accept ``models:/`` and ``runs:/`` URIs where a model directory is expected.
+def uri_resolver(tracking_uri: str | None = None, *, cache_dir: str | Path | None = None) -> Callable[[str], str]:
+    """A resolver of ``models:/`` and ``runs:/`` URIs on one MLflow store, for
+    ``RewardModelInference(uri, resolver=...)`` and ``load_for_inference(uri, resolver=...)``.
 
-    Importing this module installs it with ``tracking_uri=None`` ($MLFLOW_TRACKING_URI, else the config default,
-    read at resolve time); call again to bind a specific store.
+    The store is fixed when the resolver is made (None: $MLFLOW_TRACKING_URI now, else ``mlflow.tracking_uri``'s
+    default), so resolvers on two stores in one process never see each other's models.
     """
-    from raw_rm import inference
+    store = store_uri(tracking_uri)
 
-    inference.register_uri_resolver("models:/", lambda uri: str(resolve_model_uri(uri, tracking_uri=tracking_uri)))
-    inference.register_uri_resolver("runs:/", lambda uri: str(resolve_run_uri(uri, tracking_uri=tracking_uri)))
+    def resolve(uri: str) -> str:
+        if uri.startswith("runs:/"):
+            return str(resolve_run_uri(uri, tracking_uri=store, cache_dir=cache_dir))
+        return str(resolve_model_uri(uri, tracking_uri=store, cache_dir=cache_dir))
 
-
-install_uri_resolver()
+    return resolve

@@ -50,11 +50,16 @@ def client_for(tracking_uri: str | None = None) -> MlflowClient:
 
     A SQLite store's folder is created first: SQLAlchemy does not create it and fails with an unclear error.
     """
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or MlflowConfig().tracking_uri
+    uri = store_uri(tracking_uri)
     db = _sqlite_path(uri)
     if db is not None:
         db.parent.mkdir(parents=True, exist_ok=True)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def store_uri(tracking_uri: str | None = None) -> str:
+    """``tracking_uri`` itself, or for None: $MLFLOW_TRACKING_URI, else ``mlflow.tracking_uri``'s default."""
+    return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or MlflowConfig().tracking_uri
 
 
 def _sqlite_path(uri: str) -> Path | None:

@@ -58,10 +58,6 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    if any("models:/" in a or "runs:/" in a for a in argv):
-        # Registry URIs wherever a model path goes: the MLflow edge registers its resolver with raw_rm.inference
-        # (store: $MLFLOW_TRACKING_URI, else mlflow.tracking_uri's default). Imported only when needed.
-        importlib.import_module("raw_rm.registry")
     module = importlib.import_module(COMMANDS[name][0])
     parser = argparse.ArgumentParser(prog=f"raw-rm {name}", description=COMMANDS[name][1])
     module.configure(parser)

@@ -35,6 +35,18 @@ def add_config_args(parser: argparse.ArgumentParser, *, flags: tuple[str, ...] =
         parser.add_argument("--gpu", action="store_true", help="shorthand for ray.use_gpu=true")
 
 
+def local_model_dir(model: str, *, tracking_uri: str | None = None) -> str:
+    """A command's model argument as a local folder: ``models:/NAME@alias``, ``models:/NAME/VERSION`` and
+    ``runs:/ID/model`` are downloaded (cached) from the MLflow store ``tracking_uri`` (None: $MLFLOW_TRACKING_URI,
+    else ``mlflow.tracking_uri``'s default); anything else is returned unchanged. Imports MLflow only for a URI.
+    """
+    if not model.startswith(("models:/", "runs:/")):
+        return model
+    from raw_rm.registry import uri_resolver
+
+    return uri_resolver(tracking_uri)(model)
+
+
 def config_from_args(args: argparse.Namespace) -> Config:
     """Resolve the config of a command: file, then shorthand flags, then explicit overrides (which win)."""
     overrides = [f"{key}={getattr(args, flag)}" for flag, key in SHORTHANDS.items() if getattr(args, flag, None) is not None]

@@ -28,7 +28,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from raw_rm.cli.common import config_from_args
+    from raw_rm.cli.common import config_from_args, local_model_dir
     from raw_rm.compression import distill
     from raw_rm.data import load_train_val
     from raw_rm.data.formats import DataError
@@ -46,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
         _, tokenizer = build_model(cfg.model)
         train, val, report = load_train_val(cfg, tokenizer=tokenizer)
         print(f"data: {report.summary()}", file=sys.stderr)
-        result = distill(args.teacher, cfg, train, val_records=val, mode=args.mode, temperature=args.temperature)
+        teachers = [local_model_dir(teacher) for teacher in args.teacher]
+        result = distill(teachers, cfg, train, val_records=val, mode=args.mode, temperature=args.temperature)
     except (DataError, ValueError, OSError) as exc:
         print(f"raw-rm distill: error: {exc}", file=sys.stderr)
         return 2

@@ -147,10 +147,11 @@ def run(args: argparse.Namespace) -> int:
     from raw_rm.cli._io import InputError
 
     try:
+        from raw_rm.cli.common import local_model_dir
         from raw_rm.compression import load_for_inference
         from raw_rm.inference import resolve_model_uri
 
-        model_dir = Path(resolve_model_uri(args.model))
+        model_dir = Path(resolve_model_uri(local_model_dir(args.model)))
         max_len = args.max_len_tokens or default_max_len(model_dir)
         prompts, responses, groups = read_texts(args.data, args.limit)
         rm = load_for_inference(str(model_dir), batch_size=args.batch_size, max_len_tokens=max_len)

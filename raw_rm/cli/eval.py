@@ -110,13 +110,10 @@ def run(args: argparse.Namespace) -> int:
         ood_paths = _parse_ood(args.ood)
         if args.name in ood_paths:
             raise ValueError(f"--ood {args.name}=...: '{args.name}' is the name of --data (see --name)")
-        if is_uri:
-            from raw_rm import registry  # edge import, only for registry URIs
-
-            registry.install_uri_resolver(cfg.mlflow.tracking_uri)
+        from raw_rm.cli.common import local_model_dir
         from raw_rm.compression import load_for_inference
 
-        rm = load_for_inference(args.model, device=args.device, batch_size=args.batch_size,
+        rm = load_for_inference(local_model_dir(args.model, tracking_uri=cfg.mlflow.tracking_uri), device=args.device, batch_size=args.batch_size,
                                 max_len_tokens=cfg.data.max_len_tokens)
         sample = {"max_pairs": args.max_pairs, "seed": args.seed}
         sets = _read_pairs(args.data, cfg, rm.tokenizer, heldout=args.heldout, **sample)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="model directory (or a URI with a registered resolver, e.g. models:/NAME@champion)")
+    parser.add_argument("model", help="model directory, or a registry URI: models:/NAME@alias, models:/NAME/VERSION, runs:/ID/model")
     parser.add_argument("--output", "-o", required=True, help="directory to write the exported model to")
     parser.add_argument("--quantize", choices=["int8"], default=None, help="int8: dynamic quantisation of Linear layers (CPU)")
     parser.add_argument("--data", default=None, help="preference pairs (JSONL/Parquet/...) to compare fp32 and int8 accuracy and speed on")
@@ -19,12 +19,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from raw_rm.cli.common import local_model_dir
     from raw_rm.compression import compare_quantized, write_quantized
     from raw_rm.data.formats import DataError
     from raw_rm.inference import resolve_model_uri
 
     try:
-        src = Path(resolve_model_uri(args.model))
+        src = Path(resolve_model_uri(local_model_dir(args.model)))
         out = Path(args.output)
         if out.exists() and not args.force and out.resolve() != src.resolve():
             raise ValueError(f"{out}: already exists (use --force to overwrite)")

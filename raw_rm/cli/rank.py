@@ -10,7 +10,7 @@ import sys
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="model directory (or a URI with a registered resolver)")
+    parser.add_argument("model", help="model directory, or a registry URI: models:/NAME@alias, models:/NAME/VERSION, runs:/ID/model")
     parser.add_argument("--input", "-i", required=True, help='JSONL with "prompt" and "responses" ("-" = stdin)')
     parser.add_argument("--output", "-o", default="-", help='JSONL to write ("-" = stdout)')
     parser.add_argument("--batch-size", type=int, default=32, help="texts per forward pass")
@@ -39,9 +39,10 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         rows = _read(args.input)
+        from raw_rm.cli.common import local_model_dir
         from raw_rm.compression import load_for_inference
 
-        rm = load_for_inference(args.model, batch_size=args.batch_size, max_len_tokens=args.max_len_tokens)
+        rm = load_for_inference(local_model_dir(args.model), batch_size=args.batch_size, max_len_tokens=args.max_len_tokens)
     except (InputError, ValueError, OSError) as exc:
         print(f"raw-rm rank: error: {exc}", file=sys.stderr)
         return 2

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="model directory (or a URI with a registered resolver, e.g. models:/NAME@champion)")
+    parser.add_argument("model", help="model directory, or a registry URI: models:/NAME@alias, models:/NAME/VERSION, runs:/ID/model")
     parser.add_argument("--input", "-i", required=True, help='JSONL (.jsonl or .jsonl.gz; "-" = stdin) with prompt/response or text')
     parser.add_argument("--output", "-o", default="-", help='JSONL to write ("-" = stdout, the default)')
     parser.add_argument("--prompt-field", default="prompt", help="input field holding the prompt")
@@ -67,9 +67,10 @@ def run(args: argparse.Namespace) -> int:
             rows.append(row)
         if not rows:
             raise InputError(f"{args.input}: no rows to score")
+        from raw_rm.cli.common import local_model_dir
         from raw_rm.compression import load_for_inference
 
-        rm = load_for_inference(args.model, batch_size=args.batch_size, max_len_tokens=args.max_len_tokens)
+        rm = load_for_inference(local_model_dir(args.model), batch_size=args.batch_size, max_len_tokens=args.max_len_tokens)
     except (InputError, ValueError, OSError) as exc:
         print(f"raw-rm score: error: {exc}", file=sys.stderr)
         return 2

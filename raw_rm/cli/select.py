@@ -80,9 +80,10 @@ def run(args: argparse.Namespace) -> int:
         rows, items = read_pool(args.pool, args.a_field, args.b_field)
         if not 1 <= args.k <= len(rows):
             raise InputError(f"--k {args.k}: expected 1 <= k <= {len(rows)} (the pool size)")
+        from raw_rm.cli.common import local_model_dir
         from raw_rm.compression import load_for_inference
 
-        rm = load_for_inference(args.model, batch_size=args.batch_size, max_len_tokens=args.max_len_tokens)
+        rm = load_for_inference(local_model_dir(args.model), batch_size=args.batch_size, max_len_tokens=args.max_len_tokens)
         picked = select_pairs(rm, items, args.k, args.strategy, seed=args.seed)
     except (InputError, ValueError, OSError) as exc:
         print(f"raw-rm select: error: {exc}", file=sys.stderr)

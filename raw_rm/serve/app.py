@@ -86,14 +86,16 @@ class RewardMember:
         self.cfg = config_from_dict(cfg, root=ServeConfig, source="serve args")
         if self.cfg.torch_threads:
             torch.set_num_threads(self.cfg.torch_threads)
+        resolver = None
         if source.startswith("models:/"):
             from raw_rm import registry
 
-            registry.install_uri_resolver(self.cfg.tracking_uri)
+            resolver = registry.uri_resolver(self.cfg.tracking_uri)
         self.source = display_source or source
         self.resolved = source
         self.engine = RewardModelInference(
-            source, batch_size=self.cfg.max_batch_size, cache_size=self.cfg.cache_size, precision=self.cfg.precision
+            source, resolver=resolver, batch_size=self.cfg.max_batch_size, cache_size=self.cfg.cache_size,
+            precision=self.cfg.precision,
         )
         # the model's own limit (tokenizer max length, at most 512) or the configured one, whichever is smaller
         self.engine.max_len_tokens = min(self.engine.max_len_tokens, self.cfg.max_len_tokens)

@@ -54,9 +54,8 @@ def test_ensemble_registered_as_one_version_and_served_by_one_uri(ray_session, m
         assert "val_accuracy" in run.data.metrics
     assert [m["run_id"] for m in members] == [m["run_id"] for m in record["members"]]
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_uri)  # the default resolver reads it at resolve time
-    monkeypatch.setenv("RAW_RM_MODEL_CACHE", str(tmp_path / "model_cache"))
-    served = RewardModelInference(f"models:/{NAME}@candidate", cache_size=0)
+    resolver = registry.uri_resolver(mlflow_uri, cache_dir=tmp_path / "model_cache")
+    served = RewardModelInference(f"models:/{NAME}@candidate", resolver=resolver, cache_size=0)
     assert isinstance(served.model, EnsembleRewardModel) and served.model.num_members == 2
     local = RewardModelInference(str(ens_dir), cache_size=0)
     np.testing.assert_allclose(served.batch_predict_members(PROMPTS, RESPONSES), local.batch_predict_members(PROMPTS, RESPONSES), atol=1e-6)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ pytestmark = pytest.mark.integration
 
 def test_tracked_local_training_logs_everything_and_registers(mlflow_uri: str, tmp_path: Path, monkeypatch) -> None:
     from raw_rm import registry, tracking
+    from raw_rm.cli import main
     from raw_rm.inference import RewardModelInference
     from raw_rm.train.local import train_local
 
@@ -41,13 +43,25 @@ def test_tracked_local_training_logs_everything_and_registers(mlflow_uri: str, t
     (version,) = registry.list_versions("local-rm", tracking_uri=mlflow_uri)
     assert version.metrics["accuracy"] == pytest.approx(run.data.metrics["eval.accuracy"])
     assert version.metrics["ece"] == pytest.approx(run.data.metrics["eval.ece"])
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_uri)
-    monkeypatch.setenv("RAW_RM_MODEL_CACHE", str(tmp_path / "cache"))
-    rm = RewardModelInference("models:/local-rm@candidate")
+    resolver = registry.uri_resolver(mlflow_uri, cache_dir=tmp_path / "cache")
+    rm = RewardModelInference("models:/local-rm@candidate", resolver=resolver)
     local = RewardModelInference(result.model_dir)
     assert rm.predict_reward("Q?", "An answer.") == pytest.approx(local.predict_reward("Q?", "An answer."), abs=1e-6)
     # the logged model carries the temperature fitted during evaluation
     assert rm.metadata.temperature == pytest.approx(run.data.metrics["eval.model.temperature"])
+
+    # the CLI takes the URI wherever a model path goes, on the store of $MLFLOW_TRACKING_URI; another store's
+    # resolver made in the same process (a default store without this model) does not get in the way
+    other = registry.uri_resolver(f"sqlite:///{tmp_path / 'other' / 'mlflow.db'}", cache_dir=tmp_path / "other-cache")
+    with pytest.raises(registry.RegistryError, match=r"^models:/local-rm@candidate: local-rm has no alias 'candidate'$"):
+        other("models:/local-rm@candidate")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_uri)
+    monkeypatch.setenv("RAW_RM_MODEL_CACHE", str(tmp_path / "cli-cache"))
+    src, out = tmp_path / "in.jsonl", tmp_path / "scores" / "out.jsonl"
+    src.write_text(json.dumps({"prompt": "Q?", "response": "An answer."}) + "\n")
+    assert main(["score", "models:/local-rm@candidate", "--input", str(src), "--output", str(out)]) == 0
+    (row,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert row["reward"] == pytest.approx(local.predict_reward("Q?", "An answer."), abs=1e-6)
 
 
 def test_tracking_marks_the_run_failed_when_training_raises(mlflow_uri: str, tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 import torch
 
 from raw_rm.config import ModelConfig
-from raw_rm.inference import RewardModelInference, register_uri_resolver, resolve_model_uri, URI_RESOLVERS
+from raw_rm.inference import RewardModelInference, resolve_model_uri
 from raw_rm.models import build_model, save_model
 
 PROMPTS = ["short?", "a much longer prompt " * 6, "mid length prompt here", "q"]
@@ -107,20 +108,44 @@ def test_members_of_a_multihead_model(tmp_path):
     np.testing.assert_allclose(members.mean(axis=1), rm.batch_predict(PROMPTS, RESPONSES), atol=1e-5)
 
 
-def test_loads_a_saved_directory_and_resolves_registered_uris(model_and_tok, tmp_path):
+def test_loads_a_saved_directory_and_resolves_uris_with_an_explicit_resolver(model_and_tok, tmp_path):
     model, tok = model_and_tok
     save_model(model, tok, tmp_path / "m")
     direct = RewardModelInference(model, tokenizer=tok).batch_predict(PROMPTS, RESPONSES)
-    register_uri_resolver("fake-registry:/", lambda uri: str(tmp_path / uri.split("/")[-1]))
-    try:
-        rm = RewardModelInference("fake-registry:/m")
-        np.testing.assert_allclose(rm.batch_predict(PROMPTS, RESPONSES), direct, atol=1e-5)
-    finally:
-        URI_RESOLVERS.pop("fake-registry:/")
-    with pytest.raises(ValueError, match=r"^s3://b/m: no resolver for this URI scheme; known prefixes: "):
+    asked = []
+
+    def resolver(uri):
+        asked.append(uri)
+        return tmp_path / uri.split("/")[-1]
+
+    rm = RewardModelInference("fake-registry://m", resolver=resolver)
+    np.testing.assert_allclose(rm.batch_predict(PROMPTS, RESPONSES), direct, atol=1e-5)
+    assert (asked, rm.source) == (["fake-registry://m"], "fake-registry://m")
+    local = RewardModelInference(tmp_path / "m", resolver=resolver)  # a local path never asks the resolver
+    np.testing.assert_allclose(local.batch_predict(PROMPTS, RESPONSES), direct, atol=1e-5)
+    assert asked == ["fake-registry://m"]
+    with pytest.raises(ValueError, match=r"^s3://b/m: a URI needs a resolver; or pass a local model directory$"):
         resolve_model_uri("s3://b/m")
+    with pytest.raises(ValueError, match=r"^models:/rm@champion: a URI needs a resolver \(raw_rm\.registry\.uri_resolver"):
+        RewardModelInference("models:/rm@champion")
     with pytest.raises(ValueError, match="not a model directory"):
         resolve_model_uri(tmp_path / "absent")
+
+
+def test_two_resolvers_in_one_process_do_not_interfere(model_and_tok, tmp_path):
+    # Two stores (say two MLflow tracking URIs) both have "models:/rm/1": each inference uses the resolver it got.
+    model, tok = model_and_tok
+    save_model(model, tok, tmp_path / "a" / "rm")
+    other = copy.deepcopy(model)
+    head = [m for m in other.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        head.bias.add_(3.0)  # every reward of store b is 3 higher
+    save_model(other, tok, tmp_path / "b" / "rm")
+    store_a = RewardModelInference("models:/rm/1", resolver=lambda uri: tmp_path / "a" / "rm")
+    store_b = RewardModelInference("models:/rm/1", resolver=lambda uri: tmp_path / "b" / "rm")
+    a_again = RewardModelInference("models:/rm/1", resolver=lambda uri: tmp_path / "a" / "rm")
+    np.testing.assert_allclose(store_a.batch_predict(PROMPTS, RESPONSES), a_again.batch_predict(PROMPTS, RESPONSES))
+    np.testing.assert_allclose(store_b.batch_predict(PROMPTS, RESPONSES), store_a.batch_predict(PROMPTS, RESPONSES) + 3.0, atol=1e-5)
 
 
 def test_input_errors(model_and_tok):
