@@ -169,6 +169,13 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, str]:
 
 
 # --------------------------------------------------------------------------------------- tracking
+def log_params(client: MlflowClient, run_id: str, params: dict[str, str]) -> None:
+    """Log ``params`` on run ``run_id``: keys cut to 250 characters and values to 6000 (MLflow's limits)."""
+    batch = [Param(k[:250], v[:6000]) for k, v in params.items()]
+    for start in range(0, len(batch), 100):  # log_batch takes at most 100 params per call
+        client.log_batch(run_id, params=batch[start : start + 100], synchronous=True)
+
+
 class MlflowCallback:
     """Loop callback sending rank-0 step and eval metrics to one MLflow run.
 
@@ -272,9 +279,7 @@ def tracking(cfg: Config, *, run_name: str | None = None) -> Iterator[TrackedRun
     }
     run = client.create_run(experiment_id, tags=tags, run_name=run_name or cfg.ray.run_name)
     run_id = run.info.run_id
-    params = [Param(k[:250], v[:6000]) for k, v in flatten(cfg.to_dict()).items()]
-    for start in range(0, len(params), 100):  # log_batch takes at most 100 params per call
-        client.log_batch(run_id, params=params[start : start + 100], synchronous=True)
+    log_params(client, run_id, flatten(cfg.to_dict()))
     client.log_dict(run_id, cfg.to_dict(), "config.json")
     log.info("MLflow run %s in experiment %s (%s)", run_id, cfg.mlflow.experiment, cfg.mlflow.tracking_uri)
     try:

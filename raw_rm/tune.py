@@ -911,8 +911,6 @@ def log_to_mlflow(cfg: Config, outcome: TuneOutcome, specs: list[ParamSpec]) -> 
 
     Idempotent: a resumed experiment finds its parent run and the trial runs already logged by their tags.
     """
-    from mlflow.entities import Param
-
     from raw_rm import tracking
 
     client = tracking.client_for(cfg.mlflow.tracking_uri)
@@ -929,9 +927,7 @@ def log_to_mlflow(cfg: Config, outcome: TuneOutcome, specs: list[ParamSpec]) -> 
         parent = run.info.run_id
         params = tracking.flatten(cfg.to_dict())
         params["tune.space"] = json.dumps(cfg.tune.space)
-        batch = [Param(k[:250], v[:6000]) for k, v in params.items()]
-        for start in range(0, len(batch), 100):
-            client.log_batch(parent, params=batch[start:start + 100], synchronous=True)
+        tracking.log_params(client, parent, params)
     outcome.mlflow_run_id = parent
     trial_runs = {}
     for trial in outcome.trials:
@@ -961,9 +957,7 @@ def _find_run(client: Any, experiment_id: str, exp_path: str, role: str, trial_i
 
 
 def _log_trial(client: Any, experiment_id: str, parent: str, trial: TrialSummary, lineage: dict[str, str]) -> str:
-    from mlflow.entities import Param
-
-    from raw_rm.tracking import MlflowCallback
+    from raw_rm.tracking import MlflowCallback, flatten, log_params
 
     existing = _find_run(client, experiment_id, lineage["tune_experiment"], "trial", trial.trial_id)
     if existing is not None:
@@ -973,9 +967,7 @@ def _log_trial(client: Any, experiment_id: str, parent: str, trial: TrialSummary
         "tune_baseline": str(trial.is_baseline).lower(), "mlflow.parentRunId": parent,
     }
     run_id = client.create_run(experiment_id, tags=tags, run_name=trial.trial_id).info.run_id
-    params = [Param(k, json.dumps(v) if v is None or isinstance(v, (bool, list)) else str(v)) for k, v in trial.params.items()]
-    if params:
-        client.log_batch(run_id, params=params, synchronous=True)
+    log_params(client, run_id, flatten(trial.params))  # dotted names already; lists, None and booleans as JSON
     callback = MlflowCallback(client.tracking_uri, run_id)
     for report in trial.history:  # one point per evaluation, at its training step
         if report.get(DONE_KEY) == 1.0:
