@@ -31,7 +31,7 @@ from typing import Any
 from urllib.parse import quote
 
 # raw_rm.tracking first: it sets MLflow's environment (no progress bars, no telemetry) before mlflow is imported.
-from raw_rm.tracking import MODEL_ARTIFACT, client_for, store_uri, tracking, user_name  # isort: skip
+from raw_rm.tracking import MODEL_ARTIFACT, TrackedRun, client_for, store_uri, tracking, user_name  # isort: skip
 
 import mlflow.artifacts  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
@@ -72,27 +72,44 @@ def tracked_training(cfg: Config, train_fn: Callable[..., Any], *, evaluate_fn: 
     """
     if not cfg.mlflow.enabled:
         return train_fn(cfg)
-    evaluate_fn = evaluate_fn or evaluate_for_registry
     with tracking(cfg) as run:
         result = train_fn(cfg, callbacks=[run.callback()])
         # the run's summary: final validation, throughput, steps (and global_batch_size under Ray Train)
         run.log_metrics(result.metrics, prefix="summary.", step=int(result.metrics.get("steps", 0)))
-        model_dir = Path(result.model_dir)
-        with tempfile.TemporaryDirectory(prefix="raw_rm_eval_") as tmp:
-            metrics = evaluate_fn(cfg, model_dir, Path(tmp))
-            run.log_report(tmp, metrics)
-        run.log_model(model_dir)
-        version = None
-        if cfg.mlflow.register:
-            gate_tags = {k: str(metrics[k]) for k in GATE_METRICS if k in metrics}
-            version = register_model(
-                run.run_id, MODEL_ARTIFACT, cfg.mlflow.registered_model, {**run.tags, **gate_tags},
-                tracking_uri=cfg.mlflow.tracking_uri,
-            )
-            run.client.set_tag(run.run_id, "registered_version", f"{cfg.mlflow.registered_model}/{version}")
+        _, version = log_evaluate_register(cfg, run, Path(result.model_dir), evaluate_fn=evaluate_fn)
     result.mlflow_run_id, result.model_version = run.run_id, version
     log.info("tracked run %s%s", run.run_id, f"; registered {cfg.mlflow.registered_model} v{version}" if version else "")
     return result
+
+
+def log_evaluate_register(
+    cfg: Config,
+    run: TrackedRun,
+    model_dir: Path,
+    *,
+    evaluate_fn: Callable[[Config, Path, Path], dict[str, float]] | None = None,
+    tags: dict[str, str] | None = None,
+) -> tuple[dict[str, float], str | None]:
+    """Evaluate ``model_dir`` (``evaluate_fn``, default ``evaluate_for_registry``), log the report and the model on
+    ``run``, and with ``mlflow.register`` register the model (tags: the run's, then ``tags``, then the gate metrics).
+
+    Returns:
+        (the evaluation's metrics, the new version or None when ``mlflow.register`` is off).
+    """
+    evaluate_fn = evaluate_fn or evaluate_for_registry
+    with tempfile.TemporaryDirectory(prefix="raw_rm_eval_") as tmp:
+        metrics = evaluate_fn(cfg, model_dir, Path(tmp))  # may save the fitted temperature into model_dir
+        run.log_report(tmp, metrics)
+    run.log_model(model_dir)
+    if not cfg.mlflow.register:
+        return metrics, None
+    gate_tags = {k: str(metrics[k]) for k in GATE_METRICS if k in metrics}
+    version = register_model(
+        run.run_id, MODEL_ARTIFACT, cfg.mlflow.registered_model, {**run.tags, **(tags or {}), **gate_tags},
+        tracking_uri=cfg.mlflow.tracking_uri,
+    )
+    run.client.set_tag(run.run_id, "registered_version", f"{cfg.mlflow.registered_model}/{version}")
+    return metrics, version
 
 
 def evaluate_for_registry(cfg: Config, model_dir: Path, report_dir: Path) -> dict[str, float]:

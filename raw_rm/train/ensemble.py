@@ -281,8 +281,8 @@ def register_ensemble(cfg: Config, result: EnsembleResult) -> EnsembleResult:
     Sets ``result.mlflow_run_id``, ``result.model_version`` (None with ``mlflow.register=false``) and
     ``result.metrics`` (the registry evaluation: accuracy, ece after temperature scaling, ...).
     """
-    from raw_rm import registry
-    from raw_rm.tracking import MODEL_ARTIFACT, TrackedRun, tracking
+    from raw_rm.registry import log_evaluate_register
+    from raw_rm.tracking import TrackedRun, tracking
 
     ens_dir = Path(result.ensemble_dir)
     with tracking(cfg, run_name=f"ensemble-{len(result.members)}") as run:
@@ -297,22 +297,13 @@ def register_ensemble(cfg: Config, result: EnsembleResult) -> EnsembleResult:
             member_runs.append(child.info.run_id)
             member["run_id"] = child.info.run_id
         _write_member_runs(ens_dir, member_runs)
-        with tempfile.TemporaryDirectory(prefix="raw_rm_eval_") as tmp:
-            metrics = registry.evaluate_for_registry(cfg, ens_dir, Path(tmp))
-            run.log_report(tmp, metrics)
-        run.log_model(ens_dir)
-        result.mlflow_run_id, result.metrics = run.run_id, metrics
-        if cfg.mlflow.register:
-            tags = {
-                **run.tags, "ensemble": "true", "ensemble_size": str(len(result.members)),
-                "ensemble_members": json.dumps([{"dir": m["dir"], "seed": m.get("seed"), "run_id": m["run_id"]} for m in result.members]),
-                "arch": "ensemble" if cfg.model.arch != "multihead" else "multihead",
-                **{k: str(metrics[k]) for k in registry.GATE_METRICS if k in metrics},
-            }
-            result.model_version = registry.register_model(
-                run.run_id, MODEL_ARTIFACT, cfg.mlflow.registered_model, tags, tracking_uri=cfg.mlflow.tracking_uri
-            )
-            run.client.set_tag(run.run_id, "registered_version", f"{cfg.mlflow.registered_model}/{result.model_version}")
+        tags = {
+            "ensemble": "true", "ensemble_size": str(len(result.members)),
+            "ensemble_members": json.dumps([{"dir": m["dir"], "seed": m.get("seed"), "run_id": m["run_id"]} for m in result.members]),
+            "arch": "ensemble" if cfg.model.arch != "multihead" else "multihead",
+        }
+        result.metrics, result.model_version = log_evaluate_register(cfg, run, ens_dir, tags=tags)
+        result.mlflow_run_id = run.run_id
     return result
 
 
