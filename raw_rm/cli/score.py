@@ -10,6 +10,7 @@ import argparse
 import sys
 import time
 from collections.abc import Iterator
+from typing import Any
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -37,7 +38,7 @@ def _prompt_response(row: dict, where: str, args: argparse.Namespace) -> tuple[s
         raise InputError(f'{where}: field "{args.text_field}": {exc}; give "{args.prompt_field}" and "{args.response_field}" instead') from exc
 
 
-def _scored_rows(rm, rows: list[dict], items: list[tuple[str, str]], *, chunk: int, bar) -> Iterator[dict]:
+def _scored_rows(rm: Any, rows: list[dict], items: list[tuple[str, str]], *, chunk: int, bar: Any) -> Iterator[dict]:
     """The output rows, ``chunk`` rows per forward pass: each input row plus reward, reward_normalized, members."""
     for start in range(0, len(rows), chunk):
         part = items[start:start + chunk]
