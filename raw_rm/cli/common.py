@@ -42,9 +42,13 @@ def local_model_dir(model: str, *, tracking_uri: str | None = None) -> str:
     """
     if not model.startswith(("models:/", "runs:/")):
         return model
-    from raw_rm.registry import uri_resolver
+    from raw_rm.registry import RegistryError, uri_resolver
 
-    return uri_resolver(tracking_uri)(model)
+    try:
+        return uri_resolver(tracking_uri)(model)
+    except RegistryError as exc:  # an unknown name, version or alias is the user's input: no traceback
+        print(f"raw-rm: {model}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from exc
 
 
 def config_from_args(args: argparse.Namespace) -> Config:

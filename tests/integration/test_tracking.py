@@ -62,6 +62,10 @@ def test_tracked_local_training_logs_everything_and_registers(mlflow_uri: str, t
     assert main(["score", "models:/local-rm@candidate", "--input", str(src), "--output", str(out)]) == 0
     (row,) = [json.loads(line) for line in out.read_text().splitlines()]
     assert row["reward"] == pytest.approx(local.predict_reward("Q?", "An answer."), abs=1e-6)
+    # an alias the store does not have is the user's mistake: exit 2 with the reason, no traceback, no output file
+    with pytest.raises(SystemExit) as exit_info:
+        main(["score", "models:/local-rm@champion", "--input", str(src), "--output", str(tmp_path / "none.jsonl")])
+    assert exit_info.value.code == 2 and not (tmp_path / "none.jsonl").exists()
 
 
 def test_tracking_marks_the_run_failed_when_training_raises(mlflow_uri: str, tmp_path: Path) -> None:
