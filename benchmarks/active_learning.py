@@ -8,13 +8,15 @@ Setup (all seeded; one run prints everything):
 - Model: the cheap ensemble, ``arch=multihead`` on the packaged MiniLM with the trunk FROZEN: every text is
   embedded once (mean pooling), then only the K heads train, each on its own Poisson(1) bootstrap resample of
   the labelled pairs (``MultiHeadRewardModel.bootstrap_mask``), with a Bradley-Terry loss.
-- Loop: start from ``--seed-labels`` random labels; each round score the pool with the current ensemble,
+- Loop: start from ``--seed-labels`` random labels; each round score the pool with the current ensemble
+  (member rewards normalised with the training statistics, as ``raw-rm select`` does),
   ``raw_rm.uncertainty.selection_scores`` + ``select_top_k`` pick ``--k`` pairs by the strategy, reveal their
   labels, retrain the heads from a fresh init. Validation accuracy = share of validation pairs ordered like
   the latent reward.
 - Output: accuracy vs #labels per strategy (mean over ``--repeats`` seeds) as a table and a PNG; labels needed by
   each strategy to reach the target accuracy (``--target``, default: the accuracy of the ensemble trained on the
-  whole pool minus ``--target-gap``) and how many fewer than random.
+  whole pool minus ``--target-gap``) and how many fewer than random; what the picked pairs looked like to the
+  ensemble (share where every member gives the same order, mean |margin|, member spread of the margin).
 
     python benchmarks/active_learning.py                   # ~4 minutes on a busy 2-core box once embeddings are cached
     python benchmarks/active_learning.py --oracle latent --repeats 5
@@ -55,7 +57,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seed-labels", type=int, default=10)
     p.add_argument("--k", type=int, default=20, help="pairs labelled per round")
     p.add_argument("--max-labels", type=int, default=310)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--steps", type=int, default=150, help="full-batch Adam steps per retraining")
     p.add_argument("--target", type=float, default=None)
     p.add_argument("--target-gap", type=float, default=0.02)
@@ -103,7 +105,9 @@ def train_heads(xa: torch.Tensor, xb: torch.Tensor, y: torch.Tensor, heads: int,
     return layer
 
 
-def run_strategy(strategy, data, args, repeat: int) -> list[tuple[int, float]]:
+def run_strategy(strategy, data, args, repeat: int, picks: list[dict] | None = None) -> list[tuple[int, float]]:
+    """Accuracy per round of one active-learning run; ``picks`` (if given) collects per round what the picked
+    pairs looked like to the ensemble: share where every member gives the same order, mean |mean Δ|, mean std Δ."""
     xa, xb, y, va, vb = data["xa"], data["xb"], data["y"], data["va"], data["vb"]
     n = len(y)
     rng = random.Random(1000 + repeat)
@@ -119,8 +123,17 @@ def run_strategy(strategy, data, args, repeat: int) -> list[tuple[int, float]]:
             return curve
         rest = torch.tensor(sorted(set(range(n)) - set(labelled)))
         with torch.no_grad():
-            scores = selection_scores(strategy, heads(xa[rest]), heads(xb[rest]), seed=repeat * 31 + len(labelled))
+            # As `raw-rm select` does: member rewards normalised with the model's training statistics (the trainer
+            # stores mean/std of the mean reward over the training texts; one scale for all heads of a multihead).
+            train_rewards = torch.cat([heads(xa[idx]), heads(xb[idx])]).mean(1)
+            mean, std = float(train_rewards.mean()), float(train_rewards.std(correction=0)) or 1.0
+            ra, rb = (heads(xa[rest]) - mean) / std, (heads(xb[rest]) - mean) / std  # (n_rest, K)
+            scores = selection_scores(strategy, ra, rb, seed=repeat * 31 + len(labelled))
         pick = select_top_k(scores, min(args.k, len(rest)))
+        if picks is not None:
+            d = (ra - rb)[pick]  # (k, K) member reward differences of the picked pairs
+            picks.append({"unanimous": float(((d > 0).all(1) | (d < 0).all(1)).float().mean()),
+                          "abs_margin": float(d.mean(1).abs().mean()), "delta_std": float(d.std(1, correction=0).mean())})
         labelled += rest[pick].tolist()
 
 
@@ -168,7 +181,8 @@ def main() -> None:
         for h in (train_heads(xa, xb, y, args.heads, args.steps, seed=r) for r in range(args.repeats))
     ])
     target = args.target if args.target is not None else full - args.target_gap
-    curves = {s: [run_strategy(s, data, args, r) for r in range(args.repeats)] for s in STRATEGIES}
+    picks = {s: [] for s in STRATEGIES}
+    curves = {s: [run_strategy(s, data, args, r, picks[s]) for r in range(args.repeats)] for s in STRATEGIES}
     labels = [n for n, _ in curves["random"][0]]
     mean = {s: np.array([[acc for _, acc in c] for c in cs]).mean(0) for s, cs in curves.items()}
     std = {s: np.array([[acc for _, acc in c] for c in cs]).std(0) for s, cs in curves.items()}
@@ -201,11 +215,16 @@ def main() -> None:
         print(f"  {s:>12}: {n if n is not None else '-':>5}   {note}")
     area = {s: float(mean[s].mean()) for s in STRATEGIES}
     print("mean accuracy over the curve: " + ", ".join(f"{s} {v:.3f}" for s, v in area.items()))
+    pick_stats = {s: {k: float(np.mean([p[k] for p in picks[s]])) for k in picks[s][0]} for s in STRATEGIES}
+    print("\npicked pairs as the ensemble saw them (mean over rounds and repeats; normalised member rewards, Δ = r_a − r_b):")
+    print(f"  {'strategy':>12}  {'every member same order':>23}  {'|mean Δ|':>8}  {'std Δ':>6}")
+    for s, v in pick_stats.items():
+        print(f"  {s:>12}  {v['unanimous']:>23.2f}  {v['abs_margin']:>8.3f}  {v['delta_std']:>6.3f}")
 
     (out / "results.json").write_text(json.dumps({
         "args": vars(args), "labels": labels, "mean": {s: m.tolist() for s, m in mean.items()},
         "std": {s: v.tolist() for s, v in std.items()}, "full_pool_accuracy": full, "target": target,
-        "summary": summary, "curve_mean_accuracy": area,
+        "summary": summary, "curve_mean_accuracy": area, "picked_pairs": pick_stats,
     }, indent=1))
     import matplotlib
 

@@ -8,15 +8,18 @@ Setup (one run, same machine, model, data and settings for every contender):
   ``raw_rm.train.ensemble``: ``member_configs`` + ``train_member``, the same loop as ``raw-rm train``), trained one
   after another here; ``--bootstrap`` uses bootstrap resamples instead. The ensemble folder is written with
   ``save_ensemble`` and its scores checked against ``load_model(ensemble)`` on a few texts.
-- Fairness: every contender (each member, and the ensemble mean of the members' z-scored rewards) fits its own
-  temperature on the SAME calibration half; NLL / ECE (15 equal-width bins) / accuracy are then measured on the
-  test half and on OOD with that temperature. "Best single member" = the member with the lowest test NLL (picked
-  with hindsight, which favours the single model).
+- Fairness: every contender (each member, and the ensemble mean of the members' z-scored rewards, which the
+  library's ensemble folder serves) fits its own temperature on the SAME calibration half; NLL / ECE (15
+  equal-width and 15 equal-mass bins) / Brier / accuracy are then measured on the test half and on OOD with that
+  temperature. ``ens_prob_avg`` (members' probabilities at their own temperatures, averaged) is shown for
+  comparison. "Best single member" = the member with the lowest test NLL (picked with hindsight, which favours
+  the single model). Ensemble − best member: paired bootstrap 95% interval over pairs
+  (``raw_rm.metrics.compare_calibration``); a verdict says "better"/"WORSE" only when it excludes 0.
 - Spread: per pair, the std over members of the z-scored reward differences; mean on the test half vs OOD, and
   the AUROC of that spread for predicting the ensemble's mistakes.
 
-    python benchmarks/ensemble_vs_single.py                          # 3 members, 1 epoch, max_len 256
-    python benchmarks/ensemble_vs_single.py --members 5 --train-limit 0
+    python benchmarks/ensemble_vs_single.py                          # full run: 5 members, all training pairs, 1 epoch
+    python benchmarks/ensemble_vs_single.py --members 3 --train-limit 200 --parallel   # smaller check
 """
 
 from __future__ import annotations
@@ -49,17 +52,18 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--members", type=int, default=3)
+    p.add_argument("--members", type=int, default=5, help="ensemble members (5, as in deep ensembles)")
     p.add_argument("--bootstrap", action="store_true")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--max-len-tokens", type=int, default=256)
     p.add_argument("--val-fraction", type=float, default=0.3)
-    p.add_argument("--train-limit", type=int, default=800, help="train on the first N training pairs (0 = all)")
+    p.add_argument("--train-limit", type=int, default=0, help="train on the first N training pairs (0 = all)")
     p.add_argument("--ood-limit", type=int, default=400)
     p.add_argument("--out", default="benchmarks/results/ensemble_vs_single")
     p.add_argument("--calib-limit", type=int, default=0, help="use at most N calibration pairs (0 = all)")
     p.add_argument("--test-limit", type=int, default=0, help="use at most N test pairs (0 = all)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--n-boot", type=int, default=1000, help="paired bootstrap resamples for the ensemble-vs-member intervals")
     p.add_argument("--parallel", action="store_true", help="train and score each member in its own process at once")
     p.add_argument("--member-index", type=int, default=None, help=argparse.SUPPRESS)  # internal: one member's worker
     return p.parse_args()
@@ -70,13 +74,29 @@ def score(model_dir: str, prompts: list[str], texts: list[str], max_len: int) ->
     return rm.batch_predict(prompts, texts)
 
 
-def pair_eval(delta_cal: np.ndarray, delta_test: np.ndarray, delta_ood: np.ndarray) -> dict[str, float]:
+def pair_eval(delta_cal: np.ndarray, delta_test: np.ndarray, delta_ood: np.ndarray) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Fit T on the calibration half; metrics and P(chosen ≻ rejected) on test and OOD with that T."""
     t = M.fit_temperature(delta_cal)
+    probs = {name: M.pair_probabilities(d, t) for name, d in (("test", delta_test), ("ood", delta_ood))}
     out = {"temperature": t}
     for name, d in (("test", delta_test), ("ood", delta_ood)):
-        cal = M.calibration_error(M.pair_probabilities(d, t))
-        out.update({f"{name}_nll": cal["nll"], f"{name}_ece": cal["ece"], f"{name}_accuracy": float(np.mean(d > 0))})
-    return out
+        out.update(summarise(probs[name], name, accuracy=float(np.mean(d > 0))))
+    return out, probs
+
+
+def summarise(probs: np.ndarray, name: str, *, accuracy: float) -> dict[str, float]:
+    cal = M.calibration_error(probs)
+    return {f"{name}_nll": cal["nll"], f"{name}_ece": cal["ece"], f"{name}_ece_mass": cal["ece_equal_mass"],
+            f"{name}_brier": cal["brier"], f"{name}_accuracy": accuracy}
+
+
+def verdict(c: dict[str, float]) -> str:
+    """Ensemble (a) vs member (b) from a paired-bootstrap interval of a − b (lower is better)."""
+    if c["ci_high"] < 0:
+        return "better"
+    if c["ci_low"] > 0:
+        return "WORSE"
+    return f"{'lower' if c['diff'] < 0 else 'NOT lower'}, not significant (interval spans 0)"
 
 
 def run_member(args, member_cfg, train, calib, prompts, texts, out: Path) -> None:
@@ -95,6 +115,7 @@ def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
+    load_before = list(os.getloadavg())
     harmless = SHARED / "hh-rlhf-harmless" / "pairs.jsonl.gz"
     helpful = SHARED / "hh-rlhf-helpful" / "helpful-online.jsonl.gz"
     for f in (harmless, helpful):
@@ -160,13 +181,19 @@ def main() -> None:
     def deltas(col: np.ndarray) -> dict[str, np.ndarray]:
         return {n: col[b][0::2] - col[b][1::2] for n, b in bounds.items()}
 
-    results = {}
+    results, probs = {}, {}
     for k in range(len(member_dirs)):
         d = deltas(raw[:, k])
-        results[f"member_{k}"] = pair_eval(d["calib"], d["test"], d["ood"])
+        results[f"member_{k}"], probs[f"member_{k}"] = pair_eval(d["calib"], d["test"], d["ood"])
     d = deltas(z.mean(1))
-    results["ensemble"] = pair_eval(d["calib"], d["test"], d["ood"])
+    results["ensemble"], probs["ensemble"] = pair_eval(d["calib"], d["test"], d["ood"])  # what the library serves
+    # Calibrate-then-pool (for comparison): each member with its own temperature, probabilities averaged.
+    probs["ens_prob_avg"] = {n: np.mean([probs[f"member_{k}"][n] for k in range(len(member_dirs))], axis=0) for n in ("test", "ood")}
+    results["ens_prob_avg"] = {"temperature": float("nan"), **{
+        key: v for n in ("test", "ood") for key, v in summarise(probs["ens_prob_avg"][n], n, accuracy=float(np.mean(probs["ens_prob_avg"][n] > 0.5))).items()}}
     best = min((n for n in results if n.startswith("member_")), key=lambda n: results[n]["test_nll"])
+    comparison = {f"{who}_{n}": M.compare_calibration(probs[who][n], probs[best][n], n_boot=args.n_boot, seed=0)
+                  for who in ("ensemble", "ens_prob_avg") for n in ("test", "ood")}
     spread = {}
     for name in ("test", "ood"):
         zd = z[bounds[name]][0::2] - z[bounds[name]][1::2]  # (N, K) z-scored member differences
@@ -177,24 +204,42 @@ def main() -> None:
                         "auroc_mistakes": float(M.auroc(pair_spread, mistakes)) if 0 < mistakes.mean() < 1 else float("nan")}
 
     print(f"\nscoring {len(texts)} texts x {len(member_dirs)} members took {score_s:.0f}s; training {sum(train_s):.0f}s")
-    print(f"\n{'model':<12} {'T':>6} {'test NLL':>9} {'test ECE':>9} {'test acc':>9} {'OOD NLL':>9} {'OOD ECE':>9} {'OOD acc':>8}")
+    report(results, best, comparison, spread, n_test=len(test), n_ood=len(ood))
+    print(f"load average (1, 5, 15 min) before {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}, "
+          f"after {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps({"args": vars(args), "results": results, "best_member": best, "spread": spread,
+                                                  "comparison": comparison, "train_s": train_s, "score_s": score_s,
+                                                  "load_before": load_before, "load_after": list(os.getloadavg())}, indent=1))
+    print(f"\nwrote {out / 'results.json'} ({time.perf_counter() - t0:.0f}s total)")
+
+
+def report(results: dict, best: str, comparison: dict, spread: dict, *, n_test: int, n_ood: int) -> None:
+    print(f"\n{'model':<16} {'T':>6} {'test NLL':>9} {'ECE':>7} {'ECE=m':>7} {'Brier':>7} {'acc':>6} {'OOD NLL':>9} {'ECE':>7} {'ECE=m':>7} {'Brier':>7} {'acc':>6}")
     for name, r in results.items():
         tag = " (best)" if name == best else ""
-        print(f"{name + tag:<12} {r['temperature']:>6.3f} {r['test_nll']:>9.4f} {r['test_ece']:>9.4f} {r['test_accuracy']:>9.3f} "
-              f"{r['ood_nll']:>9.4f} {r['ood_ece']:>9.4f} {r['ood_accuracy']:>8.3f}")
-    e, b = results["ensemble"], results[best]
-    print(f"\nensemble vs best member ({best}): test NLL {e['test_nll']:.4f} vs {b['test_nll']:.4f} "
-          f"({'better' if e['test_nll'] < b['test_nll'] else 'NOT better'}), test ECE {e['test_ece']:.4f} vs {b['test_ece']:.4f} "
-          f"({'better' if e['test_ece'] < b['test_ece'] else 'NOT better'})")
-    print(f"                     OOD NLL {e['ood_nll']:.4f} vs {b['ood_nll']:.4f}, OOD ECE {e['ood_ece']:.4f} vs {b['ood_ece']:.4f}")
+        print(f"{name + tag:<16} {r['temperature']:>6.3f} " + " ".join(
+            f"{r[f'{n}_nll']:>9.4f} {r[f'{n}_ece']:>7.4f} {r[f'{n}_ece_mass']:>7.4f} {r[f'{n}_brier']:>7.4f} {r[f'{n}_accuracy']:>6.3f}"
+            for n in ("test", "ood")))
+    print("ECE: 15 equal-width bins; ECE=m: 15 equal-mass bins. ensemble = mean of the members' z-scored rewards with one "
+          "temperature (the library's EnsembleRewardModel); ens_prob_avg = members' probabilities, each at its own temperature, averaged")
+    print(f"\nensemble vs best member ({best}, picked with hindsight on test NLL); ensemble − member, paired bootstrap 95% "
+          f"interval over pairs (test {n_test}, OOD {n_ood}):")
+    for who in ("ensemble", "ens_prob_avg"):
+        for n, label in (("test", "held-out"), ("ood", "OOD")):
+            c = comparison[f"{who}_{n}"]
+            for key, metric in (("nll", "NLL"), ("ece", "ECE"), ("ece_equal_mass", "ECE equal-mass")):
+                m = c[key]
+                print(f"  {who:<12} {label:<8} {metric:<15} {m['a']:.4f} vs {m['b']:.4f}  diff {m['diff']:+.4f} "
+                      f"[{m['ci_low']:+.4f}, {m['ci_high']:+.4f}]  P(lower) {m['p_a_lower']:.2f}: {verdict(m)}")
+    for n, label in (("test", "held-out"), ("ood", "OOD")):
+        c = comparison[f"ensemble_{n}"]
+        print(f"VERDICT {label}, ensemble vs best member: NLL {verdict(c['nll'])}; ECE {verdict(c['ece'])}; "
+              f"ECE equal-mass {verdict(c['ece_equal_mass'])}")
     print(f"spread (std over members of z-scored reward differences): in-distribution {spread['test']['mean']:.4f}, "
           f"OOD {spread['ood']['mean']:.4f} (ratio {spread['ood']['mean'] / spread['test']['mean']:.2f}; "
           f"{'larger' if spread['ood']['mean'] > spread['test']['mean'] else 'NOT larger'} on OOD)")
     print(f"AUROC of spread for ensemble mistakes: in-distribution {spread['test']['auroc_mistakes']:.3f}, OOD {spread['ood']['auroc_mistakes']:.3f}")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps({"args": vars(args), "results": results, "best_member": best, "spread": spread,
-                                                  "train_s": train_s, "score_s": score_s}, indent=1))
-    print(f"\nwrote {out / 'results.json'} ({time.perf_counter() - t0:.0f}s total)")
 
 
 if __name__ == "__main__":

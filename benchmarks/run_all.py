@@ -247,9 +247,16 @@ def rows_active(data: dict[str, Any]) -> list[Row]:
 def rows_ensemble(data: dict[str, Any]) -> list[Row]:
     res, best = data["results"], data["best_member"]
     e, b = res["ensemble"], res[best]
+    comparison = data.get("comparison", {})  # paired-bootstrap intervals of ensemble − member (newer results files)
     rows = []
-    for key, label in (("test_nll", "held-out NLL"), ("test_ece", "held-out ECE"), ("ood_nll", "OOD NLL"), ("ood_ece", "OOD ECE")):
-        rows.append(_row("ensemble_vs_single", f"{label}, ensemble vs best member ({best})", f"{e[key]:.4f} vs {b[key]:.4f} ({e[key] - b[key]:+.4f})", "lower", e[key] < b[key]))
+    for key, label in (("test_nll", "held-out NLL"), ("test_ece", "held-out ECE"), ("test_ece_mass", "held-out ECE equal-mass"),
+                       ("ood_nll", "OOD NLL"), ("ood_ece", "OOD ECE"), ("ood_ece_mass", "OOD ECE equal-mass")):
+        if key not in e:
+            continue
+        split, metric = key.split("_", 1)
+        c = comparison.get(f"ensemble_{split}", {}).get({"ece_mass": "ece_equal_mass"}.get(metric, metric))
+        ci = "" if c is None else f", 95% CI [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}]" + ("" if c["ci_high"] < 0 or c["ci_low"] > 0 else " spans 0")
+        rows.append(_row("ensemble_vs_single", f"{label}, ensemble vs best member ({best})", f"{e[key]:.4f} vs {b[key]:.4f} ({e[key] - b[key]:+.4f}{ci})", "lower", e[key] < b[key]))
     rows.append(_row("ensemble_vs_single", "held-out accuracy, ensemble vs best member", f"{e['test_accuracy']:.3f} vs {b['test_accuracy']:.3f}"))
     spread = data["spread"]
     ratio = spread["ood"]["mean"] / spread["test"]["mean"] if spread["test"]["mean"] else float("nan")

@@ -8,13 +8,24 @@ Aggregates (per item, over the K member rewards of an ensemble, torch in and out
 Normalise member rewards first (:func:`normalise`, with the training statistics stored in the model) and then
 aggregate, so that std is in normalised units.
 
-Selection (:func:`selection_scores`, larger = more informative to label) for unlabelled pairs (a, b):
+Selection (:func:`selection_scores`, larger = more informative to label) for unlabelled pairs (a, b), from the
+members' reward differences Δ_k = r_a,k − r_b,k (k = 1..K, normalised rewards):
 
-    std            (std_k r_a + std_k r_b) / 2: how unsure the members are about each response
-    disagreement   4·Var_k σ(Δ_k), Δ_k = r_a,k − r_b,k: 0 when every member gives the same P(a ≻ b),
-                   1 when half the members are sure a wins and half that b wins
-    margin         −|mean_k Δ_k|: pairs the ensemble can barely tell apart
+    std            −|mean_k Δ_k| / std_k Δ_k: the ensemble's mean margin in units of the members' spread (the
+                   z-score of "a ≻ b"; ~0 when the members straddle a tie, large when they agree on the order).
+                   Pairs whose order the members are least sure of come first. std_k Δ_k is floored at 1e-12,
+                   so members that agree exactly rank by margin after every pair they disagree on.
+    disagreement   4·Var_k σ(Δ_k): 0 when every member gives the same P(a ≻ b), 1 when half the members are
+                   sure a wins and half that b wins (query by committee on the members' probabilities)
+    margin         −|mean_k Δ_k|: pairs the ensemble's mean reward can barely tell apart (no spread needed)
     random         uniform scores from a seeded generator (the baseline)
+
+Why not the std of each response's reward (what ``std`` scored before issue #10): a Bradley-Terry reward is only
+identified up to a shift per prompt, so the members' rewards of a and b share a large, arbitrary component (the
+prompt, the common content) that cancels in Δ; that std picks pairs whose order every member already agrees on,
+and needed more labels than random selection in ``benchmarks/active_learning.py``. The spread of Δ alone is not
+enough either: it is largest for pairs with large feature differences, whose large margin the members agree on
+in sign; dividing by it turns the margin into "how sure are the members of the order".
 
 Drift: :func:`psi` (population stability index over the reference's quantile bins) and :func:`ks_statistic`
 (two-sample Kolmogorov-Smirnov) compare new values with a reference sample or with a
@@ -37,6 +48,7 @@ from torch import Tensor
 
 Strategy = Literal["std", "disagreement", "margin", "random"]
 STRATEGIES: tuple[str, ...] = ("std", "disagreement", "margin", "random")
+STD_FLOOR = 1e-12  # members that agree exactly: a large finite z (JSON-safe), still ordered by the margin
 PSI_EPS = 1e-4  # proportions are floored here so that an empty bin gives a large, finite PSI
 
 
@@ -86,6 +98,18 @@ def pair_disagreement(members_a: Any, members_b: Any) -> Tensor:
     return 4.0 * torch.sigmoid(a - b).var(dim=1, correction=0)
 
 
+def margin_z(members_a: Any, members_b: Any) -> Tensor:
+    """mean_k Δ_k / std_k Δ_k per pair (N,), Δ_k = r_a,k − r_b,k: how many member standard deviations (population)
+    the ensemble's mean margin lies from a tie; the std is floored at ``STD_FLOOR``.
+
+    Example: Δ = (3, −3, 3) gives 1 / √8 = 0.354 (the members straddle a tie); Δ = (1, 1, 1) gives 1e12.
+    Invariant to a common scale of the members' rewards and to any shift shared by a and b.
+    """
+    a, b = _pair_members(members_a, members_b)
+    delta = a - b
+    return delta.mean(dim=1) / delta.std(dim=1, correction=0).clamp_min(STD_FLOOR)
+
+
 def compare_pairs(members_a: Any, members_b: Any, *, temperature: float = 1.0) -> dict[str, Tensor]:
     """P(a ≻ b) for pairs from member rewards (N, K) each, with the calibration temperature.
 
@@ -120,7 +144,7 @@ def selection_scores(strategy: Strategy, members_a: Any, members_b: Any, *, seed
     """
     a, b = _pair_members(members_a, members_b)
     if strategy == "std":
-        return 0.5 * (a.std(dim=1, correction=0) + b.std(dim=1, correction=0))
+        return margin_z(a, b).abs().neg()
     if strategy == "disagreement":
         return pair_disagreement(a, b)
     if strategy == "margin":

@@ -4,7 +4,13 @@ Pool rows: {"prompt": ..., "response_a": ..., "response_b": ...} (``--a-field``/
 "chosen"/"rejected" instead are read the same way (their labels are ignored). Output rows are the input rows,
 most informative first, plus ``selection_score``, ``selection_rank`` (0 = first), ``strategy``, ``prob_a`` (the
 ensemble's calibrated P(a ≻ b)) and ``delta_std`` (std over members of r_a − r_b, normalised units).
-Strategies (``raw_rm.uncertainty.selection_scores``): std, disagreement, margin, random.
+Strategies (``raw_rm.uncertainty.selection_scores``, on the normalised member rewards; Δ_k = r_a,k − r_b,k):
+
+    std            −|mean_k Δ_k| / std_k Δ_k: pairs whose order the members are least sure of (margin in units of
+                   the members' spread); needs >= 2 members
+    disagreement   4·Var_k σ(Δ_k): spread of the members' P(a ≻ b); needs >= 2 members
+    margin         −|mean_k Δ_k|: pairs the mean reward can barely tell apart
+    random         seeded uniform order (``--seed``)
 """
 
 from __future__ import annotations

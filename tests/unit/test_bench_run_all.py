@@ -82,6 +82,25 @@ def test_ensemble_rows_against_best_member(run_all) -> None:
     assert rows["held-out NLL, ensemble vs best member (member_0)"] == ("0.5500 vs 0.6000 (-0.0500)", "lower", "met")
     assert rows["held-out ECE, ensemble vs best member (member_0)"] == ("0.0600 vs 0.0500 (+0.0100)", "lower", "MISSED")
     assert rows["member spread, OOD / in-distribution"] == ("1.50x (0.3000 vs 0.2000)", "> 1x", "met")
+    assert "held-out ECE equal-mass, ensemble vs best member (member_0)" not in rows  # older results files
+
+
+def test_ensemble_rows_show_the_paired_bootstrap_interval(run_all) -> None:
+    member = {"test_nll": 0.60, "test_ece": 0.05, "test_ece_mass": 0.07, "ood_nll": 0.70, "ood_ece": 0.08, "ood_ece_mass": 0.09,
+              "test_accuracy": 0.65}
+    ensemble = {"test_nll": 0.55, "test_ece": 0.06, "test_ece_mass": 0.05, "ood_nll": 0.65, "ood_ece": 0.04, "ood_ece_mass": 0.08,
+                "test_accuracy": 0.67}
+    ci = {"nll": {"ci_low": -0.08, "ci_high": -0.02}, "ece": {"ci_low": -0.01, "ci_high": 0.03},
+          "ece_equal_mass": {"ci_low": -0.05, "ci_high": 0.01}}
+    data = {"results": {"member_0": member, "ensemble": ensemble}, "best_member": "member_0",
+            "spread": {"test": {"mean": 0.2}, "ood": {"mean": 0.3}}, "comparison": {"ensemble_test": ci, "ensemble_ood": ci}}
+    rows = _by_measure(run_all.rows_ensemble(data))
+    assert rows["held-out NLL, ensemble vs best member (member_0)"] == (
+        "0.5500 vs 0.6000 (-0.0500, 95% CI [-0.0800, -0.0200])", "lower", "met")
+    assert rows["held-out ECE, ensemble vs best member (member_0)"] == (
+        "0.0600 vs 0.0500 (+0.0100, 95% CI [-0.0100, +0.0300] spans 0)", "lower", "MISSED")
+    assert rows["held-out ECE equal-mass, ensemble vs best member (member_0)"] == (
+        "0.0500 vs 0.0700 (-0.0200, 95% CI [-0.0500, +0.0100] spans 0)", "lower", "met")
 
 
 def test_summarize_reports_failures_and_missing_files(run_all, tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from raw_rm.metrics import (
     accuracy_coverage,
     auroc,
     calibration_error,
+    compare_calibration,
     fit_temperature,
     pair_nll,
     pair_probabilities,
@@ -196,3 +197,35 @@ def test_spread_error_correlation_hand_value() -> None:
     # ranks (1, 2, 3, 4) vs (1.5, 1.5, 3.5, 3.5): ρ = 4 / sqrt(5 · 4)
     assert spread_error_correlation([1.0, 2.0, 3.0, 4.0], [0, 0, 1, 1]) == pytest.approx(0.8944271909999159)
     assert math.isnan(spread_error_correlation([1.0, 2.0], [0, 0]))
+
+
+def test_compare_calibration_is_paired_and_antisymmetric() -> None:
+    rng = np.random.default_rng(0)
+    delta = rng.normal(0.0, 2.0, 400)
+    labels = (rng.random(400) < expit(delta)).astype(float)  # drawn from the calibrated model itself
+    same = compare_calibration(expit(delta), expit(delta), labels, n_boot=50)
+    assert all(v["diff"] == 0.0 and v["ci_low"] == 0.0 == v["ci_high"] and v["p_a_lower"] == 0.0 for v in same.values())
+    ab = compare_calibration(expit(delta), expit(3 * delta), labels, n_boot=200, seed=1)
+    ba = compare_calibration(expit(3 * delta), expit(delta), labels, n_boot=200, seed=1)  # same resamples
+    for key in ("nll", "brier", "ece", "ece_equal_mass"):
+        assert ab[key]["a"] == pytest.approx(calibration_error(expit(delta), labels)[key])
+        assert ab[key]["diff"] == pytest.approx(-ba[key]["diff"])
+        assert ab[key]["ci_low"] == pytest.approx(-ba[key]["ci_high"])
+    # The true model against a 3x over-confident one on 400 pairs: clearly better NLL, interval excludes 0.
+    assert ab["nll"]["ci_high"] < 0 and ab["nll"]["p_a_lower"] == 1.0
+
+
+def test_compare_calibration_errors() -> None:
+    with pytest.raises(ValueError, match="expected arrays of one length, got probs_a: 2, probs_b: 3"):
+        compare_calibration([0.5, 0.6], [0.5, 0.6, 0.7])
+    with pytest.raises(ValueError, match="n_boot: expected >= 1, got 0"):
+        compare_calibration([0.5], [0.5], n_boot=0)
+
+
+def test_equal_mass_ece_keeps_tied_probabilities_in_one_bin() -> None:
+    # A constant prediction that is right as often as it says is calibrated under both binnings (it was 0.39 and
+    # 0.5 for equal-mass bins that split the ties by input order).
+    assert calibration_error([0.7] * 10, [1] * 7 + [0] * 3)["ece_equal_mass"] == pytest.approx(0.0, abs=1e-12)
+    assert calibration_error([0.5] * 10)["ece_equal_mass"] == pytest.approx(0.0, abs=1e-12)
+    bins = reliability_bins([0.7] * 10, [1] * 7 + [0] * 3, n_bins=4, strategy="mass")
+    assert bins["count"].tolist() == [10, 10] and bins["accuracy"].tolist() == pytest.approx([0.3, 0.7])

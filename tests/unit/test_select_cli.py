@@ -13,11 +13,11 @@ import pytest
 from raw_rm.cli import select
 
 # Member rewards (K = 2) of response a and b for 4 pairs, chosen so that every strategy ranks them differently:
-#   pair  a          b        delta        std score          disagreement 4 Var σ(Δ_k)        margin -|mean Δ|
-#   0     [.1, .1]   [0, 0]   [.1, .1]     0                  0                                -0.1
-#   1     [2, -2]    [0, 0]   [2, -2]      (2 + 0) / 2 = 1    (σ(2) - σ(-2))^2 = 0.5800        0
-#   2     [3, 3]     [0, 0]   [3, 3]       0                  0                                -3
-#   3     [1.5, 0]   [0, 1]   [1.5, -1]    (.75 + .5) / 2     (σ(1.5) - σ(-1))^2 = 0.3011      -0.25
+#   pair  a          b        delta        std -|mean Δ|/std Δ    disagreement 4 Var σ(Δ_k)        margin -|mean Δ|
+#   0     [.1, .1]   [0, 0]   [.1, .1]     -.1 / 1e-12 (floor)    0                                -0.1
+#   1     [2, -2]    [0, 0]   [2, -2]      -0 / 2 = 0             (σ(2) - σ(-2))^2 = 0.5800        0
+#   2     [3, 3]     [0, 0]   [3, 3]       -3 / 1e-12 (floor)     0                                -3
+#   3     [1.5, 0]   [0, 1]   [1.5, -1]    -.25 / 1.25 = -0.2     (σ(1.5) - σ(-1))^2 = 0.3011      -0.25
 A = [[0.1, 0.1], [2.0, -2.0], [3.0, 3.0], [1.5, 0.0]]
 B = [[0.0, 0.0], [0.0, 0.0], [0.0, 0.0], [0.0, 1.0]]
 
@@ -65,7 +65,7 @@ def run_cli(monkeypatch, pool_path: Path, rm: FakeInference, out: Path, strategy
 @pytest.mark.parametrize(
     ("strategy", "ids", "scores"),
     [
-        ("std", [1, 3], [1.0, 0.625]),
+        ("std", [1, 3], [0.0, -0.2]),
         ("disagreement", [1, 3], [(sigmoid(2) - sigmoid(-2)) ** 2, (sigmoid(1.5) - sigmoid(-1)) ** 2]),
         ("margin", [1, 0], [0.0, -0.1]),
     ],

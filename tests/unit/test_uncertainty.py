@@ -18,6 +18,7 @@ from raw_rm.uncertainty import (
     aggregate,
     compare_pairs,
     ks_statistic,
+    margin_z,
     normalise,
     pair_disagreement,
     psi,
@@ -67,21 +68,39 @@ def test_compare_pairs_uses_the_temperature() -> None:
 
 # ------------------------------------------------------------------------------------------ selection
 # Constructed pool of pairs (a, b) with 3 members each:
-#   0: members agree, clear winner   Δ_k = 1, 1, 1        std 0      disagreement 0      |mean Δ| 1
-#   1: shaky rewards, agreed order   Δ_k = 1, 1, 1        std 1.633  disagreement 0      |mean Δ| 1
-#   2: members disagree on the order Δ_k = 3, −3, 3       std 1.414  disagreement 0.728  |mean Δ| 1
-#   3: members agree, barely apart   Δ_k = .1, .1, .1     std 0      disagreement 0      |mean Δ| 0.1
+#                                                      std score
+#                                                      −|mean Δ|/std Δ
+#   0: members agree, clear winner   Δ_k = 1, 1, 1        −1e12 (floor)  disagreement 0      |mean Δ| 1
+#   1: shaky rewards, agreed order   Δ_k = 1, 1, 1        −1e12 (floor)  disagreement 0      |mean Δ| 1
+#   2: members disagree on the order Δ_k = 3, −3, 3       −1/√8          disagreement 0.728  |mean Δ| 1
+#   3: members agree, barely apart   Δ_k = .1, .1, .1     −1e11 (floor)  disagreement 0      |mean Δ| 0.1
+# Pair 1's responses each vary a lot over members (response std 1.633) by an offset shared by a and b: that says
+# nothing about the order, so std must not pick it (the response-std definition before issue #10 picked it first).
 POOL_A = t([[1.0, 1.0, 1.0], [0.0, 2.0, 4.0], [1.5, -1.5, 1.5], [0.1, 0.1, 0.1]])
 POOL_B = t([[0.0, 0.0, 0.0], [-1.0, 1.0, 3.0], [-1.5, 1.5, -1.5], [0.0, 0.0, 0.0]])
 
 
 def test_selection_strategies_pick_the_expected_pairs() -> None:
-    assert select_top_k(selection_scores("std", POOL_A, POOL_B), 2).tolist() == [1, 2]
+    assert select_top_k(selection_scores("std", POOL_A, POOL_B), 2).tolist() == [2, 3]
     assert select_top_k(selection_scores("disagreement", POOL_A, POOL_B), 1).tolist() == [2]
     assert select_top_k(selection_scores("margin", POOL_A, POOL_B), 1).tolist() == [3]
     # 4·Var(σ(3), σ(−3), σ(3)), worked out by hand.
     assert pair_disagreement(POOL_A, POOL_B)[2].item() == pytest.approx(0.7282607654012017, abs=1e-12)
-    assert selection_scores("std", POOL_A, POOL_B)[1].item() == pytest.approx(math.sqrt(8 / 3), abs=1e-12)
+    assert selection_scores("std", POOL_A, POOL_B)[2].item() == pytest.approx(-1 / math.sqrt(8), abs=1e-12)
+    assert margin_z(POOL_A, POOL_B)[0].item() == pytest.approx(1e12)  # zero spread: the floor, finite
+
+
+def test_pair_scores_ignore_offsets_shared_by_both_responses() -> None:
+    # Bradley-Terry rewards are identified only up to a shift per prompt (and member): adding the same arbitrary
+    # offset to a and b, different per pair and member, must not change any pair score.
+    offset = torch.randn(POOL_A.shape, generator=torch.Generator().manual_seed(0), dtype=POOL_A.dtype) * 10
+    for strategy in ("std", "disagreement", "margin"):
+        torch.testing.assert_close(selection_scores(strategy, POOL_A + offset, POOL_B + offset),
+                                   selection_scores(strategy, POOL_A, POOL_B))
+
+
+def test_std_score_ignores_a_common_scale() -> None:
+    torch.testing.assert_close(selection_scores("std", 3 * POOL_A, 3 * POOL_B)[2:3], selection_scores("std", POOL_A, POOL_B)[2:3])
 
 
 def test_random_selection_is_seeded() -> None:
