@@ -632,7 +632,8 @@ class RewardModelTrainer:
             return {}
         parts = self.predict_records(records)
         n = torch.stack([p["n"] for p in parts]).float()
-        result = {"val_loss": float((torch.stack([p["loss"] for p in parts]) * n).sum() / n.sum())}
+        # .cpu(): the losses sit on the model's device, the counts on the CPU (a CUDA x CPU product raises)
+        result = {"val_loss": float((torch.stack([p["loss"] for p in parts]).cpu() * n).sum() / n.sum())}
         if self.kind in ("pairs", "groups"):
             chosen = torch.cat([p["chosen"] for p in parts]).cpu()
             rejected = torch.cat([p["rejected"] for p in parts]).cpu()

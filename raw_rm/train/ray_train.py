@@ -86,7 +86,7 @@ def train_ray(cfg: Config, *, callbacks: Iterable[Any] = (), trace_dir: str | Pa
     _check_strategy(cfg)
     out = Path(cfg.train.output_dir).resolve()
     # Workers may start in another working directory: give them absolute paths.
-    cfg = apply_overrides(cfg, {"train.output_dir": str(out)})
+    cfg = apply_overrides(cfg, {"train.output_dir": str(out), **_absolute_local_paths(cfg)})
     storage = _storage_path(cfg, out)
     run_name = _run_name(cfg, storage)
     init_ray(cfg.ray.address)
@@ -136,6 +136,18 @@ def _check_strategy(cfg: Config) -> None:
     if cfg.loss.param_l2_coef > 0:
         raise ConfigError("ray.strategy=fsdp with loss.param_l2_coef > 0: the penalty sums sharded parameters; use "
                           "train.weight_decay instead, or ray.strategy=ddp")
+
+
+def _absolute_local_paths(cfg: Config) -> dict[str, str]:
+    """Relative data and backbone paths that exist here, made absolute (``--data pairs.jsonl`` from the CLI)."""
+    found = {}
+    for key, value in (("data.train_path", cfg.data.train_path), ("data.eval_path", cfg.data.eval_path),
+                       ("model.backbone", cfg.model.backbone)):
+        if key == "model.backbone" and value in ("minilm", "tiny-bert", "tiny-gpt2"):  # packaged names, not paths
+            continue
+        if isinstance(value, str) and "://" not in value and not Path(value).is_absolute() and Path(value).exists():
+            found[key] = str(Path(value).resolve())
+    return found
 
 
 def _storage_path(cfg: Config, out: Path) -> str:
