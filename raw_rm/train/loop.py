@@ -9,7 +9,8 @@ Every later layer reuses it unchanged. Ray Train, Ray Tune and MLflow touch it o
     result = trainer.fit()            # FitResult; model.metadata now holds reward_mean/std
     result.final_metrics["val_accuracy"]
 
-A checkpoint folder holds: ``model.pt`` (unwrapped state dict), ``optimizer.pt``, ``scheduler.pt``, ``scaler.pt``
+A checkpoint folder holds: ``model.pt`` (unwrapped state dict; gathered in full when FSDP shards the model, see
+``raw_rm/train/fsdp.py``), ``optimizer.pt`` (keyed by parameter name under FSDP), ``scheduler.pt``, ``scaler.pt``
 (fp16 only), ``best_model.pt`` (the best weights so far, when restore-best needs them), ``rng.pt`` (torch, numpy,
 python, cuda), ``trainer_state.json`` (step, epoch, batch index within the epoch, best metric, patience counter,
 eval history) and ``config.json`` (``asdict(cfg)``). Resuming from it mid-epoch continues with the very next
@@ -230,7 +231,7 @@ class RewardModelTrainer:
         train_records / val_records: lists of one record type (kind inferred from the records).
         callbacks: objects with any of ``on_step``, ``on_eval``, ``on_checkpoint``, ``on_fit_end``.
         prepare_model: wraps the model for training (Ray: ``ray.train.torch.prepare_model``); default identity.
-            Checkpoints and metadata always use the unwrapped model.
+            Checkpoints and metadata always use the unwrapped model (an FSDP-sharded one is gathered in full).
         rank / world_size: shard of the training data this process sees; only rank 0 logs, shows progress and
             writes checkpoints.
         device: where to train; None = CUDA when available (and no prepare_model), else the model's device.
@@ -679,6 +680,7 @@ class RewardModelTrainer:
             # the sampler's own position format, for readers of the checkpoint; resume uses epoch + batch_index
             "sampler": {"epoch": self.epoch, "position": self.batch_index, "seed": self.cfg.train.seed, "world_size": self.world_size},
             "precision": self.precision, "world_size": self.world_size,
+            "fsdp": fsdp.is_sharded(self.model),  # optimizer.pt keyed by parameter name (FSDP) or by position
         }
 
     def save_checkpoint(self, path: str | Path | None = None) -> str | None:
@@ -715,6 +717,14 @@ class RewardModelTrainer:
         state_file = path / "trainer_state.json"
         if not state_file.exists():
             raise FileNotFoundError(f"{path}: not a raw_rm checkpoint (no trainer_state.json)")
+        saved_fsdp, is_fsdp = bool(json.loads(state_file.read_text()).get("fsdp", False)), fsdp.is_sharded(self.model)
+        if saved_fsdp != is_fsdp:
+            names = {True: "ray.strategy=fsdp", False: "ray.strategy=ddp (or a local run)"}
+            raise ValueError(
+                f"{path}: checkpoint written under {names[saved_fsdp]} cannot resume under {names[is_fsdp]} (the "
+                f"optimizer state is laid out differently); resume with {names[saved_fsdp]}, or start from its weights "
+                f"with model.init_from after saving the model"
+            )
         fsdp.load_model_file(self.model, path / "model.pt", device=self.device)
         fsdp.load_optimizer_file(self.model, self.optimizer, path / "optimizer.pt", device=self.device)
         self.scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))

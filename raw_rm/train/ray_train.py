@@ -4,12 +4,13 @@
     result.model_dir            # <output_dir>/model, exactly as train_local writes it
 
 Ray touches ``RewardModelTrainer`` only at its three documented points: ``prepare_model``
-(``ray.train.torch.prepare_model`` for DDP; torch's ``fully_shard`` via raw_rm/train/fsdp.py for FSDP), ``rank``/``world_size`` (each worker's sampler reads a
-disjoint shard) and a callback that calls ``ray.train.report`` on the loop's checkpoint schedule.
+(``ray.train.torch.prepare_model`` for DDP; torch's ``fully_shard`` via raw_rm/train/fsdp.py for FSDP),
+``rank``/``world_size`` (each worker's sampler reads a disjoint shard) and a callback that calls
+``ray.train.report`` on the loop's checkpoint schedule.
 
 - Global batch = ``train.batch_size`` (per worker) x ``ray.num_workers`` x ``train.grad_accum_steps``; logged.
-- Checkpoints: rank 0 writes the loop's checkpoint folder (model, optimiser, scheduler, RNG, sampler position)
-  and every rank calls ``ray.train.report`` (a barrier in Ray Train V2); Ray keeps the best
+- Checkpoints: rank 0 writes the loop's checkpoint folder (model, optimiser, scheduler, RNG, sampler position;
+  under FSDP every rank first helps gather the full state) and every rank calls ``ray.train.report`` (a barrier in Ray Train V2); Ray keeps the best
   ``ray.keep_checkpoints`` by ``train.early_stopping_metric`` plus the latest.
 - Fault tolerance: ``FailureConfig(max_failures)`` restarts the worker group; each worker resumes from
   ``ray.train.get_checkpoint()`` at the exact next micro-batch, so no example is repeated or skipped.

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import socket
+from pathlib import Path
 
 import pytest
 import torch
@@ -99,3 +100,21 @@ def test_sharded_model_computes_clips_gathers_and_loads_like_the_plain_one(proce
     exported = fsdp.unsharded_copy(sharded, build=lambda: _tiny()[0])
     assert not fsdp.is_sharded(exported) and exported.metadata is sharded.metadata
     assert all(torch.equal(exported.state_dict()[k], v) for k, v in other.state_dict().items())
+
+
+def test_a_checkpoint_resumes_only_under_the_strategy_that_wrote_it(tmp_path) -> None:
+    import json
+
+    from raw_rm.train.loop import RewardModelTrainer
+
+    cfg = load_config(None, ["model.backbone=tiny-bert", "train.precision=fp32", f"train.output_dir={tmp_path}"])
+    model, tokenizer = build_model(cfg.model)
+    pairs = [PreferencePair(prompt=f"q {i}?", chosen=f"good {i}", rejected=f"bad {i}") for i in range(4)]
+    trainer = RewardModelTrainer(cfg, model, tokenizer, pairs, [], device="cpu")
+    path = Path(trainer.save_checkpoint())
+    state = json.loads((path / "trainer_state.json").read_text())
+    assert state["fsdp"] is False
+    state["fsdp"] = True  # as an FSDP run writes it: optimizer.pt keyed by parameter name
+    (path / "trainer_state.json").write_text(json.dumps(state))
+    with pytest.raises(ValueError, match=r"checkpoint written under ray.strategy=fsdp cannot resume under ray.strategy=ddp \(or a local run\)"):
+        trainer.load_checkpoint(path)
