@@ -255,6 +255,27 @@ def test_fsdp_worker_failure_resumes_from_the_gathered_checkpoint(ddp_and_fsdp: 
     assert result.metrics["val_loss"] == pytest.approx(ddp_and_fsdp["fsdp"]["result"].metrics["val_loss"], abs=1e-6)
 
 
+def test_fsdp_run_resumes_after_the_driver_gave_up(ddp_and_fsdp: dict, make_cfg, tmp_path: Path) -> None:
+    import ray.train
+
+    from raw_rm.train.ray_train import train_ray
+
+    # No restarts allowed: the failure at step 5 ends the run (as a killed driver would leave it, checkpoint at
+    # step 4). `raw-rm train --ray --resume ray.run_name=...` then continues it in a new TorchTrainer.
+    run = [*FSDP_RUN, "ray.strategy=fsdp", "ray.run_name=fsdp_driver"]
+    with pytest.raises(ray.train.TrainingFailedError):
+        train_ray(make_cfg("fsdp_driver", *run, "train.fail_at_step=5", "ray.max_failures=0"), trace_dir=tmp_path / "trace")
+    result = train_ray(make_cfg("fsdp_driver", *run, "train.fail_at_step=5", "train.resume=true"), trace_dir=tmp_path / "trace")
+    raw = [json.loads(x) for x in (tmp_path / "trace" / "rank1.jsonl").read_text().splitlines()]
+    attempts = list(dict.fromkeys(e["attempt"] for e in raw))
+    assert len(attempts) == 2 and [e["step"] for e in raw if e["attempt"] == attempts[1]] == [5, 6, 7, 8]
+    resumed, reference = _trace(tmp_path / "trace"), ddp_and_fsdp["fsdp"]["trace"]
+    for r in (0, 1):
+        assert [e["step"] for e in resumed[r]] == list(range(1, 9))
+        assert [e["loss"] for e in resumed[r]] == pytest.approx([e["loss"] for e in reference[r]], abs=1e-6)
+    assert result.metrics["val_loss"] == pytest.approx(ddp_and_fsdp["fsdp"]["result"].metrics["val_loss"], abs=1e-6)
+
+
 def test_fsdp_refuses_what_the_loop_cannot_shard(make_cfg) -> None:
     from raw_rm.train.ray_train import train_ray
 
