@@ -153,7 +153,7 @@ class RayConfig:
     num_workers: int = 1  # data-parallel Ray Train workers
     use_gpu: bool = False  # one GPU per worker
     cpus_per_worker: float = 1.0  # CPUs reserved per worker
-    strategy: Literal["ddp", "fsdp"] = "ddp"  # fsdp shards parameters for models too big for one device
+    strategy: Literal["ddp", "fsdp"] = "ddp"  # ddp: a full model copy per worker; fsdp: torch FSDP2 shards weights, gradients and AdamW state over the workers, for models too big for one GPU (docs/operations.md)
     max_failures: int = 1  # worker-group restarts from the last checkpoint before the run fails
     storage_path: str | None = None  # Ray Train storage (None = <train.output_dir>/ray)
     run_name: str | None = None  # Ray Train run name; reuse one to resume (None = unique per run)

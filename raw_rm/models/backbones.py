@@ -166,7 +166,10 @@ def load_backbone(
             model = auto.from_config(config)
     else:
         path = packaged_minilm_path() if name == "minilm" else name
-        model = auto.from_pretrained(path, config=config)
+        # fp32 master weights: transformers 5 loads a checkpoint in its saved dtype (dtype="auto"), so a bf16 LLM
+        # would train with bf16 AdamW updates (small steps round away) and, under FSDP, mix bf16 trunk and fp32 head
+        # parameters in one unit. bf16 compute comes from autocast / FSDP's MixedPrecisionPolicy instead.
+        model = auto.from_pretrained(path, config=config).float()
     if not with_head:
         strip_pooler(model)
     if decoder:

@@ -9,7 +9,8 @@ Every later layer reuses it unchanged. Ray Train, Ray Tune and MLflow touch it o
     result = trainer.fit()            # FitResult; model.metadata now holds reward_mean/std
     result.final_metrics["val_accuracy"]
 
-A checkpoint folder holds: ``model.pt`` (unwrapped state dict), ``optimizer.pt``, ``scheduler.pt``, ``scaler.pt``
+A checkpoint folder holds: ``model.pt`` (unwrapped state dict; gathered in full when FSDP shards the model, see
+``raw_rm/train/fsdp.py``), ``optimizer.pt`` (keyed by parameter name under FSDP), ``scheduler.pt``, ``scaler.pt``
 (fp16 only), ``best_model.pt`` (the best weights so far, when restore-best needs them), ``rng.pt`` (torch, numpy,
 python, cuda), ``trainer_state.json`` (step, epoch, batch index within the epoch, best metric, patience counter,
 eval history) and ``config.json`` (``asdict(cfg)``). Resuming from it mid-epoch continues with the very next
@@ -37,6 +38,7 @@ from torch import nn
 
 from raw_rm.config import Config, ConfigError
 from raw_rm.data.records import PreferencePair, RankedGroup, RatedResponse
+from raw_rm.train import fsdp
 
 logger = logging.getLogger(__name__)
 
@@ -229,7 +231,7 @@ class RewardModelTrainer:
         train_records / val_records: lists of one record type (kind inferred from the records).
         callbacks: objects with any of ``on_step``, ``on_eval``, ``on_checkpoint``, ``on_fit_end``.
         prepare_model: wraps the model for training (Ray: ``ray.train.torch.prepare_model``); default identity.
-            Checkpoints and metadata always use the unwrapped model.
+            Checkpoints and metadata always use the unwrapped model (an FSDP-sharded one is gathered in full).
         rank / world_size: shard of the training data this process sees; only rank 0 logs, shows progress and
             writes checkpoints.
         device: where to train; None = CUDA when available (and no prepare_model), else the model's device.
@@ -524,7 +526,7 @@ class RewardModelTrainer:
         for i, mb in enumerate(micro):
             # DDP: all-reduce gradients only on the last micro-batch of the step (forward and backward inside)
             last = i == len(micro) - 1
-            with contextlib.nullcontext() if last or not hasattr(self.train_model, "no_sync") else self.train_model.no_sync():
+            with contextlib.nullcontext() if last else fsdp.no_gradient_sync(self.train_model):
                 loss, parts = self._micro_loss(mb)
                 share = shares[i] / share_total
                 scaled = loss * share
@@ -538,7 +540,8 @@ class RewardModelTrainer:
             self.scaler.unscale_(self.optimizer)
         max_norm = self.cfg.train.max_grad_norm
         params = [p for p in self.model.parameters() if p.grad is not None]
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm is not None else float("inf"))
+        # FSDP: the norm of the full gradient over DTensor shards (raw_rm/train/fsdp.py); else clip_grad_norm_
+        grad_norm = fsdp.clip_grad_norm(params, max_norm if max_norm is not None else float("inf"))
         lr = self.scheduler.get_last_lr()[0]
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
@@ -630,7 +633,8 @@ class RewardModelTrainer:
             return {}
         parts = self.predict_records(records)
         n = torch.stack([p["n"] for p in parts]).float()
-        result = {"val_loss": float((torch.stack([p["loss"] for p in parts]) * n).sum() / n.sum())}
+        # .cpu(): the losses sit on the model's device, the counts on the CPU (a CUDA x CPU product raises)
+        result = {"val_loss": float((torch.stack([p["loss"] for p in parts]).cpu() * n).sum() / n.sum())}
         if self.kind in ("pairs", "groups"):
             chosen = torch.cat([p["chosen"] for p in parts]).cpu()
             rejected = torch.cat([p["rejected"] for p in parts]).cpu()
@@ -676,15 +680,23 @@ class RewardModelTrainer:
             # the sampler's own position format, for readers of the checkpoint; resume uses epoch + batch_index
             "sampler": {"epoch": self.epoch, "position": self.batch_index, "seed": self.cfg.train.seed, "world_size": self.world_size},
             "precision": self.precision, "world_size": self.world_size,
+            "fsdp": fsdp.is_sharded(self.model),  # optimizer.pt keyed by parameter name (FSDP) or by position
         }
 
-    def save_checkpoint(self, path: str | Path | None = None) -> str:
-        """Write a resumable checkpoint folder (default ``<output_dir>/checkpoints/step_<N>``) and return its path."""
+    def save_checkpoint(self, path: str | Path | None = None) -> str | None:
+        """Write a resumable checkpoint folder (default ``<output_dir>/checkpoints/step_<N>``) and return its path.
+
+        FSDP-sharded model: every rank must call it (the full state is gathered); rank 0 writes, the others get None.
+        """
+        model_state = fsdp.model_state_dict(self.model)
+        optimizer_state = fsdp.optimizer_state_dict(self.model, self.optimizer)
+        if not self.is_main:
+            return None
         path = Path(path) if path is not None else Path(self.cfg.train.output_dir) / "checkpoints" / f"{CHECKPOINT_PREFIX}{self.step}"
         tmp = path.with_name(path.name + ".tmp")
         tmp.mkdir(parents=True, exist_ok=True)
-        torch.save(self.model.state_dict(), tmp / "model.pt")
-        torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(model_state, tmp / "model.pt")
+        torch.save(optimizer_state, tmp / "optimizer.pt")
         torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
         if self.scaler is not None:
             torch.save(self.scaler.state_dict(), tmp / "scaler.pt")
@@ -705,8 +717,16 @@ class RewardModelTrainer:
         state_file = path / "trainer_state.json"
         if not state_file.exists():
             raise FileNotFoundError(f"{path}: not a raw_rm checkpoint (no trainer_state.json)")
-        self.model.load_state_dict(torch.load(path / "model.pt", map_location=self.device, weights_only=True))
-        self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=self.device, weights_only=True))
+        saved_fsdp, is_fsdp = bool(json.loads(state_file.read_text()).get("fsdp", False)), fsdp.is_sharded(self.model)
+        if saved_fsdp != is_fsdp:
+            names = {True: "ray.strategy=fsdp", False: "ray.strategy=ddp (or a local run)"}
+            raise ValueError(
+                f"{path}: checkpoint written under {names[saved_fsdp]} cannot resume under {names[is_fsdp]} (the "
+                f"optimizer state is laid out differently); resume with {names[saved_fsdp]}, or start from its weights "
+                f"with model.init_from after saving the model"
+            )
+        fsdp.load_model_file(self.model, path / "model.pt", device=self.device)
+        fsdp.load_optimizer_file(self.model, self.optimizer, path / "optimizer.pt", device=self.device)
         self.scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
         if self.scaler is not None and (path / "scaler.pt").exists():
             self.scaler.load_state_dict(torch.load(path / "scaler.pt", weights_only=False))
@@ -785,7 +805,7 @@ class RewardModelTrainer:
             self._run_eval(final=True)
         final_step = self.step
         if tc.restore_best and self.best_state is not None and self.best_step != self.step:
-            self.model.load_state_dict({k: v.to(self.device) for k, v in self.best_state.items()})
+            fsdp.load_model_state_dict(self.model, self.best_state, device=self.device)
             final_step = self.best_step
             logger.info("restored the best weights (step %d, %s=%.4f)", self.best_step, tc.early_stopping_metric, self.best_metric)
         # The weights left in the model were evaluated at final_step already (fp32, deterministic): reuse that.
@@ -844,7 +864,8 @@ class RewardModelTrainer:
     def _checkpoint(self) -> None:
         # Every rank gets on_checkpoint (Ray Train's report() is a barrier all workers must reach);
         # only rank 0 writes the folder, the others pass path=None.
-        path = self.save_checkpoint() if self.is_main else None
+        # FSDP: gathering the full state is a collective, so every rank enters save_checkpoint.
+        path = self.save_checkpoint() if self.is_main or fsdp.is_sharded(self.model) else None
         metrics = dict(self.history[-1]) if self.history and self.history[-1].get("step") == self.step else {}
         metrics["step"] = float(self.step)
         self._emit("on_checkpoint", self.step, path, metrics)
@@ -867,7 +888,7 @@ class RewardModelTrainer:
             self.best_metric, self.best_step = value, self.step
             self.evals_without_improvement = 0
             if tc.restore_best:
-                self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+                self.best_state = fsdp.cpu_model_state_dict(self.model)  # FSDP: gathered on rank 0 (all ranks call)
         else:
             self.evals_without_improvement += 1
         if self.is_main:

@@ -1,15 +1,16 @@
-"""Data-parallel training on Ray Train: the same loop, the same Config, DDP (or FSDP) through Ray's torch utilities (edge).
+"""Data-parallel training on Ray Train: the same loop, the same Config, DDP or FSDP2 (edge).
 
     result = train_ray(load_config(None, ["ray.num_workers=2"]))
     result.model_dir            # <output_dir>/model, exactly as train_local writes it
 
 Ray touches ``RewardModelTrainer`` only at its three documented points: ``prepare_model``
-(``ray.train.torch.prepare_model``: DDP or FSDP), ``rank``/``world_size`` (each worker's sampler reads a
-disjoint shard) and a callback that calls ``ray.train.report`` on the loop's checkpoint schedule.
+(``ray.train.torch.prepare_model`` for DDP; torch's ``fully_shard`` via raw_rm/train/fsdp.py for FSDP),
+``rank``/``world_size`` (each worker's sampler reads a disjoint shard) and a callback that calls
+``ray.train.report`` on the loop's checkpoint schedule.
 
 - Global batch = ``train.batch_size`` (per worker) x ``ray.num_workers`` x ``train.grad_accum_steps``; logged.
-- Checkpoints: rank 0 writes the loop's checkpoint folder (model, optimiser, scheduler, RNG, sampler position)
-  and every rank calls ``ray.train.report`` (a barrier in Ray Train V2); Ray keeps the best
+- Checkpoints: rank 0 writes the loop's checkpoint folder (model, optimiser, scheduler, RNG, sampler position;
+  under FSDP every rank first helps gather the full state) and every rank calls ``ray.train.report`` (a barrier in Ray Train V2); Ray keeps the best
   ``ray.keep_checkpoints`` by ``train.early_stopping_metric`` plus the latest.
 - Fault tolerance: ``FailureConfig(max_failures)`` restarts the worker group; each worker resumes from
   ``ray.train.get_checkpoint()`` at the exact next micro-batch, so no example is repeated or skipped.
@@ -86,7 +87,7 @@ def train_ray(cfg: Config, *, callbacks: Iterable[Any] = (), trace_dir: str | Pa
     _check_strategy(cfg)
     out = Path(cfg.train.output_dir).resolve()
     # Workers may start in another working directory: give them absolute paths.
-    cfg = apply_overrides(cfg, {"train.output_dir": str(out)})
+    cfg = apply_overrides(cfg, {"train.output_dir": str(out), **_absolute_local_paths(cfg)})
     storage = _storage_path(cfg, out)
     run_name = _run_name(cfg, storage)
     init_ray(cfg.ray.address)
@@ -123,22 +124,31 @@ def train_ray(cfg: Config, *, callbacks: Iterable[Any] = (), trace_dir: str | Pa
 
 
 def _check_strategy(cfg: Config) -> None:
-    """Refuse ``ray.strategy=fsdp`` before any worker starts, saying why (no silent wrong checkpoints).
+    """Refuse FSDP combinations the loop does not support, before any worker starts.
 
-    Ray 2.60's ``prepare_model(parallel_strategy="fsdp")`` wraps only on CUDA ("FSDP is only available with
-    GPU-enabled training") and only when world_size > 1. Under FSDP each rank holds a shard of the parameters,
-    but ``RewardModelTrainer`` saves ``model.state_dict()`` and clips with ``clip_grad_norm_`` on the unwrapped
-    module: both need FSDP's full-state-dict gathering and ``FSDP.clip_grad_norm_`` to be correct.
+    FSDP here is torch's FSDP2 (``fully_shard``, raw_rm/train/fsdp.py), not Ray 2.60's
+    ``prepare_model(parallel_strategy="fsdp")``, which is FSDP1, CUDA-only and skips world size 1.
     """
     if cfg.ray.strategy != "fsdp":
         return
-    if not cfg.ray.use_gpu:
-        raise ConfigError("ray.strategy=fsdp: Ray Train 2.60 wraps FSDP only on GPUs: set ray.use_gpu=true, or use ray.strategy=ddp")
-    raise ConfigError(
-        "ray.strategy=fsdp: the training loop checkpoints and clips the unsharded module (model.state_dict(), "
-        "clip_grad_norm_), which is wrong for FSDP-sharded parameters; use ray.strategy=ddp (bf16 DDP fits "
-        "backbones up to about 1B parameters on a 24 GB GPU)"
-    )
+    if cfg.train.precision == "fp16":
+        raise ConfigError("ray.strategy=fsdp with train.precision=fp16: the loop's GradScaler does not handle sharded "
+                          "gradients; use train.precision=bf16 (or fp32)")
+    if cfg.loss.param_l2_coef > 0:
+        raise ConfigError("ray.strategy=fsdp with loss.param_l2_coef > 0: the penalty sums sharded parameters; use "
+                          "train.weight_decay instead, or ray.strategy=ddp")
+
+
+def _absolute_local_paths(cfg: Config) -> dict[str, str]:
+    """Relative data and backbone paths that exist here, made absolute (``--data pairs.jsonl`` from the CLI)."""
+    found = {}
+    for key, value in (("data.train_path", cfg.data.train_path), ("data.eval_path", cfg.data.eval_path),
+                       ("model.backbone", cfg.model.backbone)):
+        if key == "model.backbone" and value in ("minilm", "tiny-bert", "tiny-gpt2"):  # packaged names, not paths
+            continue
+        if isinstance(value, str) and "://" not in value and not Path(value).is_absolute() and Path(value).exists():
+            found[key] = str(Path(value).resolve())
+    return found
 
 
 def _storage_path(cfg: Config, out: Path) -> str:
@@ -249,7 +259,7 @@ def _train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         callbacks += list(loop_config.get("callbacks") or [])
     trainer = RewardModelTrainer(
         cfg, model, tokenizer, train_records, val_records, callbacks=callbacks,
-        prepare_model=lambda m: _prepare(m, cfg.ray.strategy), rank=rank, world_size=world_size,
+        prepare_model=lambda m: _prepare(m, cfg), rank=rank, world_size=world_size,
     )
     if loop_config.get("trace_dir"):
         _trace_steps(trainer, Path(loop_config["trace_dir"]), rank)
@@ -265,9 +275,22 @@ def _train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     _report_final(cfg, trainer, fit, save_model, rank, report)
 
 
-def _prepare(model: Any, strategy: str) -> Any:
-    # prepare_model moves the model to this worker's device and wraps it in DDP / FSDP when world_size > 1.
-    return ray.train.torch.prepare_model(model, parallel_strategy=strategy)
+def _prepare(model: Any, cfg: Config) -> Any:
+    """DDP: Ray's ``prepare_model`` (device move; DDP when world_size > 1). FSDP: torch's FSDP2 on this device."""
+    if cfg.ray.strategy != "fsdp":
+        return ray.train.torch.prepare_model(model, parallel_strategy=cfg.ray.strategy)
+    import torch
+
+    from raw_rm.train.fsdp import shard_model
+    from raw_rm.train.loop import resolve_precision
+
+    device = ray.train.torch.get_device()
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    model.to(device)
+    # bf16 blocks through FSDP's MixedPrecisionPolicy on GPU; on CPU the loop's autocast alone (as under DDP).
+    is_bf16 = device.type == "cuda" and resolve_precision(cfg.train.precision, device) == "bf16"
+    return shard_model(model, mp_dtype=torch.bfloat16 if is_bf16 else None)
 
 
 def _report_final(cfg: Config, trainer: Any, fit: FitResult, save_model: Any, rank: int, data_report: Any) -> None:
@@ -275,11 +298,17 @@ def _report_final(cfg: Config, trainer: Any, fit: FitResult, save_model: Any, ra
     metrics = {**fit.final_metrics, "step": float(fit.steps), "final": 1.0}
     if fit.best_metric is not None:
         metrics[cfg.train.early_stopping_metric] = fit.final_metrics.get(cfg.train.early_stopping_metric, fit.best_metric)
+    model = trainer.model
+    if cfg.ray.strategy == "fsdp":  # gather the shards (every rank) into a fresh unsharded model on rank 0
+        from raw_rm.models import build_model
+        from raw_rm.train.fsdp import unsharded_copy
+
+        model = unsharded_copy(trainer.model, lambda: build_model(cfg.model)[0])
     if rank != 0:
         ray.train.report(metrics, checkpoint=None)
         return
     with tempfile.TemporaryDirectory(prefix="raw_rm_final_") as tmp:
-        save_model(trainer.model, trainer.tokenizer, Path(tmp) / "model")
+        save_model(model, trainer.tokenizer, Path(tmp) / "model")
         summary = data_report.summary() if hasattr(data_report, "summary") else str(data_report)
         (Path(tmp) / FINAL_MARKER).write_text(json.dumps({"fit": asdict(fit), "data_report": summary}))
         ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))

@@ -338,3 +338,19 @@ def test_backbone_dropout_sets_every_dropout_inside_the_backbone() -> None:
     assert default.backbone_config.hidden_dropout_prob == 0.1  # None keeps the backbone's own setting
     gpt2, _ = build_model(ModelConfig(backbone="tiny-gpt2", backbone_dropout=0.0))
     assert (gpt2.backbone_config.resid_pdrop, gpt2.backbone_config.attn_pdrop, gpt2.backbone_config.embd_pdrop) == (0.0, 0.0, 0.0)
+
+
+def test_a_bf16_checkpoint_loads_with_fp32_weights_for_training(tmp_path) -> None:
+    # transformers 5 loads in the saved dtype: without the cast a bf16 LLM would train with bf16 AdamW updates.
+    from transformers import AutoModelForSequenceClassification
+
+    from raw_rm.models.backbones import backbone_config, load_tokenizer
+
+    tok = load_tokenizer("tiny-bert")
+    config = backbone_config("tiny-bert", tok)
+    config.num_labels = 1
+    AutoModelForSequenceClassification.from_config(config).to(torch.bfloat16).save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    assert AutoModelForSequenceClassification.from_pretrained(tmp_path).dtype == torch.bfloat16  # the trap
+    model, _ = build_model(ModelConfig(backbone=str(tmp_path)))
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
