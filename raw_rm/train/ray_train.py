@@ -74,7 +74,7 @@ def train_ray(cfg: Config, *, callbacks: Iterable[Any] = (), trace_dir: str | Pa
 
     Args:
         cfg: the run's config (``ray.*`` picks workers, GPUs, strategy, failures, storage and run name).
-        callbacks: loop callbacks (e.g. ``registry.MlflowCallback``); they are pickled to the workers and run on
+        callbacks: loop callbacks (e.g. ``tracking.MlflowCallback``); they are pickled to the workers and run on
             rank 0 only, so metrics are sent once.
         trace_dir: testing aid: every rank appends the example indices, loss and gradient norm of each step it trains to
             ``trace_dir/rank<r>.jsonl`` (with a per-process attempt id), to check that a resumed run neither
