@@ -239,7 +239,8 @@ class ServeConfig:
     normalize: bool = True  # members' rewards become (reward - reward_mean) / reward_std with each model's training statistics
     max_len_tokens: int = 512  # token limit per prompt+response (capped by the model's own); longer inputs keep the response end
     max_batch_size: int = 64  # texts per member forward (and per ingress call to the members), gathered across concurrent requests
-    batch_wait_timeout_s: float = 0.005  # how long a member waits for a batch to fill
+    batch_wait_timeout_s: float = 0.005  # how long an idle member waits for a batch to fill (a busy one takes what queued during its forward)
+    max_concurrent_batches: int = 1  # forwards a member replica runs at once, in threads; 2 on a GPU overlaps one batch's tokenisation with another's forward
     ingress_max_concurrent_batches: int = 2  # member calls in flight per ingress replica; requests of <= max_batch_size texts that arrive meanwhile share the next call (0 = one call per request)
     ingress_batch_wait_timeout_s: float = 0.0  # how long an idle ingress waits for more requests before calling the members
     max_ongoing_requests: int = 256  # concurrent requests per replica (Serve's default 5 starves batching)
@@ -259,7 +260,7 @@ class ServeConfig:
     drift_window: int = 2048  # recent rewards per member compared with the model's reference distribution (PSI, KS)
 
     def __post_init__(self) -> None:
-        for name in ("max_batch_size", "max_ongoing_requests", "num_replicas", "ingress_replicas", "max_items"):
+        for name in ("max_batch_size", "max_concurrent_batches", "max_ongoing_requests", "num_replicas", "ingress_replicas", "max_items"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: expected >= 1, got {getattr(self, name)}")
         for name in ("max_len_tokens", "max_text_chars", "max_body_bytes"):

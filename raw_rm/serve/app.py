@@ -103,7 +103,7 @@ class RewardMember:
         self.engine.clear_cache()
         self.batcher = MicroBatcher(
             self._score_batch, max_batch_size=self.cfg.max_batch_size, batch_wait_timeout_s=self.cfg.batch_wait_timeout_s,
-            size_fn=lambda chunk: len(chunk[1]),
+            max_concurrent_batches=self.cfg.max_concurrent_batches, size_fn=lambda chunk: len(chunk[1]),
         )
         self.batch_sizes: Counter[int] = Counter()
         self.m_batch = metrics.Histogram(
@@ -300,6 +300,7 @@ class RewardIngress:
         self.requests: Counter[tuple[str, int]] = Counter()
         self.split_methods: Counter[str] = Counter()
         self.clipped_texts = 0
+        self.member_calls = self.member_call_requests = 0
         self.m_requests = metrics.Counter("raw_rm_requests", description="HTTP requests", tag_keys=("endpoint", "status"))
         self.m_latency = metrics.Histogram(
             "raw_rm_request_latency_ms", description="request latency", boundaries=LATENCY_BUCKETS_MS, tag_keys=("endpoint",)
@@ -368,6 +369,11 @@ class RewardIngress:
                 "requests": by_endpoint,
                 "split_methods": dict(self.split_methods),
                 "clipped_texts": self.clipped_texts,
+                "ingress": {
+                    "member_calls": self.member_calls,
+                    "requests": self.member_call_requests,
+                    "mean_requests_per_call": self.member_call_requests / self.member_calls if self.member_calls else 0.0,
+                },
                 "members": {
                     name: s if isinstance(s, dict) else {"error": type(s).__name__}
                     for name, s in zip(self.names, member_stats)
@@ -499,6 +505,8 @@ class RewardIngress:
         prompts = [p for chunk_prompts, _ in chunks for p in chunk_prompts]
         responses = [r for _, chunk_responses in chunks for r in chunk_responses]
         answers = await asyncio.gather(*(self._call(h, "score", prompts, responses) for h in self.members))
+        self.member_calls += 1
+        self.member_call_requests += len(chunks)
         out, start = [], 0
         for _, chunk_responses in chunks:
             end = start + len(chunk_responses)
