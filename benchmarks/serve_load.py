@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -212,15 +213,20 @@ def run_levels(url: str, texts: list[tuple[str, str]], levels: list[int], counts
     return results
 
 
-def wait_healthy(url: str, timeout_s: float = 300.0) -> None:
-    import httpx
+def get_json(url: str, timeout_s: float = 60.0) -> dict:
+    """GET a JSON body with the standard library (the GPU machine may lack httpx), never through an HTTP proxy."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(url, timeout=timeout_s) as resp:
+        return json.loads(resp.read())
 
+
+def wait_healthy(url: str, timeout_s: float = 300.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
-            if httpx.get(url, timeout=5).status_code == 200:
-                return
-        except httpx.HTTPError:
+            get_json(url, timeout_s=5)
+            return
+        except (OSError, ValueError):  # refused, 404/503 (HTTPError is an OSError), half-started body
             pass
         time.sleep(0.5)
     raise RuntimeError(f"{url} not healthy after {timeout_s} s")
@@ -302,7 +308,6 @@ def main() -> int:
         proc.wait(timeout=30)
 
     # 3. raw_rm on Ray Serve, then 4. the 5-head ensemble on the same setup
-    import httpx
     import ray
     from ray import serve
 
@@ -330,7 +335,7 @@ def main() -> int:
         wait_healthy(f"{base}/healthz")
         print("raw_rm on Ray Serve (dynamic batching, cache off):", flush=True)
         served = run_levels(f"{base}/get_reward", texts, args.levels, args.requests)
-        stats = httpx.get(f"{base}/stats", timeout=60).json()
+        stats = get_json(f"{base}/stats")
         batches, ingress = stats["members"]["member0"], stats["ingress"]
         print(f"    mean batch size {batches['mean_batch_size']:.1f} texts over {batches['batches']} batches; "
               f"one ingress replica: {ingress['mean_requests_per_call']:.1f} requests per member call")
