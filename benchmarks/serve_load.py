@@ -2,6 +2,8 @@
 
     python benchmarks/serve_load.py                       # MiniLM, HH-RLHF harmless texts, concurrency 1/16/64
     python benchmarks/serve_load.py --requests 40 200 400 --backbone tiny-bert   # quicker smoke run
+    python benchmarks/serve_load.py --device cuda --precision bf16 --backbone /models/all-MiniLM-L6-v2 \
+        --data /data/hh-rlhf-harmless --ingress-replicas 4 --requests 200 2000 8000  # a GPU machine, offline
 
 In one run, on this machine, loopback only:
 
@@ -9,6 +11,7 @@ In one run, on this machine, loopback only:
 2. plain: a FastAPI + uvicorn server scoring each request on its own in its event loop (the shape of
    OpenRLHF's reference reward server), in a subprocess;
 3. raw_rm: ``raw_rm.serve.app.build_app`` on Ray Serve (dynamic batching across requests, cache off);
+   ``--device cuda`` puts all three on the GPU (each Serve member reserves a fraction of it);
 4. a 5-head shared-trunk ensemble on the same Serve setup vs the single model (p50 latency).
 
 Each request is one OpenRLHF ``/get_reward`` query (what the current OpenRLHF client sends) with a distinct
@@ -29,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -38,22 +42,45 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data" / "hh-rlhf-harmless" / "pairs.jsonl.gz"
+DATA = REPO.parent / "shared" / "data" / "hh-rlhf-harmless"
 
 
 # ------------------------------------------------------------------------------------------ inputs
-def load_texts(limit: int) -> list[tuple[str, str]]:
-    """(prompt, response) pairs from the HH harmless file: each pair's chosen and rejected dialogues."""
+def data_file(path: Path) -> Path:
+    """The JSONL(.gz) file for ``--data``: the file itself, or in a directory pairs.jsonl.gz or its first *.jsonl[.gz]."""
+    if path.is_file():
+        return path
+    if path.is_dir():
+        found = sorted(path.glob("pairs.jsonl*")) or sorted(path.glob("*.jsonl.gz")) + sorted(path.glob("*.jsonl"))
+        if found:
+            return found[0]
+    raise SystemExit(f"--data {path}: expected a .jsonl / .jsonl.gz file of HH dialogues or a directory holding one")
+
+
+def load_texts(path: Path, limit: int) -> list[tuple[str, str]]:
+    """(prompt, response) pairs from HH records: each record's chosen and rejected dialogues.
+
+    A record is ``{"chosen": DIALOGUE, "rejected": DIALOGUE}`` (Anthropic HH: "\\n\\nHuman: ... \\n\\nAssistant: ...")
+    or ``{"prompt": ..., "chosen": RESPONSE, "rejected": RESPONSE}``.
+    """
     from raw_rm.data.formats import split_hh_dialogue
 
     rows: list[tuple[str, str]] = []
-    with gzip.open(DATA, "rt") as handle:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt") as handle:
         for line in handle:
+            if not line.strip():
+                continue
             record = json.loads(line)
             for key in ("chosen", "rejected"):
-                rows.append(split_hh_dialogue(record[key]))
+                if isinstance(record.get("prompt"), str):
+                    rows.append((record["prompt"], record[key]))
+                else:
+                    rows.append(split_hh_dialogue(record[key]))
             if len(rows) >= limit:
                 break
+    if not rows:
+        raise SystemExit(f"--data {path}: no records")
     return rows[:limit]
 
 
@@ -98,7 +125,7 @@ def build_models(root: Path, backbone: str) -> tuple[str, str]:
 
 
 # --------------------------------------------------------------------------------------- the plain server
-def run_plain_server(port: int, model_dir: str, max_len_tokens: int, precision: str) -> None:
+def run_plain_server(port: int, model_dir: str, max_len_tokens: int, precision: str, device: str, torch_threads: int | None) -> None:
     """OpenRLHF's reference shape: FastAPI, each request scored on its own inside the handler.
 
     (No ``from __future__ import annotations`` in this file: FastAPI must see ``Request`` itself.)
@@ -110,7 +137,11 @@ def run_plain_server(port: int, model_dir: str, max_len_tokens: int, precision: 
     from raw_rm.inference import RewardModelInference
     from raw_rm.serve.scoring import split_query
 
-    engine = RewardModelInference(model_dir, cache_size=0, max_len_tokens=max_len_tokens, precision=precision)
+    if torch_threads:
+        import torch
+
+        torch.set_num_threads(torch_threads)
+    engine = RewardModelInference(model_dir, cache_size=0, max_len_tokens=max_len_tokens, precision=precision, device=device)
     app = FastAPI()
 
     @app.post("/get_reward")
@@ -182,15 +213,20 @@ def run_levels(url: str, texts: list[tuple[str, str]], levels: list[int], counts
     return results
 
 
-def wait_healthy(url: str, timeout_s: float = 300.0) -> None:
-    import httpx
+def get_json(url: str, timeout_s: float = 60.0) -> dict:
+    """GET a JSON body with the standard library (the GPU machine may lack httpx), never through an HTTP proxy."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(url, timeout=timeout_s) as resp:
+        return json.loads(resp.read())
 
+
+def wait_healthy(url: str, timeout_s: float = 300.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
-            if httpx.get(url, timeout=5).status_code == 200:
-                return
-        except httpx.HTTPError:
+            get_json(url, timeout_s=5)
+            return
+        except (OSError, ValueError):  # refused, 404/503 (HTTPError is an OSError), half-started body
             pass
         time.sleep(0.5)
     raise RuntimeError(f"{url} not healthy after {timeout_s} s")
@@ -199,12 +235,19 @@ def wait_healthy(url: str, timeout_s: float = 300.0) -> None:
 # ------------------------------------------------------------------------------------------------ main
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backbone", default="minilm", help="model backbone (minilm = the packaged all-MiniLM-L6-v2)")
+    parser.add_argument("--backbone", default="minilm", help="model backbone: minilm (the packaged all-MiniLM-L6-v2), tiny-bert, or a local HF model directory")
+    parser.add_argument("--data", type=Path, default=DATA, help="HH dialogues: a .jsonl / .jsonl.gz file or a directory holding one")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"], help="where all three setups run the model (auto = cuda if available)")
+    parser.add_argument("--member-gpus", type=float, default=0.25, help="Serve, --device cuda: GPU fraction reserved per member replica")
+    parser.add_argument("--ingress-replicas", type=int, default=1, help="Serve: HTTP ingress replicas (more for many CPU cores)")
+    parser.add_argument("--member-batches", type=int, default=None, help="Serve: forwards in flight per member replica (default ServeConfig's)")
+    parser.add_argument("--torch-threads", type=int, default=None, help="CPU: torch threads of the ceiling, the plain server and each member (default: all cores)")
+    parser.add_argument("--ingress-batches", type=int, default=None, help="Serve: member calls in flight per ingress replica (0 = one call per request; default ServeConfig's)")
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 16, 64], help="client concurrency levels")
     parser.add_argument("--requests", type=int, nargs="+", default=[60, 320, 640], help="requests per level")
     parser.add_argument("--max-len-tokens", type=int, default=256, help="token limit for both servers")
     parser.add_argument("--max-batch-size", type=int, default=64, help="Serve: texts per batched forward")
-    parser.add_argument("--batch-wait-s", type=float, default=0.01, help="Serve: batch wait timeout")
+    parser.add_argument("--batch-wait-s", type=float, default=None, help="Serve: member batch wait timeout (default ServeConfig's)")
     parser.add_argument("--ceiling-texts", type=int, default=512, help="texts for the one-process ceiling")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "auto"], help="forward precision, all three setups")
     parser.add_argument("--json", default=None, metavar="PATH", help="also write machine facts and every number here (run_all.py reads it)")
@@ -213,28 +256,39 @@ def main() -> int:
     parser.add_argument("--model", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.plain_server:
-        run_plain_server(args.port, args.model, args.max_len_tokens, args.precision)
+        run_plain_server(args.port, args.model, args.max_len_tokens, args.precision, args.device, args.torch_threads)
         return 0
     if len(args.requests) != len(args.levels):
         parser.error("--requests needs one count per --levels entry")
 
     import numpy as np
+    import torch
 
-    print("machine:", ", ".join(f"{k} {v}" for k, v in machine_facts().items()), f"precision {args.precision}", flush=True)
-    texts = load_texts(max(sum(args.requests) + 16, args.ceiling_texts))
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA device")
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
+    gpu = f", gpu {torch.cuda.get_device_name(0)}" if args.device == "cuda" else ""
+    print("machine:", ", ".join(f"{k} {v}" for k, v in machine_facts().items()), f"precision {args.precision}, device {args.device}{gpu}", flush=True)
+    data = data_file(args.data)
+    texts = load_texts(data, max(sum(args.requests) + 16, args.ceiling_texts))
     lengths = [len(p) + len(r) for p, r in texts]
-    print(f"data: {DATA.name}, {len(texts)} HH dialogues, mean {np.mean(lengths):.0f} characters; max_len_tokens {args.max_len_tokens}")
+    print(f"data: {data}, {len(texts)} HH dialogues, mean {np.mean(lengths):.0f} characters; max_len_tokens {args.max_len_tokens}")
     root = Path(tempfile.mkdtemp(prefix="serve_load_"))
     single_dir, multi_dir = build_models(root, args.backbone)
 
     # 1. ceiling: one process, batches of 64 sorted by length
     from raw_rm.inference import RewardModelInference
 
-    engine = RewardModelInference(single_dir, cache_size=0, batch_size=64, max_len_tokens=args.max_len_tokens, precision=args.precision)
+    engine = RewardModelInference(
+        single_dir, cache_size=0, batch_size=64, max_len_tokens=args.max_len_tokens, precision=args.precision, device=args.device
+    )
     sample = texts[: args.ceiling_texts]
     engine.batch_predict([p for p, _ in sample[:64]], [r for _, r in sample[:64]])  # warm-up
     start = time.perf_counter()
-    engine.batch_predict([p for p, _ in sample], [r for _, r in sample])
+    engine.batch_predict([p for p, _ in sample], [r for _, r in sample])  # ends with .cpu(): the GPU has finished
     ceiling = len(sample) / (time.perf_counter() - start)
     print(f"ceiling (one process, batch 64 sorted by length): {ceiling:.1f} texts/s", flush=True)
     del engine
@@ -242,7 +296,8 @@ def main() -> int:
     # 2. plain per-request FastAPI server in its own process
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, __file__, "--plain-server", "--port", str(port), "--model", single_dir, "--max-len-tokens", str(args.max_len_tokens), "--precision", args.precision]
+        [sys.executable, __file__, "--plain-server", "--port", str(port), "--model", single_dir, "--max-len-tokens", str(args.max_len_tokens), "--precision", args.precision, "--device", args.device]
+        + (["--torch-threads", str(args.torch_threads)] if args.torch_threads else [])
     )
     try:
         wait_healthy(f"http://127.0.0.1:{port}/healthz")
@@ -253,7 +308,6 @@ def main() -> int:
         proc.wait(timeout=30)
 
     # 3. raw_rm on Ray Serve, then 4. the 5-head ensemble on the same setup
-    import httpx
     import ray
     from ray import serve
 
@@ -265,17 +319,26 @@ def main() -> int:
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     base = f"http://127.0.0.1:{port}"
     common = dict(
-        port=port, max_len_tokens=args.max_len_tokens, max_batch_size=args.max_batch_size,
-        batch_wait_timeout_s=args.batch_wait_s, cache_size=0, member_num_cpus=1.0, torch_threads=os.cpu_count(),
-        precision=args.precision,
+        port=port, max_len_tokens=args.max_len_tokens, max_batch_size=args.max_batch_size, cache_size=0,
+        member_num_cpus=1.0, precision=args.precision, ingress_replicas=args.ingress_replicas, device=args.device,
+        member_num_gpus=args.member_gpus if args.device == "cuda" else 0.0,
+        torch_threads=(args.torch_threads or os.cpu_count()) if args.device == "cpu" else None,
     )
+    if args.batch_wait_s is not None:
+        common["batch_wait_timeout_s"] = args.batch_wait_s
+    if args.member_batches is not None:
+        common["max_concurrent_batches"] = args.member_batches
+    if args.ingress_batches is not None:
+        common["ingress_max_concurrent_batches"] = args.ingress_batches
     try:
         serve.run(build_app(ServeConfig(models=[single_dir], **common)), name="bench", route_prefix="/")
         wait_healthy(f"{base}/healthz")
         print("raw_rm on Ray Serve (dynamic batching, cache off):", flush=True)
         served = run_levels(f"{base}/get_reward", texts, args.levels, args.requests)
-        batches = httpx.get(f"{base}/stats", timeout=60).json()["members"]["member0"]
-        print(f"    mean batch size {batches['mean_batch_size']:.1f} texts over {batches['batches']} batches")
+        stats = get_json(f"{base}/stats")
+        batches, ingress = stats["members"]["member0"], stats["ingress"]
+        print(f"    mean batch size {batches['mean_batch_size']:.1f} texts over {batches['batches']} batches; "
+              f"one ingress replica: {ingress['mean_requests_per_call']:.1f} requests per member call")
 
         serve.run(build_app(ServeConfig(models=[multi_dir], **common)), name="bench", route_prefix="/")
         wait_healthy(f"{base}/healthz")

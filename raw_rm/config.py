@@ -238,12 +238,17 @@ class ServeConfig:
     k: float = 1.0  # k of the lower confidence bound mean - k * std
     normalize: bool = True  # members' rewards become (reward - reward_mean) / reward_std with each model's training statistics
     max_len_tokens: int = 512  # token limit per prompt+response (capped by the model's own); longer inputs keep the response end
-    max_batch_size: int = 64  # texts per forward pass gathered by @serve.batch across concurrent requests
-    batch_wait_timeout_s: float = 0.005  # how long a member waits for a batch to fill
+    max_batch_size: int = 64  # texts per member forward (and per ingress call to the members), gathered across concurrent requests
+    batch_wait_timeout_s: float = 0.005  # how long an idle member waits for a batch to fill (a busy one takes what queued during its forward)
+    max_concurrent_batches: int = 1  # forwards a member replica runs at once, in threads; 2 on a GPU overlaps one batch's tokenisation with another's forward
+    ingress_max_concurrent_batches: int = 2  # member calls in flight per ingress replica; requests of <= max_batch_size texts that arrive meanwhile share the next call (0 = one call per request)
+    ingress_batch_wait_timeout_s: float = 0.0  # how long an idle ingress waits for more requests before calling the members
     max_ongoing_requests: int = 256  # concurrent requests per replica (Serve's default 5 starves batching)
     num_replicas: int = 1  # replicas per member deployment
     ingress_replicas: int = 1  # replicas of the HTTP ingress deployment
     member_num_cpus: float = 1.0  # CPUs reserved per member replica
+    member_num_gpus: float = 0.0  # GPUs reserved per member replica; a fraction (0.25) lets several replicas and members share one GPU
+    device: Literal["cpu", "cuda", "auto"] = "cpu"  # where members run: cuda needs member_num_gpus > 0; auto = cuda when member_num_gpus > 0 and the replica sees a GPU
     ingress_num_cpus: float = 0.0  # CPUs reserved per ingress replica
     torch_threads: int | None = None  # torch intra-op threads per member replica (None = torch default)
     precision: Literal["fp32", "bf16", "auto"] = "fp32"  # member forward precision; auto = bf16 where the CPU/GPU runs it natively
@@ -255,7 +260,7 @@ class ServeConfig:
     drift_window: int = 2048  # recent rewards per member compared with the model's reference distribution (PSI, KS)
 
     def __post_init__(self) -> None:
-        for name in ("max_batch_size", "max_ongoing_requests", "num_replicas", "ingress_replicas", "max_items"):
+        for name in ("max_batch_size", "max_concurrent_batches", "max_ongoing_requests", "num_replicas", "ingress_replicas", "max_items"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: expected >= 1, got {getattr(self, name)}")
         for name in ("max_len_tokens", "max_text_chars", "max_body_bytes"):
@@ -264,8 +269,11 @@ class ServeConfig:
         for name, low in (("cache_size", 0), ("member_retries", 0), ("drift_window", 1)):
             if getattr(self, name) < low:
                 raise ConfigError(f"{name}: expected >= {low}, got {getattr(self, name)}")
-        if self.batch_wait_timeout_s < 0:
-            raise ConfigError(f"batch_wait_timeout_s: expected >= 0, got {self.batch_wait_timeout_s}")
+        if self.device == "cuda" and self.member_num_gpus <= 0:
+            raise ConfigError("device: cuda needs member_num_gpus > 0 (Ray hides GPUs from replicas that reserve none), e.g. member_num_gpus=0.25")
+        for name in ("batch_wait_timeout_s", "ingress_batch_wait_timeout_s", "ingress_max_concurrent_batches", "member_num_gpus"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}: expected >= 0, got {getattr(self, name)}")
 
 
 # ----------------------------------------------------------------------------------------- loader

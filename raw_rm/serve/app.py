@@ -8,11 +8,14 @@ Layout:
 - ``RewardMember`` (one deployment per entry of ``ServeConfig.models``): loads a model directory or a
   ``models:/NAME@alias`` URI through :class:`raw_rm.inference.RewardModelInference` (which sorts each batch
   by length, truncates to the model's token limit keeping the response end, and keeps the per-replica LRU
-  cache of (model version, prompt, response) -> member rewards). ``@serve.batch`` gathers texts from
-  concurrent requests into one forward of up to ``max_batch_size`` texts. A shared-trunk multi-head model is
-  one deployment whose answer has K columns.
+  cache of (model version, prompt, response) -> member rewards). A :class:`raw_rm.serve.batcher.MicroBatcher`
+  gathers texts from concurrent calls into one forward of up to ``max_batch_size`` texts, run in a thread so
+  the next batch queues meanwhile (Serve's ``@serve.batch`` cut that queue into timer-sized batches: see the
+  batcher's doc). ``device: cuda`` runs it on the GPU share ``member_num_gpus`` reserves. A shared-trunk
+  multi-head model is one deployment whose answer has K columns.
 - ``RewardIngress`` (FastAPI through ``@serve.ingress``): validates requests with ``raw_rm.serve.scoring``,
-  calls every member concurrently through its handle, normalises each member with its model's training
+  calls every member concurrently through its handle (small requests from concurrent clients share one call:
+  ``ingress_max_concurrent_batches``), normalises each member with its model's training
   statistics and aggregates (mean, std, min, mean - lambda var, lcb; ``ServeConfig.reward`` picks "the reward").
 
 Endpoints: ``POST /get_reward`` (OpenRLHF's remote reward model), ``POST /score``, ``POST /compare``,
@@ -57,6 +60,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from raw_rm.config import ConfigError, ServeConfig, config_from_dict
 from raw_rm.serve import scoring, security
+from raw_rm.serve.batcher import MicroBatcher
 from raw_rm.serve.scoring import MemberInfo, RequestError
 from raw_rm.uncertainty import ReferenceDistribution, RollingDriftMonitor
 
@@ -69,10 +73,6 @@ RETRYABLE = (RayActorError, ReplicaUnavailableError)
 
 class MembersUnavailable(RuntimeError):
     """A member deployment could not answer after ``member_retries`` retries."""
-
-
-def _n_texts(chunks: list[tuple[list[str], list[str]]]) -> int:
-    return sum(len(responses) for _, responses in chunks)
 
 
 # ------------------------------------------------------------------------------------------- member
@@ -93,16 +93,19 @@ class RewardMember:
             resolver = registry.uri_resolver(self.cfg.tracking_uri)
         self.source = display_source or source
         self.resolved = source
+        use_cuda = self.cfg.device == "cuda" or (self.cfg.device == "auto" and self.cfg.member_num_gpus > 0 and torch.cuda.is_available())
         self.engine = RewardModelInference(
             source, resolver=resolver, batch_size=self.cfg.max_batch_size, cache_size=self.cfg.cache_size,
-            precision=self.cfg.precision,
+            precision=self.cfg.precision, device="cuda" if use_cuda else "cpu",
         )
         # the model's own limit (tokenizer max length, at most 512) or the configured one, whichever is smaller
         self.engine.max_len_tokens = min(self.engine.max_len_tokens, self.cfg.max_len_tokens)
         self.heads = int(self.engine.batch_predict_members(["warm-up"], ["warm-up"]).shape[1])
         self.engine.clear_cache()
-        self._score_batch.set_max_batch_size(self.cfg.max_batch_size)
-        self._score_batch.set_batch_wait_timeout_s(self.cfg.batch_wait_timeout_s)
+        self.batcher = MicroBatcher(
+            self._score_batch, max_batch_size=self.cfg.max_batch_size, batch_wait_timeout_s=self.cfg.batch_wait_timeout_s,
+            max_concurrent_batches=self.cfg.max_concurrent_batches, size_fn=lambda chunk: len(chunk[1]),
+        )
         self.batch_sizes: Counter[int] = Counter()
         self.m_batch = metrics.Histogram(
             "raw_rm_batch_size", description="texts per member batch", boundaries=BATCH_BUCKETS, tag_keys=("model",)
@@ -110,7 +113,10 @@ class RewardMember:
         self.m_batch.set_default_tags({"model": self.source})  # Serve adds its tags to the dict: a fresh one each
         self.m_cache = metrics.Counter("raw_rm_cache_lookups", description="member cache lookups", tag_keys=("model", "result"))
         self.m_cache.set_default_tags({"model": self.source})
-        log.info("member %s: version %s, %d head(s), max_len_tokens %d", self.source, self.engine.version, self.heads, self.engine.max_len_tokens)
+        log.info(
+            "member %s: version %s, %d head(s), max_len_tokens %d, device %s", self.source, self.engine.version, self.heads,
+            self.engine.max_len_tokens, self.engine.device,
+        )
 
     async def info(self) -> dict[str, Any]:
         meta = self.engine.metadata
@@ -127,21 +133,21 @@ class RewardMember:
             "temperature": float(meta.temperature or 1.0),
             "reference": meta.reference.get("reward") if isinstance(meta.reference, dict) else None,
             "max_len_tokens": self.engine.max_len_tokens,
+            "device": str(self.engine.device),
         }
 
     async def score(self, prompts: list[str], responses: list[str]) -> list[list[float]]:
         """Raw member rewards, one row of K per input row, in input order."""
         size = self.cfg.max_batch_size
         parts = [(prompts[i : i + size], responses[i : i + size]) for i in range(0, len(responses), size)]
-        results = await asyncio.gather(*(self._score_batch(part) for part in parts))
+        results = await asyncio.gather(*(self.batcher.submit(part) for part in parts))
         return [row for part in results for row in part]
 
-    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005, batch_size_fn=_n_texts)
     async def _score_batch(self, chunks: list[tuple[list[str], list[str]]]) -> list[list[list[float]]]:
         prompts = [p for chunk_prompts, _ in chunks for p in chunk_prompts]
         responses = [r for _, chunk_responses in chunks for r in chunk_responses]
         before = self.engine.cache_info()
-        # in a thread: the event loop keeps queueing requests for the next batch while this one runs
+        # in a thread (tokenisation included): the event loop keeps queueing requests for the next batch meanwhile
         members = await asyncio.to_thread(self.engine.batch_predict_members, prompts, responses)
         after = self.engine.cache_info()
         self.batch_sizes[len(responses)] += 1
@@ -295,10 +301,18 @@ class RewardIngress:
         self.requests: Counter[tuple[str, int]] = Counter()
         self.split_methods: Counter[str] = Counter()
         self.clipped_texts = 0
+        self.member_calls = self.member_call_requests = 0
         self.m_requests = metrics.Counter("raw_rm_requests", description="HTTP requests", tag_keys=("endpoint", "status"))
         self.m_latency = metrics.Histogram(
             "raw_rm_request_latency_ms", description="request latency", boundaries=LATENCY_BUCKETS_MS, tag_keys=("endpoint",)
         )
+        # small requests (OpenRLHF sends one query each) from concurrent clients share one call per member
+        self.batcher = None
+        if self.cfg.ingress_max_concurrent_batches > 0:
+            self.batcher = MicroBatcher(
+                self._score_members, max_batch_size=self.cfg.max_batch_size, batch_wait_timeout_s=self.cfg.ingress_batch_wait_timeout_s,
+                max_concurrent_batches=self.cfg.ingress_max_concurrent_batches, size_fn=lambda chunk: len(chunk[1]),
+            )
         self.m_items = metrics.Histogram("raw_rm_request_items", description="items per request", boundaries=BATCH_BUCKETS, tag_keys=("endpoint",))
 
     # ------------------------------------------------------------------------------ endpoints
@@ -356,6 +370,11 @@ class RewardIngress:
                 "requests": by_endpoint,
                 "split_methods": dict(self.split_methods),
                 "clipped_texts": self.clipped_texts,
+                "ingress": {
+                    "member_calls": self.member_calls,
+                    "requests": self.member_call_requests,
+                    "mean_requests_per_call": self.member_call_requests / self.member_calls if self.member_calls else 0.0,
+                },
                 "members": {
                     name: s if isinstance(s, dict) else {"error": type(s).__name__}
                     for name, s in zip(self.names, member_stats)
@@ -471,12 +490,30 @@ class RewardIngress:
         self.m_items.observe(n, tags={"endpoint": "any"})
         if n == 0:
             return torch.zeros(0, sum(m.heads for m in self.infos), dtype=torch.float64)
-        answers = await asyncio.gather(*(self._call(h, "score", items.prompts, items.responses) for h in self.members))
+        if self.batcher is not None and n <= self.cfg.max_batch_size:
+            answers = await self.batcher.submit((items.prompts, items.responses))
+        else:
+            answers = await self._score_members([(items.prompts, items.responses)])
+            answers = answers[0]
         blocks = [torch.tensor(a, dtype=torch.float64).reshape(n, info.heads) for a, info in zip(answers, self.infos)]
         for block, monitor in zip(blocks, self.drift):
             if monitor is not None:  # the reference holds the model's reward (the mean of its heads), raw
                 monitor.update(block.mean(dim=1).numpy())
         return torch.cat(blocks, dim=1)
+
+    async def _score_members(self, chunks: list[tuple[list[str], list[str]]]) -> list[list[list[list[float]]]]:
+        """Every member called once for all chunks (concurrently); per chunk, per member, that member's rows."""
+        prompts = [p for chunk_prompts, _ in chunks for p in chunk_prompts]
+        responses = [r for _, chunk_responses in chunks for r in chunk_responses]
+        answers = await asyncio.gather(*(self._call(h, "score", prompts, responses) for h in self.members))
+        self.member_calls += 1
+        self.member_call_requests += len(chunks)
+        out, start = [], 0
+        for _, chunk_responses in chunks:
+            end = start + len(chunk_responses)
+            out.append([rows[start:end] for rows in answers])
+            start = end
+        return out
 
     def _normalised(self, raw: torch.Tensor) -> torch.Tensor:
         return scoring.normalise_members(raw, self.infos, normalize=self.cfg.normalize)
@@ -527,7 +564,7 @@ def build_app(args: dict[str, Any] | ServeConfig) -> serve.Application:
                 name=name,
                 num_replicas=cfg.num_replicas,
                 max_ongoing_requests=cfg.max_ongoing_requests,
-                ray_actor_options={"num_cpus": cfg.member_num_cpus},
+                ray_actor_options={"num_cpus": cfg.member_num_cpus, "num_gpus": cfg.member_num_gpus},
             ).bind(pinned, cfg_dict, source)
         )
     return RewardIngress.options(

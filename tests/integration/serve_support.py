@@ -134,7 +134,10 @@ def served(serve_http, tmp_path_factory, request) -> dict[str, Any]:
         max_body_bytes=200_000, member_retries=8, api_key_env="RAW_RM_TEST_NO_SUCH_VARIABLE",
     )
     main_cfg = ServeConfig(models=[str(single), str(multi)], app_name="rm", route_prefix="/rm", **common)
-    secure_cfg = ServeConfig(models=[str(single)], app_name="rm_secure", route_prefix="/secure", api_key_file=str(key_file), **common)
+    # the secure app also covers the unbatched ingress path (one member call per request)
+    secure_cfg = ServeConfig(
+        models=[str(single)], app_name="rm_secure", route_prefix="/secure", api_key_file=str(key_file), ingress_max_concurrent_batches=0, **common
+    )
     serve.run_many(
         [
             RunTarget(build_app(main_cfg), name="rm", route_prefix="/rm"),

@@ -295,6 +295,7 @@ def test_load_2000_requests_from_32_clients_each_answer_matches_its_request(serv
     _check_matched(results, expected)
     stats = httpx.get(f"{served['main']}/stats", timeout=60).json()
     assert max(int(size) for size in stats["members"]["member0"]["batch_sizes"]) > 1, "requests were never batched"
+    assert stats["ingress"]["requests"] > stats["ingress"]["member_calls"], f"the ingress never batched requests: {stats['ingress']}"
 
 
 def test_member_replica_killed_during_load_comes_back_and_retrying_clients_get_answers(served) -> None:

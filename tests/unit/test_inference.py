@@ -38,6 +38,18 @@ def test_batch_predict_restores_input_order(model_and_tok):
     assert len(set(np.round(batched, 6))) == 4  # distinct, so a permutation would be caught
 
 
+def test_cpu_forwards_run_over_texts_of_similar_length_and_scores_do_not_change(model_and_tok):
+    model, tok = model_and_tok
+    rm = RewardModelInference(model, tokenizer=tok, batch_size=3, cache_size=0, max_len_tokens=64)
+    # characters per item: 10, 12, 13, 14 | 100 (> 1.25 * 10 + 64) | 256 (capped at 4 * 64), 300 -> 256, 400 -> 256
+    items = [("", "x" * n) for n in (12, 100, 10, 300, 13, 256, 14, 400)]
+    order = sorted(range(len(items)), key=lambda i: len(items[i][1]))
+    assert rm._length_runs(order, items) == [[2, 0, 4], [6], [1], [5, 3, 7]]
+    prompts, responses = PROMPTS * 4, [r * k for k in (1, 2, 3, 5) for r in RESPONSES]
+    batched = RewardModelInference(model, tokenizer=tok, batch_size=64, cache_size=0).batch_predict(prompts, responses)
+    np.testing.assert_allclose(batched, one_by_one(model, tok, prompts, responses), atol=1e-5)
+
+
 def test_cache_counts_hits_and_misses_and_evicts_lru(model_and_tok):
     model, tok = model_and_tok
     rm = RewardModelInference(model, tokenizer=tok, cache_size=3)

@@ -236,6 +236,14 @@ def test_serve_config_validates_fields() -> None:
         config_from_dict({"max_batch_size": 0}, root=ServeConfig)
     with pytest.raises(ConfigError, match='reward: expected one of'):
         config_from_dict({"reward": "median"}, root=ServeConfig)
+    with pytest.raises(ConfigError, match="device: cuda needs member_num_gpus > 0"):
+        config_from_dict({"device": "cuda"}, root=ServeConfig)
+    with pytest.raises(ConfigError, match="ingress_max_concurrent_batches: expected >= 0, got -1"):
+        config_from_dict({"ingress_max_concurrent_batches": -1}, root=ServeConfig)
+    with pytest.raises(ConfigError, match="max_concurrent_batches: expected >= 1, got 0"):
+        config_from_dict({"max_concurrent_batches": 0}, root=ServeConfig)
+    gpu = config_from_dict({"device": "cuda", "member_num_gpus": 0.25, "ingress_max_concurrent_batches": 0}, root=ServeConfig)
+    assert (gpu.device, gpu.member_num_gpus, gpu.ingress_max_concurrent_batches) == ("cuda", 0.25, 0)
 
 
 # ---------------------------------------------------------------------------------- security
