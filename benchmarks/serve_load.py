@@ -367,7 +367,7 @@ def main() -> int:
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({
-            "machine": machine_facts(), "args": vars(args), "ceiling_texts_per_s": ceiling, "levels": args.levels,
+            "machine": machine_facts(), "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "ceiling_texts_per_s": ceiling, "levels": args.levels,
             "plain": {str(c): v for c, v in plain.items()}, "raw_rm": {str(c): v for c, v in served.items()},
             "ensemble5": {str(c): v for c, v in ensemble.items()}, "mean_batch_size": batches["mean_batch_size"],
         }, indent=1))
