@@ -73,7 +73,7 @@ def peak_rss_mb() -> float:
 
 
 # ------------------------------------------------------------------------------------------ raw_rm
-def _raw_rm(setup: Setup, *, precision: str, group_by_length: bool) -> dict[str, Any]:
+def _raw_rm(setup: Setup, *, precision: str, group_by_length: bool, pin_malloc_threshold: bool = True) -> dict[str, Any]:
     import torch
 
     from raw_rm.config import Config, DataConfig, ModelConfig, TrainConfig
@@ -90,7 +90,7 @@ def _raw_rm(setup: Setup, *, precision: str, group_by_length: bool) -> dict[str,
             epochs=setup.epochs, batch_size=setup.batch_size, lr=setup.lr, warmup_ratio=setup.warmup_ratio,
             weight_decay=setup.weight_decay, schedule="linear", precision=precision, seed=setup.seed, progress=False,
             output_dir=f"{setup.workdir}/raw_rm", log_every_steps=20, num_threads=setup.threads,
-            checkpoint_every_steps=10**9,
+            checkpoint_every_steps=10**9, pin_malloc_threshold=pin_malloc_threshold,
         ),
     )
     seed_everything(setup.seed)
@@ -253,6 +253,7 @@ CONTENDERS: dict[str, Callable[[Setup], dict[str, Any]]] = {
     "raw_rm": lambda s: _raw_rm(s, precision="auto", group_by_length=True),  # every lever
     "raw_rm_fp32": lambda s: _raw_rm(s, precision="fp32", group_by_length=True),  # bf16 off
     "raw_rm_fp32_nogroup": lambda s: _raw_rm(s, precision="fp32", group_by_length=False),  # bf16 and grouping off
+    "raw_rm_nopin": lambda s: _raw_rm(s, precision="auto", group_by_length=True, pin_malloc_threshold=False),  # glibc heap left alone
     "raw_rm_ray1": lambda s: _raw_rm_ray(s, workers=1),  # the Ray Train layer's cost: compare with raw_rm
     "raw_rm_ray2": lambda s: _raw_rm_ray(s, workers=2),  # 2 DDP workers, same global batch
 }

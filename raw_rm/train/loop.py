@@ -269,6 +269,10 @@ class RewardModelTrainer:
         tc = cfg.train
         if tc.num_threads:
             torch.set_num_threads(tc.num_threads)
+        if tc.pin_malloc_threshold:
+            from raw_rm.train.allocator import pin_mmap_threshold
+
+            pin_mmap_threshold()
         seed_everything(tc.seed)
 
         if device is None:
