@@ -27,8 +27,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
+import sys
 import time
 from pathlib import Path
 
@@ -46,6 +46,9 @@ from raw_rm.data.batching import encode
 from raw_rm.data.synthetic import generate, latent_reward
 from raw_rm.models import build_model
 from raw_rm.uncertainty import STRATEGIES, select_top_k, selection_scores
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/_machine.py
+from _machine import machine_facts  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -191,7 +194,7 @@ def main() -> None:
         hit = np.nonzero(mean[s] >= target)[0]
         return labels[hit[0]] if hit.size else None
 
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, torch threads {torch.get_num_threads()}, fp32")
+    print("machine:", ", ".join(f"{k} {v}" for k, v in machine_facts().items()) + ", fp32")
     print(f"data: synthetic n_prompts={args.n_prompts} noise={args.noise}: pool {len(pool)} pairs, validation {len(val)}; "
           f"oracle={args.oracle} (revealed labels disagree with the latent order on {label_noise:.1%}); bayes accuracy {syn.bayes_accuracy:.3f}")
     print(f"model: multihead MiniLM, frozen trunk (mean pooling), {args.heads} bootstrap heads; embedding took {t_embed:.0f}s")

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -46,6 +45,9 @@ from raw_rm.inference import RewardModelInference
 from raw_rm.models import load_model
 from raw_rm.models.ensemble import save_ensemble
 from raw_rm.train.ensemble import member_configs, train_member
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/_machine.py
+from _machine import machine_facts  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -140,7 +142,7 @@ def main() -> None:
     if args.test_limit:
         test = test[: args.test_limit]
     if args.member_index is None:
-        print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, torch threads {args.threads}, fp32")
+        print("machine:", ", ".join(f"{k} {v}" for k, v in machine_facts(threads=args.threads).items()) + ", fp32")
         print(f"data: train {len(train)} pairs, calibration {len(calib)}, test {len(test)} (harmless, split by prompt hash); "
               f"OOD {len(ood)} (helpful-online)")
     sets = {"calib": calib, "test": test, "ood": ood}

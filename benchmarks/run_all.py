@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import signal
 import subprocess
@@ -35,6 +34,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/_machine.py
+from _machine import machine_facts  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -101,32 +103,6 @@ BENCHMARKS: dict[str, Benchmark] = {
 
 
 # ------------------------------------------------------------------------------------------ machine
-def machine_facts() -> dict[str, str]:
-    facts = {"cpu": platform.processor() or platform.machine(), "cores": str(os.cpu_count())}
-    try:
-        info = Path("/proc/cpuinfo").read_text().splitlines()
-        facts["cpu"] = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
-        flags = next((line for line in info if line.startswith("flags")), "")
-        facts["native bf16"] = str("avx512_bf16" in flags or "amx_bf16" in flags)
-    except (OSError, StopIteration):
-        pass
-    try:
-        pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
-        facts["memory"] = f"{pages * size / 2**30:.0f} GiB"
-    except (ValueError, OSError, AttributeError):
-        pass
-    try:
-        import torch
-
-        facts["torch"] = torch.__version__
-        facts["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
-    except ImportError:
-        facts["torch"] = "not installed"
-    facts["python"] = platform.python_version()
-    facts["os"] = platform.platform()
-    return facts
-
-
 def load_average() -> str:
     return " ".join(f"{x:.1f}" for x in os.getloadavg())
 

@@ -25,7 +25,6 @@ import asyncio
 import gzip
 import json
 import os
-import platform
 import socket
 import statistics
 import subprocess
@@ -34,6 +33,9 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/_machine.py
+from _machine import machine_facts  # noqa: E402
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -82,28 +84,6 @@ def load_texts(path: Path, limit: int) -> list[tuple[str, str]]:
     if not rows:
         raise SystemExit(f"--data {path}: no records")
     return rows[:limit]
-
-
-def machine_facts() -> dict[str, str]:
-    import torch
-
-    cpu = platform.processor()
-    flags = ""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-        cpu = next(line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name"))
-        flags = next(line for line in info.splitlines() if line.startswith("flags"))
-    except (OSError, StopIteration):
-        pass
-    return {
-        "cpu": cpu,
-        "cores": str(os.cpu_count()),
-        "torch": torch.__version__,
-        "torch threads": str(torch.get_num_threads()),
-
-        "native bf16": str("avx512_bf16" in flags or "amx_bf16" in flags),
-        "load average": " ".join(f"{x:.1f}" for x in os.getloadavg()),
-    }
 
 
 def free_port() -> int:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import resource
 import subprocess
@@ -33,6 +32,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/_machine.py
+from _machine import machine_facts  # noqa: E402
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -260,25 +262,6 @@ CONTENDERS: dict[str, Callable[[Setup], dict[str, Any]]] = {
 
 
 # ------------------------------------------------------------------------------------------ driver
-def machine_facts(threads: int) -> dict[str, str]:
-    import torch
-
-    from raw_rm.train.loop import cpu_supports_bf16
-
-    cpu = platform.processor() or "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu, "cores": str(os.cpu_count()), "threads": str(threads), "native_bf16": str(cpu_supports_bf16()),
-        "torch": torch.__version__, "python": platform.python_version(),
-    }
-
-
 def run_one(name: str, setup: Setup) -> dict[str, Any]:
     """Run one contender in a fresh subprocess (own peak RSS); returns its result dict."""
     cmd = [sys.executable, __file__, "--child", name, "--setup", json.dumps(asdict(setup))]
@@ -343,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown contenders {unknown}; known: {', '.join(CONTENDERS)}")
     if not Path(setup.data).exists():
         parser.error(f"--data {setup.data}: no such file")
-    print("machine: " + ", ".join(f"{k}={v}" for k, v in machine_facts(setup.threads).items()))
+    print("machine: " + ", ".join(f"{k}={v}" for k, v in machine_facts(threads=setup.threads).items()))
     print("setup: " + ", ".join(f"{k}={v}" for k, v in asdict(setup).items()))
     results = {}
     for name in args.contenders:
@@ -354,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     print_table(results)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"machine": machine_facts(setup.threads), "setup": asdict(setup), "results": results}, indent=1))
+        Path(args.json).write_text(json.dumps({"machine": machine_facts(threads=setup.threads), "setup": asdict(setup), "results": results}, indent=1))
     return 0
 
 
