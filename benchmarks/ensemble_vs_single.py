@@ -160,6 +160,9 @@ def main() -> None:
             sys.exit("a member worker failed")
     else:
         for i, mc in enumerate(configs):
+            if (out / f"member_{i}.json").exists() and (out / f"member_{i}_scores.npy").exists():
+                print(f"member {i}: reusing {out / f'member_{i}.json'} (an earlier run of the same settings into --out)")
+                continue
             run_member(args, mc, train, calib, prompts, texts, out)
     done = [json.loads((out / f"member_{i}.json").read_text()) for i in range(len(configs))]
     member_dirs, train_s = [d["model_dir"] for d in done], [d["train_s"] for d in done]
