@@ -866,10 +866,10 @@ class RewardModelTrainer:
         return epoch_done
 
     def _checkpoint(self) -> None:
-        # Every rank gets on_checkpoint (Ray Train's report() is a barrier all workers must reach);
-        # only rank 0 writes the folder, the others pass path=None.
-        # FSDP: gathering the full state is a collective, so every rank enters save_checkpoint.
-        path = self.save_checkpoint() if self.is_main or fsdp.is_sharded(self.model) else None
+        # Every rank gets on_checkpoint (Ray Train's report() is a barrier all workers must reach) and enters
+        # save_checkpoint (under FSDP gathering the full state is a collective); only rank 0 writes the folder,
+        # the others get path=None.
+        path = self.save_checkpoint()
         metrics = dict(self.history[-1]) if self.history and self.history[-1].get("step") == self.step else {}
         metrics["step"] = float(self.step)
         self._emit("on_checkpoint", self.step, path, metrics)
