@@ -104,8 +104,13 @@ def verdict(c: dict[str, float]) -> str:
 def run_member(args, member_cfg, train, calib, prompts, texts, out: Path) -> None:
     """Train one member (the shared loop) and score every evaluation text with it; results go to ``out``."""
     s = time.perf_counter()
-    model_dir, metrics = train_member(member_cfg, records=(train, calib))
-    train_s = time.perf_counter() - s
+    trained = Path(member_cfg.train.output_dir)
+    if (trained / "model" / "config.json").exists() and (trained / "metrics.json").exists():  # an interrupted run got this far
+        print(f"{trained.name}: reusing the model an earlier run of the same settings trained in {trained}")
+        model_dir, metrics = str(trained / "model"), json.loads((trained / "metrics.json").read_text())
+    else:
+        model_dir, metrics = train_member(member_cfg, records=(train, calib))
+    train_s = metrics.get("train_time_s", time.perf_counter() - s)
     s = time.perf_counter()
     i = int(Path(member_cfg.train.output_dir).name.split("_")[-1])
     np.save(out / f"member_{i}_scores.npy", score(model_dir, prompts, texts, args.max_len_tokens))
@@ -129,6 +134,7 @@ def main() -> None:
         f"train.epochs={args.epochs}", f"train.num_threads={args.threads}", "train.precision=fp32", "train.progress=false",
         f"train.output_dir={out / 'run'}", f"ensemble.members={args.members}", f"ensemble.bootstrap={str(args.bootstrap).lower()}",
         "mlflow.enabled=false", "model.backbone=minilm", "model.arch=concat",
+        "train.pin_malloc_threshold=false",  # memory is not measured here; the pin only costs time
     ])
     records = read_records(str(harmless)).records
     train, held = split_by_prompt(records, args.val_fraction, cfg.data.split_seed)
@@ -165,7 +171,8 @@ def main() -> None:
                 continue
             run_member(args, mc, train, calib, prompts, texts, out)
     done = [json.loads((out / f"member_{i}.json").read_text()) for i in range(len(configs))]
-    member_dirs, train_s = [d["model_dir"] for d in done], [d["train_s"] for d in done]
+    # the folders the configs name (member_i.json may come from a copy of --out made elsewhere)
+    member_dirs, train_s = [str(Path(c.train.output_dir) / "model") for c in configs], [d["train_s"] for d in done]
     for i, d in enumerate(done):
         print(f"member {i} (seed {configs[i].train.seed}{', bootstrap' if args.bootstrap else ''}): trained in {d['train_s']:.0f}s, "
               f"{d['metrics'].get('pairs_per_s', float('nan')):.2f} pairs/s, val_accuracy {d['metrics'].get('val_accuracy', float('nan')):.3f}; "

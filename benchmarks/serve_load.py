@@ -219,6 +219,8 @@ def main() -> int:
     parser.add_argument("--data", type=Path, default=DATA, help="HH dialogues: a .jsonl / .jsonl.gz file or a directory holding one")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"], help="where all three setups run the model (auto = cuda if available)")
     parser.add_argument("--member-gpus", type=float, default=0.25, help="Serve, --device cuda: GPU fraction reserved per member replica")
+    parser.add_argument("--frontend", default="haproxy", choices=["proxy", "haproxy", "auto"],
+                        help="Serve's HTTP front (ServeConfig.http_frontend): haproxy (default here: Ray's throughput-optimised mode) or proxy (Ray's default Python proxy)")
     parser.add_argument("--ingress-replicas", type=int, default=1, help="Serve: HTTP ingress replicas (more for many CPU cores)")
     parser.add_argument("--member-batches", type=int, default=None, help="Serve: forwards in flight per member replica (default ServeConfig's)")
     parser.add_argument("--torch-threads", type=int, default=None, help="CPU: torch threads of the ceiling, the plain server and each member (default: all cores)")
@@ -288,6 +290,9 @@ def main() -> int:
         proc.wait(timeout=30)
 
     # 3. raw_rm on Ray Serve, then 4. the 5-head ensemble on the same setup
+    from raw_rm.serve.launch import prepare_ray
+
+    frontend = prepare_ray(args.frontend, ray="start")  # before Ray (and Serve's constants) load: see launch.py
     import ray
     from ray import serve
 
@@ -313,7 +318,7 @@ def main() -> int:
     try:
         serve.run(build_app(ServeConfig(models=[single_dir], **common)), name="bench", route_prefix="/")
         wait_healthy(f"{base}/healthz")
-        print("raw_rm on Ray Serve (dynamic batching, cache off):", flush=True)
+        print(f"raw_rm on Ray Serve (dynamic batching, cache off, HTTP front {frontend}, {args.ingress_replicas} ingress replica(s)):", flush=True)
         served = run_levels(f"{base}/get_reward", texts, args.levels, args.requests)
         stats = get_json(f"{base}/stats")
         batches, ingress = stats["members"]["member0"], stats["ingress"]
@@ -347,7 +352,7 @@ def main() -> int:
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({
-            "machine": machine_facts(), "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "ceiling_texts_per_s": ceiling, "levels": args.levels,
+            "machine": machine_facts(), "frontend": frontend, "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "ceiling_texts_per_s": ceiling, "levels": args.levels,
             "plain": {str(c): v for c, v in plain.items()}, "raw_rm": {str(c): v for c, v in served.items()},
             "ensemble5": {str(c): v for c, v in ensemble.items()}, "mean_batch_size": batches["mean_batch_size"],
         }, indent=1))

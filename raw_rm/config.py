@@ -231,6 +231,7 @@ class ServeConfig:
     route_prefix: str = "/"  # HTTP route prefix of the application
     host: str = "127.0.0.1"  # HTTP bind address; anything but loopback needs an API key or allow_unauthenticated_network
     port: int = 8000  # HTTP port
+    http_frontend: Literal["auto", "proxy", "haproxy"] = "auto"  # what answers on host:port: Ray Serve's Python proxy, or HAProxy in front of ingress replicas that serve HTTP themselves (Ray's throughput-optimised mode: no shared Python hop, so ingress_replicas scale); auto = the environment's (proxy unless RAY_SERVE_THROUGHPUT_OPTIMIZED=1 and RAY_SERVE_ENABLE_HA_PROXY=1). Set when Ray starts: see raw_rm/serve/frontend.py
     api_key_env: str = "RAW_RM_API_KEY"  # environment variable holding the API key (read where the app is built)
     api_key_file: str | None = None  # file holding the API key (first line); used when the environment variable is unset
     allow_unauthenticated_network: bool = False  # serve a non-loopback address without a key (trusted private network only; logged loudly)

@@ -199,16 +199,10 @@ def _promote(cfg: Config, version: str | None) -> tuple[str, str]:
 
 
 def _deploy(serve_cfg: ServeConfig) -> str:
-    import ray
-    from ray import serve
-
-    from raw_rm.serve.app import build_app
     from raw_rm.serve.client import RewardClient
+    from raw_rm.serve.launch import deploy
 
-    ray.init(ignore_reinit_error=True, log_to_driver=False)
-    serve.start(http_options={"host": serve_cfg.host, "port": serve_cfg.port})
-    serve.run(build_app(serve_cfg), name=serve_cfg.app_name, route_prefix=serve_cfg.route_prefix)
-    url = f"http://{serve_cfg.host}:{serve_cfg.port}"
+    url, _, _ = deploy(serve_cfg)
     RewardClient(url).score([("ping", "pong")])  # the first request waits until every member is up
     return url
 

@@ -26,7 +26,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", action="append", default=None, help="model dir or models:/NAME@alias; repeat for an ensemble (replaces models)")
     parser.add_argument("--host", default=None, help="bind address (shorthand for host=...); non-loopback needs RAW_RM_API_KEY")
     parser.add_argument("--port", type=int, default=None, help="port (shorthand for port=...)")
-    parser.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
+    parser.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray; 'local' always starts one)")
     parser.add_argument("--blocking", action="store_true", help="keep serving until Ctrl-C (always so with a local Ray)")
 
 
@@ -58,19 +58,18 @@ def run(args: argparse.Namespace) -> int:
         print(f"raw-rm serve: {exc}", file=sys.stderr)
         return 2
 
-    import ray
     from ray import serve
 
-    from raw_rm.serve.app import build_app
+    from raw_rm.serve.launch import deploy
 
-    address = args.address
-    ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
-    serve.start(http_options={"host": cfg.host, "port": cfg.port})
-    serve.run(build_app(cfg), name=cfg.app_name, route_prefix=cfg.route_prefix)
+    try:
+        url, frontend, local = deploy(cfg, address=args.address)
+    except ConfigError as exc:
+        print(f"raw-rm serve: {exc}", file=sys.stderr)
+        return 2
     prefix = cfg.route_prefix.rstrip("/")
-    url = f"http://{cfg.host}:{cfg.port}{prefix}"
-    print(f"serving {len(cfg.models)} model(s) at {url}  (POST {prefix}/get_reward, /score, /compare, /rank; GET /healthz, /v1/models, /stats)")
-    local = address is None and not os.environ.get("RAY_ADDRESS")  # this process started Ray: it ends with us
+    print(f"serving {len(cfg.models)} model(s) at {url}  (POST {prefix}/get_reward, /score, /compare, /rank; GET /healthz, /v1/models, /stats; "
+          f"HTTP front: {frontend})")
     if not args.blocking and not local:
         print(f"deployed on the cluster; it keeps serving after this command (serve shutdown / serve delete {cfg.app_name} to stop)")
         return 0
