@@ -325,6 +325,9 @@ def main() -> int:
         print(f"    mean batch size {batches['mean_batch_size']:.1f} texts over {batches['batches']} batches; "
               f"one ingress replica: {ingress['mean_requests_per_call']:.1f} requests per member call")
 
+        # delete first: a redeploy would leave the single model's replicas draining (30 s with the haproxy front)
+        # beside the ensemble's while it is measured
+        serve.delete("bench")
         serve.run(build_app(ServeConfig(models=[multi_dir], **common)), name="bench", route_prefix="/")
         wait_healthy(f"{base}/healthz")
         print("5-head shared-trunk ensemble on Ray Serve:", flush=True)

@@ -71,6 +71,11 @@ LATENCY_BUCKETS_MS = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000]
 RETRYABLE = (RayActorError, ReplicaUnavailableError)
 
 
+def _n_texts(chunk: tuple[list[str], list[str]]) -> int:
+    """Batch size of a (prompts, responses) chunk: its number of texts."""
+    return len(chunk[1])
+
+
 class MembersUnavailable(RuntimeError):
     """A member deployment could not answer after ``member_retries`` retries."""
 
@@ -104,7 +109,7 @@ class RewardMember:
         self.engine.clear_cache()
         self.batcher = MicroBatcher(
             self._score_batch, max_batch_size=self.cfg.max_batch_size, batch_wait_timeout_s=self.cfg.batch_wait_timeout_s,
-            max_concurrent_batches=self.cfg.max_concurrent_batches, size_fn=lambda chunk: len(chunk[1]),
+            max_concurrent_batches=self.cfg.max_concurrent_batches, size_fn=_n_texts,
         )
         self.batch_sizes: Counter[int] = Counter()
         self.m_batch = metrics.Histogram(
@@ -311,7 +316,7 @@ class RewardIngress:
         if self.cfg.ingress_max_concurrent_batches > 0:
             self.batcher = MicroBatcher(
                 self._score_members, max_batch_size=self.cfg.max_batch_size, batch_wait_timeout_s=self.cfg.ingress_batch_wait_timeout_s,
-                max_concurrent_batches=self.cfg.ingress_max_concurrent_batches, size_fn=lambda chunk: len(chunk[1]),
+                max_concurrent_batches=self.cfg.ingress_max_concurrent_batches, size_fn=_n_texts,
             )
         self.m_items = metrics.Histogram("raw_rm_request_items", description="items per request", boundaries=BATCH_BUCKETS, tag_keys=("endpoint",))
 
