@@ -11,7 +11,6 @@ ServeConfig YAML; `--model` (repeatable), `--host`, `--port` and `key=value` ove
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 
