@@ -57,8 +57,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"raw-rm serve: {exc}", file=sys.stderr)
         return 2
 
-    from ray import serve
-
     from raw_rm.serve.launch import deploy
 
     try:
@@ -79,5 +77,7 @@ def run(args: argparse.Namespace) -> int:
             time.sleep(3600)
     except KeyboardInterrupt:
         print("stopping")
+        from ray import serve
+
         serve.shutdown()
     return 0

@@ -112,13 +112,14 @@ def deploy(cfg: Any, *, address: str | None = None) -> tuple[str, str, bool]:
     Raises ConfigError for a front that cannot be had (see :func:`prepare_ray`).
     """
     import ray
-    from ray import serve
-
-    from raw_rm.serve.app import build_app
 
     cluster = address not in (None, "local") or (address is None and bool(os.environ.get("RAY_ADDRESS")))
     where = "cluster" if cluster else ("running" if ray.is_initialized() else "start")
     frontend = prepare_ray(cfg.http_frontend, ray=where)
+    from ray import serve  # after prepare_ray: Serve reads the variables when its modules load
+
+    from raw_rm.serve.app import build_app
+
     ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
     serve.start(http_options={"host": cfg.host, "port": cfg.port})
     serve.run(build_app(cfg), name=cfg.app_name, route_prefix=cfg.route_prefix)
