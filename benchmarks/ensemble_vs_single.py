@@ -112,7 +112,7 @@ def run_member(args, member_cfg, train, calib, prompts, texts, out: Path) -> Non
         model_dir, metrics = train_member(member_cfg, records=(train, calib))
     train_s = metrics.get("train_time_s", time.perf_counter() - s)
     s = time.perf_counter()
-    i = int(Path(member_cfg.train.output_dir).name.split("_")[-1])
+    i = int(trained.name.split("_")[-1])
     np.save(out / f"member_{i}_scores.npy", score(model_dir, prompts, texts, args.max_len_tokens))
     (out / f"member_{i}.json").write_text(json.dumps({"model_dir": model_dir, "metrics": metrics, "train_s": train_s,
                                                       "score_s": time.perf_counter() - s}))

@@ -61,7 +61,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from raw_rm.config import ConfigError, ServeConfig, config_from_dict
 from raw_rm.serve import scoring, security
 from raw_rm.serve.batcher import MicroBatcher
-from raw_rm.serve.launch import FRONTEND_ENV, environment_frontend
+from raw_rm.serve.launch import HAPROXY_ENV_TEXT, environment_frontend
 from raw_rm.serve.scoring import MemberInfo, RequestError
 from raw_rm.uncertainty import ReferenceDistribution, RollingDriftMonitor
 
@@ -557,7 +557,7 @@ def build_app(args: dict[str, Any] | ServeConfig) -> serve.Application:
         log.warning(
             "http_frontend=%s, but this process's environment says %s: the front is fixed when Ray starts (raw-rm serve "
             "sets it for a local Ray; `serve run` / a cluster need %s in the environment of Ray's start)",
-            cfg.http_frontend, environment_frontend(), " ".join(f"{k}={v}" for k, v in FRONTEND_ENV["haproxy"].items()),
+            cfg.http_frontend, environment_frontend(), HAPROXY_ENV_TEXT,
         )
     api_key = security.resolve_api_key(cfg)
     mode = security.check_bind_security(cfg.host, api_key, allow_unauthenticated_network=cfg.allow_unauthenticated_network)

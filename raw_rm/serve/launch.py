@@ -39,6 +39,7 @@ FRONTEND_ENV: dict[str, dict[str, str]] = {
     "proxy": {},
     "haproxy": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"},
 }
+HAPROXY_ENV_TEXT = " ".join(f"{k}={v}" for k, v in FRONTEND_ENV["haproxy"].items())  # for messages: what `ray start` needs
 
 
 def environment_frontend(env: dict[str, str] | os._Environ[str] | None = None) -> str:
@@ -100,7 +101,7 @@ def prepare_ray(requested: str, *, ray: str) -> str:
     elif requested != "auto":
         log.warning(
             "http_frontend=%s: a cluster serves with the front its nodes were started with (haproxy needs %s in the "
-            "environment of every `ray start`)", frontend, " ".join(f"{k}={v}" for k, v in FRONTEND_ENV["haproxy"].items()),
+            "environment of every `ray start`)", frontend, HAPROXY_ENV_TEXT,
         )
     return frontend
 
