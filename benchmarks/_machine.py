@@ -13,10 +13,11 @@ def machine_facts(**extra: object) -> dict[str, str]:
     try:
         info = Path("/proc/cpuinfo").read_text().splitlines()
         facts["cpu"] = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
-        flags = next((line for line in info if line.startswith("flags")), "")
-        facts["native bf16"] = str("avx512_bf16" in flags or "amx_bf16" in flags)
     except (OSError, StopIteration):
         pass
+    from raw_rm.train.loop import cpu_supports_bf16  # the check training uses to pick bf16
+
+    facts["native bf16"] = str(cpu_supports_bf16())
     try:
         pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
         facts["memory"] = f"{pages * size / 2**30:.0f} GiB"
@@ -32,6 +33,11 @@ def machine_facts(**extra: object) -> dict[str, str]:
         facts["torch"] = "not installed"
     facts["python"] = platform.python_version()
     facts["os"] = platform.platform()
-    facts["load average"] = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    facts["load average"] = load_average()
     facts.update({key.replace("_", " "): str(value) for key, value in extra.items()})
     return facts
+
+
+def load_average() -> str:
+    """The 1, 5 and 15-minute load averages, e.g. ``"0.3 1.2 1.8"``."""
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/_machine.py
-from _machine import machine_facts  # noqa: E402
+from _machine import load_average, machine_facts  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -103,9 +103,6 @@ BENCHMARKS: dict[str, Benchmark] = {
 
 
 # ------------------------------------------------------------------------------------------ machine
-def load_average() -> str:
-    return " ".join(f"{x:.1f}" for x in os.getloadavg())
-
 
 # ------------------------------------------------------------------------------------------ running
 def command(bench: Benchmark, out: Path, quick: bool) -> list[str]:
