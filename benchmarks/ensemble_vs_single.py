@@ -12,11 +12,14 @@ Setup (one run, same machine, model, data and settings for every contender):
   library's ensemble folder serves) fits its own temperature on the SAME calibration half; NLL / ECE (15
   equal-width and 15 equal-mass bins) / Brier / accuracy are then measured on the test half and on OOD with that
   temperature. ``ens_prob_avg`` (members' probabilities at their own temperatures, averaged) is shown for
-  comparison. "Best single member" = the member with the lowest test NLL (picked with hindsight, which favours
-  the single model). Ensemble − best member: paired bootstrap 95% interval over pairs
-  (``raw_rm.metrics.compare_calibration``); a verdict says "better"/"WORSE" only when it excludes 0.
-- Spread: per pair, the std over members of the z-scored reward differences; mean on the test half vs OOD, and
-  the AUROC of that spread for predicting the ensemble's mistakes.
+  comparison. Two "best single members": the one with the lowest test NLL (picked with hindsight, which favours
+  the single model: with K members and ~250 test pairs the minimum of K noisy NLLs) and the one a user would ship,
+  lowest NLL on the calibration half (validation). Ensemble − best member: paired bootstrap 95% interval over
+  pairs (``raw_rm.metrics.compare_calibration``); a verdict says "better"/"WORSE" only when it excludes 0.
+- Spread, on the test half vs OOD: the per-response std over members of the z-scored rewards (what the server
+  returns as ``std``), the per-pair std of the members' reward differences, and the vote split
+  (``raw_rm.uncertainty.vote_split``: share of members ordering a pair against the majority, scale-free); and
+  the AUROC of the difference spread for predicting the ensemble's mistakes.
 
     python benchmarks/ensemble_vs_single.py                          # full run: 5 members, all training pairs, 1 epoch
     python benchmarks/ensemble_vs_single.py --members 3 --train-limit 200 --parallel   # smaller check
@@ -45,6 +48,7 @@ from raw_rm.inference import RewardModelInference
 from raw_rm.models import load_model
 from raw_rm.models.ensemble import save_ensemble
 from raw_rm.train.ensemble import member_configs, train_member
+from raw_rm.uncertainty import vote_split
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/_machine.py
 from _machine import machine_facts  # noqa: E402
@@ -203,56 +207,69 @@ def main() -> None:
     probs["ens_prob_avg"] = {n: np.mean([probs[f"member_{k}"][n] for k in range(len(member_dirs))], axis=0) for n in ("test", "ood")}
     results["ens_prob_avg"] = {"temperature": float("nan"), **{
         key: v for n in ("test", "ood") for key, v in summarise(probs["ens_prob_avg"][n], n, accuracy=float(np.mean(probs["ens_prob_avg"][n] > 0.5))).items()}}
-    best = min((n for n in results if n.startswith("member_")), key=lambda n: results[n]["test_nll"])
+    members = [n for n in results if n.startswith("member_")]
+    best = min(members, key=lambda n: results[n]["test_nll"])
+    for k, n in enumerate(members):  # NLL on the calibration half at its own temperature: what validation shows
+        results[n]["calib_nll"] = M.pair_nll(deltas(raw[:, k])["calib"], results[n]["temperature"])
+    val_best = min(members, key=lambda n: results[n]["calib_nll"])
     comparison = {f"{who}_{n}": M.compare_calibration(probs[who][n], probs[best][n], n_boot=args.n_boot, seed=0)
                   for who in ("ensemble", "ens_prob_avg") for n in ("test", "ood")}
+    comparison.update({f"ensemble_vs_val_best_{n}": M.compare_calibration(probs["ensemble"][n], probs[val_best][n], n_boot=args.n_boot, seed=0)
+                       for n in ("test", "ood")})
     spread = {}
     for name in ("test", "ood"):
-        zd = z[bounds[name]][0::2] - z[bounds[name]][1::2]  # (N, K) z-scored member differences
-        pair_spread = zd.std(axis=1)
-        mistakes = (zd.mean(axis=1) <= 0).astype(np.float64)
+        za, zb = z[bounds[name]][0::2], z[bounds[name]][1::2]  # (N, K) z-scored member rewards of chosen, rejected
+        pair_spread = (za - zb).std(axis=1)
+        mistakes = ((za - zb).mean(axis=1) <= 0).astype(np.float64)
         spread[name] = {"mean": float(pair_spread.mean()), "median": float(np.median(pair_spread)),
                         "text_std_mean": float(z[bounds[name]].std(axis=1).mean()),
+                        "vote_split_mean": float(vote_split(za, zb).mean()),
                         "auroc_mistakes": float(M.auroc(pair_spread, mistakes)) if 0 < mistakes.mean() < 1 else float("nan")}
 
     print(f"\nscoring {len(texts)} texts x {len(member_dirs)} members took {score_s:.0f}s; training {sum(train_s):.0f}s")
-    report(results, best, comparison, spread, n_test=len(test), n_ood=len(ood))
+    report(results, best, val_best, comparison, spread, n_test=len(test), n_ood=len(ood))
     print(f"load average (1, 5, 15 min) before {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}, "
           f"after {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps({"args": vars(args), "results": results, "best_member": best, "spread": spread,
+    (out / "results.json").write_text(json.dumps({"args": vars(args), "results": results, "best_member": best, "val_best_member": val_best, "spread": spread,
                                                   "comparison": comparison, "train_s": train_s, "score_s": score_s,
                                                   "load_before": load_before, "load_after": list(os.getloadavg())}, indent=1))
     print(f"\nwrote {out / 'results.json'} ({time.perf_counter() - t0:.0f}s total)")
 
 
-def report(results: dict, best: str, comparison: dict, spread: dict, *, n_test: int, n_ood: int) -> None:
+def report(results: dict, best: str, val_best: str, comparison: dict, spread: dict, *, n_test: int, n_ood: int) -> None:
     print(f"\n{'model':<16} {'T':>6} {'test NLL':>9} {'ECE':>7} {'ECE=m':>7} {'Brier':>7} {'acc':>6} {'OOD NLL':>9} {'ECE':>7} {'ECE=m':>7} {'Brier':>7} {'acc':>6}")
     for name, r in results.items():
-        tag = " (best)" if name == best else ""
+        tag = " (best)" if name == best else " (val)" if name == val_best else ""
         print(f"{name + tag:<16} {r['temperature']:>6.3f} " + " ".join(
             f"{r[f'{n}_nll']:>9.4f} {r[f'{n}_ece']:>7.4f} {r[f'{n}_ece_mass']:>7.4f} {r[f'{n}_brier']:>7.4f} {r[f'{n}_accuracy']:>6.3f}"
             for n in ("test", "ood")))
     print("ECE: 15 equal-width bins; ECE=m: 15 equal-mass bins. ensemble = mean of the members' z-scored rewards with one "
           "temperature (the library's EnsembleRewardModel); ens_prob_avg = members' probabilities, each at its own temperature, averaged")
-    print(f"\nensemble vs best member ({best}, picked with hindsight on test NLL); ensemble − member, paired bootstrap 95% "
-          f"interval over pairs (test {n_test}, OOD {n_ood}):")
-    for who in ("ensemble", "ens_prob_avg"):
+    print(f"(best) = lowest test NLL, picked with hindsight; (val) = lowest calibration-half NLL, the member validation would pick"
+          f"{' (the same member)' if best == val_best else ''}")
+    print(f"\nensemble − member, paired bootstrap 95% interval over pairs (test {n_test}, OOD {n_ood}):")
+    rows = [("ensemble", "ensemble", best), ("ens_prob_avg", "ens_prob_avg", best)]
+    rows += [("ensemble_vs_val_best", "ensemble", val_best)] if val_best != best else []
+    for key_prefix, who, member in rows:
         for n, label in (("test", "held-out"), ("ood", "OOD")):
-            c = comparison[f"{who}_{n}"]
+            c = comparison[f"{key_prefix}_{n}"]
             for key, metric in (("nll", "NLL"), ("ece", "ECE"), ("ece_equal_mass", "ECE equal-mass")):
                 m = c[key]
-                print(f"  {who:<12} {label:<8} {metric:<15} {m['a']:.4f} vs {m['b']:.4f}  diff {m['diff']:+.4f} "
+                print(f"  {who:<12} vs {member:<9} {label:<8} {metric:<15} {m['a']:.4f} vs {m['b']:.4f}  diff {m['diff']:+.4f} "
                       f"[{m['ci_low']:+.4f}, {m['ci_high']:+.4f}]  P(lower) {m['p_a_lower']:.2f}: {verdict(m)}")
-    for n, label in (("test", "held-out"), ("ood", "OOD")):
-        c = comparison[f"ensemble_{n}"]
-        print(f"VERDICT {label}, ensemble vs best member: NLL {verdict(c['nll'])}; ECE {verdict(c['ece'])}; "
-              f"ECE equal-mass {verdict(c['ece_equal_mass'])}")
-    print(f"spread (std over members of z-scored reward differences): in-distribution {spread['test']['mean']:.4f}, "
-          f"OOD {spread['ood']['mean']:.4f} (ratio {spread['ood']['mean'] / spread['test']['mean']:.2f}; "
-          f"{'larger' if spread['ood']['mean'] > spread['test']['mean'] else 'NOT larger'} on OOD)")
+    picks = [("ensemble", f"best member in hindsight ({best}{', also the validation pick' if val_best == best else ''})")]
+    picks += [("ensemble_vs_val_best", f"validation-picked member ({val_best})")] if val_best != best else []
+    for key_prefix, who in picks:
+        for n, label in (("test", "held-out"), ("ood", "OOD")):
+            c = comparison[f"{key_prefix}_{n}"]
+            print(f"VERDICT {label}, ensemble vs {who}: NLL {verdict(c['nll'])}; ECE {verdict(c['ece'])}; "
+                  f"ECE equal-mass {verdict(c['ece_equal_mass'])}")
+    for key, what in (("text_std_mean", "per-response std over members (the served std)"),
+                      ("mean", "std over members of the reward differences"), ("vote_split_mean", "vote split (members against the majority)")):
+        a, b = spread["test"][key], spread["ood"][key]
+        print(f"spread, {what}: in-distribution {a:.4f}, OOD {b:.4f} (ratio {b / a:.2f}; {'larger' if b > a else 'NOT larger'} on OOD)")
     print(f"AUROC of spread for ensemble mistakes: in-distribution {spread['test']['auroc_mistakes']:.3f}, OOD {spread['ood']['auroc_mistakes']:.3f}")
-
 
 if __name__ == "__main__":
     main()

@@ -98,6 +98,23 @@ def pair_disagreement(members_a: Any, members_b: Any) -> Tensor:
     return 4.0 * torch.sigmoid(a - b).var(dim=1, correction=0)
 
 
+def vote_split(members_a: Any, members_b: Any) -> Tensor:
+    """Share of members (N,) that order each pair against the majority: min(#{Δ_k > 0}, #{Δ_k < 0}) / K, in [0, ½].
+
+    0 when every member picks the same winner, ½ when they split evenly; ties (Δ_k = 0) vote for neither side.
+    Invariant to each member's scale and to shifts shared by a and b, so it compares the ensemble's disagreement
+    between data sets on which the members' reward differences have different sizes (the spread of Δ and
+    :func:`pair_disagreement` shrink with the differences themselves, e.g. on out-of-distribution pairs that the
+    members barely tell apart).
+
+    Example: Δ = (1, 2, −1, 3) gives 1/4; Δ = (1, 1, 1) gives 0.
+    """
+    a, b = _pair_members(members_a, members_b)
+    delta = a - b
+    pos, neg = (delta > 0).sum(dim=1), (delta < 0).sum(dim=1)
+    return torch.minimum(pos, neg).to(delta.dtype) / delta.shape[1]
+
+
 def margin_z(members_a: Any, members_b: Any) -> Tensor:
     """mean_k Δ_k / std_k Δ_k per pair (N,), Δ_k = r_a,k − r_b,k: how many member standard deviations (population)
     the ensemble's mean margin lies from a tie; the std is floored at ``STD_FLOOR``.
@@ -114,7 +131,8 @@ def compare_pairs(members_a: Any, members_b: Any, *, temperature: float = 1.0) -
     """P(a ≻ b) for pairs from member rewards (N, K) each, with the calibration temperature.
 
     Returns (N,) tensors: ``prob`` = σ(mean_k Δ_k / T) (the ensemble's calibrated probability), ``prob_std`` =
-    std over members of σ(Δ_k / T), ``delta_mean`` and ``delta_std`` (population) of Δ_k = r_a,k − r_b,k.
+    std over members of σ(Δ_k / T), ``delta_mean`` and ``delta_std`` (population) of Δ_k = r_a,k − r_b,k, and
+    ``vote_split`` (:func:`vote_split`: the share of members ordering the pair against the majority).
     The temperature applies to rewards in the units it was fitted on (raw, unnormalised rewards).
     """
     if not temperature > 0:
@@ -127,6 +145,7 @@ def compare_pairs(members_a: Any, members_b: Any, *, temperature: float = 1.0) -
         "prob_std": torch.sigmoid(delta / temperature).std(dim=1, correction=0),
         "delta_mean": mean,
         "delta_std": delta.std(dim=1, correction=0),
+        "vote_split": vote_split(a, b),
     }
 
 

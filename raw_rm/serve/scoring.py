@@ -414,7 +414,7 @@ def score_response(agg: dict[str, torch.Tensor], members: torch.Tensor, raw: tor
 def compare_response(
     agg_a: dict[str, torch.Tensor], agg_b: dict[str, torch.Tensor], probs: dict[str, torch.Tensor]
 ) -> dict[str, Any]:
-    """``/compare`` body: per pair P(a > b), its spread over members, and both sides' reward and std."""
+    """``/compare`` body: per pair P(a > b), its spread over members (probability std, vote split), both sides' reward and std."""
     prob, spread = _floats(probs["prob"]), _floats(probs["prob_std"])
     ra, rb, sa, sb = _floats(agg_a["reward"]), _floats(agg_b["reward"]), _floats(agg_a["std"]), _floats(agg_b["std"])
     results = []
@@ -423,6 +423,7 @@ def compare_response(
             {
                 "prob_a": prob[i],
                 "prob_std": spread[i],
+                "vote_split": float(probs["vote_split"][i]),
                 "member_probs": _floats(probs["members"][i]),
                 "reward_a": ra[i],
                 "reward_b": rb[i],

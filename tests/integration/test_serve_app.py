@@ -138,6 +138,7 @@ def test_score_compare_rank(served) -> None:
     assert pair["prob_a"] == pytest.approx(1 / (1 + math.exp(-scaled.mean())), abs=1e-4)
     assert pair["member_probs"] == pytest.approx((1 / (1 + np.exp(-scaled))).tolist(), abs=1e-4)
     assert pair["preferred"] == ("a" if scaled.mean() >= 0 else "b")
+    assert pair["vote_split"] == pytest.approx(min((scaled > 0).sum(), (scaled < 0).sum()) / scaled.size)
     assert ranked.json()["order"] == sorted(range(3), key=lambda i: -members[i].mean())
     assert ranked.json()["rewards"] == pytest.approx(members.mean(axis=1).tolist(), abs=1e-4)
 

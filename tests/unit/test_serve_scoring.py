@@ -209,6 +209,9 @@ def test_pair_probability_uses_each_models_temperature_on_raw_rewards() -> None:
     assert out["members"][0].tolist() == pytest.approx([sig1, sig1])
     assert float(out["prob"][0]) == pytest.approx(sig1)  # sigmoid(mean(2/2, 1/1))
     assert float(out["prob_std"][0]) == pytest.approx(0.0)
+    assert float(out["vote_split"][0]) == 0.0  # both members prefer a
+    body = scoring.compare_response(*(scoring.aggregate_scores(x, ServeConfig()) for x in (a, b)), out)
+    assert body["results"][0]["vote_split"] == 0.0 and body["results"][0]["prob_std"] == pytest.approx(0.0)
 
 
 def test_response_bodies() -> None:

@@ -24,6 +24,7 @@ from raw_rm.uncertainty import (
     psi,
     select_top_k,
     selection_scores,
+    vote_split,
 )
 
 
@@ -88,6 +89,16 @@ def test_selection_strategies_pick_the_expected_pairs() -> None:
     assert pair_disagreement(POOL_A, POOL_B)[2].item() == pytest.approx(0.7282607654012017, abs=1e-12)
     assert selection_scores("std", POOL_A, POOL_B)[2].item() == pytest.approx(-1 / math.sqrt(8), abs=1e-12)
     assert margin_z(POOL_A, POOL_B)[0].item() == pytest.approx(1e12)  # zero spread: the floor, finite
+
+
+def test_vote_split_counts_members_against_the_majority_and_ignores_scale() -> None:
+    a = t([[1.0, 2.0, -1.0, 3.0], [1.0, 1.0, 1.0, 1.0], [0.5, -0.5, 0.5, -0.5], [0.0, 0.0, 0.0, 2.0]])
+    b = torch.zeros_like(a)
+    assert vote_split(a, b).tolist() == [0.25, 0.0, 0.5, 0.0]  # last row: ties vote for neither side
+    # the spread of Δ shrinks with Δ's size; the vote split does not
+    assert torch.equal(vote_split(0.01 * a + 7.0, b + 7.0), vote_split(a, b))
+    with pytest.raises(ValueError, match="shape"):
+        vote_split(a, b[:, :2])
 
 
 def test_pair_scores_ignore_offsets_shared_by_both_responses() -> None:
