@@ -23,6 +23,7 @@ hash with ``/sweep{s}``, so each split holds out different prompts.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import shutil
@@ -56,6 +57,9 @@ RECIPES: dict[str, dict] = {
         {"train.epochs": 3, "train.lr": 7e-5},
     ]},
 }
+
+
+SUBSET_SIZES = (2, 3, 5)  # sub-ensemble sizes whose win rate against their own best member --analyse reports
 
 
 def parse_args() -> argparse.Namespace:
@@ -209,6 +213,15 @@ def cell_summary(z: np.ndarray, n: dict[str, int]) -> dict[str, float]:
            "hind_nll": hind[1], "hind_ece": hind[2], "ens_nll": ens[1], "ens_ece": ens[2], "ens_ood_nll": ens[3],
            "best_ood_nll": min(m[3] for m in mem), "rank_corr": float(spearmanr([m[0] for m in mem], [m[1] for m in mem])[0]),
            "member_nlls": [m[1] for m in mem]}
+    # every sub-ensemble of k members against ITS best member in hindsight: how often the ensemble wins
+    member_test = [m[1:3] for m in mem]
+    for k in SUBSET_SIZES:
+        wins = [0, 0, 0]
+        for sub in itertools.combinations(range(z.shape[1]), k) if k < z.shape[1] else []:
+            nll, ece = measure({s: v[:, list(sub)].mean(1) for s, v in delta.items()})[1:3]
+            best_nll, best_ece = min((member_test[i] for i in sub), key=lambda m: m[0])
+            wins = [wins[0] + 1, wins[1] + (nll < best_nll), wins[2] + (nll < best_nll and ece < best_ece)]
+        out[f"subsets_k{k}"] = wins  # [sub-ensembles, NLL below their best member, NLL and ECE both below]
     for s in ("test", "ood"):
         za, zb = z[b[s]][0::2], z[b[s]][1::2]
         out[f"{s}_served_std"] = float(z[b[s]].std(axis=1).mean())
@@ -241,6 +254,11 @@ def analyse(path: Path) -> None:
           f"{count(lambda c: c['ens_ece'] < c['hind_ece'])}; OOD NLL below the best member's {count(lambda c: c['ens_ood_nll'] < c['best_ood_nll'])}")
     print(f"spread larger on OOD: served std {count(lambda c: c['ood_served_std'] > c['test_served_std'])}, difference std "
           f"{count(lambda c: c['ood_delta_std'] > c['test_delta_std'])}, vote split {count(lambda c: c['ood_vote_split'] > c['test_vote_split'])}")
+    for k in SUBSET_SIZES:
+        tot = [sum(c[f"subsets_k{k}"][i] for c in cells.values()) for i in range(3)]
+        if tot[0]:
+            print(f"every {k}-member sub-ensemble of every cell ({tot[0]}): NLL below its own best member (hindsight) in "
+                  f"{tot[1]} ({tot[1] / tot[0]:.0%}), NLL and ECE both in {tot[2]} ({tot[2] / tot[0]:.0%})")
     plot(cells, path.with_name("sweep.png"))
     path.with_name("sweep.json").write_text(json.dumps(cells, indent=1))
     print(f"wrote {path.with_name('sweep.png')} and {path.with_name('sweep.json')}")
