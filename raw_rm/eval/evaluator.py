@@ -312,14 +312,43 @@ class RewardModelEvaluator:
     # ----------------------------------------------------------------------------------- robustness
     def robustness(self, in_dist_pairs: Sequence[PreferencePair], ood: dict[str, Sequence[PreferencePair]],
                    *, in_dist_name: str = "in_distribution") -> dict[str, Any]:
-        """Accuracy on each OOD set and its robustness gap: in-distribution accuracy minus OOD accuracy."""
+        """Accuracy on each OOD set and its robustness gap: in-distribution accuracy minus OOD accuracy.
+
+        For a model with several members each set also gets ``spread`` (:meth:`member_spread`), so that the
+        ensemble's disagreement in and out of distribution can be compared.
+        """
         base = self.results.get(in_dist_name) or self.evaluate_pairs(in_dist_pairs, in_dist_name)
         out: dict[str, Any] = {"in_distribution": {"name": in_dist_name, "accuracy": base["accuracy"]}, "ood": {}}
+        spread = self.member_spread(in_dist_pairs)
+        if spread is not None:
+            out["in_distribution"]["spread"] = spread
         for name, pairs in ood.items():
             res = self.results.get(name) or self.evaluate_pairs(pairs, name)
             out["ood"][name] = {"accuracy": res["accuracy"], "ci_low": res["ci_low"], "ci_high": res["ci_high"],
                                 "n_pairs": res["n_pairs"], "gap": base["accuracy"] - res["accuracy"]}
+            spread = self.member_spread(pairs)
+            if spread is not None:
+                out["ood"][name]["spread"] = spread
         return out
+
+    def member_spread(self, pairs: Sequence[PreferencePair]) -> dict[str, float] | None:
+        """Mean spreads of the members over ``pairs`` (None for a one-member model).
+
+        ``response_std``: std over members of each response's reward (what the server returns as ``std``);
+        ``delta_std``: std over members of r_chosen − r_rejected; ``vote_split``: share of members ordering a pair
+        against the majority (:func:`raw_rm.uncertainty.vote_split`). The first two shrink with the reward
+        differences themselves (members that agree an unfamiliar pair differs little); the vote split does not.
+        """
+        from raw_rm.uncertainty import vote_split
+
+        keys = _pair_keys(pairs)
+        self.prefetch(keys)
+        if not self.has_members or not keys:
+            return None
+        members = np.stack([self._members[k] for k in keys])  # (2N, K): chosen, rejected interleaved
+        chosen, rejected = members[0::2], members[1::2]
+        return {"response_std": float(members.std(axis=1).mean()), "delta_std": float((chosen - rejected).std(axis=1).mean()),
+                "vote_split": float(vote_split(chosen, rejected).mean())}
 
     def probes(self, pairs: Sequence[PreferencePair]) -> dict[str, Any]:
         """Accuracy change of every probe (see :mod:`raw_rm.eval.probes`) against the clean pairs.

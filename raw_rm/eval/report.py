@@ -394,6 +394,14 @@ def headline_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
     if u:
         rows.append(("uncertainty: AUROC of spread for errors", f"{u['auroc']:.3f}"))
         rows.append(("uncertainty: Spearman(spread, error)", f"{u['spread_error_spearman']:+.3f}"))
+    rob = metrics.get("robustness") or {}
+    base = (rob.get("in_distribution") or {}).get("spread")
+    for name, o in (rob.get("ood") or {}).items():
+        if base and o.get("spread"):
+            a, b = base["vote_split"], o["spread"]["vote_split"]
+            rows.append((f"uncertainty: vote split, in-distribution vs OOD '{name}'",
+                         f"{a:.3f} vs {b:.3f} ({'larger' if b > a else 'not larger'} OOD; response std "
+                         f"{base['response_std']:.3f} vs {o['spread']['response_std']:.3f})"))
     g = metrics.get("groups")
     if g:
         rows.append(("ranking: mean Spearman / Kendall per group",

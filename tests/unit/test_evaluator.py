@@ -220,6 +220,32 @@ def test_uncertainty_quality_spread_predicts_mistakes():
     assert res["member_accuracy"] == [pytest.approx(6 / 9), pytest.approx(6 / 9), 1.0]
 
 
+def test_member_spread_in_and_out_of_distribution_and_its_report_row():
+    from raw_rm.eval.report import headline_rows
+
+    # in-distribution: the members agree on the order, with large differences; OOD: small differences, split votes
+    sure = {"c": [2.0, 3.0, 4.0], "r": [0.0, 0.0, 0.0]}
+    unsure = {"c": [0.1, -0.1, 0.1], "r": [0.0, 0.0, 0.0]}
+    ind = [PreferencePair(prompt=f"i{i}", chosen="c", rejected="r") for i in range(4)]
+    ood = [PreferencePair(prompt=f"o{i}", chosen="c", rejected="r") for i in range(4)]
+
+    def members(p, r):
+        return (sure if p.startswith("i") else unsure)[r]
+
+    ev = RewardModelEvaluator(FakeInference(lambda p, r: float(np.mean(members(p, r))), members_fn=members), n_boot=10)
+    rob = ev.robustness(ind, {"shifted": ood}, in_dist_name="test")
+    inside, outside = rob["in_distribution"]["spread"], rob["ood"]["shifted"]["spread"]
+    assert inside["vote_split"] == 0.0 and outside["vote_split"] == pytest.approx(1 / 3)
+    assert inside["delta_std"] == pytest.approx(np.std([2.0, 3.0, 4.0]))  # the absolute spread is larger in-distribution
+    assert outside["delta_std"] < inside["delta_std"]
+    assert inside["response_std"] == pytest.approx(np.std([2.0, 3.0, 4.0]) / 2)  # chosen std 0.816, rejected 0
+    report = ev.run(ind, name="test", ood={"shifted": ood}, run_probes=False)
+    rows = dict(headline_rows(report.metrics))
+    assert rows["uncertainty: vote split, in-distribution vs OOD 'shifted'"].startswith("0.000 vs 0.333 (larger OOD")
+    single = RewardModelEvaluator(FakeInference(lambda p, r: 1.0 if r == "c" else 0.0), n_boot=10)
+    assert single.member_spread(ind) is None and "spread" not in single.robustness(ind, {"shifted": ood})["ood"]["shifted"]
+
+
 def test_single_member_model_has_no_uncertainty_section():
     pairs, table = table_pairs(VALUES)
     ev = RewardModelEvaluator(FakeInference(lambda p, r: table[(p, r)]))
