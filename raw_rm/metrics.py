@@ -241,6 +241,39 @@ def fit_temperature(delta: Any, *, bounds: tuple[float, float] = (0.01, 100.0)) 
 
 
 # ------------------------------------------------------------------------------------------- rankings
+def compare_members(fit_delta: Any, eval_delta: Any, n_bins: int = 15) -> dict[str, Any]:
+    """An ensemble against each of its members on held-out pairs, every contender at its own temperature.
+
+    Args:
+        fit_delta: (N1, K) chosen-minus-rejected member rewards (z-scored) of the pairs the temperatures are fitted on.
+        eval_delta: (N2, K) the same for the pairs measured.
+
+    Each member (a column) and the ensemble (the row mean: the mean of z-scored rewards that an ensemble folder
+    serves) fits T on ``fit_delta`` and is scored on ``eval_delta``. Returns ``members`` and ``ensemble`` (each
+    ``temperature``, ``nll``, ``ece``, ``accuracy``), ``best_member`` (lowest eval NLL, picked with hindsight),
+    ``val_best_member`` (lowest NLL on the fitting pairs: the member validation would pick), and
+    ``ensemble_minus_best_nll`` / ``ensemble_minus_best_ece`` (negative = the ensemble is better).
+    """
+    fit, ev = (_np(d, name).reshape(np.shape(d)) for d, name in ((fit_delta, "fit_delta"), (eval_delta, "eval_delta")))
+    if fit.ndim != 2 or ev.ndim != 2 or fit.shape[1] != ev.shape[1]:
+        raise ValueError(f"fit_delta {fit.shape} and eval_delta {ev.shape}: expected (N1, K) and (N2, K) with the same K")
+
+    def score(f: np.ndarray, e: np.ndarray) -> dict[str, float]:
+        t = fit_temperature(f)
+        cal = calibration_error(pair_probabilities(e, t), n_bins=n_bins)
+        return {"temperature": t, "nll": cal["nll"], "ece": cal["ece"], "accuracy": float(np.mean(e > 0)),
+                "fit_nll": pair_nll(f, t)}
+
+    members = [score(fit[:, k], ev[:, k]) for k in range(fit.shape[1])]
+    ensemble = score(fit.mean(axis=1), ev.mean(axis=1))
+    best = min(range(len(members)), key=lambda k: members[k]["nll"])
+    val_best = min(range(len(members)), key=lambda k: members[k]["fit_nll"])
+    return {"n_fit": int(fit.shape[0]), "n_eval": int(ev.shape[0]), "members": members, "ensemble": ensemble,
+            "best_member": best, "val_best_member": val_best,
+            "ensemble_minus_best_nll": ensemble["nll"] - members[best]["nll"],
+            "ensemble_minus_best_ece": ensemble["ece"] - members[best]["ece"]}
+
+
 def _correlations(x: np.ndarray, y: np.ndarray) -> tuple[float, float] | None:
     if x.size < 2 or np.all(x == x[0]) or np.all(y == y[0]):
         return None  # undefined: fewer than two items or a constant side

@@ -25,6 +25,11 @@ parallelism at these sizes; a trial per member gets the members trained side by 
 and Tune records each member's metrics and final model as a checkpoint (copied out by the driver, so it also
 works when trials ran on other nodes). Without Ray (``parallel=False``) members train one after another here.
 
+After training, :func:`member_comparison` scores the ensemble against each member on the validation pairs (each
+contender at its own temperature fitted on one half of the prompts, measured on the other); it is logged, kept in
+``ensemble.json`` (``validation_comparison``), printed by ``raw-rm ensemble`` and logged to MLflow as
+``val_cmp_*`` metrics.
+
 Registration (``cfg.mlflow.enabled`` and ``register``): one MLflow run for the ensemble with one child run per
 member (its config and metrics), the ensemble folder logged as artifact ``model``, evaluated (temperature
 fitted on half of the validation prompts, saved into ``ensemble.json``) and registered as ONE version with alias
@@ -61,6 +66,7 @@ class EnsembleResult:
     metrics: dict[str, float] = field(default_factory=dict)  # evaluation metrics of the ensemble (when evaluated)
     mlflow_run_id: str | None = None
     model_version: str | None = None  # registered version (None when not registered)
+    validation_comparison: dict[str, Any] | None = None  # the ensemble vs each member on validation (member_comparison)
 
 
 # ------------------------------------------------------------------------------------ member recipes
@@ -148,10 +154,13 @@ def train_ensemble(cfg: Config, *, parallel: bool | None = None) -> EnsembleResu
     if ens_dir.exists():
         shutil.rmtree(ens_dir)
     save_ensemble(ens_dir, [m.pop("model_dir") for m in members], {"members": members})
-    metadata = _fit_ensemble_metadata(cfg, ens_dir)
+    metadata, comparison = _fit_ensemble_metadata(cfg, ens_dir)
     logger.info("ensemble of %d members in %.0f s -> %s (temperature %.3f on validation)",
                 len(members), time.perf_counter() - started, ens_dir, metadata.temperature)
-    result = EnsembleResult(ensemble_dir=str(ens_dir), members=json.loads((ens_dir / "ensemble.json").read_text())["members"])
+    if comparison is not None:
+        _record_comparison(ens_dir, comparison)
+    result = EnsembleResult(ensemble_dir=str(ens_dir), members=json.loads((ens_dir / "ensemble.json").read_text())["members"],
+                            validation_comparison=comparison)
     if cfg.mlflow.enabled:
         register_ensemble(cfg, result)
     return result
@@ -248,8 +257,9 @@ def _train_with_tune(cfg: Config, configs: list[Config]) -> list[dict[str, Any]]
     return [m for m in members if m is not None]
 
 
-def _fit_ensemble_metadata(cfg: Config, ens_dir: Path) -> Any:
-    """Normalisation and drift references of the ensemble mean (training records), temperature (validation)."""
+def _fit_ensemble_metadata(cfg: Config, ens_dir: Path) -> tuple[Any, dict[str, Any] | None]:
+    """Normalisation and drift references of the ensemble mean (training records), temperature (validation),
+    and the ensemble-vs-members comparison on validation (:func:`member_comparison`)."""
     from raw_rm import metrics as M
     from raw_rm.data import load_train_val
     from raw_rm.data.formats import group_to_pairs
@@ -264,14 +274,60 @@ def _fit_ensemble_metadata(cfg: Config, ens_dir: Path) -> Any:
         val = [p for g in val for p in group_to_pairs(g)]
     if cfg.data.kind == "ratings":
         logger.warning("data.kind=ratings: the ensemble keeps default normalisation and no drift reference")
-        return model.metadata
+        return model.metadata, None
     fit_reference(model, tokenizer, train, max_len_tokens=cfg.data.max_len_tokens, seed=cfg.train.seed)
+    comparison = None
     if val:
         rm = RewardModelInference(model, tokenizer=tokenizer, max_len_tokens=cfg.data.max_len_tokens)
         rewards = rm.batch_predict([p.prompt for p in val] * 2, [p.chosen for p in val] + [p.rejected for p in val])
         model.metadata.temperature = M.fit_temperature(rewards[: len(val)] - rewards[len(val):])
+        comparison = member_comparison(rm, val, salt=cfg.data.split_seed)  # member rewards come from rm's cache
     save_model(model, tokenizer, ens_dir)
-    return model.metadata
+    return model.metadata, comparison
+
+
+MIN_COMPARISON_PAIRS = 20  # fewer validation pairs than this: no ensemble-vs-members comparison
+
+
+def member_comparison(rm: Any, val: Sequence[Any], *, salt: str = "raw_rm") -> dict[str, Any] | None:
+    """The ensemble against each member on validation pairs (``raw_rm.metrics.compare_members``).
+
+    The pairs are split in two by prompt hash: every contender (each member, and the mean of the members' z-scored
+    rewards that the ensemble serves) fits its temperature on one half and is measured on the other. None with
+    one member or fewer than ``MIN_COMPARISON_PAIRS`` pairs. On a few hundred pairs the differences are noisy:
+    read them with ``benchmarks/ensemble_vs_single.py``'s intervals before concluding.
+    """
+    from raw_rm import metrics as M
+    from raw_rm.data import split_by_prompt
+
+    if len(val) < MIN_COMPARISON_PAIRS:
+        return None
+    measured, fitted = split_by_prompt(list(val), 0.5, f"{salt}/member_comparison")
+    if not measured or not fitted:
+        return None
+
+    def deltas(pairs: Sequence[Any]) -> Any:
+        m = rm.batch_predict_members([p.prompt for p in pairs] * 2, [p.chosen for p in pairs] + [p.rejected for p in pairs])
+        return m[: len(pairs)] - m[len(pairs):]
+
+    fit = deltas(fitted)
+    if fit.shape[1] < 2:
+        return None
+    out = M.compare_members(fit, deltas(measured))
+    ens, best = out["ensemble"], out["members"][out["best_member"]]
+    logger.info("ensemble vs members on %d validation pairs (T fitted on %d others): NLL %.4f vs members %.4f-%.4f "
+                "(best member_%d %.4f), ECE %.4f vs %.4f", out["n_eval"], out["n_fit"], ens["nll"],
+                min(m["nll"] for m in out["members"]), max(m["nll"] for m in out["members"]), out["best_member"],
+                best["nll"], ens["ece"], best["ece"])
+    return out
+
+
+def _record_comparison(ens_dir: Path, comparison: dict[str, Any]) -> None:
+    """Keep the validation comparison in ensemble.json (so the registered folder carries it)."""
+    path = ens_dir / "ensemble.json"
+    record = json.loads(path.read_text())
+    record["validation_comparison"] = comparison
+    path.write_text(json.dumps(record, indent=2) + "\n")
 
 
 # ------------------------------------------------------------------------------------------ registry
@@ -302,6 +358,12 @@ def register_ensemble(cfg: Config, result: EnsembleResult) -> EnsembleResult:
             "ensemble_members": json.dumps([{"dir": m["dir"], "seed": m.get("seed"), "run_id": m["run_id"]} for m in result.members]),
             "arch": "ensemble" if cfg.model.arch != "multihead" else "multihead",
         }
+        cmp = result.validation_comparison
+        if cmp is not None:
+            best = cmp["members"][cmp["best_member"]]
+            run.log_metrics({"val_cmp_ensemble_nll": cmp["ensemble"]["nll"], "val_cmp_ensemble_ece": cmp["ensemble"]["ece"],
+                             "val_cmp_best_member_nll": best["nll"], "val_cmp_best_member_ece": best["ece"],
+                             "val_cmp_mean_member_nll": sum(m["nll"] for m in cmp["members"]) / len(cmp["members"])})
         result.metrics, result.model_version = log_evaluate_register(cfg, run, ens_dir, tags=tags)
         result.mlflow_run_id = run.run_id
     return result

@@ -127,3 +127,30 @@ def test_member_configs_and_bootstrap_resamples(tmp_path: Path) -> None:
     a, b = bootstrap_resample(records, 7), bootstrap_resample(records, 8)
     assert len(a) == 50 and a == bootstrap_resample(records, 7) and a != b
     assert len(set(a)) < 50 and set(a) <= set(records)  # drawn with replacement: some records repeat
+
+
+def test_member_comparison_fits_each_contender_on_one_half_and_measures_on_the_other() -> None:
+    from raw_rm import metrics as M
+    from raw_rm.data.records import PreferencePair
+    from raw_rm.train.ensemble import member_comparison
+
+    rng = np.random.default_rng(0)
+    pairs = [PreferencePair(prompt=f"prompt {i}", chosen=f"good {i}", rejected=f"bad {i}") for i in range(400)]
+    truth = rng.normal(1.0, 1.0, size=len(pairs))
+    noise = rng.normal(0.0, 1.5, size=(len(pairs), 3))  # three members: the truth plus independent noise
+    row = {p.prompt: i for i, p in enumerate(pairs)}
+
+    class Members:  # stands in for RewardModelInference.batch_predict_members: chosen gets Δ_k, rejected 0
+        def batch_predict_members(self, prompts, responses):
+            return np.array([truth[row[p]] + noise[row[p]] if r.startswith("good") else np.zeros(3)
+                             for p, r in zip(prompts, responses, strict=True)])
+
+    out = member_comparison(Members(), pairs, salt="t")
+    assert out["n_fit"] + out["n_eval"] == 400 and out["n_fit"] > 0 and out["n_eval"] > 0
+    assert len(out["members"]) == 3 and 0 <= out["best_member"] < 3
+    # independent member errors average out: the ensemble's NLL is below every member's
+    assert out["ensemble"]["nll"] < min(m["nll"] for m in out["members"])
+    assert out["ensemble_minus_best_nll"] == pytest.approx(out["ensemble"]["nll"] - out["members"][out["best_member"]]["nll"])
+    assert member_comparison(Members(), pairs[:10]) is None  # too few pairs to split
+    with pytest.raises(ValueError, match="same K"):
+        M.compare_members(np.zeros((4, 2)), np.zeros((4, 3)))
