@@ -110,7 +110,10 @@ def vote_split(members_a: Any, members_b: Any) -> Tensor:
     Example: Δ = (1, 2, −1, 3) gives 1/4; Δ = (1, 1, 1) gives 0.
     """
     a, b = _pair_members(members_a, members_b)
-    delta = a - b
+    return _vote_split(a - b)
+
+
+def _vote_split(delta: Tensor) -> Tensor:
     pos, neg = (delta > 0).sum(dim=1), (delta < 0).sum(dim=1)
     return torch.minimum(pos, neg).to(delta.dtype) / delta.shape[1]
 
@@ -145,7 +148,7 @@ def compare_pairs(members_a: Any, members_b: Any, *, temperature: float = 1.0) -
         "prob_std": torch.sigmoid(delta / temperature).std(dim=1, correction=0),
         "delta_mean": mean,
         "delta_std": delta.std(dim=1, correction=0),
-        "vote_split": vote_split(a, b),
+        "vote_split": _vote_split(delta),
     }
 
 

@@ -341,14 +341,20 @@ class RewardModelEvaluator:
         """
         from raw_rm.uncertainty import vote_split
 
+        members = self._pair_member_rewards(pairs)
+        if members is None:
+            return None
+        chosen, rejected = members[0::2], members[1::2]
+        return {"response_std": float(members.std(axis=1).mean()), "delta_std": float((chosen - rejected).std(axis=1).mean()),
+                "vote_split": float(vote_split(chosen, rejected).mean())}
+
+    def _pair_member_rewards(self, pairs: Sequence[PreferencePair]) -> np.ndarray | None:
+        """Member rewards (2N, K) of ``pairs``, chosen and rejected interleaved; None for a one-member model or no pairs."""
         keys = _pair_keys(pairs)
         self.prefetch(keys)
         if not self.has_members or not keys:
             return None
-        members = np.stack([self._members[k] for k in keys])  # (2N, K): chosen, rejected interleaved
-        chosen, rejected = members[0::2], members[1::2]
-        return {"response_std": float(members.std(axis=1).mean()), "delta_std": float((chosen - rejected).std(axis=1).mean()),
-                "vote_split": float(vote_split(chosen, rejected).mean())}
+        return np.stack([self._members[k] for k in keys])
 
     def probes(self, pairs: Sequence[PreferencePair]) -> dict[str, Any]:
         """Accuracy change of every probe (see :mod:`raw_rm.eval.probes`) against the clean pairs.
@@ -388,11 +394,9 @@ class RewardModelEvaluator:
         spread for predicting mistakes, and accuracy at coverages 10%..100% (most certain first). None for a
         model with one member.
         """
-        keys = _pair_keys(pairs)
-        self.prefetch(keys)
-        if not self.has_members:
+        members = self._pair_member_rewards(pairs)
+        if members is None:
             return None
-        members = np.stack([self._members[k] for k in keys])  # (2N, K): chosen, rejected interleaved
         member_delta = members[0::2] - members[1::2]  # (N, K)
         c, r = self.pair_rewards(pairs)
         correct = c > r
