@@ -45,7 +45,7 @@ import random
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -157,10 +157,11 @@ def train_ensemble(cfg: Config, *, parallel: bool | None = None) -> EnsembleResu
     metadata, comparison = _fit_ensemble_metadata(cfg, ens_dir)
     logger.info("ensemble of %d members in %.0f s -> %s (temperature %.3f on validation)",
                 len(members), time.perf_counter() - started, ens_dir, metadata.temperature)
-    if comparison is not None:
-        _record_comparison(ens_dir, comparison)
-    result = EnsembleResult(ensemble_dir=str(ens_dir), members=json.loads((ens_dir / "ensemble.json").read_text())["members"],
-                            validation_comparison=comparison)
+    if comparison is None:
+        record = json.loads((ens_dir / "ensemble.json").read_text())
+    else:  # kept in ensemble.json, so that the registered folder carries it
+        record = _edit_ensemble_json(ens_dir, lambda r: r.update(validation_comparison=comparison))
+    result = EnsembleResult(ensemble_dir=str(ens_dir), members=record["members"], validation_comparison=comparison)
     if cfg.mlflow.enabled:
         register_ensemble(cfg, result)
     return result
@@ -278,10 +279,11 @@ def _fit_ensemble_metadata(cfg: Config, ens_dir: Path) -> tuple[Any, dict[str, A
     fit_reference(model, tokenizer, train, max_len_tokens=cfg.data.max_len_tokens, seed=cfg.train.seed)
     comparison = None
     if val:
-        rm = RewardModelInference(model, tokenizer=tokenizer, max_len_tokens=cfg.data.max_len_tokens)
+        # a cache holding every validation text: member_comparison reads the members' rewards of this one pass
+        rm = RewardModelInference(model, tokenizer=tokenizer, max_len_tokens=cfg.data.max_len_tokens, cache_size=2 * len(val))
         rewards = rm.batch_predict([p.prompt for p in val] * 2, [p.chosen for p in val] + [p.rejected for p in val])
         model.metadata.temperature = M.fit_temperature(rewards[: len(val)] - rewards[len(val):])
-        comparison = member_comparison(rm, val, salt=cfg.data.split_seed)  # member rewards come from rm's cache
+        comparison = member_comparison(rm, val, salt=cfg.data.split_seed)
     save_model(model, tokenizer, ens_dir)
     return model.metadata, comparison
 
@@ -322,12 +324,13 @@ def member_comparison(rm: Any, val: Sequence[Any], *, salt: str = "raw_rm") -> d
     return out
 
 
-def _record_comparison(ens_dir: Path, comparison: dict[str, Any]) -> None:
-    """Keep the validation comparison in ensemble.json (so the registered folder carries it)."""
+def _edit_ensemble_json(ens_dir: Path, edit: Callable[[dict[str, Any]], Any]) -> dict[str, Any]:
+    """Read ensemble.json, let ``edit`` change the record in place, write it back; returns the record."""
     path = ens_dir / "ensemble.json"
     record = json.loads(path.read_text())
-    record["validation_comparison"] = comparison
+    edit(record)
     path.write_text(json.dumps(record, indent=2) + "\n")
+    return record
 
 
 # ------------------------------------------------------------------------------------------ registry
@@ -371,8 +374,9 @@ def register_ensemble(cfg: Config, result: EnsembleResult) -> EnsembleResult:
 
 def _write_member_runs(ens_dir: Path, run_ids: list[str]) -> None:
     """Record each member's MLflow run id in ensemble.json (before the folder is logged)."""
-    path = ens_dir / "ensemble.json"
-    record = json.loads(path.read_text())
-    for member, run_id in zip(record["members"], run_ids, strict=True):
-        member["run_id"] = run_id
-    path.write_text(json.dumps(record, indent=2) + "\n")
+
+    def edit(record: dict[str, Any]) -> None:
+        for member, run_id in zip(record["members"], run_ids, strict=True):
+            member["run_id"] = run_id
+
+    _edit_ensemble_json(ens_dir, edit)
