@@ -200,27 +200,21 @@ def cell_summary(z: np.ndarray, n: dict[str, int]) -> dict[str, float]:
         b[name] = slice(st, st + 2 * n[name])
         st += 2 * n[name]
     delta = {s: z[b[s]][0::2] - z[b[s]][1::2] for s in b}  # (N, K) per set
-
-    def measure(d: dict[str, np.ndarray]) -> tuple[float, float, float, float]:  # calib NLL, test NLL, test ECE, OOD NLL
-        t = M.fit_temperature(d["calib"])
-        cal = M.calibration_error(M.pair_probabilities(d["test"], t))
-        return M.pair_nll(d["calib"], t), cal["nll"], cal["ece"], M.pair_nll(d["ood"], t)
-
-    mem = [measure({s: v[:, k] for s, v in delta.items()}) for k in range(z.shape[1])]
-    ens = measure({s: v.mean(1) for s, v in delta.items()})
-    hind, val = min(mem, key=lambda m: m[1]), min(mem, key=lambda m: m[0])
-    out = {"K": z.shape[1], "member_nll_mean": float(np.mean([m[1] for m in mem])), "val_nll": val[1], "val_ece": val[2],
-           "hind_nll": hind[1], "hind_ece": hind[2], "ens_nll": ens[1], "ens_ece": ens[2], "ens_ood_nll": ens[3],
-           "best_ood_nll": min(m[3] for m in mem), "rank_corr": float(spearmanr([m[0] for m in mem], [m[1] for m in mem])[0]),
-           "member_nlls": [m[1] for m in mem]}
+    test, ood = (M.compare_members(delta["calib"], delta[s]) for s in ("test", "ood"))  # T fitted on the calibration half
+    mem = test["members"]
+    hind, val = mem[test["best_member"]], mem[test["val_best_member"]]
+    out = {"K": z.shape[1], "member_nll_mean": float(np.mean([m["nll"] for m in mem])), "val_nll": val["nll"], "val_ece": val["ece"],
+           "hind_nll": hind["nll"], "hind_ece": hind["ece"], "ens_nll": test["ensemble"]["nll"], "ens_ece": test["ensemble"]["ece"],
+           "ens_ood_nll": ood["ensemble"]["nll"], "best_ood_nll": ood["members"][ood["best_member"]]["nll"],
+           "rank_corr": float(spearmanr([m["fit_nll"] for m in mem], [m["nll"] for m in mem])[0]),
+           "member_nlls": [m["nll"] for m in mem]}
     # every sub-ensemble of k members against ITS best member in hindsight: how often the ensemble wins
-    member_test = [m[1:3] for m in mem]
     for k in SUBSET_SIZES:
         wins = [0, 0, 0]
         for sub in itertools.combinations(range(z.shape[1]), k) if k < z.shape[1] else []:
-            nll, ece = measure({s: v[:, list(sub)].mean(1) for s, v in delta.items()})[1:3]
-            best_nll, best_ece = min((member_test[i] for i in sub), key=lambda m: m[0])
-            wins = [wins[0] + 1, wins[1] + (nll < best_nll), wins[2] + (nll < best_nll and ece < best_ece)]
+            c = M.compare_members(delta["calib"][:, sub], delta["test"][:, sub])
+            below_nll, below_ece = c["ensemble_minus_best_nll"] < 0, c["ensemble_minus_best_ece"] < 0
+            wins = [wins[0] + 1, wins[1] + below_nll, wins[2] + (below_nll and below_ece)]
         out[f"subsets_k{k}"] = wins  # [sub-ensembles, NLL below their best member, NLL and ECE both below]
     for s in ("test", "ood"):
         za, zb = z[b[s]][0::2], z[b[s]][1::2]
