@@ -72,6 +72,7 @@ class ModelConfig:
     pooling: Literal["auto", "cls", "mean", "last"] = "auto"  # auto: HF head (CLS for encoders, last token for decoders)
     dropout: float = 0.1  # dropout before the reward head(s)
     backbone_dropout: float | None = None  # dropout inside the backbone (None = its own config; 0 = off, as TRL's disable_dropout)
+    train_layers: int | None = None  # train only the backbone's top N layers (+ final norm, heads); embeddings and lower layers frozen. None = all, 0 = heads only
     num_heads: int = 5  # members of the shared-trunk multi-head ensemble (arch=multihead)
     bootstrap: bool = False  # multihead: each head trains on its own Poisson(1) bootstrap mask
     aspects: list[str] = field(default_factory=lambda: ["helpfulness", "harmlessness", "honesty"])  # multi_objective
@@ -90,6 +91,8 @@ class ModelConfig:
             )
         if self.num_heads < 1:
             raise ConfigError(f"model.num_heads: expected >= 1, got {self.num_heads}")
+        if self.train_layers is not None and self.train_layers < 0:
+            raise ConfigError(f"model.train_layers: expected >= 0 or null, got {self.train_layers}")
 
 
 @dataclass

@@ -291,3 +291,46 @@ def attention_heads(config: PretrainedConfig, width: int) -> int:
     """The backbone's head count when it divides ``width``, else 1 (for raw_rm's own attention layers)."""
     heads = int(getattr(config, "num_attention_heads", 1) or 1)
     return heads if width % heads == 0 else 1
+
+
+def layer_stack(trunk: PreTrainedModel) -> nn.ModuleList:
+    """The trunk's transformer layers, bottom first (BERT's ``encoder.layer``, GPT-2's ``h``, Llama's ``layers``):
+    the ``nn.ModuleList`` as long as ``config.num_hidden_layers`` that holds the most parameters."""
+    depth = int(trunk.config.num_hidden_layers)
+    stacks = [m for m in trunk.modules() if isinstance(m, nn.ModuleList) and len(m) == depth]
+    if not stacks:
+        raise ValueError(f"{type(trunk).__name__}: no list of {depth} layers (config.num_hidden_layers) found")
+    return max(stacks, key=lambda m: sum(p.numel() for p in m.parameters()))
+
+
+def freeze_lower_layers(model: nn.Module, train_layers: int) -> tuple[int, int]:
+    """Train only the top ``train_layers`` transformer layers of every Hugging Face trunk inside ``model``.
+
+    Frozen (``requires_grad=False``): each trunk's embeddings and its layers below the top ``train_layers``.
+    Trainable: the top layers, whatever the trunk registers after its layers (a final norm, an encoder's
+    pooler) and everything outside the trunks (reward heads, raw_rm's own layers). ``train_layers=0`` trains the
+    heads on frozen features. Backpropagation then stops at the lowest trainable layer, so a step costs a
+    forward plus the backward of the top layers only, and AdamW keeps state for trainable weights only.
+
+    Returns (trainable, total) parameter counts.
+    """
+    if train_layers < 0:
+        raise ValueError(f"train_layers: expected >= 0, got {train_layers}")
+    trunks = [m for m in model.modules() if isinstance(m, PreTrainedModel) and m.base_model is m]
+    if not trunks:
+        raise ValueError(f"{type(model).__name__} holds no Hugging Face trunk to freeze")
+    for trunk in trunks:
+        layers = layer_stack(trunk)
+        if train_layers > len(layers):
+            raise ValueError(
+                f"model.train_layers={train_layers}, but {type(trunk).__name__} has {len(layers)} layers"
+            )
+        top = {id(p) for layer in layers[len(layers) - train_layers:] for p in layer.parameters()}
+        in_layers = {id(p) for p in layers.parameters()}
+        seen_layers = False  # parameters come in registration order: embeddings, layers, then final norm / pooler
+        for param in trunk.parameters():
+            seen_layers = seen_layers or id(param) in in_layers
+            past_layers = seen_layers and id(param) not in in_layers
+            param.requires_grad_(id(param) in top or past_layers)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, sum(p.numel() for p in model.parameters())

@@ -8,7 +8,14 @@ import logging
 from transformers import PreTrainedTokenizerBase
 
 from raw_rm.config import ModelConfig
-from raw_rm.models.backbones import backbone_config, is_decoder, load_backbone, load_tokenizer, set_backbone_dropout
+from raw_rm.models.backbones import (
+    backbone_config,
+    freeze_lower_layers,
+    is_decoder,
+    load_backbone,
+    load_tokenizer,
+    set_backbone_dropout,
+)
 from raw_rm.models.base import MODEL_CLASSES, RewardMetadata, RewardModelBase, model_class
 from raw_rm.models.persistence import load_model
 
@@ -21,14 +28,16 @@ def build_model(cfg: ModelConfig) -> tuple[RewardModelBase, PreTrainedTokenizerB
     """Build the reward model ``cfg`` describes, in training mode, with its tokenizer.
 
     ``cfg.init_from`` (a directory written by ``save_model``) loads that model instead of a fresh backbone;
-    its saved ModelConfig wins, and fields of ``cfg`` that differ from it are named in a warning.
+    its saved ModelConfig wins, and fields of ``cfg`` that differ from it are named in a warning, except
+    ``train_layers``: how much of the model to train is this run's choice (:func:`freeze_lower_layers`).
 
     Raises:
         ValueError: unknown ``cfg.arch`` (the message lists the known ones) or an invalid combination.
     """
     cls = model_class(cfg.arch)
     if cfg.init_from is not None:
-        return _build_from_saved(cfg)
+        model, tokenizer = _build_from_saved(cfg)
+        return _freeze(model, cfg.train_layers), tokenizer
     tokenizer = load_tokenizer(cfg.backbone)
     config = backbone_config(cfg.backbone, tokenizer)
     if cfg.backbone_dropout is not None:
@@ -39,7 +48,17 @@ def build_model(cfg: ModelConfig) -> tuple[RewardModelBase, PreTrainedTokenizerB
     )
     model = cls(cfg, backbone, RewardMetadata(base_model=cfg.backbone))
     model.train()
-    return model, tokenizer
+    return _freeze(model, cfg.train_layers), tokenizer
+
+
+def _freeze(model: RewardModelBase, train_layers: int | None) -> RewardModelBase:
+    if train_layers is not None:
+        trainable, total = freeze_lower_layers(model, train_layers)
+        logger.info(
+            "model.train_layers=%d: training %s of %s parameters (the top %d layers and the heads)",
+            train_layers, f"{trainable:,}", f"{total:,}", train_layers,
+        )
+    return model
 
 
 def _build_from_saved(cfg: ModelConfig) -> tuple[RewardModelBase, PreTrainedTokenizerBase]:
@@ -52,7 +71,7 @@ def _build_from_saved(cfg: ModelConfig) -> tuple[RewardModelBase, PreTrainedToke
     differing = [
         f.name
         for f in dataclasses.fields(cfg)
-        if f.name != "init_from" and getattr(cfg, f.name) != getattr(saved, f.name)
+        if f.name not in ("init_from", "train_layers") and getattr(cfg, f.name) != getattr(saved, f.name)
     ]
     if differing:
         logger.warning(
@@ -61,6 +80,6 @@ def _build_from_saved(cfg: ModelConfig) -> tuple[RewardModelBase, PreTrainedToke
             ", ".join(f"{name}={getattr(saved, name)!r}" for name in differing),
             ", ".join(f"{name}={getattr(cfg, name)!r}" for name in differing),
         )
-    model.model_cfg = dataclasses.replace(saved, init_from=cfg.init_from)
+    model.model_cfg = dataclasses.replace(saved, init_from=cfg.init_from, train_layers=cfg.train_layers)
     model.train()
     return model, tokenizer

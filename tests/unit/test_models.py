@@ -354,3 +354,37 @@ def test_a_bf16_checkpoint_loads_with_fp32_weights_for_training(tmp_path) -> Non
     assert AutoModelForSequenceClassification.from_pretrained(tmp_path).dtype == torch.bfloat16  # the trap
     model, _ = build_model(ModelConfig(backbone=str(tmp_path)))
     assert {p.dtype for p in model.parameters()} == {torch.float32}
+
+
+def test_freeze_lower_layers_keeps_the_top_layers_final_norm_and_heads_trainable():
+    from raw_rm.models.backbones import freeze_lower_layers, layer_stack
+
+    model, _ = build_model(ModelConfig(backbone="tiny-gpt2", arch="multihead", train_layers=1))
+    trunk = model.trunk
+    layers = layer_stack(trunk)
+    assert len(layers) == trunk.config.num_hidden_layers == 2
+    assert all(p.requires_grad for p in layers[1].parameters()) and not any(p.requires_grad for p in layers[0].parameters())
+    assert trunk.ln_f.weight.requires_grad  # registered after the layers: part of the top
+    assert not trunk.wte.weight.requires_grad and not trunk.wpe.weight.requires_grad
+    assert all(p.requires_grad for p in model.heads.parameters())
+    trainable, total = freeze_lower_layers(model, 0)  # heads on frozen features
+    assert trainable == sum(p.numel() for p in model.heads.parameters()) + trunk.ln_f.weight.numel() + trunk.ln_f.bias.numel()
+    assert total == sum(p.numel() for p in model.parameters())
+    with pytest.raises(ValueError, match="train_layers=3, but GPT2Model has 2 layers"):
+        freeze_lower_layers(model, 3)
+
+
+def test_freeze_lower_layers_reaches_both_encoders_of_a_separate_model():
+    model, _ = build_model(ModelConfig(backbone="tiny-bert", arch="separate", shared_encoder=False, train_layers=1))
+    trunks = [m for m in model.modules() if type(m).__name__ == "BertModel"]
+    assert len(trunks) == 2
+    for trunk in trunks:
+        assert not trunk.embeddings.word_embeddings.weight.requires_grad
+        assert [any(p.requires_grad for p in layer.parameters()) for layer in trunk.encoder.layer] == [False, True]
+
+
+def test_train_layers_must_not_be_negative():
+    from raw_rm.config import ConfigError
+
+    with pytest.raises(ConfigError, match="model.train_layers"):
+        ModelConfig(train_layers=-1)

@@ -292,3 +292,20 @@ def test_bf16_autocast_step_runs_on_cpu(tmp_path):
     metrics = trainer.train_step(trainer.collate([0, 1, 2, 3]))
     assert trainer.autocast_dtype is torch.bfloat16 and math.isfinite(metrics["loss"])
     assert all(p.dtype == torch.float32 for p in trainer.model.parameters())  # master weights stay fp32
+
+
+@pytest.mark.parametrize("backbone", ["tiny-bert", "tiny-gpt2"])
+def test_train_layers_trains_only_the_top_layers_and_the_head(tmp_path, backbone):
+    cfg = make_cfg(tmp_path)
+    cfg.model.backbone, cfg.model.train_layers = backbone, 1
+    trainer = make_trainer(cfg, pairs(16))
+    before = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
+    first, last = trains_down(trainer)
+    assert last < first
+    moved = {name for name, p in trainer.model.named_parameters() if not torch.equal(p, before[name])}
+    trainable = {name for name, p in trainer.model.named_parameters() if p.requires_grad}
+    assert moved and moved <= trainable
+    optimised = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
+    assert optimised == {id(p) for p in trainer.model.parameters() if p.requires_grad}  # no AdamW state for frozen weights
+    assert not any("embed" in name or "wte" in name or "wpe" in name for name in trainable)
+    assert any(".0." in name for name in before) and not any(".0." in name for name in trainable)  # layer 0 frozen
