@@ -171,6 +171,26 @@ def calibration_error(probs: Any, labels: Any | None = None, n_bins: int = 15) -
     }
 
 
+def ece_noise_floor(probs: Any, n_bins: int = 15, *, n_sim: int = 200, seed: int = 0) -> dict[str, float]:
+    """The ECE a model would show on these pairs if ``probs`` (P(chosen ≻ rejected)) were exactly right.
+
+    Draws the human's choice of every pair from its probability ``n_sim`` times and measures the ECE (equal-width
+    bins, as :func:`calibration_error`) each time. A binned ECE is biased upwards by the sampling noise of each
+    bin's observed frequency: on a few hundred pairs a perfectly calibrated model scores several points, so an
+    ECE within ``mean + 2 std`` of this floor shows no miscalibration, and a difference between two models of
+    less than about ``std`` is noise. Returns ``mean``, ``std`` and ``n_sim``.
+    """
+    p = _np(probs, "probs")
+    if n_sim < 2:
+        raise ValueError(f"n_sim: expected >= 2, got {n_sim}")
+    rng = np.random.default_rng(seed)
+    eces = []
+    for _ in range(n_sim):
+        first_wins = rng.random(p.size) < p
+        eces.append(calibration_error(np.where(first_wins, p, 1.0 - p), n_bins=n_bins)["ece"])
+    return {"mean": float(np.mean(eces)), "std": float(np.std(eces)), "n_sim": n_sim}
+
+
 CALIBRATION_KEYS = ("nll", "brier", "ece", "ece_equal_mass")
 
 

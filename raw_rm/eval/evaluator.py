@@ -420,6 +420,35 @@ class RewardModelEvaluator:
             "accuracy_coverage": points,
         }
 
+    def ensemble_vs_members(
+        self, fit_pairs: Sequence[PreferencePair], sets: dict[str, Sequence[PreferencePair]]
+    ) -> dict[str, Any] | None:
+        """For models with several members: the ensemble against each member on every set of ``sets``.
+
+        Every contender (each member, and the mean of the members' rewards that the ensemble serves) fits its own
+        temperature on ``fit_pairs`` and is measured at it on each set (:func:`raw_rm.metrics.compare_members`:
+        NLL, ECE, accuracy, the best member in hindsight and the member the fit pairs would pick). Each set also
+        gets ``ece_floor``: the mean ECE the ensemble would show if its probabilities were exactly right (labels
+        drawn from them), i.e. how much of an ECE is the noise of a finite set. None for a one-member model or
+        without fit pairs.
+        """
+        if not fit_pairs:
+            return None
+        fit = self._pair_member_rewards(fit_pairs)
+        if fit is None:
+            return None
+        out: dict[str, Any] = {}
+        for name, pairs in sets.items():
+            members = self._pair_member_rewards(pairs)
+            if members is None:
+                continue
+            delta = members[0::2] - members[1::2]
+            res = M.compare_members(fit[0::2] - fit[1::2], delta, n_bins=self.n_bins)
+            probs = M.pair_probabilities(delta.mean(axis=1), res["ensemble"]["temperature"])
+            res["ece_floor"] = M.ece_noise_floor(probs, n_bins=self.n_bins, seed=self.seed)
+            out[name] = res
+        return out
+
     # ----------------------------------------------------------------------------------- everything
     def run(
         self,
@@ -464,6 +493,9 @@ class RewardModelEvaluator:
         uq = self.uncertainty_quality(pairs)
         if uq is not None:
             metrics["uncertainty"] = uq
+        versus = self.ensemble_vs_members(val_pairs or [], {name: pairs, **ood})
+        if versus:
+            metrics["ensemble_vs_members"] = versus
         if groups:
             metrics["groups"] = self.evaluate_groups(groups)
         if ratings:

@@ -402,6 +402,13 @@ def headline_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
             rows.append((f"uncertainty: vote split, in-distribution vs OOD '{name}'",
                          f"{a:.3f} vs {b:.3f} ({'larger' if b > a else 'not larger'} OOD; response std "
                          f"{base['response_std']:.3f} vs {o['spread']['response_std']:.3f})"))
+    for name, c in (metrics.get("ensemble_vs_members") or {}).items():
+        ens, best = c["ensemble"], c["members"][c["best_member"]]
+        floor = c["ece_floor"]
+        rows.append((f"ensemble vs best member on '{name}' (member {c['best_member']}, each at its own T)",
+                     f"NLL {ens['nll']:.4f} vs {best['nll']:.4f} ({_lower(ens['nll'], best['nll'])}); ECE "
+                     f"{ens['ece']:.4f} vs {best['ece']:.4f} ({_lower(ens['ece'], best['ece'])}; noise floor "
+                     f"{floor['mean']:.3f} ± {floor['std']:.3f})"))
     g = metrics.get("groups")
     if g:
         rows.append(("ranking: mean Spearman / Kendall per group",
@@ -411,6 +418,10 @@ def headline_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
         for aspect, v in r["aspects"].items():
             rows.append((f"ratings: Spearman '{aspect}'", f"{v['spearman']:+.3f} (n={v['n']})"))
     return rows
+
+
+def _lower(a: float, b: float) -> str:
+    return "lower" if a < b else "not lower"
 
 
 def _table_rows(metrics: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
@@ -427,6 +438,18 @@ def _table_rows(metrics: dict[str, Any]) -> list[tuple[str, list[str], list[list
                        [[n, f"{p['accuracy']:.1%}", f"{100 * p['delta']:+.1f} pp", f"{p['flip_rate']:.1%}",
                          f"{p['consistency']:.1%}" if p.get("consistency") is not None else ""]
                         for n, p in probes.items()]))
+    versus = metrics.get("ensemble_vs_members") or {}
+    if versus:
+        rows = []
+        for name, c in versus.items():
+            named = [(f"member {k}", m) for k, m in enumerate(c["members"])] + [("ensemble", c["ensemble"])]
+            for label, m in named:
+                mark = " (best)" if label == f"member {c['best_member']}" else ""
+                rows.append([name, label + mark, f"{m['temperature']:.3f}", f"{m['nll']:.4f}", f"{m['ece']:.4f}",
+                             f"{m['accuracy']:.1%}"])
+        n_fit = next(iter(versus.values()))["n_fit"]
+        tables.append((f"Ensemble vs its members (each at its own T fitted on {n_fit} calibration pairs)",
+                       ["set", "model", "T", "NLL", "ECE", "accuracy"], rows))
     main = sets[metrics["main"]]
     for key, title in (("by_length", "Accuracy by mean response length (characters)"),
                        ("by_margin", "Accuracy by predicted margin")):

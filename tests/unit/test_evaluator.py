@@ -350,3 +350,43 @@ def test_evaluate_model_dir_feeds_the_gate_and_stores_temperature(tmp_path):
     source = report.metrics["sets"]["validation"]["calibration"]["temperature_source"]
     assert source.endswith(" validation pairs") and n >= 2
     assert load_model(tmp_path / "m")[0].metadata.temperature == pytest.approx(flat["temperature"])
+
+
+def test_ensemble_vs_members_on_each_set_with_temperatures_from_the_calibration_pairs():
+    from raw_rm.eval.report import headline_rows
+
+    # members = a shared signal + each member's own noise: averaging removes the noise, so the ensemble's NLL is lower
+    rng = np.random.default_rng(0)
+    signal, noise = {}, {}
+
+    def make(prefix: str, n: int) -> list[PreferencePair]:
+        pairs = [PreferencePair(prompt=f"{prefix}{i}", chosen="c", rejected="r") for i in range(n)]
+        for p in pairs:
+            signal[p.prompt] = rng.normal(1.0, 1.0)
+            noise[p.prompt] = rng.normal(0.0, 1.5, size=4)
+        return pairs
+
+    def members(p, r):
+        return signal[p] + noise[p] if r == "c" else np.zeros(4)
+
+    test, val, ood = make("t", 400), make("v", 300), make("o", 200)
+    ev = RewardModelEvaluator(FakeInference(lambda p, r: float(np.mean(members(p, r))), members_fn=members), n_boot=10)
+    report = ev.run(test, name="test", val_pairs=val, ood={"shifted": ood}, run_probes=False)
+    versus = report.metrics["ensemble_vs_members"]
+    assert set(versus) == {"test", "shifted"}
+    for c in versus.values():
+        assert c["n_fit"] == 300 and len(c["members"]) == 4
+        assert c["ensemble"]["nll"] < min(m["nll"] for m in c["members"])
+        assert 0 < c["ece_floor"]["mean"] < 0.2 and c["ece_floor"]["std"] > 0
+    assert versus["test"]["n_eval"] == 400 and versus["shifted"]["n_eval"] == 200
+    rows = dict(headline_rows(report.metrics))
+    best = versus["test"]["best_member"]
+    assert rows[f"ensemble vs best member on 'test' (member {best}, each at its own T)"].startswith(
+        f"NLL {versus['test']['ensemble']['nll']:.4f} vs ")
+    assert "(lower)" in rows[f"ensemble vs best member on 'test' (member {best}, each at its own T)"]
+    assert report.flat_metrics()["ensemble_vs_members.test.ensemble.nll"] == pytest.approx(versus["test"]["ensemble"]["nll"])
+    without_fit = RewardModelEvaluator(FakeInference(lambda p, r: float(np.mean(members(p, r))), members_fn=members), n_boot=10)
+    assert "ensemble_vs_members" not in without_fit.run(test, name="test", run_probes=False).metrics
+    pairs, table = table_pairs(VALUES)
+    single = RewardModelEvaluator(FakeInference(lambda p, r: table[(p, r)]), n_boot=10)
+    assert single.ensemble_vs_members(pairs, {"test": pairs}) is None

@@ -16,6 +16,7 @@ from raw_rm.metrics import (
     auroc,
     calibration_error,
     compare_calibration,
+    ece_noise_floor,
     fit_temperature,
     pair_nll,
     pair_probabilities,
@@ -229,3 +230,17 @@ def test_equal_mass_ece_keeps_tied_probabilities_in_one_bin() -> None:
     assert calibration_error([0.5] * 10)["ece_equal_mass"] == pytest.approx(0.0, abs=1e-12)
     bins = reliability_bins([0.7] * 10, [1] * 7 + [0] * 3, n_bins=4, strategy="mass")
     assert bins["count"].tolist() == [10, 10] and bins["accuracy"].tolist() == pytest.approx([0.3, 0.7])
+
+
+def test_ece_noise_floor_shrinks_with_more_pairs_and_bounds_a_calibrated_model():
+    rng = np.random.default_rng(1)
+    few, many = rng.uniform(0.3, 0.9, 100), rng.uniform(0.3, 0.9, 5000)
+    floor_few, floor_many = ece_noise_floor(few, seed=0), ece_noise_floor(many, seed=0)
+    assert floor_few["mean"] > 3 * floor_many["mean"] > 0 and floor_few["n_sim"] == 200
+    # a model whose probabilities are right: its measured ECE lies within the floor's spread
+    labels = rng.random(few.size) < few
+    measured = calibration_error(np.where(labels, few, 1 - few))["ece"]
+    assert abs(measured - floor_few["mean"]) < 3 * floor_few["std"]
+    assert ece_noise_floor(np.full(50, 0.5))["mean"] == 0.0  # p = 0.5 is calibrated whatever happens
+    with pytest.raises(ValueError, match="n_sim"):
+        ece_noise_floor(few, n_sim=1)
