@@ -48,6 +48,7 @@ RECIPES: dict[str, dict] = {
     "e3_lr1e-4": {"all": {"train.epochs": 3, "train.lr": 1e-4}},
     "e3_mean": {"all": {"train.epochs": 3, "model.pooling": "mean"}},
     "e3_boot": {"all": {"train.epochs": 3, "ensemble.bootstrap": True}},
+    "e3_top2": {"all": {"train.epochs": 3, "train.lr": 1e-4, "model.train_layers": 2}},  # last-layers-only members
     "es8": {"all": {"train.epochs": 8, "train.patience": 2, "train.early_stopping_metric": "val_nll",
                     "train.early_stopping_mode": "min", "train.restore_best": True}},
     "diverse": {"all": {}, "cycle": [

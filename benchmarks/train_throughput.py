@@ -75,7 +75,8 @@ def peak_rss_mb() -> float:
 
 
 # ------------------------------------------------------------------------------------------ raw_rm
-def _raw_rm(setup: Setup, *, precision: str, group_by_length: bool, pin_malloc_threshold: bool = True) -> dict[str, Any]:
+def _raw_rm(setup: Setup, *, precision: str, group_by_length: bool, pin_malloc_threshold: bool = True,
+            train_layers: int | None = None) -> dict[str, Any]:
     import torch
 
     from raw_rm.config import Config, DataConfig, ModelConfig, TrainConfig
@@ -87,7 +88,7 @@ def _raw_rm(setup: Setup, *, precision: str, group_by_length: bool, pin_malloc_t
     train, val = load_split(setup)
     cfg = Config(
         data=DataConfig(max_len_tokens=setup.max_len_tokens),
-        model=ModelConfig(arch="concat", backbone="minilm", backbone_dropout=0.0),  # TRL disables dropout too
+        model=ModelConfig(arch="concat", backbone="minilm", backbone_dropout=0.0, train_layers=train_layers),  # TRL disables dropout too
         train=TrainConfig(
             epochs=setup.epochs, batch_size=setup.batch_size, lr=setup.lr, warmup_ratio=setup.warmup_ratio,
             weight_decay=setup.weight_decay, schedule="linear", precision=precision, seed=setup.seed, progress=False,
@@ -256,6 +257,7 @@ CONTENDERS: dict[str, Callable[[Setup], dict[str, Any]]] = {
     "raw_rm_fp32": lambda s: _raw_rm(s, precision="fp32", group_by_length=True),  # bf16 off
     "raw_rm_fp32_nogroup": lambda s: _raw_rm(s, precision="fp32", group_by_length=False),  # bf16 and grouping off
     "raw_rm_nopin": lambda s: _raw_rm(s, precision="auto", group_by_length=True, pin_malloc_threshold=False),  # glibc heap left alone
+    "raw_rm_top2": lambda s: _raw_rm(s, precision="auto", group_by_length=True, train_layers=2),  # last-layers-only (ensemble members)
     "raw_rm_ray1": lambda s: _raw_rm_ray(s, workers=1),  # the Ray Train layer's cost: compare with raw_rm
     "raw_rm_ray2": lambda s: _raw_rm_ray(s, workers=2),  # 2 DDP workers, same global batch
 }
@@ -334,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
         results[name] = run_one(name, setup)
         print(f"  {name}: {json.dumps(results[name])}", file=sys.stderr, flush=True)
     print()
-    print_table(results)
+    print_table(results, baseline="trl" if "trl" in results else args.contenders[0])
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"machine": machine_facts(threads=setup.threads), "setup": asdict(setup), "results": results}, indent=1))

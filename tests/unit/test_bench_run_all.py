@@ -31,12 +31,14 @@ def test_train_rows_ratios_against_trl(run_all) -> None:
         "trl": {"pairs_per_s": 2.0, "peak_rss_mb": 1000.0, "accuracy": 0.715},
         "raw_rm": {"pairs_per_s": 3.2, "peak_rss_mb": 900.0, "accuracy": 0.70},
         "raw_rm_ray2": {"pairs_per_s": 2.4},
+        "raw_rm_top2": {"pairs_per_s": 6.4},
     }}
     rows = _by_measure(run_all.rows_train(data))
     assert rows["pairs/s, raw_rm / TRL"] == ("1.60x (3.20 vs 2.00)", ">= 1.5x", "met")
     assert rows["peak RSS, raw_rm / TRL"] == ("0.90x (900 vs 1000 MB)", "<= 1.00x", "met")
     assert rows["held-out accuracy, raw_rm - TRL"] == ("-1.5 points (0.700 vs 0.715)", ">= -1.0 point", "MISSED")
     assert rows["pairs/s, raw_rm_ray2 / raw_rm (Ray Train layer)"] == ("0.75x", "-", "-")
+    assert rows["pairs/s, raw_rm_top2 / raw_rm (top 2 layers trained)"] == ("2.00x", "-", "-")
 
 
 def test_train_rows_when_a_contender_failed(run_all) -> None:
