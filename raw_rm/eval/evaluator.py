@@ -437,13 +437,14 @@ class RewardModelEvaluator:
         fit = self._pair_member_rewards(fit_pairs)
         if fit is None:
             return None
+        fit_delta = fit[0::2] - fit[1::2]  # (N_fit, K), the same for every set
         out: dict[str, Any] = {}
         for name, pairs in sets.items():
             members = self._pair_member_rewards(pairs)
             if members is None:
                 continue
             delta = members[0::2] - members[1::2]
-            res = M.compare_members(fit[0::2] - fit[1::2], delta, n_bins=self.n_bins)
+            res = M.compare_members(fit_delta, delta, n_bins=self.n_bins)
             probs = M.pair_probabilities(delta.mean(axis=1), res["ensemble"]["temperature"])
             res["ece_floor"] = M.ece_noise_floor(probs, n_bins=self.n_bins, seed=self.seed)
             out[name] = res

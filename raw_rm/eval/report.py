@@ -442,10 +442,9 @@ def _table_rows(metrics: dict[str, Any]) -> list[tuple[str, list[str], list[list
     if versus:
         rows = []
         for name, c in versus.items():
-            named = [(f"member {k}", m) for k, m in enumerate(c["members"])] + [("ensemble", c["ensemble"])]
-            for label, m in named:
-                mark = " (best)" if label == f"member {c['best_member']}" else ""
-                rows.append([name, label + mark, f"{m['temperature']:.3f}", f"{m['nll']:.4f}", f"{m['ece']:.4f}",
+            named = [(f"member {k}" + (" (best)" if k == c["best_member"] else ""), m) for k, m in enumerate(c["members"])]
+            for label, m in [*named, ("ensemble", c["ensemble"])]:
+                rows.append([name, label, f"{m['temperature']:.3f}", f"{m['nll']:.4f}", f"{m['ece']:.4f}",
                              f"{m['accuracy']:.1%}"])
         n_fit = next(iter(versus.values()))["n_fit"]
         tables.append((f"Ensemble vs its members (each at its own T fitted on {n_fit} calibration pairs)",
