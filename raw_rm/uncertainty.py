@@ -20,7 +20,7 @@ members' reward differences Δ_k = r_a,k − r_b,k (k = 1..K, normalised rewards
     margin         −|mean_k Δ_k|: pairs the ensemble's mean reward can barely tell apart (no spread needed)
     random         uniform scores from a seeded generator (the baseline)
 
-Why not the std of each response's reward (what ``std`` scored before issue #10): a Bradley-Terry reward is only
+Why not the std of each response's reward: a Bradley-Terry reward is only
 identified up to a shift per prompt, so the members' rewards of a and b share a large, arbitrary component (the
 prompt, the common content) that cancels in Δ; that std picks pairs whose order every member already agrees on,
 and needed more labels than random selection in ``benchmarks/active_learning.py``. The spread of Δ alone is not

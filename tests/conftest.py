@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-# Set before anything imports ray, mlflow or transformers (see shared/STACK_NOTES.md).
+# Set before anything imports ray, mlflow or transformers (docs/development.md says why each matters).
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -1,7 +1,7 @@
 """`ray job submit` end to end: jobs/train.py on a throwaway `ray start --head`, tracked and registered in MLflow.
 
 The head runs in its own temp dir (so `ray.init()` elsewhere on this machine never discovers it) on free ports,
-with auth disabled (STACK_NOTES), and is stopped by killing the process group this test started: never `ray stop`,
+with auth disabled (a local head otherwise wants the token Ray writes), and is stopped by killing the process group this test started: never `ray stop`,
 which would stop every Ray on the machine, including the session's.
 """
 

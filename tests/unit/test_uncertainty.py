@@ -76,7 +76,7 @@ def test_compare_pairs_uses_the_temperature() -> None:
 #   2: members disagree on the order Δ_k = 3, −3, 3       −1/√8          disagreement 0.728  |mean Δ| 1
 #   3: members agree, barely apart   Δ_k = .1, .1, .1     −1e11 (floor)  disagreement 0      |mean Δ| 0.1
 # Pair 1's responses each vary a lot over members (response std 1.633) by an offset shared by a and b: that says
-# nothing about the order, so std must not pick it (the response-std definition before issue #10 picked it first).
+# nothing about the order, so std must not pick it (a per-response std would pick it first).
 POOL_A = t([[1.0, 1.0, 1.0], [0.0, 2.0, 4.0], [1.5, -1.5, 1.5], [0.1, 0.1, 0.1]])
 POOL_B = t([[0.0, 0.0, 0.0], [-1.0, 1.0, 3.0], [-1.5, 1.5, -1.5], [0.0, 0.0, 0.0]])
 
