@@ -6,7 +6,7 @@ On disk an ensemble is a folder::
                          aggregate defaults, and the ensemble's own RewardMetadata
     member_0/ ...        each member a folder written by ``save_model`` (any arch, one shared tokenizer)
 
-``load_model(folder)`` returns an :class:`EnsembleRewardModel` for such a folder, so everything that takes a
+``raw_rm.models.load_model(folder)`` returns an :class:`EnsembleRewardModel` for such a folder, so everything that takes a
 model folder (``RewardModelInference``, ``raw-rm score``/``eval``, the registry, Serve) takes an ensemble.
 
 Scale: reward models trained with a Bradley-Terry loss are only defined up to a shift (and their scales differ
@@ -32,12 +32,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
+from transformers import AutoTokenizer
 
 from raw_rm.config import ModelConfig
-from raw_rm.models.base import RewardMetadata, RewardModelBase, RewardOutput
+from raw_rm.models.base import RewardMetadata, RewardModelBase, RewardOutput, model_class
+from raw_rm.models.persistence import RAW_RM_FILE, RAW_RM_KEY, load_single_model, save_single_model
 
 logger = logging.getLogger(__name__)
 
@@ -165,8 +166,6 @@ def save_ensemble(
         ValueError: no members, a member folder that is not a saved model, an ``info["members"]`` of the wrong
             length, or members that do not share a tokenizer / input kind (checked by loading them).
     """
-    from raw_rm.models.persistence import load_model
-
     out = Path(directory)
     info = dict(info or {})
     if not member_dirs:
@@ -211,11 +210,6 @@ def save_ensemble(
 
 def _member_facts(member_dir: Path) -> tuple[str, str, str]:
     """(input_kind, tokenizer fingerprint, base_model) of a saved model folder, without loading its weights."""
-    from transformers import AutoTokenizer
-
-    from raw_rm.models.base import model_class
-    from raw_rm.models.persistence import RAW_RM_FILE, RAW_RM_KEY
-
     raw = member_dir / RAW_RM_FILE
     if raw.is_file():
         record = json.loads(raw.read_text())
@@ -237,9 +231,7 @@ def _check_members(source: Path, names: Sequence[str], kinds: Sequence[str], pri
 
 def save_ensemble_model(model: EnsembleRewardModel, tokenizer: Any, directory: str | Path) -> Path:
     """``save_model`` for an ensemble: into its own folder only ``ensemble.json`` is rewritten (metadata, e.g. a
-    fitted temperature); into another folder every member is saved with ``save_model`` and the record written."""
-    from raw_rm.models.persistence import save_model
-
+    fitted temperature); into another folder every member is saved and the record written."""
     out = Path(directory)
     if model.directory is not None and out.resolve() == model.directory.resolve():
         (out / ENSEMBLE_FILE).write_text(json.dumps(model.record(), indent=2) + "\n")
@@ -247,7 +239,7 @@ def save_ensemble_model(model: EnsembleRewardModel, tokenizer: Any, directory: s
     out.mkdir(parents=True, exist_ok=True)
     info = []
     for i, (member, meta) in enumerate(zip(model.members, model.member_info, strict=True)):
-        save_model(member, tokenizer, out / f"member_{i}")
+        save_single_model(member, tokenizer, out / f"member_{i}")
         info.append({**meta, "dir": f"member_{i}"})
     model.member_info = info
     model.directory = out
@@ -264,8 +256,6 @@ def load_ensemble(directory: str | Path) -> tuple[EnsembleRewardModel, Any]:
         FileNotFoundError: no ``ensemble.json``, or a member folder it names is missing.
         ValueError: a malformed record (file and key named), or members whose tokenizers differ.
     """
-    from raw_rm.models.persistence import load_model
-
     path = Path(directory)
     source = path / ENSEMBLE_FILE
     if not source.is_file():
@@ -288,7 +278,7 @@ def load_ensemble(directory: str | Path) -> tuple[EnsembleRewardModel, Any]:
         member_dir = path / member["dir"]
         if not member_dir.is_dir():
             raise FileNotFoundError(f"{source}: members[{i}]: folder {member_dir} does not exist")
-        model, tokenizer = load_model(member_dir)
+        model, tokenizer = load_single_model(member_dir)
         models.append(model)
         tokenizers.append(tokenizer)
     _check_members(source, [m["dir"] for m in record["members"]], [m.input_kind for m in models],
@@ -299,49 +289,3 @@ def load_ensemble(directory: str | Path) -> tuple[EnsembleRewardModel, Any]:
     )
     model.eval()
     return model, tokenizers[0]
-
-
-# ------------------------------------------------------------------------------ ensemble statistics
-def record_lengths(tokenizer: Any, records: Sequence[Any], *, max_len_tokens: int) -> np.ndarray:
-    """Token length per record as the trainer counts it for its reference: ``len(prompt + " " + text)`` plus 2
-    special tokens, capped at ``max_len_tokens``; a pair counts its longer side."""
-    from raw_rm.data.records import PreferencePair
-
-    out = []
-    for rec in records:
-        texts = [rec.chosen, rec.rejected] if isinstance(rec, PreferencePair) else [rec.response]
-        ids = tokenizer([rec.prompt + " " + t for t in texts], add_special_tokens=False, truncation=False)["input_ids"]
-        out.append(max(min(max_len_tokens, len(s) + 2) for s in ids))
-    return np.asarray(out, dtype=np.float64)
-
-
-def fit_reference(
-    model: RewardModelBase, tokenizer: Any, records: Sequence[Any], *, max_len_tokens: int, max_records: int = 2048, seed: int = 0
-) -> RewardMetadata:
-    """Set ``model.metadata``'s reward normalisation and drift references from (a seeded sample of) ``records``.
-
-    Rewards of every text (chosen and rejected) give reward_mean/std and the reward histogram; per-record token
-    lengths the length histogram, as ``RewardModelTrainer.store_reward_stats`` does for single models.
-    """
-    import random
-
-    from raw_rm.inference import RewardModelInference
-    from raw_rm.uncertainty import ReferenceDistribution
-
-    recs = list(records)
-    if len(recs) > max_records:
-        recs = random.Random(seed).sample(recs, max_records)
-    prompts = [r.prompt for r in recs for _ in (0, 1)]
-    responses = [t for r in recs for t in (r.chosen, r.rejected)]
-    rm = RewardModelInference(model, tokenizer=tokenizer, max_len_tokens=max_len_tokens, cache_size=0)
-    rewards = rm.batch_predict(prompts, responses)
-    meta = model.metadata
-    meta.reward_mean = float(rewards.mean())
-    std = float(rewards.std())
-    meta.reward_std = std if std > 0 else 1.0
-    lengths = record_lengths(tokenizer, recs, max_len_tokens=max_len_tokens)
-    meta.reference = {
-        "reward": ReferenceDistribution.from_sample(rewards).to_dict(),
-        "length": ReferenceDistribution.from_sample(lengths).to_dict(),
-    }
-    return meta

@@ -1,6 +1,7 @@
-"""``save_model`` / ``load_model``: one directory per model, loadable without network or the original backbone.
+"""One saved reward model per directory, loadable without network or the original backbone.
 
-Two layouts, told apart by ``load_model``:
+``save_single_model`` / ``load_single_model`` handle one model; ``raw_rm.models.io.save_model`` / ``load_model``
+(what callers use) add ensemble folders (``raw_rm.models.ensemble``) on top. Two layouts, told apart on loading:
 
 - Hugging Face layout (``RewardModel`` with the Hugging Face pooling): exactly what
   ``AutoModelForSequenceClassification.save_pretrained`` writes (``config.json``, ``model.safetensors``)
@@ -43,15 +44,12 @@ BACKBONE_DIR = "backbone"
 _HF_FILES = ("config.json", "model.safetensors")
 
 
-def save_model(model: RewardModelBase, tokenizer: PreTrainedTokenizerBase, directory: str | Path) -> Path:
+def save_single_model(model: RewardModelBase, tokenizer: PreTrainedTokenizerBase, directory: str | Path) -> Path:
     """Write ``model`` and ``tokenizer`` to ``directory`` (created if needed) and return its path.
 
     Files of the other layout left by an earlier save into the same directory are removed, so the
     directory never holds two models.
     """
-    if getattr(model, "is_ensemble", False):  # an ensemble folder: members + ensemble.json (models/ensemble.py)
-        from raw_rm.models.ensemble import save_ensemble_model
-        return save_ensemble_model(model, tokenizer, directory)
     path = Path(directory)
     path.mkdir(parents=True, exist_ok=True)
     record = {
@@ -79,8 +77,8 @@ def save_model(model: RewardModelBase, tokenizer: PreTrainedTokenizerBase, direc
     return path
 
 
-def load_model(directory: str | Path) -> tuple[RewardModelBase, PreTrainedTokenizerBase]:
-    """Load a directory written by :func:`save_model` (or any Hugging Face sequence-classification
+def load_single_model(directory: str | Path) -> tuple[RewardModelBase, PreTrainedTokenizerBase]:
+    """Load a directory written by :func:`save_single_model` (or any Hugging Face sequence-classification
     directory with one label) in evaluation mode, with its tokenizer. No network, no original backbone.
 
     Raises:
@@ -88,9 +86,6 @@ def load_model(directory: str | Path) -> tuple[RewardModelBase, PreTrainedTokeni
         ValueError: the saved record is malformed (the message names the file and key).
     """
     path = Path(directory)
-    if (path / "ensemble.json").is_file():  # an ensemble folder loads as one model (models/ensemble.py)
-        from raw_rm.models.ensemble import load_ensemble
-        return load_ensemble(path)
     if (path / RAW_RM_FILE).is_file():
         model, tokenizer = _load_raw(path)
     elif (path / "config.json").is_file():

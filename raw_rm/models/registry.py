@@ -17,7 +17,7 @@ from raw_rm.models.backbones import (
     set_backbone_dropout,
 )
 from raw_rm.models.base import MODEL_CLASSES, RewardMetadata, RewardModelBase, model_class
-from raw_rm.models.persistence import load_model
+from raw_rm.models.io import load_model
 
 logger = logging.getLogger(__name__)
 

@@ -266,7 +266,7 @@ def _fit_ensemble_metadata(cfg: Config, ens_dir: Path) -> tuple[Any, dict[str, A
     from raw_rm.data.formats import group_to_pairs
     from raw_rm.inference import RewardModelInference
     from raw_rm.models import load_model, save_model
-    from raw_rm.models.ensemble import fit_reference
+    from raw_rm.reference import fit_reference
 
     model, tokenizer = load_model(ens_dir)
     train, val, _ = load_train_val(cfg, tokenizer=tokenizer)

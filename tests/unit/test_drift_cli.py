@@ -15,7 +15,7 @@ from raw_rm.config import ModelConfig
 from raw_rm.data.records import PreferencePair
 from raw_rm.models import build_model, save_model
 from raw_rm.models.backbones import load_tokenizer
-from raw_rm.models.ensemble import fit_reference, record_lengths
+from raw_rm.reference import fit_reference, record_lengths
 from raw_rm.uncertainty import ReferenceDistribution
 
 WORDS = "the cat sat on a mat while birds sang in the old tall tree near our quiet house".split()
