@@ -54,6 +54,14 @@ class DataConfig:
     strict: bool = False  # degenerate records (chosen == rejected, empty, group < 2) raise instead of being dropped
     split_seed: str = "raw_rm"  # salt of the prompt hash that assigns train/validation
     aspect: str | None = None  # ratings -> pairs/groups: the aspect compared (None = mean of the aspects)
+    prompt_key: str = "prompt"  # the data set's name for the prompt field (OpenRLHF --prompt_key)
+    chosen_key: str = "chosen"  # the data set's name for the preferred response (OpenRLHF --chosen_key)
+    rejected_key: str = "rejected"  # the data set's name for the dispreferred response (OpenRLHF --rejected_key)
+    responses_key: str = "responses"  # k-wise groups: the data set's name for the list of responses
+    ranks_key: str = "ranks"  # k-wise groups: the data set's name for the ranks (0 = best)
+    scores_key: str = "scores"  # k-wise groups: the data set's name for per-response scores (larger = better)
+    response_key: str = "response"  # ratings: the data set's name for the rated response
+    ratings_key: str = "ratings"  # ratings: the data set's name for the {aspect: rating} mapping
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
     def __post_init__(self) -> None:
