@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import random
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -36,7 +35,7 @@ from raw_rm.runtime import (
     seed_everything,
 )
 from raw_rm.train import checkpoint as ckpt
-from raw_rm.train import fsdp
+from raw_rm.train import fsdp, validation
 from raw_rm.train.checkpoint import latest_checkpoint
 from raw_rm.train.objectives import Objective, build_objective, record_kind
 
@@ -221,16 +220,8 @@ class RewardModelTrainer:
         )
 
     def _lengths(self, records: Sequence[Any]) -> list[int]:
-        """Token length per record (longest of its sequences, capped at max_len_tokens) for length grouping."""
-        texts = [(p + " " + r, i) for i, rec in enumerate(records) for p, r in self.objective.record_texts(rec)]
-        lengths = [0] * len(records)
-        cap, chunk = self.cfg.data.max_len_tokens, 2048
-        for start in range(0, len(texts), chunk):
-            part = texts[start:start + chunk]
-            ids = self.tokenizer([t for t, _ in part], add_special_tokens=False, truncation=False)["input_ids"]
-            for (_, owner), seq in zip(part, ids, strict=True):
-                lengths[owner] = max(lengths[owner], min(cap, len(seq) + 2))
-        return lengths
+        return validation.record_lengths(self.tokenizer, self.objective, records,
+                                         max_len_tokens=self.cfg.data.max_len_tokens)
 
     def _epoch_batches(self, epoch: int) -> list[list[int]]:
         self.sampler.set_epoch(epoch)
@@ -303,7 +294,6 @@ class RewardModelTrainer:
         return metrics
 
     # ----------------------------------------------------------------------------------- evaluate
-    @torch.no_grad()
     def predict_records(
         self, records: Sequence[Any], *, batch_size: int | None = None, fp32: bool = True
     ) -> list[dict[str, torch.Tensor]]:
@@ -312,35 +302,16 @@ class RewardModelTrainer:
         ``fp32`` (the default for validation) runs without autocast: bf16 rounds rewards to ~3 significant
         digits, which turns close pairs into ties and ties count as errors in accuracy.
         """
-        if not records:
-            return []
-        batch_size = batch_size or max(2 * self.cfg.train.batch_size, 8)
-        lengths = self._lengths(records)
-        order = sorted(range(len(records)), key=lambda i: lengths[i])
-        self.train_model.eval()
-        out = []
-        for start in range(0, len(order), batch_size):
-            batch = self.collate(order[start:start + batch_size], records)
-            with self._autocast() if not fp32 else contextlib.nullcontext():
-                output = self.train_model(**self._features(batch))
-            out.append(self.objective.predict(output, batch))
-        return out
+        return validation.predict_records(
+            self.train_model, self.objective, self.tokenizer, records, max_len_tokens=self.cfg.data.max_len_tokens,
+            batch_size=batch_size or max(2 * self.cfg.train.batch_size, 8), device=self.device,
+            autocast=None if fp32 else self._autocast,
+        )
 
     def evaluate(self, records: Sequence[Any] | None = None) -> dict[str, float]:
         """val_loss, the objective's metrics (val_accuracy, val_nll, val_ece, ...), val_reward_mean/std."""
         records = self.val_records if records is None else records
-        if not records:
-            return {}
-        parts = self.predict_records(records)
-        n = torch.stack([p["n"] for p in parts]).float()
-        # .cpu(): the losses sit on the model's device, the counts on the CPU (a CUDA x CPU product raises)
-        result = {"val_loss": float((torch.stack([p["loss"] for p in parts]).cpu() * n).sum() / n.sum())}
-        result.update(self.objective.val_metrics(parts, records))
-        rewards = self.objective.rewards(parts).cpu()
-        result["val_reward_mean"] = float(rewards.mean())
-        result["val_reward_std"] = float(rewards.std(unbiased=False)) if rewards.numel() > 1 else 0.0
-        result["val_n_truncated"] = float(sum(int(p["n_truncated"]) for p in parts))
-        return result
+        return validation.validation_metrics(self.objective, self.predict_records(records), records) if records else {}
 
     # ---------------------------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
@@ -570,7 +541,6 @@ class RewardModelTrainer:
         return tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
 
     # ------------------------------------------------------------------------------- after training
-    @torch.no_grad()
     def store_reward_stats(self, max_sequences: int = 1024) -> None:
         """Reward mean/std over (a capped, seeded sample of) training rewards, plus reference histograms, into
         metadata.
@@ -578,24 +548,13 @@ class RewardModelTrainer:
         Runs at the training precision: mean and std do not need more than bf16 gives, and this runs on up to
         ``max_sequences`` texts at the end of every fit.
         """
-        from raw_rm.uncertainty import ReferenceDistribution
-
         meta = getattr(self.model, "metadata", None)
         if meta is None:
             return
-        records = self.train_records
-        if len(records) * 2 > max_sequences:
-            per_record = max(1, len(self.objective.record_texts(records[0])))
-            records = random.Random(self.cfg.train.seed).sample(records, max(1, max_sequences // per_record))
-        rewards = self.objective.rewards(self.predict_records(records, fp32=False)).cpu().double()
-        meta.reward_mean = float(rewards.mean())
-        meta.reward_std = float(rewards.std(unbiased=False)) if rewards.numel() > 1 else 1.0
-        if meta.reward_std <= 0:
-            meta.reward_std = 1.0
-        lengths = np.asarray(self._lengths(records), dtype=np.float64)
-        # reward and input-length reference distributions (quantile histograms) for drift checks
-        meta.reference = {"reward": ReferenceDistribution.from_sample(rewards.numpy()).to_dict(),
-                          "length": ReferenceDistribution.from_sample(lengths).to_dict()}
+        records = validation.reward_sample(self.train_records, self.objective, max_sequences=max_sequences,
+                                           seed=self.cfg.train.seed)
+        rewards = self.objective.rewards(self.predict_records(records, fp32=False))
+        validation.store_reward_stats(meta, rewards, self._lengths(records))
         logger.info("reward normalisation over %d training rewards: mean %.4f std %.4f", rewards.numel(),
                     meta.reward_mean, meta.reward_std)
 
