@@ -78,3 +78,7 @@ class DistillObjective(PairsObjective):
             loss = loss + (1 - self.alpha) * F.binary_cross_entropy_with_logits(student[:b] - student[b:], target)
         return loss, {"chosen": student[:b].detach(), "rejected": student[b:].detach(), "teacher": teacher.detach()}
 
+    def share(self, batch: Batch) -> float:
+        # The loss is an unweighted mean over the batch's pairs, so a micro-batch counts by its pairs whatever their
+        # weight field says (the pairs objective weighs them by it because its loss is a weighted mean).
+        return float(self.n_items(batch))
