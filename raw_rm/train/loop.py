@@ -38,8 +38,9 @@ from raw_rm.train import checkpoint as ckpt
 from raw_rm.train import fsdp, validation
 from raw_rm.train.checkpoint import latest_checkpoint
 from raw_rm.train.objectives import Objective, build_objective, record_kind
+from raw_rm.train.optim import build_optimizer, lr_lambda
 
-# Names this module has always offered, now defined where they belong (runtime, checkpoint, objectives).
+# Names this module has always offered, now defined where they belong (runtime, checkpoint, objectives, optim).
 __all__ = [
     "Callback", "FitResult", "RewardModelTrainer", "StopTraining", "TrainResult", "build_optimizer",
     "cpu_supports_bf16", "latest_checkpoint", "lr_lambda", "record_kind", "resolve_precision", "seed_everything",
@@ -95,41 +96,6 @@ class Callback(Protocol):
 
 class StopTraining(Exception):
     """A callback may raise this (e.g. a Tune scheduler decision) to end ``fit`` cleanly after the current step."""
-
-
-# -------------------------------------------------------------------------------------- schedule
-def lr_lambda(total_steps: int, warmup_steps: int, schedule: str) -> Callable[[int], float]:
-    """Multiplier of the peak lr at optimiser step ``s``: linear warm-up, then cosine / linear decay to 0, or
-    constant."""
-    if schedule not in ("cosine", "linear", "constant"):
-        raise ConfigError(f"train.schedule: expected cosine, linear or constant, got {schedule!r}")
-    total_steps = max(1, total_steps)
-
-    def fn(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / (warmup_steps + 1)
-        if schedule == "constant":
-            return 1.0
-        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        if schedule == "linear":
-            return 1.0 - progress
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return fn
-
-
-def build_optimizer(model: nn.Module, *, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW with decoupled weight decay on matrices only: biases and norm weights (1-D tensors) are not decayed."""
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        if param.ndim < 2 or "norm" in name.lower():
-            no_decay.append(param)
-        else:
-            decay.append(param)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
 
 
 # --------------------------------------------------------------------------------------- trainer
@@ -233,10 +199,7 @@ class RewardModelTrainer:
         return self.objective.collate(self.train_records if records is None else records, indices)
 
     def _features(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        features = batch.get("features")
-        if features is None:
-            raise KeyError(f"batch has no 'features' (keys: {sorted(batch)})")
-        return {k: v.to(self.device, non_blocking=True) for k, v in features.items()}
+        return validation.batch_features(batch, self.device)
 
     def _autocast(self) -> Any:
         dtype = self.autocast_dtype or torch.float32

@@ -32,6 +32,14 @@ def record_lengths(tokenizer: Any, objective: Objective, records: Sequence[Any],
     return lengths
 
 
+def batch_features(batch: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
+    """The model inputs of a collated batch (``batch["features"]``), on ``device``."""
+    features = batch.get("features")
+    if features is None:
+        raise KeyError(f"batch has no 'features' (keys: {sorted(batch)})")
+    return {k: v.to(device, non_blocking=True) for k, v in features.items()}
+
+
 @torch.no_grad()
 def predict_records(
     model: nn.Module,
@@ -54,11 +62,8 @@ def predict_records(
     out = []
     for start in range(0, len(order), batch_size):
         batch = objective.collate(records, order[start:start + batch_size])
-        features = batch.get("features")
-        if features is None:
-            raise KeyError(f"batch has no 'features' (keys: {sorted(batch)})")
         with autocast() if autocast is not None else contextlib.nullcontext():
-            output = model(**{k: v.to(device, non_blocking=True) for k, v in features.items()})
+            output = model(**batch_features(batch, device))
         out.append(objective.predict(output, batch))
     return out
 

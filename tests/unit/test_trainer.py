@@ -12,7 +12,8 @@ from raw_rm.data.records import PreferencePair, RankedGroup, RatedResponse
 from raw_rm.models import build_model
 from raw_rm.runtime import cpu_supports_bf16, resolve_precision
 from raw_rm.train.checkpoint import latest_checkpoint
-from raw_rm.train.loop import RewardModelTrainer, build_optimizer, lr_lambda
+from raw_rm.train.loop import RewardModelTrainer
+from raw_rm.train.optim import build_optimizer, lr_lambda
 
 GOOD = ["a kind and helpful answer", "a clear correct careful reply", "thanks, here is a helpful explanation"]
 BAD = ["rude nonsense", "go away idiot", "wrong wrong wrong"]
