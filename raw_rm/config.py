@@ -147,7 +147,7 @@ class TrainConfig:
     log_every_steps: int = 10  # step-metric reporting interval
     progress: bool = True  # show a progress bar (never on non-zero ranks or without a TTY)
     num_threads: int | None = None  # torch intra-op threads on CPU (None = torch default)
-    pin_malloc_threshold: bool = True  # Linux/glibc: fix malloc's mmap threshold at 128 KiB so freed activations go back to the OS instead of fragmenting the heap (peak RSS grew with run length without it; see raw_rm/train/allocator.py)
+    pin_malloc_threshold: bool = True  # Linux/glibc: fix malloc's mmap threshold at 128 KiB so freed activations go back to the OS instead of fragmenting the heap (peak RSS grew with run length without it; see raw_rm/runtime.py)
     fail_at_step: int | None = None  # testing aid: raise once at this step to exercise fault tolerance
 
     def __post_init__(self) -> None:

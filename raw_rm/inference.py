@@ -128,7 +128,7 @@ class RewardModelInference:
         cache_size: int = 10000,
         precision: str = "fp32",
     ) -> None:
-        from raw_rm.train.loop import resolve_precision
+        from raw_rm.runtime import resolve_precision
 
         if batch_size < 1:
             raise ValueError(f"batch_size: expected >= 1, got {batch_size}")

@@ -6,7 +6,7 @@
 
 ``<output_dir>`` then holds ``model/`` (weights, tokenizer, metadata with reward normalisation and reference
 distributions), ``metrics.json`` (final validation metrics, throughput, truncation counts), ``config.yaml`` (the
-resolved config) and ``checkpoints/`` (resumable, see ``raw_rm.train.loop``).
+resolved config) and ``checkpoints/`` (resumable, see ``raw_rm.train.checkpoint``).
 """
 
 from __future__ import annotations
@@ -22,7 +22,9 @@ from typing import Any
 import yaml
 
 from raw_rm.config import Config
-from raw_rm.train.loop import FitResult, RewardModelTrainer, TrainResult, record_kind, seed_everything
+from raw_rm.runtime import seed_everything
+from raw_rm.train.loop import FitResult, RewardModelTrainer, TrainResult
+from raw_rm.train.objectives import record_kind
 
 logger = logging.getLogger(__name__)
 

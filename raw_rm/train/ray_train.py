@@ -240,8 +240,9 @@ def _train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """One Ray Train worker: rebuild the Config, build data and model, fit (resuming if Ray has a checkpoint)."""
     from raw_rm.data import load_train_val
     from raw_rm.models import build_model, save_model
+    from raw_rm.runtime import seed_everything
     from raw_rm.train.local import data_fingerprint
-    from raw_rm.train.loop import RewardModelTrainer, seed_everything
+    from raw_rm.train.loop import RewardModelTrainer
 
     cfg = config_from_dict(loop_config["config"], source="<ray train_loop_config>")
     # Ray's checkpoint is the resume source here, never the worker's local output_dir.
@@ -281,8 +282,8 @@ def _prepare(model: Any, cfg: Config) -> Any:
         return ray.train.torch.prepare_model(model, parallel_strategy=cfg.ray.strategy)
     import torch
 
+    from raw_rm.runtime import resolve_precision
     from raw_rm.train.fsdp import shard_model
-    from raw_rm.train.loop import resolve_precision
 
     device = ray.train.torch.get_device()
     if device.type == "cuda":

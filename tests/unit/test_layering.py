@@ -38,6 +38,9 @@ def _core_modules() -> list[str]:
 def test_core_modules_import_no_edge_framework() -> None:
     modules = _core_modules()
     assert "raw_rm.losses" in modules and "raw_rm.models.concat" in modules, modules
+    for name in ("raw_rm.runtime", "raw_rm.train.loop", "raw_rm.train.checkpoint", "raw_rm.train.objectives.pairs",
+                 "raw_rm.train.objectives.distill", "raw_rm.compression", "raw_rm.inference"):
+        assert name in modules, name  # core: held to the rule below
     out = subprocess.run(
         [sys.executable, "-c", _PROBE, json.dumps([FORBIDDEN, modules])], capture_output=True, text=True, check=True
     )
