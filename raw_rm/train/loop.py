@@ -326,7 +326,6 @@ class RewardModelTrainer:
         self.evals_without_improvement = 0
         self.history: list[dict[str, float]] = []
         self.last_checkpoint: str | None = None
-        self._fail_marker = Path(tc.output_dir) / f".fail_at_step_{tc.fail_at_step}.done"
         logger.info(
             "trainer: %d %s for training, %d for validation; %d steps (%d per epoch, batch %d x accum %d x %d workers); "
             "precision %s on %s",
@@ -764,7 +763,6 @@ class RewardModelTrainer:
                 batches = self._epoch_batches(self.epoch)
                 while self.batch_index < len(batches) and self.step < self.total_steps:
                     group = batches[self.batch_index:self.batch_index + accum]
-                    self._maybe_fail()
                     t0, c0 = time.perf_counter(), time.process_time()
                     micro = [self.collate(idx) for idx in group]
                     metrics = self.train_step(micro)
@@ -839,17 +837,6 @@ class RewardModelTrainer:
             )
         self._emit("on_fit_end", result)
         return result
-
-    def _maybe_fail(self) -> None:
-        at = self.cfg.train.fail_at_step
-        if at is None or self.step != at or self._fail_marker.exists():
-            return
-        self._fail_marker.parent.mkdir(parents=True, exist_ok=True)
-        self._fail_marker.write_text(f"failed once at step {at}\n")
-        raise RuntimeError(
-            f"train.fail_at_step={at}: injected failure (testing aid); the marker {self._fail_marker} makes the "
-            "restarted run go past this step"
-        )
 
     def _eval_due(self, epoch_done: bool) -> bool:
         if not self.val_records:

@@ -13,7 +13,8 @@ from ray import tune
 
 from raw_rm.config import DEFAULT_CONFIG, Config, apply_overrides, load_config
 from raw_rm.models import load_model
-from raw_rm.tune import ROUND_KEY, run_tune, top_k_configs
+from raw_rm.tune.driver import run_tune
+from raw_rm.tune.results import ROUND_KEY, top_k_configs
 
 pytestmark = pytest.mark.integration
 
@@ -142,7 +143,8 @@ SPACE = {
 def test_random_search_samples_loss_parameters_only_for_their_loss() -> None:
     from ray.tune.search.variant_generator import generate_variants
 
-    from raw_rm.tune import build_search, parse_space
+    from raw_rm.tune.driver import build_search
+    from raw_rm.tune.space import parse_space
 
     cfg = apply_overrides(load_config(TINY), {"tune.space": SPACE})
     space, _ = build_search(parse_space(SPACE, cfg), cfg, None)
@@ -156,7 +158,8 @@ def test_random_search_samples_loss_parameters_only_for_their_loss() -> None:
 
 
 def test_optuna_starts_with_the_baseline_and_asks_only_for_active_parameters() -> None:
-    from raw_rm.tune import baseline_point, build_search, parse_space
+    from raw_rm.tune.driver import build_search
+    from raw_rm.tune.space import baseline_point, parse_space
 
     cfg = apply_overrides(load_config(TINY), {"tune.space": SPACE, "tune.searcher": "optuna"})
     specs = parse_space(SPACE, cfg)
@@ -173,9 +176,9 @@ def test_asha_records_the_baseline_but_never_stops_it() -> None:
 
     from ray.tune.schedulers import TrialScheduler
 
-    import raw_rm.tune as raw_tune
+    from raw_rm.tune.scheduler import BaselineKeepingASHA
 
-    scheduler = raw_tune.BaselineKeepingASHA(
+    scheduler = BaselineKeepingASHA(
         baseline={"train.lr": 1.0e-4}, time_attr=ROUND_KEY, grace_period=1, reduction_factor=2, max_t=100
     )
     scheduler.set_search_properties("val_nll", "min")
