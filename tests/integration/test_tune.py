@@ -67,11 +67,13 @@ def test_asha_stops_trials_that_do_not_learn_and_the_best_is_registered(ray_sess
     assert str(version.version) == outcome.registered_version == "1"
     assert version.tags["tune_experiment"] == str(exp)
     assert version.tags["tune_trial"] == outcome.best.trial_id
-    assert float(version.tags["accuracy"]) == pytest.approx(outcome.best.metrics["val_accuracy"])
     trial_run = client.get_run(version.run_id)
+    # the gate evaluation (raw_rm.eval.gate) of the best model: its accuracy is what the promotion gate reads
+    assert float(version.tags["accuracy"]) == pytest.approx(trial_run.data.metrics["eval.accuracy"])
+    assert model.metadata.temperature == pytest.approx(trial_run.data.metrics["eval.temperature"])
     assert trial_run.data.tags["mlflow.parentRunId"] == outcome.mlflow_run_id
     assert trial_run.data.params["train.lr"] == "0.005"
-    assert [a.path for a in client.list_artifacts(version.run_id)] == ["model"]
+    assert [a.path for a in client.list_artifacts(version.run_id)] == ["eval_report", "model"]
     children = client.search_runs([trial_run.info.experiment_id], f"tags.mlflow.parentRunId = '{outcome.mlflow_run_id}'")
     assert sorted(r.data.tags["tune_status"] for r in children) == sorted(t.status for t in outcome.trials)
     history = client.get_metric_history(version.run_id, "val_nll")
