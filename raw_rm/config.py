@@ -148,7 +148,6 @@ class TrainConfig:
     progress: bool = True  # show a progress bar (never on non-zero ranks or without a TTY)
     num_threads: int | None = None  # torch intra-op threads on CPU (None = torch default)
     pin_malloc_threshold: bool = True  # Linux/glibc: fix malloc's mmap threshold at 128 KiB so freed activations go back to the OS instead of fragmenting the heap (peak RSS grew with run length without it; see raw_rm/runtime.py)
-    fail_at_step: int | None = None  # testing aid: raise once at this step to exercise fault tolerance
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -190,6 +189,23 @@ class GateConfig:
 
 
 @dataclass
+class EvalConfig:
+    calibration_fraction: float = 0.5  # share of evaluated prompts (by hash) whose pairs fit the temperature T; 0 = keep the stored T
+    calibration_salt: str = "raw_rm/calibration"  # prompt-hash salt picking the calibration pairs, in every evaluation
+    n_boot: int = 1000  # bootstrap resamples of the accuracy confidence intervals
+    ood: dict[str, str] = field(default_factory=dict)  # out-of-distribution sets, name -> file, beside the main set
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.calibration_fraction < 1.0:
+            raise ConfigError(f"eval.calibration_fraction: expected 0 <= value < 1, got {self.calibration_fraction}")
+        if self.n_boot < 1:
+            raise ConfigError(f"eval.n_boot: expected >= 1, got {self.n_boot}")
+        bad = [k for k, v in self.ood.items() if not isinstance(k, str) or not isinstance(v, str) or not k or not v]
+        if bad:
+            raise ConfigError(f"eval.ood: expected a mapping of set name -> file, got {bad[0]!r}: {self.ood[bad[0]]!r}")
+
+
+@dataclass
 class TuneConfig:
     space: dict[str, Any] = field(default_factory=dict)  # dotted config path -> distribution spec (see docs)
     num_samples: int = 8  # trials
@@ -224,6 +240,7 @@ class Config:
     ray: RayConfig = field(default_factory=RayConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     gate: GateConfig = field(default_factory=GateConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
 
@@ -325,9 +342,23 @@ def load_config(
             continue
         _set_dotted(raw, key, value)
     cfg = _build(root, raw, prefix="", source=source, errors=errors)
+    if root is Config and not errors:
+        _check_tune_space(cfg, source, errors)
     if errors:
         raise ConfigError("\n".join(errors))
     return cfg
+
+
+def _check_tune_space(cfg: Config, source: str, errors: list[str]) -> None:
+    """``tune.space`` is a mapping of dotted paths to distribution specs: check it like every other key."""
+    if not cfg.tune.space:
+        return
+    from raw_rm.tune.space import parse_space  # imports this module: loaded on first use
+
+    try:
+        parse_space(cfg.tune.space, cfg)
+    except ConfigError as exc:
+        errors.extend(f"{source}: {line}" for line in str(exc).splitlines())
 
 
 def config_from_dict(data: dict[str, Any], *, root: type = Config, source: str = "<dict>") -> Any:

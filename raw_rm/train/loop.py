@@ -336,7 +336,6 @@ class RewardModelTrainer:
                 batches = self._epoch_batches(self.epoch)
                 while self.batch_index < len(batches) and self.step < self.total_steps and not stopped_early:
                     group = batches[self.batch_index:self.batch_index + tc.grad_accum_steps]
-                    self._maybe_fail()
                     t0, c0 = time.perf_counter(), time.process_time()
                     metrics = self.train_step([self.collate(idx) for idx in group])
                     dt = time.perf_counter() - t0
@@ -413,19 +412,6 @@ class RewardModelTrainer:
                 ", ".join(f"{k}={v:.4f}" for k, v in final.items() if not k.endswith(("_low", "_high"))),
             )
         return result
-
-    def _maybe_fail(self) -> None:
-        """``train.fail_at_step``: raise once at that step (a marker file lets the restarted run go past it)."""
-        at = self.cfg.train.fail_at_step
-        marker = Path(self.cfg.train.output_dir) / f".fail_at_step_{at}.done"
-        if at is None or self.step != at or marker.exists():
-            return
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text(f"failed once at step {at}\n")
-        raise RuntimeError(
-            f"train.fail_at_step={at}: injected failure (testing aid); the marker {marker} makes the "
-            "restarted run go past this step"
-        )
 
     def _due(self, every: int | None, epoch_done: bool) -> bool:
         """Evaluation / checkpoint cadence: every ``every`` steps, else at the end of each epoch."""

@@ -195,9 +195,12 @@ def test_resume_mid_epoch_gives_the_uninterrupted_weights(tmp_path):
     full_result = full.fit()
     assert full_result.steps == 12
 
-    broken_cfg = cfg("broken", fail_at_step=6)
-    with pytest.raises(RuntimeError, match="train.fail_at_step=6: injected failure"):
-        make_trainer(broken_cfg, data, val).fit()
+    from loop_hooks import FailOnceAtStep
+
+    broken_cfg = cfg("broken")
+    fail = FailOnceAtStep(6, tmp_path / "failed_once")
+    with pytest.raises(RuntimeError, match=r"^FailOnceAtStep\(6\): injected failure at step 6$"):
+        make_trainer(broken_cfg, data, val, callbacks=[fail]).fit()
     ckpt = latest_checkpoint(broken_cfg.train.output_dir)
     assert ckpt is not None and ckpt.name == "step_4"  # mid-epoch: 6 steps per epoch
     broken_cfg.train.resume = True
