@@ -132,7 +132,7 @@ class PreferenceObjective(Objective):
 
         chosen = torch.cat([p["chosen"] for p in parts]).cpu()
         rejected = torch.cat([p["rejected"] for p in parts]).cpu()
-        acc = M.preference_accuracy(chosen, rejected, n_boot=200, seed=self.cfg.train.seed)
+        acc = M.preference_accuracy(chosen, rejected, n_boot=self.cfg.eval.n_boot, seed=self.cfg.train.seed)
         temperature = float(getattr(getattr(self.model, "metadata", None), "temperature", 1.0) or 1.0)
         # P(chosen > rejected) under the stored calibration temperature; labels all 1 (metrics symmetrises).
         cal = M.calibration_error(M.pair_probabilities((chosen - rejected).numpy(), temperature))
