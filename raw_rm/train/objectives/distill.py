@@ -66,6 +66,7 @@ class DistillObjective(PairsObjective):
         return batch
 
     def loss(self, output: Any, batch: Batch, *, training: bool) -> tuple[torch.Tensor, Parts]:
+        """The same loss in training and validation: none of its terms is training-only."""
         b = int(batch["n_pairs"])
         student = output.rewards.float()
         teacher = batch["teacher"].to(student.device)
