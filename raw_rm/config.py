@@ -19,6 +19,7 @@ import difflib
 import re
 import types
 import typing
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -312,8 +313,13 @@ def load_config(
     overrides: list[str] | None = None,
     *,
     root: type = Config,
+    checks: Sequence[Callable[[Any], None]] = (),
 ) -> Any:
     """Build a config: defaults < YAML at ``path`` < ``key.sub=value`` overrides.
+
+    ``checks`` validate parts of the built config that modules above this one own, e.g.
+    ``raw_rm.tune.space.check_space`` (the search space against the loss registry); each raises ConfigError, and
+    its lines join the error naming the file, so the whole file is checked by this one loader.
 
     Raises:
         ConfigError: naming the file and each wrong key, with every problem of the load in one message.
@@ -342,23 +348,14 @@ def load_config(
             continue
         _set_dotted(raw, key, value)
     cfg = _build(root, raw, prefix="", source=source, errors=errors)
-    if root is Config and not errors:
-        _check_tune_space(cfg, source, errors)
+    for check in checks if not errors else ():
+        try:
+            check(cfg)
+        except ConfigError as exc:
+            errors.extend(f"{source}: {line}" for line in str(exc).splitlines())
     if errors:
         raise ConfigError("\n".join(errors))
     return cfg
-
-
-def _check_tune_space(cfg: Config, source: str, errors: list[str]) -> None:
-    """``tune.space`` is a mapping of dotted paths to distribution specs: check it like every other key."""
-    if not cfg.tune.space:
-        return
-    from raw_rm.tune.space import parse_space  # imports this module: loaded on first use
-
-    try:
-        parse_space(cfg.tune.space, cfg)
-    except ConfigError as exc:
-        errors.extend(f"{source}: {line}" for line in str(exc).splitlines())
 
 
 def config_from_dict(data: dict[str, Any], *, root: type = Config, source: str = "<dict>") -> Any:

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from raw_rm.config import DEFAULT_CONFIG, Config, ConfigError, load_config
+from raw_rm.tune.space import check_space
 
 # flag -> dotted config key; each is only a shorthand for an override, never a second config system.
 SHORTHANDS = {
@@ -59,7 +60,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
     overrides += list(args.overrides or [])
     path = args.config or DEFAULT_CONFIG
     try:
-        return load_config(path, overrides)
+        return load_config(path, overrides, checks=[check_space])
     except ConfigError as exc:
         print(f"raw-rm: config error:\n{exc}", file=sys.stderr)
         raise SystemExit(2) from exc

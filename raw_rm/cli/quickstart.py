@@ -100,10 +100,13 @@ def run(args: argparse.Namespace) -> int:
     timeline.end(f"best {outcome.metric}={outcome.best.value:.4f} with {best_params}")
 
     timeline.begin(3, f"ensemble of {cfg.ensemble.members} members of the best config, trained side by side on Ray")
+    from raw_rm.tracking.ensemble import register_ensemble
     from raw_rm.train.ensemble import train_ensemble
 
     ens_cfg = apply_overrides(cfg, {**best_params, "mlflow.register": True})
     ensemble = train_ensemble(ens_cfg, parallel=True)
+    if ens_cfg.mlflow.enabled:
+        ensemble = register_ensemble(ens_cfg, ensemble)
     member_acc = [m.get("metrics", {}).get("val_accuracy") for m in ensemble.members]
     timeline.end(f"{ensemble.ensemble_dir}; member val accuracy {', '.join(f'{a:.3f}' for a in member_acc if a is not None)}")
 

@@ -1,4 +1,4 @@
-"""Train an ensemble of reward models and register it as ONE model version (edge: Ray Tune; MLflow via tracking/).
+"""Train an ensemble of reward models saved as ONE model folder (edge: Ray Tune; registered by tracking/ensemble.py).
 
     result = train_ensemble(load_config(None, ["ensemble.members=3", "ensemble.bootstrap=true"]))
     result.ensemble_dir     # <train.output_dir>/ensemble: load_model / RewardModelInference / serve open it
@@ -31,7 +31,7 @@ on the other prompts); it is logged, kept in
 ``ensemble.json`` (``validation_comparison``), printed by ``raw-rm ensemble`` and logged to MLflow as
 ``val_cmp_*`` metrics.
 
-Registration (``cfg.mlflow.enabled``): ``raw_rm.tracking.ensemble.register_ensemble``, one MLflow run for the
+Registration (the caller's step when ``cfg.mlflow.enabled``): ``raw_rm.tracking.ensemble.register_ensemble``, one MLflow run for the
 ensemble with one child run per member, the ensemble folder evaluated for the gate and registered as ONE version
 with alias ``candidate``; ``models:/NAME@candidate`` serves it with one URI.
 """
@@ -126,7 +126,7 @@ def train_member(cfg: Config, *, records: tuple[Sequence[Any], Sequence[Any]] | 
 
 # -------------------------------------------------------------------------------------------- driver
 def train_ensemble(cfg: Config, *, parallel: bool | None = None) -> EnsembleResult:
-    """Train ``cfg.ensemble.members`` members, save them as one ensemble folder, register it (see module doc).
+    """Train ``cfg.ensemble.members`` members and save them as one ensemble folder (see module doc).
 
     Args:
         cfg: the base config (``ensemble.*`` picks the recipe; ``tune.cpus_per_trial``/``max_concurrent`` the
@@ -160,12 +160,7 @@ def train_ensemble(cfg: Config, *, parallel: bool | None = None) -> EnsembleResu
         record = json.loads((ens_dir / "ensemble.json").read_text())
     else:  # kept in ensemble.json, so that the registered folder carries it
         record = edit_ensemble_json(ens_dir, lambda r: r.update(validation_comparison=comparison))
-    result = EnsembleResult(ensemble_dir=str(ens_dir), members=record["members"], validation_comparison=comparison)
-    if cfg.mlflow.enabled:
-        from raw_rm.tracking.ensemble import register_ensemble
-
-        register_ensemble(cfg, result)
-    return result
+    return EnsembleResult(ensemble_dir=str(ens_dir), members=record["members"], validation_comparison=comparison)
 
 
 def _ray_running() -> bool:

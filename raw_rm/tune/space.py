@@ -58,6 +58,16 @@ def leaf_paths(cls: type = Config, prefix: str = "") -> list[str]:
     return out
 
 
+def check_space(cfg: Config) -> None:
+    """``load_config``'s check of ``tune.space`` (pass ``checks=[check_space]``): every path, spec and loss name.
+
+    Raises:
+        ConfigError: every problem of the space, one per line.
+    """
+    if cfg.tune.space:
+        parse_space(cfg.tune.space, cfg)
+
+
 def parse_space(space: dict[str, Any], base: Config) -> list[ParamSpec]:
     """Validate ``tune.space`` against the config tree and the loss registry; specs in sampling order.
 
