@@ -33,6 +33,15 @@ from raw_rm.label.store import Item, JudgementRow
 logger = logging.getLogger(__name__)
 
 Judgements = Mapping[int, Sequence[JudgementRow]]
+KINDS = ("pairs", "groups")
+
+
+class ExportError(ValueError):
+    """Export options that do not fit the session; ``field`` names the option."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field, self.message = field, message
 
 
 def comparison_table(items: Sequence[Item], judgements: Judgements, *, aspect: str | None = None) -> Table:
@@ -114,3 +123,22 @@ def as_groups(items: Sequence[Item], judgements: Judgements, *,
                      "n_judgements": len(answered), "agreement": round(float(np.mean(shares)), 4) if shares else None,
                      "source": item.source})
     return rows, {k: v for k, v in skipped.items() if v}
+
+
+def export_rows(items: Sequence[Item], judgements: Judgements, *, kind: str = "pairs", min_judgements: int = 1,
+                aspect: str | None = None, session_aspects: Sequence[str] = ()) -> tuple[list[dict], dict[str, int]]:
+    """``as_pairs`` or ``as_groups`` by ``kind``, the options checked against the session.
+
+    Raises:
+        ExportError: an unknown kind, ``min_judgements`` < 1, or an aspect the session does not ask (or with groups).
+    """
+    if kind not in KINDS:
+        raise ExportError("as", f"expected pairs or groups, got {kind!r}")
+    if min_judgements < 1:
+        raise ExportError("min_judgements", f"expected >= 1, got {min_judgements}")
+    if aspect is not None and (kind != "pairs" or aspect not in session_aspects):
+        raise ExportError("aspect", f"{aspect!r}: expected one of the session's aspects "
+                                    f"({', '.join(session_aspects) or 'none'}) with pairs")
+    if kind == "pairs":
+        return as_pairs(items, judgements, min_judgements=min_judgements, aspect=aspect)
+    return as_groups(items, judgements, min_judgements=min_judgements)

@@ -10,7 +10,7 @@ import sys
 import raw_rm
 
 EDGE_PREFIXES = ("raw_rm.cli", "raw_rm.registry", "raw_rm.tracking", "raw_rm.tune", "raw_rm.serve.app", "raw_rm.train.ray_train",
-                 "raw_rm.train.ensemble")
+                 "raw_rm.train.ensemble", "raw_rm.label.app")
 FORBIDDEN = ("ray", "mlflow", "fastapi", "starlette")
 
 # One fresh interpreter imports the core modules one after another and records which forbidden packages each
