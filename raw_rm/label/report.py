@@ -71,7 +71,7 @@ def plot_progress(summary: dict[str, Any]) -> bytes:
     ax.set_xlabel("items answered")
     ax.set_title(f"{summary['progress']['items_complete']} of {summary['progress']['items']} items complete "
                  f"({summary['progress']['per_item']} annotators each)", fontsize=10)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)  # outside: bars stay visible
     return _png(fig)
 
 
@@ -100,7 +100,7 @@ def plot_agreement(summary: dict[str, Any]) -> bytes:
     ceiling = agreement.get("ceiling") or {}
     if ceiling.get("share") is not None:
         ax.axvline(ceiling["share"], color="#2f855a", linestyle="--", label=f"human ceiling {ceiling['share']:.0%}")
-        ax.legend(loc="lower right", fontsize=8)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     alpha = agreement["alpha_nominal"]
     ax.set_title(f"raw agreement {_pct(agreement['raw_agreement'])}, Krippendorff's alpha "
                  f"{'n/a' if alpha is None else f'{alpha:.2f}'}", fontsize=10)
@@ -164,6 +164,9 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
         lines.append(f"reward model {summary['settings']['model']}: agrees with the majority on {m['agree']}/{m['n']}"
                      f" = {_pct(m['share'])}{_interval(a['model_ci'], percent=True)}; human ceiling (each annotator vs the others) "
                      f"{c['agree']}/{c['n']} = {_pct(c['share'])}{_interval(a['ceiling_ci'], percent=True)}")
+        per = [f"{name} {v['agree']}/{v['n']} = {_pct(v['share'])}" for name, v in a["model"].items() if name != "majority"]
+        if per:
+            lines.append("  reward model vs each annotator (their non-tie judgements): " + ", ".join(per))
     for name, v in summary["aspects"].items():
         lines.append(f"aspect {name}: raw agreement {_pct(v['raw_agreement'])}, alpha {_num(v['alpha_nominal'])}")
     return lines

@@ -56,6 +56,7 @@ function button(label, key, onClick, primary = false) {
 
 function render(item) {
   state.item = item;
+  $("task").dataset.item = item.id;  // which item is on screen (tests and screen readers can tell a new one came)
   state.keys = {};
   state.labels = {};
   $("prompt").textContent = item.prompt;
