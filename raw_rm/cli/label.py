@@ -81,7 +81,11 @@ def _score_items(store, model: str, tracking_uri: str | None) -> list[str]:
 def _serve(args: argparse.Namespace, store) -> int:
     from raw_rm.data.formats import DataError
     from raw_rm.label.pool import read_pool
-    from raw_rm.serve.security import ServeSecurityError, check_bind_security, resolve_api_key
+    from raw_rm.serve.security import (
+        ServeSecurityError,
+        check_bind_security,
+        resolve_api_key,
+    )
 
     try:
         key = resolve_api_key(ServeConfig(api_key_file=args.api_key_file))
@@ -103,11 +107,15 @@ def _serve(args: argparse.Namespace, store) -> int:
     tokens = {name: store.add_annotator(name) for name in args.annotator}
     from raw_rm.label.app import build_app, serve_app
 
-    print(f"labelling {len(store.items())} items, {settings.per_item} annotators each"
-          + (f", aspects: {', '.join(settings.aspects)}" if settings.aspects else "")
-          + (f", model: {settings.model}" if settings.model else ""))
+    print(
+        f"labelling {len(store.items())} items, {settings.per_item} annotators each"
+        + (f", aspects: {', '.join(settings.aspects)}" if settings.aspects else "")
+        + (f", model: {settings.model}" if settings.model else "")
+    )
     if tokens:
-        print("annotator links (shown once; the token is the secret):\n" + "\n".join(_links(args.host, args.port, tokens)))
+        print(
+            "annotator links (shown once; the token is the secret):\n" + "\n".join(_links(args.host, args.port, tokens))
+        )
     print(f"admin: http://{args.host}:{args.port}/admin" + ("#key=<the admin key>" if key else ""))
     serve_app(build_app(store, admin_key=key, n_boot=args.n_boot), host=args.host, port=args.port)
     return 0
@@ -152,12 +160,20 @@ def _export(args: argparse.Namespace, store) -> int:
     from raw_rm.cli._io import write_jsonl
     from raw_rm.label.export import export_rows
 
-    rows, skipped = export_rows(store.items(), store.judgements(), kind=args.kind, min_judgements=args.min_judgements,
-                                aspect=args.aspect, session_aspects=store.settings().aspects)
+    rows, skipped = export_rows(
+        store.items(),
+        store.judgements(),
+        kind=args.kind,
+        min_judgements=args.min_judgements,
+        aspect=args.aspect,
+        session_aspects=store.settings().aspects,
+    )
     if not rows:
         raise ValueError(f"{store.path}: nothing to export yet (not written: {skipped or 'no judgements'})")
     n = write_jsonl(args.out, rows)
     what = "comparisons" if args.kind == "pairs" else "items"
-    print(f"exported {n} {args.kind} -> {args.out}" + (f"; {what} not written: {skipped}" if skipped else ""),
-          file=sys.stderr)
+    print(
+        f"exported {n} {args.kind} -> {args.out}" + (f"; {what} not written: {skipped}" if skipped else ""),
+        file=sys.stderr,
+    )
     return 0

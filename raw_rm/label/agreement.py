@@ -209,8 +209,10 @@ def flag_annotators(counts: Mapping[str, tuple[int, int]], *, min_units: int = M
         rest = rest_k / rest_n
         upper = wilson_interval(k, n)[1]
         if upper < rest:
-            flags[name] = (f"agrees with the majority on {k}/{n} = {k / n:.0%} (95% upper bound {upper:.0%}) "
-                           f"vs {rest:.0%} for the other annotators")
+            flags[name] = (
+                f"agrees with the majority on {k}/{n} = {k / n:.0%} (95% upper bound {upper:.0%}) "
+                f"vs {rest:.0%} for the other annotators"
+            )
     return flags
 
 
@@ -256,8 +258,13 @@ Statistic = Callable[[Table, Mapping[Unit, float]], float]  # (table, model rewa
 
 
 def bootstrap_interval(
-    table: Table, statistic: Statistic, *, model: Mapping[Unit, float] | None = None, n_boot: int = 1000,
-    seed: int = 0, level: float = 0.95,
+    table: Table,
+    statistic: Statistic,
+    *,
+    model: Mapping[Unit, float] | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
 ) -> tuple[float, float]:
     """Percentile interval of ``statistic(sample, sample_model)`` over ``n_boot`` resamples of the table's *items*
     (with replacement). An item drawn twice counts twice: each draw gets its own item id in the sample, and
@@ -321,8 +328,10 @@ class AgreementSummary:
     def to_dict(self) -> dict:
         out = dict(self.__dict__)
         out["kappas"] = [{"a": a, "b": b, "kappa": k, "n": n} for (a, b), (k, n) in self.kappas.items()]
-        out["with_majority"] = {a: {"agree": k, "n": n, "share": share((k, n)), "ci": wilson_interval(k, n)}
-                                for a, (k, n) in self.with_majority.items()}
+        out["with_majority"] = {
+            a: {"agree": k, "n": n, "share": share((k, n)), "ci": wilson_interval(k, n)}
+            for a, (k, n) in self.with_majority.items()
+        }
         if self.model is not None:
             out["model"] = {a: {"agree": k, "n": n, "share": share((k, n))} for a, (k, n) in self.model.items()}
         if self.ceiling is not None:
@@ -341,8 +350,9 @@ def _nan_to_none(value):
     return value
 
 
-def summarise(table: Table, model: Mapping[Unit, float] | None = None, *, n_boot: int = 1000,
-              seed: int = 0) -> AgreementSummary:
+def summarise(
+    table: Table, model: Mapping[Unit, float] | None = None, *, n_boot: int = 1000, seed: int = 0
+) -> AgreementSummary:
     """All statistics of a table (and of a model's reward differences on its comparisons, when given)."""
     multi = {u: r for u, r in table.items() if len(r) >= 2}
     per_item: dict[int, list[float]] = {}
@@ -350,22 +360,28 @@ def summarise(table: Table, model: Mapping[Unit, float] | None = None, *, n_boot
         per_item.setdefault(unit[0], []).append(unit_agreement(list(ratings.values())))
     with_majority = agreement_with_majority(table)
     summary = AgreementSummary(
-        n_items=len(per_item), n_comparisons=len(multi),
+        n_items=len(per_item),
+        n_comparisons=len(multi),
         raw_agreement=raw_agreement(multi)[0],
         raw_agreement_ci=bootstrap_interval(multi, lambda t, m: raw_agreement(t)[0], n_boot=n_boot, seed=seed),
         alpha_nominal=table_alpha(multi),
         alpha_nominal_ci=bootstrap_interval(multi, lambda t, m: table_alpha(t), n_boot=n_boot, seed=seed),
         alpha_ordinal=table_alpha(multi, level="ordinal"),
-        kappas=pairwise_kappas(multi), with_majority=with_majority, flags=flag_annotators(with_majority),
+        kappas=pairwise_kappas(multi),
+        with_majority=with_majority,
+        flags=flag_annotators(with_majority),
         per_item={item: float(np.mean(v)) for item, v in sorted(per_item.items())},
-        model=None, model_ci=None, ceiling=None, ceiling_ci=None,
+        model=None,
+        model_ci=None,
+        ceiling=None,
+        ceiling_ci=None,
     )
     if model:
         # Per annotator on everything they judged; the majority only where two or more people judged, as the ceiling.
         summary.model = {**model_agreement(table, model), "majority": model_agreement(multi, model)["majority"]}
-        summary.model_ci = bootstrap_interval(multi, lambda t, m: share(model_agreement(t, m)["majority"]),
-                                              model=model, n_boot=n_boot, seed=seed)
+        summary.model_ci = bootstrap_interval(
+            multi, lambda t, m: share(model_agreement(t, m)["majority"]), model=model, n_boot=n_boot, seed=seed
+        )
         summary.ceiling = human_ceiling(multi)
-        summary.ceiling_ci = bootstrap_interval(multi, lambda t, m: share(human_ceiling(t)), n_boot=n_boot,
-                                                seed=seed)
+        summary.ceiling_ci = bootstrap_interval(multi, lambda t, m: share(human_ceiling(t)), n_boot=n_boot, seed=seed)
     return summary

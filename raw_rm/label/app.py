@@ -47,7 +47,7 @@ STATIC_FILES = {"label.css": "text/css", "annotate.js": "text/javascript", "admi
 # Everything is served from this app: no CDN, no inline script; plots reach the admin page as blobs.
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; object-src 'none'; "
-                               "base-uri 'none'; frame-ancestors 'none'",
+    "base-uri 'none'; frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
@@ -79,8 +79,12 @@ class _SummaryCache:
 
     def get(self) -> dict[str, Any]:
         p = self.store.progress()
-        key = (p["judgements"], p["items"], tuple((a["name"], a["skipped"]) for a in p["annotators"]),
-               self.store.settings())
+        key = (
+            p["judgements"],
+            p["items"],
+            tuple((a["name"], a["skipped"]) for a in p["annotators"]),
+            self.store.settings(),
+        )
         with self.lock:
             if key != self.key:
                 self.value, self.key = session_summary(self.store, n_boot=self.n_boot), key
@@ -122,8 +126,12 @@ def build_app(store: LabelStore, *, admin_key: str | None, n_boot: int = 500) ->
         found = store.annotator_by_token(token)
         if found is None:
             what = "missing annotator token" if token is None else "unknown annotator token"
-            raise ApiError(401, "authorization", f"{what} (Authorization: Bearer TOKEN; open the link you were given)",
-                           {"WWW-Authenticate": "Bearer"})
+            raise ApiError(
+                401,
+                "authorization",
+                f"{what} (Authorization: Bearer TOKEN; open the link you were given)",
+                {"WWW-Authenticate": "Bearer"},
+            )
         return found
 
     def admin(request: Request) -> None:
@@ -135,8 +143,9 @@ def build_app(store: LabelStore, *, admin_key: str | None, n_boot: int = 500) ->
         if store.annotator_by_token(presented) is not None:
             raise ApiError(403, "authorization", "an annotator token can only label; admin routes need the admin key")
         what = "missing admin key" if presented is None else "wrong admin key"
-        raise ApiError(401, "authorization", f"{what} (Authorization: Bearer KEY or X-API-Key)",
-                       {"WWW-Authenticate": "Bearer"})
+        raise ApiError(
+            401, "authorization", f"{what} (Authorization: Bearer KEY or X-API-Key)", {"WWW-Authenticate": "Bearer"}
+        )
 
     # ------------------------------------------------------------------------------------------- pages
     @app.get("/", include_in_schema=False)
@@ -179,9 +188,14 @@ def build_app(store: LabelStore, *, admin_key: str | None, n_boot: int = 500) ->
         if view is None:
             return {"item": None, "progress": progress}
         item, order = view
-        return {"item": {"id": item.id, "prompt": item.prompt,
-                         "responses": [{"index": i, "text": item.responses[i]} for i in order]},
-                "progress": progress}
+        return {
+            "item": {
+                "id": item.id,
+                "prompt": item.prompt,
+                "responses": [{"index": i, "text": item.responses[i]} for i in order],
+            },
+            "progress": progress,
+        }
 
     @app.post("/api/judgements")
     async def submit(request: Request) -> dict[str, Any]:
@@ -237,14 +251,26 @@ def build_app(store: LabelStore, *, admin_key: str | None, n_boot: int = 500) ->
         admin(request)
         kind = request.query_params.get("as", "pairs")
         try:
-            rows, skipped = export_rows(store.items(), store.judgements(), kind=kind, min_judgements=min_judgements,
-                                        aspect=aspect, session_aspects=store.settings().aspects)
+            rows, skipped = export_rows(
+                store.items(),
+                store.judgements(),
+                kind=kind,
+                min_judgements=min_judgements,
+                aspect=aspect,
+                session_aspects=store.settings().aspects,
+            )
         except ExportError as exc:
             raise ApiError(422, exc.field, exc.message) from None
         body = "".join(json.dumps(r) + "\n" for r in rows)
-        return Response(body, media_type="application/x-ndjson",
-                        headers={"Content-Disposition": f'attachment; filename="labels-{kind}.jsonl"',
-                                 "X-Rows": str(len(rows)), "X-Not-Written": json.dumps(skipped)})
+        return Response(
+            body,
+            media_type="application/x-ndjson",
+            headers={
+                "Content-Disposition": f'attachment; filename="labels-{kind}.jsonl"',
+                "X-Rows": str(len(rows)),
+                "X-Not-Written": json.dumps(skipped),
+            },
+        )
 
     return app
 

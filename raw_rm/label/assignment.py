@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Sequence, Set
+from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 
@@ -34,7 +35,7 @@ class Slots:
 
 
 def pick_item(
-    slots: Sequence[Slots], *, answered: Set[int], own_lease: int | None, per_item: int
+    slots: Sequence[Slots], *, answered: AbstractSet[int], own_lease: int | None, per_item: int
 ) -> int | None:
     """The item the annotator should see next, or None when there is nothing left for them.
 
@@ -68,7 +69,6 @@ def display_order(item_id: int, annotator: str, k: int) -> list[int]:
     return order
 
 
-def remaining_for(slots: Sequence[Slots], *, answered: Set[int], per_item: int) -> int:
+def remaining_for(slots: Sequence[Slots], *, answered: AbstractSet[int], per_item: int) -> int:
     """Items this annotator could still be given (ignoring leases, which expire): the progress bar's denominator."""
     return sum(1 for s in slots if s.item_id not in answered and s.judged < per_item)
-

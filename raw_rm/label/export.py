@@ -69,8 +69,9 @@ def model_differences(items: Sequence[Item]) -> dict[Unit, float]:
     return out
 
 
-def as_pairs(items: Sequence[Item], judgements: Judgements, *, min_judgements: int = 1,
-             aspect: str | None = None) -> tuple[list[dict[str, Any]], dict[str, int]]:
+def as_pairs(
+    items: Sequence[Item], judgements: Judgements, *, min_judgements: int = 1, aspect: str | None = None
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """(pair rows, ``{reason: comparisons not written}``); see the module docstring."""
     if min_judgements < 1:
         raise ValueError(f"min_judgements: expected >= 1, got {min_judgements}")
@@ -87,17 +88,24 @@ def as_pairs(items: Sequence[Item], judgements: Judgements, *, min_judgements: i
             continue
         item = by_id[item_id]
         chosen, rejected = (i, j) if verdict > 0 else (j, i)
-        row = {"prompt": item.prompt, "chosen": item.responses[chosen], "rejected": item.responses[rejected],
-               "weight": round(sum(direction(v) == verdict for v in values) / len(values), 4),
-               "item_id": item_id, "n_judgements": len(values), "source": item.source}
+        row = {
+            "prompt": item.prompt,
+            "chosen": item.responses[chosen],
+            "rejected": item.responses[rejected],
+            "weight": round(sum(direction(v) == verdict for v in values) / len(values), 4),
+            "item_id": item_id,
+            "n_judgements": len(values),
+            "source": item.source,
+        }
         if aspect is not None:
             row["aspect"] = aspect
         rows.append(row)
     return rows, {k: v for k, v in skipped.items() if v}
 
 
-def as_groups(items: Sequence[Item], judgements: Judgements, *,
-              min_judgements: int = 1) -> tuple[list[dict[str, Any]], dict[str, int]]:
+def as_groups(
+    items: Sequence[Item], judgements: Judgements, *, min_judgements: int = 1
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """(k-wise rows, ``{reason: items not written}``); see the module docstring."""
     if min_judgements < 1:
         raise ValueError(f"min_judgements: expected >= 1, got {min_judgements}")
@@ -119,14 +127,29 @@ def as_groups(items: Sequence[Item], judgements: Judgements, *,
                 values_per_unit.setdefault(unit, []).append(value)
         shares = [unit_agreement(v) for v in values_per_unit.values()]
         shares = [s for s in shares if s is not None]
-        rows.append({"prompt": item.prompt, "responses": item.responses, "ranks": ranks, "item_id": item.id,
-                     "n_judgements": len(answered), "agreement": round(float(np.mean(shares)), 4) if shares else None,
-                     "source": item.source})
+        rows.append(
+            {
+                "prompt": item.prompt,
+                "responses": item.responses,
+                "ranks": ranks,
+                "item_id": item.id,
+                "n_judgements": len(answered),
+                "agreement": round(float(np.mean(shares)), 4) if shares else None,
+                "source": item.source,
+            }
+        )
     return rows, {k: v for k, v in skipped.items() if v}
 
 
-def export_rows(items: Sequence[Item], judgements: Judgements, *, kind: str = "pairs", min_judgements: int = 1,
-                aspect: str | None = None, session_aspects: Sequence[str] = ()) -> tuple[list[dict], dict[str, int]]:
+def export_rows(
+    items: Sequence[Item],
+    judgements: Judgements,
+    *,
+    kind: str = "pairs",
+    min_judgements: int = 1,
+    aspect: str | None = None,
+    session_aspects: Sequence[str] = (),
+) -> tuple[list[dict], dict[str, int]]:
     """``as_pairs`` or ``as_groups`` by ``kind``, the options checked against the session.
 
     Raises:
@@ -137,8 +160,10 @@ def export_rows(items: Sequence[Item], judgements: Judgements, *, kind: str = "p
     if min_judgements < 1:
         raise ExportError("min_judgements", f"expected >= 1, got {min_judgements}")
     if aspect is not None and (kind != "pairs" or aspect not in session_aspects):
-        raise ExportError("aspect", f"{aspect!r}: expected one of the session's aspects "
-                                    f"({', '.join(session_aspects) or 'none'}) with pairs")
+        raise ExportError(
+            "aspect",
+            f"{aspect!r}: expected one of the session's aspects ({', '.join(session_aspects) or 'none'}) with pairs",
+        )
     if kind == "pairs":
         return as_pairs(items, judgements, min_judgements=min_judgements, aspect=aspect)
     return as_groups(items, judgements, min_judgements=min_judgements)

@@ -80,15 +80,21 @@ def parse_judgement(body: Any, *, k: int, aspects: list[str]) -> Judgement:
             raise JudgementError("strength", f"expected one of {', '.join(STRENGTHS)} or null, got {strength!r}")
         if decision != "ranked" or k != 2:
             raise JudgementError("strength", "only for a ranked pair of two responses")
-    return Judgement(item_id, decision, ranks, strength, _parse_aspects(body.get("aspects"), k, aspects),
-                     _parse_note(body.get("note")))
+    return Judgement(
+        item_id,
+        decision,
+        ranks,
+        strength,
+        _parse_aspects(body.get("aspects"), k, aspects),
+        _parse_note(body.get("note")),
+    )
 
 
 def _parse_aspects(value: Any, k: int, aspects: list[str]) -> dict[str, int | str]:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise JudgementError("aspects", f"expected an object {{aspect: response index or \"tie\"}}, got {value!r}")
+        raise JudgementError("aspects", f'expected an object {{aspect: response index or "tie"}}, got {value!r}')
     out: dict[str, int | str] = {}
     for name, choice in value.items():
         if name not in aspects:

@@ -46,8 +46,14 @@ def _row_item(row: dict[str, Any], where: str, a_field: str, b_field: str) -> Po
     extra = {k: v for k, v in row.items() if k not in POOL_FIELDS | {a_field, b_field}}
     if "responses" in row:
         # Ranks are what the annotators will give; the k-wise parser needs some to parse the prompt and responses.
-        parsed = PARSERS["ranked"]({**row, "ranks": list(range(len(row["responses"]))) if isinstance(
-            row["responses"], list) else None, "scores": None}, where)
+        parsed = PARSERS["ranked"](
+            {
+                **row,
+                "ranks": list(range(len(row["responses"]))) if isinstance(row["responses"], list) else None,
+                "scores": None,
+            },
+            where,
+        )
         return PoolItem(parsed.prompt, parsed.responses, where, extra)
     if a_field in row or b_field in row:
         for name in (a_field, b_field):
@@ -57,14 +63,17 @@ def _row_item(row: dict[str, Any], where: str, a_field: str, b_field: str) -> Po
         row["chosen"], row["rejected"] = row.pop(a_field), row.pop(b_field)
     fmt = detect_format(row, where)
     if fmt not in ("standard", "conversational", "hh"):
-        raise DataError(f"{where}: a {fmt} row; expected a pair (prompt/response_a/response_b or chosen/rejected) "
-                        "or a k-wise group (prompt/responses)")
+        raise DataError(
+            f"{where}: a {fmt} row; expected a pair (prompt/response_a/response_b or chosen/rejected) "
+            "or a k-wise group (prompt/responses)"
+        )
     pair = PARSERS[fmt](row, where)
     return PoolItem(pair.prompt, [pair.chosen, pair.rejected], where, extra)
 
 
-def read_pool(source: str | os.PathLike, *, a_field: str = "response_a",
-              b_field: str = "response_b") -> tuple[list[PoolItem], dict[str, int]]:
+def read_pool(
+    source: str | os.PathLike, *, a_field: str = "response_a", b_field: str = "response_b"
+) -> tuple[list[PoolItem], dict[str, int]]:
     """(items in file order, ``{drop reason: count}``) of a pool file. Rows with two equal or an empty response
     carry nothing to judge: counted per reason and logged, not loaded. A repeated item is loaded once.
 

@@ -36,11 +36,23 @@ def session_summary(store: LabelStore, *, n_boot: int = 1000, seed: int = 0) -> 
     for aspect in settings.aspects:
         multi = {u: r for u, r in comparison_table(items, judgements, aspect=aspect).items() if len(r) >= 2}
         agreement, n_pairs = raw_agreement(multi)
-        aspects[aspect] = {"raw_agreement": None if math.isnan(agreement) else agreement, "annotator_pairs": n_pairs,
-                           "alpha_nominal": None if math.isnan(a := table_alpha(multi)) else a}
-    return {"settings": {"per_item": settings.per_item, "aspects": list(settings.aspects), "model": settings.model,
-                         "lease_s": settings.lease_s},
-            "progress": store.progress(), "agreement": summary, "aspects": aspects, "n_boot": n_boot}
+        aspects[aspect] = {
+            "raw_agreement": None if math.isnan(agreement) else agreement,
+            "annotator_pairs": n_pairs,
+            "alpha_nominal": None if math.isnan(a := table_alpha(multi)) else a,
+        }
+    return {
+        "settings": {
+            "per_item": settings.per_item,
+            "aspects": list(settings.aspects),
+            "model": settings.model,
+            "lease_s": settings.lease_s,
+        },
+        "progress": store.progress(),
+        "agreement": summary,
+        "aspects": aspects,
+        "n_boot": n_boot,
+    }
 
 
 def _png(fig: Figure) -> bytes:
@@ -69,8 +81,11 @@ def plot_progress(summary: dict[str, Any]) -> bytes:
     ax.barh(names, [r["skipped"] for r in rows], left=judged, color="#a0aec0", label="skipped")
     ax.invert_yaxis()
     ax.set_xlabel("items answered")
-    ax.set_title(f"{summary['progress']['items_complete']} of {summary['progress']['items']} items complete "
-                 f"({summary['progress']['per_item']} annotators each)", fontsize=10)
+    ax.set_title(
+        f"{summary['progress']['items_complete']} of {summary['progress']['items']} items complete "
+        f"({summary['progress']['per_item']} annotators each)",
+        fontsize=10,
+    )
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)  # outside: bars stay visible
     return _png(fig)
 
@@ -102,8 +117,11 @@ def plot_agreement(summary: dict[str, Any]) -> bytes:
         ax.axvline(ceiling["share"], color="#2f855a", linestyle="--", label=f"human ceiling {ceiling['share']:.0%}")
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     alpha = agreement["alpha_nominal"]
-    ax.set_title(f"raw agreement {_pct(agreement['raw_agreement'])}, Krippendorff's alpha "
-                 f"{'n/a' if alpha is None else f'{alpha:.2f}'}", fontsize=10)
+    ax.set_title(
+        f"raw agreement {_pct(agreement['raw_agreement'])}, Krippendorff's alpha "
+        f"{'n/a' if alpha is None else f'{alpha:.2f}'}",
+        fontsize=10,
+    )
     return _png(fig)
 
 
@@ -111,8 +129,9 @@ def plot_kappa(summary: dict[str, Any]) -> bytes:
     """PNG: Cohen's kappa of every annotator pair as a heat map (number of shared comparisons in brackets)."""
     kappas = summary["agreement"]["kappas"]
     names = sorted({k["a"] for k in kappas} | {k["b"] for k in kappas})
-    fig = Figure(figsize=(1.8 + 0.8 * max(len(names), 2), 1.2 + 0.7 * max(len(names), 2)), dpi=100,
-                 layout="constrained")
+    fig = Figure(
+        figsize=(1.8 + 0.8 * max(len(names), 2), 1.2 + 0.7 * max(len(names), 2)), dpi=100, layout="constrained"
+    )
     if not kappas:
         return _empty(fig, "no pair of annotators shares an item yet")
     ax = fig.add_subplot()
@@ -147,11 +166,17 @@ def _interval(ci: Any, *, percent: bool = False) -> str:
 def summary_lines(summary: dict[str, Any]) -> list[str]:
     """The report as text lines (what ``raw-rm label report`` prints)."""
     p, a = summary["progress"], summary["agreement"]
-    lines = [f"items: {p['items']}, complete {p['items_complete']} ({p['per_item']} annotators each), started "
-             f"{p['items_started']}; judgements: {p['judgements']}",
-             f"agreement on {a['n_comparisons']} comparisons of {a['n_items']} items judged by >= 2 annotators: raw "
-             f"{_pct(a['raw_agreement'])}{_interval(a['raw_agreement_ci'], percent=True)}, Krippendorff's alpha nominal "
-             f"{_num(a['alpha_nominal'])}{_interval(a['alpha_nominal_ci'])}, ordinal {_num(a['alpha_ordinal'])}"]
+    head = (
+        f"items: {p['items']}, complete {p['items_complete']} ({p['per_item']} annotators each), started "
+        f"{p['items_started']}; judgements: {p['judgements']}"
+    )
+    overall = (
+        f"agreement on {a['n_comparisons']} comparisons of {a['n_items']} items judged by >= 2 annotators: "
+        f"raw {_pct(a['raw_agreement'])}{_interval(a['raw_agreement_ci'], percent=True)}, Krippendorff's "
+        f"alpha nominal {_num(a['alpha_nominal'])}{_interval(a['alpha_nominal_ci'])}, "
+        f"ordinal {_num(a['alpha_ordinal'])}"
+    )
+    lines = [head, overall]
     for r in p["annotators"]:
         m = a["with_majority"].get(r["name"])
         versus = f", with the majority {m['agree']}/{m['n']} = {_pct(m['share'])}" if m else ""
@@ -161,10 +186,15 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
         lines.append(f"  kappa {k['a']} / {k['b']}: {_num(k['kappa'])} on {k['n']} shared comparisons")
     if a.get("model"):
         m, c = a["model"]["majority"], a["ceiling"]
-        lines.append(f"reward model {summary['settings']['model']}: agrees with the majority on {m['agree']}/{m['n']}"
-                     f" = {_pct(m['share'])}{_interval(a['model_ci'], percent=True)}; human ceiling (each annotator vs the others) "
-                     f"{c['agree']}/{c['n']} = {_pct(c['share'])}{_interval(a['ceiling_ci'], percent=True)}")
-        per = [f"{name} {v['agree']}/{v['n']} = {_pct(v['share'])}" for name, v in a["model"].items() if name != "majority"]
+        lines.append(
+            f"reward model {summary['settings']['model']}: agrees with the majority on {m['agree']}/{m['n']}"
+            f" = {_pct(m['share'])}{_interval(a['model_ci'], percent=True)}; "
+            "human ceiling (each annotator vs the others) "
+            f"{c['agree']}/{c['n']} = {_pct(c['share'])}{_interval(a['ceiling_ci'], percent=True)}"
+        )
+        per = [
+            f"{name} {v['agree']}/{v['n']} = {_pct(v['share'])}" for name, v in a["model"].items() if name != "majority"
+        ]
         if per:
             lines.append("  reward model vs each annotator (their non-tie judgements): " + ", ".join(per))
     for name, v in summary["aspects"].items():
@@ -189,10 +219,12 @@ def write_report(summary: dict[str, Any], out_dir: str | Path) -> list[Path]:
         paths.append(out / f"{name}.png")
         images.append(f'<img alt="{name}" src="data:image/png;base64,{base64.b64encode(png).decode()}">')
     body = "\n".join(f"<li>{html.escape(line.strip())}</li>" for line in summary_lines(summary))
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>raw_rm labelling report</title><style>"
-            "body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#1a202c}"
-            "img{max-width:100%;display:block;margin:1rem 0}li{margin:.2rem 0}</style></head><body>"
-            f"<h1>Labelling report</h1><ul>{body}</ul>{''.join(images)}</body></html>")
+    page = (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>raw_rm labelling report</title><style>"
+        "body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#1a202c}"
+        "img{max-width:100%;display:block;margin:1rem 0}li{margin:.2rem 0}</style></head><body>"
+        f"<h1>Labelling report</h1><ul>{body}</ul>{''.join(images)}</body></html>"
+    )
     (out / "report.html").write_text(page)
     paths.append(out / "report.html")
     return paths

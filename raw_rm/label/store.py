@@ -153,12 +153,16 @@ class LabelStore:
     def settings(self) -> Settings:
         with self._connect() as con:
             meta = dict(con.execute("SELECT key, value FROM meta").fetchall())
-        return Settings(per_item=int(meta.get("per_item", Settings.per_item)),
-                        aspects=tuple(json.loads(meta.get("aspects", "[]"))),
-                        lease_s=float(meta.get("lease_s", DEFAULT_LEASE_S)), model=meta.get("model"))
+        return Settings(
+            per_item=int(meta.get("per_item", Settings.per_item)),
+            aspects=tuple(json.loads(meta.get("aspects", "[]"))),
+            lease_s=float(meta.get("lease_s", DEFAULT_LEASE_S)),
+            model=meta.get("model"),
+        )
 
-    def configure(self, *, per_item: int | None = None, aspects: Sequence[str] | None = None,
-                  lease_s: float | None = None) -> Settings:
+    def configure(
+        self, *, per_item: int | None = None, aspects: Sequence[str] | None = None, lease_s: float | None = None
+    ) -> Settings:
         """Change the session's settings (None keeps the stored value); returns the settings now in force."""
         if per_item is not None and per_item < 1:
             raise ValueError(f"per_item: expected >= 1, got {per_item}")
@@ -167,8 +171,11 @@ class LabelStore:
         for name in aspects or ():
             if not NAME_PATTERN.match(name):
                 raise ValueError(f"aspect {name!r}: expected letters, digits, '_', '.', '-' (at most 64)")
-        values = {"per_item": per_item, "lease_s": lease_s,
-                  "aspects": None if aspects is None else json.dumps(list(aspects))}
+        values = {
+            "per_item": per_item,
+            "lease_s": lease_s,
+            "aspects": None if aspects is None else json.dumps(list(aspects)),
+        }
         with self._write() as con:
             for key, value in values.items():
                 if value is not None:
@@ -183,21 +190,26 @@ class LabelStore:
             before = con.execute("SELECT COUNT(*) FROM items").fetchone()[0]
             con.executemany(
                 "INSERT OR IGNORE INTO items (key, prompt, responses, source, extra, added_at) VALUES (?,?,?,?,?,?)",
-                [(it.key, it.prompt, json.dumps(it.responses), it.source, json.dumps(it.extra), now) for it in items])
+                [(it.key, it.prompt, json.dumps(it.responses), it.source, json.dumps(it.extra), now) for it in items],
+            )
             return con.execute("SELECT COUNT(*) FROM items").fetchone()[0] - before
 
     def set_model_rewards(self, model: str, rewards: dict[int, list[float]]) -> None:
         """Record a reward model's reward of every response of these items (human validation of that model)."""
         with self._write() as con:
-            con.executemany("UPDATE items SET model_rewards = ? WHERE id = ?",
-                            [(json.dumps(r), item_id) for item_id, r in rewards.items()])
+            con.executemany(
+                "UPDATE items SET model_rewards = ? WHERE id = ?",
+                [(json.dumps(r), item_id) for item_id, r in rewards.items()],
+            )
             con.execute("INSERT OR REPLACE INTO meta VALUES ('model', ?)", (model,))
 
     def items(self) -> list[Item]:
         with self._connect() as con:
             rows = con.execute("SELECT id, prompt, responses, source, extra, model_rewards FROM items ORDER BY id")
-            return [Item(i, p, json.loads(r), s, json.loads(e), None if m is None else json.loads(m))
-                    for i, p, r, s, e, m in rows]
+            return [
+                Item(i, p, json.loads(r), s, json.loads(e), None if m is None else json.loads(m))
+                for i, p, r, s, e, m in rows
+            ]
 
     # ----------------------------------------------------------------------------------- annotators
     def add_annotator(self, name: str) -> str:
@@ -212,8 +224,10 @@ class LabelStore:
         with self._write() as con:
             if con.execute("SELECT 1 FROM annotators WHERE name = ?", (name,)).fetchone():
                 raise StoreError(409, "name", f"annotator {name!r} exists already")
-            con.execute("INSERT INTO annotators (name, token_sha256, added_at) VALUES (?, ?, ?)",
-                        (name, token_hash(token), time.time()))
+            con.execute(
+                "INSERT INTO annotators (name, token_sha256, added_at) VALUES (?, ?, ?)",
+                (name, token_hash(token), time.time()),
+            )
         return token
 
     def annotator_by_token(self, token: str | None) -> Annotator | None:
@@ -228,18 +242,26 @@ class LabelStore:
             return [Annotator(*r) for r in con.execute("SELECT id, name FROM annotators ORDER BY id")]
 
     # ----------------------------------------------------------------------------------- assignment
-    def _slots(self, con: sqlite3.Connection, annotator: Annotator, now: float, lease_s: float
-               ) -> tuple[list[Slots], set[int], int | None]:
-        judged = dict(con.execute(
-            "SELECT item_id, COUNT(*) FROM judgements WHERE decision != 'skip' GROUP BY item_id").fetchall())
-        leased = dict(con.execute(
-            "SELECT l.item_id, COUNT(*) FROM leases l WHERE l.leased_at >= ? AND l.annotator_id != ? AND NOT EXISTS "
-            "(SELECT 1 FROM judgements j WHERE j.item_id = l.item_id AND j.annotator_id = l.annotator_id) "
-            "GROUP BY l.item_id", (now - lease_s, annotator.id)).fetchall())
+    def _slots(
+        self, con: sqlite3.Connection, annotator: Annotator, now: float, lease_s: float
+    ) -> tuple[list[Slots], set[int], int | None]:
+        judged = dict(
+            con.execute("SELECT item_id, COUNT(*) FROM judgements WHERE decision != 'skip' GROUP BY item_id").fetchall()
+        )
+        leased = dict(
+            con.execute(
+                "SELECT item_id, COUNT(*) FROM leases WHERE leased_at >= ? AND annotator_id != ? GROUP BY item_id",
+                (now - lease_s, annotator.id),
+            ).fetchall()
+        )
         answered = {r[0] for r in con.execute("SELECT item_id FROM judgements WHERE annotator_id = ?", (annotator.id,))}
-        own = con.execute("SELECT item_id FROM leases WHERE annotator_id = ? AND leased_at >= ? "
-                          "ORDER BY leased_at DESC LIMIT 1", (annotator.id, now - lease_s)).fetchone()
-        slots = [Slots(i, judged.get(i, 0), leased.get(i, 0)) for (i,) in con.execute("SELECT id FROM items ORDER BY id")]
+        own = con.execute(
+            "SELECT item_id FROM leases WHERE annotator_id = ? AND leased_at >= ? ORDER BY leased_at DESC LIMIT 1",
+            (annotator.id, now - lease_s),
+        ).fetchone()
+        slots = [
+            Slots(i, judged.get(i, 0), leased.get(i, 0)) for (i,) in con.execute("SELECT id FROM items ORDER BY id")
+        ]
         return slots, answered, None if own is None else own[0]
 
     def next_item(self, annotator: Annotator) -> tuple[Item, list[int]] | None:
@@ -252,8 +274,9 @@ class LabelStore:
             if item_id is None:
                 return None
             con.execute("INSERT OR REPLACE INTO leases VALUES (?, ?, ?)", (item_id, annotator.id, now))
-            p, r, s, e, m = con.execute("SELECT prompt, responses, source, extra, model_rewards FROM items "
-                                        "WHERE id = ?", (item_id,)).fetchone()
+            p, r, s, e, m = con.execute(
+                "SELECT prompt, responses, source, extra, model_rewards FROM items WHERE id = ?", (item_id,)
+            ).fetchone()
         item = Item(item_id, p, json.loads(r), s, json.loads(e), None if m is None else json.loads(m))
         return item, display_order(item_id, annotator.name, len(item.responses))
 
@@ -262,8 +285,10 @@ class LabelStore:
         settings = self.settings()
         with self._connect() as con:
             slots, answered, _ = self._slots(con, annotator, time.time(), settings.lease_s)
-        return {"answered": len(answered), "remaining": remaining_for(slots, answered=answered,
-                                                                      per_item=settings.per_item)}
+        return {
+            "answered": len(answered),
+            "remaining": remaining_for(slots, answered=answered, per_item=settings.per_item),
+        }
 
     def item_size(self, item_id: int) -> int | None:
         """How many responses the item has; None for an unknown item."""
@@ -283,17 +308,31 @@ class LabelStore:
         with self._write() as con:
             if con.execute("SELECT 1 FROM items WHERE id = ?", (j.item_id,)).fetchone() is None:
                 raise StoreError(404, "item_id", f"no item {j.item_id}")
-            if con.execute("SELECT 1 FROM judgements WHERE item_id = ? AND annotator_id = ?",
-                           (j.item_id, annotator.id)).fetchone():
+            if con.execute(
+                "SELECT 1 FROM judgements WHERE item_id = ? AND annotator_id = ?", (j.item_id, annotator.id)
+            ).fetchone():
                 raise StoreError(409, "item_id", f"item {j.item_id} is answered already by {annotator.name}")
-            if con.execute("SELECT 1 FROM leases WHERE item_id = ? AND annotator_id = ?",
-                           (j.item_id, annotator.id)).fetchone() is None:
+            if (
+                con.execute(
+                    "SELECT 1 FROM leases WHERE item_id = ? AND annotator_id = ?", (j.item_id, annotator.id)
+                ).fetchone()
+                is None
+            ):
                 raise StoreError(409, "item_id", f"item {j.item_id} was not given to {annotator.name} (GET /api/next)")
             con.execute(
                 "INSERT INTO judgements (item_id, annotator_id, decision, ranks, strength, aspects, note, created_at) "
                 "VALUES (?,?,?,?,?,?,?,?)",
-                (j.item_id, annotator.id, j.decision, None if j.ranks is None else json.dumps(j.ranks), j.strength,
-                 json.dumps(j.aspects), j.note, time.time()))
+                (
+                    j.item_id,
+                    annotator.id,
+                    j.decision,
+                    None if j.ranks is None else json.dumps(j.ranks),
+                    j.strength,
+                    json.dumps(j.aspects),
+                    j.note,
+                    time.time(),
+                ),
+            )
             con.execute("DELETE FROM leases WHERE item_id = ? AND annotator_id = ?", (j.item_id, annotator.id))
 
     def judgements(self) -> dict[int, list[JudgementRow]]:
@@ -302,10 +341,12 @@ class LabelStore:
         with self._connect() as con:
             rows = con.execute(
                 "SELECT j.item_id, a.name, j.decision, j.ranks, j.strength, j.aspects, j.note, j.created_at "
-                "FROM judgements j JOIN annotators a ON a.id = j.annotator_id ORDER BY j.id")
+                "FROM judgements j JOIN annotators a ON a.id = j.annotator_id ORDER BY j.id"
+            )
             for item_id, name, decision, ranks, strength, aspects, note, created in rows:
-                judgement = Judgement(item_id, decision, None if ranks is None else json.loads(ranks), strength,
-                                      json.loads(aspects), note)
+                judgement = Judgement(
+                    item_id, decision, None if ranks is None else json.loads(ranks), strength, json.loads(aspects), note
+                )
                 out.setdefault(item_id, []).append(JudgementRow(name, judgement, created))
         return out
 
@@ -314,19 +355,30 @@ class LabelStore:
         settings = self.settings()
         now = time.time()
         with self._connect() as con:
-            per = {name: {"name": name, "judged": 0, "skipped": 0, "open_leases": 0}
-                   for (name,) in con.execute("SELECT name FROM annotators ORDER BY id")}
+            per = {
+                name: {"name": name, "judged": 0, "skipped": 0, "open_leases": 0}
+                for (name,) in con.execute("SELECT name FROM annotators ORDER BY id")
+            }
             for name, decision, n in con.execute(
-                    "SELECT a.name, j.decision = 'skip', COUNT(*) FROM judgements j JOIN annotators a "
-                    "ON a.id = j.annotator_id GROUP BY a.name, j.decision = 'skip'"):
+                "SELECT a.name, j.decision = 'skip', COUNT(*) FROM judgements j JOIN annotators a "
+                "ON a.id = j.annotator_id GROUP BY a.name, j.decision = 'skip'"
+            ):
                 per[name]["skipped" if decision else "judged"] += n
             for name, n in con.execute(
-                    "SELECT a.name, COUNT(*) FROM leases l JOIN annotators a ON a.id = l.annotator_id "
-                    "WHERE l.leased_at >= ? GROUP BY a.name", (now - settings.lease_s,)):
+                "SELECT a.name, COUNT(*) FROM leases l JOIN annotators a ON a.id = l.annotator_id "
+                "WHERE l.leased_at >= ? GROUP BY a.name",
+                (now - settings.lease_s,),
+            ):
                 per[name]["open_leases"] = n
             n_items = con.execute("SELECT COUNT(*) FROM items").fetchone()[0]
-            counts = [n for (n,) in con.execute(
-                "SELECT COUNT(*) FROM judgements WHERE decision != 'skip' GROUP BY item_id")]
-        return {"annotators": list(per.values()), "items": n_items, "per_item": settings.per_item,
-                "items_complete": sum(1 for n in counts if n >= settings.per_item),
-                "items_started": len(counts), "judgements": sum(counts)}
+            counts = [
+                n for (n,) in con.execute("SELECT COUNT(*) FROM judgements WHERE decision != 'skip' GROUP BY item_id")
+            ]
+        return {
+            "annotators": list(per.values()),
+            "items": n_items,
+            "per_item": settings.per_item,
+            "items_complete": sum(1 for n in counts if n >= settings.per_item),
+            "items_started": len(counts),
+            "judgements": sum(counts),
+        }

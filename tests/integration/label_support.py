@@ -12,13 +12,17 @@ import time
 from pathlib import Path
 
 import httpx
-
 from serve_support import free_port
 
 # Six arithmetic pairs (the correct answer is response_a on even i, response_b on odd i) and one k-wise item.
 POOL_ROWS = [
-    {"prompt": f"What is {i} + {i}?", "response_a": f"It is {2 * i if i % 2 == 0 else 2 * i + 1}.",
-     "response_b": f"It is {2 * i + 1 if i % 2 == 0 else 2 * i}.", "selection_score": -0.1 * i, "selection_rank": i}
+    {
+        "prompt": f"What is {i} + {i}?",
+        "response_a": f"It is {2 * i if i % 2 == 0 else 2 * i + 1}.",
+        "response_b": f"It is {2 * i + 1 if i % 2 == 0 else 2 * i}.",
+        "selection_score": -0.1 * i,
+        "selection_rank": i,
+    }
     for i in range(6)
 ] + [{"prompt": "Name a prime number.", "responses": ["7", "9", "12"]}]
 
@@ -37,10 +41,19 @@ def correct_index(prompt: str, texts: list[str]) -> int | None:
     return texts.index(f"It is {2 * int(match.group(1))}.")
 
 
-def raw_rm(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+def raw_rm(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess:
     full_env = dict(os.environ, RAW_RM_LOG_LEVEL="WARNING", **(env or {}))
-    return subprocess.run([sys.executable, "-m", "raw_rm.cli", *args], cwd=cwd, env=full_env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "raw_rm.cli", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 class LabelServer:
@@ -53,8 +66,22 @@ class LabelServer:
         full_env = dict(os.environ, RAW_RM_LOG_LEVEL="WARNING", **(env or {}))
         with open(self.log, "w") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "raw_rm.cli", "label", "--db", f"sqlite:///{db}", "--port", str(self.port),
-                 *args], cwd=cwd, env=full_env, stdout=log, stderr=subprocess.STDOUT)
+                [
+                    sys.executable,
+                    "-m",
+                    "raw_rm.cli",
+                    "label",
+                    "--db",
+                    f"sqlite:///{db}",
+                    "--port",
+                    str(self.port),
+                    *args,
+                ],
+                cwd=cwd,
+                env=full_env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -69,7 +96,7 @@ class LabelServer:
 
     def links(self) -> dict[str, str]:
         """{annotator: token} printed at start-up."""
-        return dict(re.findall(r"^  (\S+): http://\S+/annotate#token=(\S+)$", self.log.read_text(), re.M))
+        return dict(re.findall(r"^  (\S+): http://\S+/annotate#token=(\S+)$", self.log.read_text(), re.MULTILINE))
 
     def kill(self) -> None:
         if self.proc.poll() is None:

@@ -19,19 +19,38 @@ KEY = "admin-key-for-tests-0123456789"
 
 
 def test_non_loopback_bind_without_key_refuses_to_start(tmp_path: Path) -> None:
-    proc = raw_rm("label", "--db", f"sqlite:///{tmp_path}/l.db", "--pool", str(write_pool(tmp_path)),
-                  "--host", "0.0.0.0", cwd=tmp_path, env={"RAW_RM_API_KEY": ""})
+    proc = raw_rm(
+        "label",
+        "--db",
+        f"sqlite:///{tmp_path}/l.db",
+        "--pool",
+        str(write_pool(tmp_path)),
+        "--host",
+        "0.0.0.0",
+        cwd=tmp_path,
+        env={"RAW_RM_API_KEY": ""},
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().endswith(
         "raw-rm label: error: host '0.0.0.0' is not a loopback address and no API key is configured: set the "
         "environment variable RAW_RM_API_KEY (or api_key_env / api_key_file in the serve config), bind 127.0.0.1, "
-        "or, on a trusted private network only, set allow_unauthenticated_network: true")
+        "or, on a trusted private network only, set allow_unauthenticated_network: true"
+    )
 
 
 @pytest.fixture()
 def keyed(tmp_path: Path):
-    server = LabelServer(tmp_path / "l.db", "--pool", str(write_pool(tmp_path)), "--annotator", "alice",
-                         "--aspects", "helpfulness", cwd=tmp_path, env={"RAW_RM_API_KEY": KEY})
+    server = LabelServer(
+        tmp_path / "l.db",
+        "--pool",
+        str(write_pool(tmp_path)),
+        "--annotator",
+        "alice",
+        "--aspects",
+        "helpfulness",
+        cwd=tmp_path,
+        env={"RAW_RM_API_KEY": KEY},
+    )
     yield server
     server.stop()
 
@@ -45,11 +64,16 @@ def test_admin_key_and_annotator_tokens(keyed: LabelServer) -> None:
     assert httpx.get(url, headers=bearer("nope")).json()["error"].startswith("authorization: wrong admin key")
     as_annotator = httpx.get(url, headers=bearer(token))
     assert as_annotator.status_code == 403
-    assert as_annotator.json() == {"error": "authorization: an annotator token can only label; admin routes need the "
-                                            "admin key", "field": "authorization"}
+    assert as_annotator.json() == {
+        "error": "authorization: an annotator token can only label; admin routes need the admin key",
+        "field": "authorization",
+    }
     for path in ("/api/admin/export", "/api/admin/plot/agreement.png"):
         assert httpx.get(keyed.base + path, headers=bearer(token)).status_code == 403
-    assert httpx.post(f"{keyed.base}/api/admin/annotators", json={"name": "mallory"}, headers=bearer(token)).status_code == 403
+    assert (
+        httpx.post(f"{keyed.base}/api/admin/annotators", json={"name": "mallory"}, headers=bearer(token)).status_code
+        == 403
+    )
     assert httpx.get(url, headers={"X-API-Key": KEY}).status_code == 200
     # Annotator routes take annotator tokens only; the admin key is not one.
     assert httpx.get(f"{keyed.base}/api/next", headers=bearer(KEY)).status_code == 401
@@ -65,7 +89,9 @@ def test_invalid_input_is_a_4xx_naming_the_field(keyed: LabelServer) -> None:
     item = httpx.get(f"{keyed.base}/api/next", headers=auth).json()["item"]
 
     def post(body: object, **kwargs) -> httpx.Response:
-        return httpx.post(f"{keyed.base}/api/judgements", headers=auth, **({"json": body} if body is not None else kwargs))
+        return httpx.post(
+            f"{keyed.base}/api/judgements", headers=auth, **({"json": body} if body is not None else kwargs)
+        )
 
     cases = [
         (post(None, content=b"{not json"), 400, "body"),
@@ -77,8 +103,11 @@ def test_invalid_input_is_a_4xx_naming_the_field(keyed: LabelServer) -> None:
         (post({"item_id": 2, "decision": "tie"}), 409, "item_id"),  # not shown to alice
         (post(None, content=b"{" + b" " * 70000 + b"}"), 413, "body"),
         (httpx.get(f"{keyed.base}/api/admin/export?as=csv", headers=bearer(KEY)), 422, "as"),
-        (httpx.get(f"{keyed.base}/api/admin/export?min_judgements=two", headers=bearer(KEY)), 422,
-         "query.min_judgements"),
+        (
+            httpx.get(f"{keyed.base}/api/admin/export?min_judgements=two", headers=bearer(KEY)),
+            422,
+            "query.min_judgements",
+        ),
         (httpx.get(f"{keyed.base}/api/admin/export?aspect=humour", headers=bearer(KEY)), 422, "aspect"),
         (httpx.get(f"{keyed.base}/api/admin/plot/pie.png", headers=bearer(KEY)), 404, "name"),
         (httpx.get(f"{keyed.base}/api/nothing"), 404, "path"),
@@ -87,7 +116,9 @@ def test_invalid_input_is_a_4xx_naming_the_field(keyed: LabelServer) -> None:
         assert (response.status_code, response.json()["field"]) == (status, field), response.text
     assert post({"item_id": item["id"], "decision": "ranked", "ranks": [0, 1]}).status_code == 200
     again = post({"item_id": item["id"], "decision": "tie"})
-    assert again.status_code == 409 and again.json()["error"] == f"item_id: item {item['id']} is answered already by alice"
+    assert (
+        again.status_code == 409 and again.json()["error"] == f"item_id: item {item['id']} is answered already by alice"
+    )
 
 
 def test_pages_and_scripts_are_served_locally(keyed: LabelServer) -> None:
@@ -97,7 +128,9 @@ def test_pages_and_scripts_are_served_locally(keyed: LabelServer) -> None:
     for name in ("annotate.js", "admin.js", "label.css"):
         assert httpx.get(f"{keyed.base}/static/{name}").status_code == 200
     for path in ("/annotate", "/admin", "/static/annotate.js", "/static/admin.js", "/static/label.css"):
-        assert "http://" not in httpx.get(keyed.base + path).text and "https://" not in httpx.get(keyed.base + path).text
+        assert (
+            "http://" not in httpx.get(keyed.base + path).text and "https://" not in httpx.get(keyed.base + path).text
+        )
     assert httpx.get(f"{keyed.base}/static/../store.py").status_code == 404
 
 
@@ -134,8 +167,9 @@ def test_concurrent_submissions_over_http_lose_nothing(tmp_path: Path) -> None:
 
 def test_a_crash_mid_session_loses_nothing(tmp_path: Path) -> None:
     db = tmp_path / "r.db"
-    server = LabelServer(db, "--pool", str(write_pool(tmp_path)), "--annotator", "alice", "--annotator", "bob",
-                         cwd=tmp_path)
+    server = LabelServer(
+        db, "--pool", str(write_pool(tmp_path)), "--annotator", "alice", "--annotator", "bob", cwd=tmp_path
+    )
     tokens = server.links()
     with httpx.Client(base_url=server.base, headers=bearer(tokens["alice"])) as alice:
         for _ in range(2):
@@ -148,12 +182,17 @@ def test_a_crash_mid_session_loses_nothing(tmp_path: Path) -> None:
         with httpx.Client(base_url=restarted.base, headers=bearer(tokens["alice"])) as alice:
             again = alice.get("/api/next").json()
             assert again["item"] == on_screen and again["progress"] == {"answered": 2, "remaining": 5}
-            assert alice.post("/api/judgements", json={"item_id": on_screen["id"], "decision": "tie"}).status_code == 200
+            assert (
+                alice.post("/api/judgements", json={"item_id": on_screen["id"], "decision": "tie"}).status_code == 200
+            )
     finally:
         restarted.stop()
     rows = LabelStore(str(db)).judgements()
     assert [(r.annotator, r.judgement.decision) for item in sorted(rows) for r in rows[item]] == [
-        ("alice", "skip"), ("alice", "skip"), ("alice", "tie")]
+        ("alice", "skip"),
+        ("alice", "skip"),
+        ("alice", "tie"),
+    ]
 
 
 def _label_everything(server: LabelServer, tokens: dict[str, str]) -> None:
@@ -176,8 +215,9 @@ def _label_everything(server: LabelServer, tokens: dict[str, str]) -> None:
 
 def test_export_trains_and_the_report_validates_a_model(tmp_path: Path) -> None:
     db = tmp_path / "t.db"
-    server = LabelServer(db, "--pool", str(write_pool(tmp_path)), "--annotator", "alice", "--annotator", "bob",
-                         cwd=tmp_path)
+    server = LabelServer(
+        db, "--pool", str(write_pool(tmp_path)), "--annotator", "alice", "--annotator", "bob", cwd=tmp_path
+    )
     try:
         _label_everything(server, server.links())
     finally:
@@ -192,16 +232,33 @@ def test_export_trains_and_the_report_validates_a_model(tmp_path: Path) -> None:
     assert sorted(r["weight"] for r in rows) == [1.0] * 7
     assert all(r["chosen"].startswith(("It is", "7")) for r in rows)
     run = tmp_path / "run"
-    trained = raw_rm("train", "--data", str(out), "--eval-data", str(out), "--model", "tiny-bert", "--max-steps", "2",
-                     "--batch-size", "4", "--output", str(run), "mlflow.enabled=false", "train.precision=fp32",
-                     "data.max_len_tokens=32", cwd=tmp_path)
+    trained = raw_rm(
+        "train",
+        "--data",
+        str(out),
+        "--eval-data",
+        str(out),
+        "--model",
+        "tiny-bert",
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--output",
+        str(run),
+        "mlflow.enabled=false",
+        "train.precision=fp32",
+        "data.max_len_tokens=32",
+        cwd=tmp_path,
+    )
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert f"model: {run / 'model'}" in trained.stdout
     # The trained model as the one to validate: the report puts its agreement next to the human ceiling.
     validated = LabelServer(db, "--model", str(run / "model"), cwd=tmp_path)
     validated.stop()
-    report = raw_rm("label", "report", "--db", f"sqlite:///{db}", "--out", str(tmp_path / "rep"), "--n-boot", "200",
-                    cwd=tmp_path)
+    report = raw_rm(
+        "label", "report", "--db", f"sqlite:///{db}", "--out", str(tmp_path / "rep"), "--n-boot", "200", cwd=tmp_path
+    )
     assert report.returncode == 0, report.stderr
     summary = json.loads((tmp_path / "rep" / "report.json").read_text())
     # Agreement by hand: the six pairs agree except item 6 ("5 + 5"); the k-wise item: (7,9) and (7,12) agree,
@@ -227,5 +284,10 @@ def test_export_trains_and_the_report_validates_a_model(tmp_path: Path) -> None:
     # Ceiling: each annotator's non-tie value against the other's non-tie value: the six pairs give 12 (10 agree,
     # item 6 twice not), (7,9) and (7,12) give 2 each (all agree), (9,12) none (bob's tie). 14 / 16.
     assert summary["agreement"]["ceiling"] == {"agree": 14, "n": 16, "share": 0.875}
-    assert {p.name for p in (tmp_path / "rep").iterdir()} == {"report.json", "report.html", "progress.png",
-                                                              "agreement.png", "kappa.png"}
+    assert {p.name for p in (tmp_path / "rep").iterdir()} == {
+        "report.json",
+        "report.html",
+        "progress.png",
+        "agreement.png",
+        "kappa.png",
+    }

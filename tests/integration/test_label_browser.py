@@ -20,8 +20,16 @@ from raw_rm.label.store import LabelStore
 pytestmark = pytest.mark.integration
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 DESKTOP = {"width": 1280, "height": 900}
 PHONE = {"width": 390, "height": 844}
 
@@ -33,8 +41,13 @@ def browser(tmp_path: Path):
     sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed (dev extra)")
     with sync_api.sync_playwright() as playwright:
         yield lambda name, viewport: playwright.chromium.launch_persistent_context(
-            str(tmp_path / f"profile-{name}"), executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True,
-            viewport=viewport, accept_downloads=True)
+            str(tmp_path / f"profile-{name}"),
+            executable_path=CHROMIUM,
+            args=CHROMIUM_ARGS,
+            headless=True,
+            viewport=viewport,
+            accept_downloads=True,
+        )
 
 
 def _screens(tmp_path: Path) -> Path:
@@ -52,8 +65,11 @@ def _answer_and_wait(page, action) -> None:
     """Answer, then wait until the next item (or the done page) is on screen."""
     before = page.locator("#task").get_attribute("data-item")
     action()
-    page.wait_for_function("(before) => document.getElementById('task').dataset.item !== before || "
-                           "!document.getElementById('done').hidden", arg=before)
+    page.wait_for_function(
+        "(before) => document.getElementById('task').dataset.item !== before || "
+        "!document.getElementById('done').hidden",
+        arg=before,
+    )
 
 
 def _label_as_alice(page, shots: Path) -> None:
@@ -76,7 +92,7 @@ def _label_as_alice(page, shots: Path) -> None:
             page.locator("body").click(position={"x": 5, "y": 5})
             page.screenshot(path=str(shots / "annotate_desktop.png"), full_page=True)
             first = False
-        _answer_and_wait(page, lambda: page.keyboard.press("1" if right == 0 else "5"))
+        _answer_and_wait(page, lambda key="1" if right == 0 else "5": page.keyboard.press(key))
 
 
 def _label_as_bob(page, shots: Path) -> None:
@@ -94,14 +110,24 @@ def _label_as_bob(page, shots: Path) -> None:
         if prompt == "What is 5 + 5?":
             right = 1 - right
         label = "A is slightly better" if right == 0 else "B is slightly better"
-        _answer_and_wait(page, lambda: page.get_by_role("button", name=label).click())
+        _answer_and_wait(page, lambda name=label: page.get_by_role("button", name=name).click())
 
 
 def test_two_annotators_in_a_browser(tmp_path: Path, browser) -> None:
     shots = _screens(tmp_path)
     db = tmp_path / "b.db"
-    server = LabelServer(db, "--pool", str(write_pool(tmp_path)), "--annotator", "alice", "--annotator", "bob",
-                         "--aspects", "helpfulness", cwd=tmp_path)
+    server = LabelServer(
+        db,
+        "--pool",
+        str(write_pool(tmp_path)),
+        "--annotator",
+        "alice",
+        "--annotator",
+        "bob",
+        "--aspects",
+        "helpfulness",
+        cwd=tmp_path,
+    )
     tokens = server.links()
     try:
         alice = browser("alice", DESKTOP)
@@ -112,7 +138,9 @@ def test_two_annotators_in_a_browser(tmp_path: Path, browser) -> None:
         page.wait_for_selector("#task:not([hidden])")
         assert "token" not in page.url  # the token left the address bar
         _label_as_alice(page, shots)
-        assert page.locator("#done").is_visible() and page.locator("#progress-text").inner_text() == "7 answered, 0 to go"
+        assert (
+            page.locator("#done").is_visible() and page.locator("#progress-text").inner_text() == "7 answered, 0 to go"
+        )
         alice.close()
 
         bob = browser("bob", PHONE)
@@ -130,8 +158,10 @@ def test_two_annotators_in_a_browser(tmp_path: Path, browser) -> None:
         page = admin.new_page()
         page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
         page.goto(f"{server.base}/admin")
-        page.wait_for_function("() => ['progress', 'agreement', 'kappa'].every((n) => {"
-                               "const i = document.getElementById('plot-' + n); return i.complete && i.naturalWidth > 0; })")
+        page.wait_for_function(
+            "() => ['progress', 'agreement', 'kappa'].every((n) => {"
+            "const i = document.getElementById('plot-' + n); return i.complete && i.naturalWidth > 0; })"
+        )
         agreement = page.locator("#agreement").inner_text()
         rows = [r.split("\t") for r in page.locator("#progress-table tbody").inner_text().splitlines()]
         kappa = page.locator("#kappa-table tbody").inner_text()
@@ -168,15 +198,32 @@ def test_two_annotators_in_a_browser(tmp_path: Path, browser) -> None:
     # three comparisons from alice alone (weight 1): 8 pairs that raw-rm train reads.
     rows = [json.loads(line) for line in exported.read_text().splitlines()]
     assert len(rows) == 8 and {r["weight"] for r in rows} == {1.0}
-    trained = raw_rm("train", "--data", str(exported), "--eval-data", str(exported), "--model", "tiny-bert",
-                     "--max-steps", "2", "--batch-size", "4", "--output", str(tmp_path / "run"),
-                     "mlflow.enabled=false", "train.precision=fp32", "data.max_len_tokens=32", cwd=tmp_path)
+    trained = raw_rm(
+        "train",
+        "--data",
+        str(exported),
+        "--eval-data",
+        str(exported),
+        "--model",
+        "tiny-bert",
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--output",
+        str(tmp_path / "run"),
+        "mlflow.enabled=false",
+        "train.precision=fp32",
+        "data.max_len_tokens=32",
+        cwd=tmp_path,
+    )
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert "kept 8" in trained.stderr or "kept 8" in trained.stdout
 
     # The report, rendered in the same browser for a look.
-    report = raw_rm("label", "report", "--db", f"sqlite:///{db}", "--out", str(tmp_path / "report"), "--n-boot", "200",
-                    cwd=tmp_path)
+    report = raw_rm(
+        "label", "report", "--db", f"sqlite:///{db}", "--out", str(tmp_path / "report"), "--n-boot", "200", cwd=tmp_path
+    )
     assert report.returncode == 0, report.stderr
     viewer = browser("report", DESKTOP)
     page = viewer.new_page()

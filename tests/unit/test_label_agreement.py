@@ -62,8 +62,20 @@ def test_cohen_kappa_undefined_and_errors() -> None:
 #   B:     1  2  3  3  2  2  4  1  2  5  .  3
 #   C:     .  3  3  3  2  3  4  2  2  5  1  .
 #   D:     1  2  3  3  2  4  4  1  2  5  1  .
-KRIPPENDORFF_C = [[1, 1, 1], [2, 2, 3, 2], [3, 3, 3, 3], [3, 3, 3, 3], [2, 2, 2, 2], [1, 2, 3, 4], [4, 4, 4, 4],
-                  [1, 1, 2, 1], [2, 2, 2, 2], [5, 5, 5], [1, 1], [3]]
+KRIPPENDORFF_C = [
+    [1, 1, 1],
+    [2, 2, 3, 2],
+    [3, 3, 3, 3],
+    [3, 3, 3, 3],
+    [2, 2, 2, 2],
+    [1, 2, 3, 4],
+    [4, 4, 4, 4],
+    [1, 1, 2, 1],
+    [2, 2, 2, 2],
+    [5, 5, 5],
+    [1, 1],
+    [3],
+]
 
 
 def test_krippendorff_alpha_nominal_by_hand() -> None:
@@ -157,7 +169,9 @@ def test_flag_annotators_far_below_the_rest() -> None:
     counts = {"ann": (18, 20), "bob": (18, 20), "dan": (2, 20)}
     flags = flag_annotators(counts)
     assert list(flags) == ["dan"]
-    assert flags["dan"] == "agrees with the majority on 2/20 = 10% (95% upper bound 30%) vs 90% for the other annotators"
+    assert (
+        flags["dan"] == "agrees with the majority on 2/20 = 10% (95% upper bound 30%) vs 90% for the other annotators"
+    )
     assert flag_annotators({"ann": (18, 20), "bob": (18, 20), "eve": (7, 10), "fay": (0, 3)}) == {}
 
 
@@ -187,8 +201,9 @@ def test_bootstrap_interval_resamples_items() -> None:
     assert (lo, hi) == bootstrap_interval(mixed, lambda t, m: raw_agreement(t)[0], n_boot=300, seed=3)
     # An item drawn twice counts twice: the sample keeps one comparison per draw.
     sizes = []
-    bootstrap_interval({(i, 0, 1): {"a": 1, "b": 1} for i in range(3)}, lambda t, m: sizes.append(len(t)) or 0.0,
-                       n_boot=20)
+    bootstrap_interval(
+        {(i, 0, 1): {"a": 1, "b": 1} for i in range(3)}, lambda t, m: sizes.append(len(t)) or 0.0, n_boot=20
+    )
     assert set(sizes) == {3}
 
 

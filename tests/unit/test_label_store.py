@@ -12,7 +12,12 @@ from raw_rm.data.formats import DataError
 from raw_rm.data.readers import read_records
 from raw_rm.label.assignment import Slots, display_order, pick_item
 from raw_rm.label.export import as_groups, as_pairs, comparison_table
-from raw_rm.label.judgement import Judgement, JudgementError, comparison_values, parse_judgement
+from raw_rm.label.judgement import (
+    Judgement,
+    JudgementError,
+    comparison_values,
+    parse_judgement,
+)
 from raw_rm.label.pool import read_pool
 from raw_rm.label.store import LabelStore, StoreError, db_path
 
@@ -42,22 +47,45 @@ def test_display_order_is_a_stable_per_annotator_permutation() -> None:
 
 # -------------------------------------------------------------------------------------------- judgements
 def test_parse_judgement_accepts_and_names_the_bad_field() -> None:
-    ok = parse_judgement({"item_id": 3, "decision": "ranked", "ranks": [1, 0], "strength": "clear",
-                          "aspects": {"helpfulness": 1}, "note": "b is kinder"}, k=2, aspects=["helpfulness"])
+    ok = parse_judgement(
+        {
+            "item_id": 3,
+            "decision": "ranked",
+            "ranks": [1, 0],
+            "strength": "clear",
+            "aspects": {"helpfulness": 1},
+            "note": "b is kinder",
+        },
+        k=2,
+        aspects=["helpfulness"],
+    )
     assert ok == Judgement(3, "ranked", [1, 0], "clear", {"helpfulness": 1}, "b is kinder")
     cases = [
         ({"item_id": "3", "decision": "tie"}, "item_id: expected an integer, got '3'"),
         ({"item_id": 3, "decision": "maybe"}, "decision: expected one of ranked, tie, skip, got 'maybe'"),
-        ({"item_id": 3, "decision": "ranked", "ranks": [0]}, "ranks: expected a list of 2 integers (0 = best), got [0]"),
+        (
+            {"item_id": 3, "decision": "ranked", "ranks": [0]},
+            "ranks: expected a list of 2 integers (0 = best), got [0]",
+        ),
         ({"item_id": 3, "decision": "ranked", "ranks": [0, 2]}, "ranks[1]: expected an integer in 0..1, got 2"),
-        ({"item_id": 3, "decision": "ranked", "ranks": [0, 0]}, 'ranks: all responses ranked equal: send decision "tie" instead'),
+        (
+            {"item_id": 3, "decision": "ranked", "ranks": [0, 0]},
+            'ranks: all responses ranked equal: send decision "tie" instead',
+        ),
         ({"item_id": 3, "decision": "tie", "strength": "clear"}, "strength: only for a ranked pair of two responses"),
-        ({"item_id": 3, "decision": "tie", "aspects": {"honesty": 0}}, "aspects.honesty: unknown aspect; known: helpfulness"),
-        ({"item_id": 3, "decision": "tie", "aspects": {"helpfulness": 5}},
-         'aspects.helpfulness: expected a response index in 0..1 or "tie", got 5'),
+        (
+            {"item_id": 3, "decision": "tie", "aspects": {"honesty": 0}},
+            "aspects.honesty: unknown aspect; known: helpfulness",
+        ),
+        (
+            {"item_id": 3, "decision": "tie", "aspects": {"helpfulness": 5}},
+            'aspects.helpfulness: expected a response index in 0..1 or "tie", got 5',
+        ),
         ({"item_id": 3, "decision": "skip", "note": "x" * 2001}, "note: 2001 characters; at most 2000"),
-        ({"item_id": 3, "decision": "skip", "token": "t"},
-         "token: unknown field; expected item_id, decision, ranks, strength, aspects, note"),
+        (
+            {"item_id": 3, "decision": "skip", "token": "t"},
+            "token: unknown field; expected item_id, decision, ranks, strength, aspects, note",
+        ),
     ]
     for body, message in cases:
         with pytest.raises(JudgementError) as info:
@@ -80,17 +108,26 @@ def _write(path: Path, rows: list[dict]) -> Path:
 
 
 def test_read_pool_takes_select_output_pairs_and_groups(tmp_path: Path) -> None:
-    pool = _write(tmp_path / "pool.jsonl", [
-        {"prompt": "2+2?", "response_a": "4", "response_b": "5", "selection_score": 0.3, "selection_rank": 0},
-        {"chosen": "\n\nHuman: hi\n\nAssistant: hello", "rejected": "\n\nHuman: hi\n\nAssistant: go away"},
-        {"messages": [{"role": "user", "content": "Name a prime."}], "responses": ["7", "9", "12"], "ranks": [0, 1, 1]},
-        {"prompt": "same", "response_a": "x", "response_b": "x"},
-        {"prompt": "2+2?", "response_a": "4", "response_b": "5"},
-    ])
+    pool = _write(
+        tmp_path / "pool.jsonl",
+        [
+            {"prompt": "2+2?", "response_a": "4", "response_b": "5", "selection_score": 0.3, "selection_rank": 0},
+            {"chosen": "\n\nHuman: hi\n\nAssistant: hello", "rejected": "\n\nHuman: hi\n\nAssistant: go away"},
+            {
+                "messages": [{"role": "user", "content": "Name a prime."}],
+                "responses": ["7", "9", "12"],
+                "ranks": [0, 1, 1],
+            },
+            {"prompt": "same", "response_a": "x", "response_b": "x"},
+            {"prompt": "2+2?", "response_a": "4", "response_b": "5"},
+        ],
+    )
     items, dropped = read_pool(pool)
     assert [(i.prompt, i.responses) for i in items] == [
-        ("2+2?", ["4", "5"]), ("\n\nHuman: hi\n\nAssistant:", ["hello", "go away"]),
-        ("\n\nHuman: Name a prime.\n\nAssistant:", ["7", "9", "12"])]
+        ("2+2?", ["4", "5"]),
+        ("\n\nHuman: hi\n\nAssistant:", ["hello", "go away"]),
+        ("\n\nHuman: Name a prime.\n\nAssistant:", ["7", "9", "12"]),
+    ]
     assert items[0].extra == {"selection_score": 0.3, "selection_rank": 0}
     assert items[0].source == f"{pool}:1"
     assert dropped == {"chosen_equals_rejected": 1, "duplicate": 1}
@@ -108,8 +145,9 @@ def test_read_pool_errors_name_line_and_field(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------------ store
 @pytest.fixture()
 def store(tmp_path: Path) -> LabelStore:
-    pool = _write(tmp_path / "pool.jsonl", [{"prompt": f"q{i}", "response_a": f"a{i}", "response_b": f"b{i}"}
-                                            for i in range(4)])
+    pool = _write(
+        tmp_path / "pool.jsonl", [{"prompt": f"q{i}", "response_a": f"a{i}", "response_b": f"b{i}"} for i in range(4)]
+    )
     s = LabelStore(f"sqlite:///{tmp_path}/labels.db")
     s.configure(per_item=2)
     assert s.add_items(read_pool(pool)[0]) == 4
@@ -225,11 +263,14 @@ def test_concurrent_submissions_lose_nothing(store: LabelStore) -> None:
 
 # ----------------------------------------------------------------------------------------------- export
 def _session(tmp_path: Path) -> LabelStore:
-    pool = _write(tmp_path / "pool.jsonl", [
-        {"prompt": "p1", "response_a": "x1", "response_b": "y1"},
-        {"prompt": "p2", "response_a": "x2", "response_b": "y2"},
-        {"prompt": "p3", "responses": ["r0", "r1", "r2"]},
-    ])
+    pool = _write(
+        tmp_path / "pool.jsonl",
+        [
+            {"prompt": "p1", "response_a": "x1", "response_b": "y1"},
+            {"prompt": "p2", "response_a": "x2", "response_b": "y2"},
+            {"prompt": "p3", "responses": ["r0", "r1", "r2"]},
+        ],
+    )
     s = LabelStore(str(tmp_path / "s.db"))
     s.configure(per_item=3)
     s.add_items(read_pool(pool)[0])

@@ -21,6 +21,7 @@ async function call(path, options = {}) {
   return response;
 }
 
+const element = (tag, properties) => Object.assign(document.createElement(tag), properties);
 const pct = (v) => (v === null || v === undefined ? "n/a" : `${(100 * v).toFixed(1)}%`);
 const num = (v) => (v === null || v === undefined ? "n/a" : v.toFixed(3));
 const ci = (c, f) => (c && c[0] !== null ? ` [${f(c[0])}, ${f(c[1])}]` : "");
@@ -50,7 +51,8 @@ function show(summary) {
   const lines = [
     `${a.n_comparisons} comparisons of ${a.n_items} items judged by two or more annotators`,
     `raw agreement ${pct(a.raw_agreement)}${ci(a.raw_agreement_ci, pct)}`,
-    `Krippendorff's alpha: nominal ${num(a.alpha_nominal)}${ci(a.alpha_nominal_ci, num)}, ordinal ${num(a.alpha_ordinal)}`,
+    `Krippendorff's alpha: nominal ${num(a.alpha_nominal)}${ci(a.alpha_nominal_ci, num)}, ` +
+      `ordinal ${num(a.alpha_ordinal)}`,
   ];
   if (a.model) {
     lines.push(`reward model ${summary.settings.model}: agrees with the majority ${a.model.majority.agree}/` +
@@ -60,7 +62,7 @@ function show(summary) {
   for (const [name, v] of Object.entries(summary.aspects)) {
     lines.push(`aspect ${name}: raw agreement ${pct(v.raw_agreement)}, alpha ${num(v.alpha_nominal)}`);
   }
-  $("agreement").replaceChildren(...lines.map((text) => { const li = document.createElement("li"); li.textContent = text; return li; }));
+  $("agreement").replaceChildren(...lines.map((text) => element("li", { textContent: text })));
   const kb = $("kappa-table").tBodies[0];
   kb.replaceChildren();
   for (const k of a.kappas) cells(kb.insertRow(), [`${k.a} / ${k.b}`, num(k.kappa), k.n]);
@@ -87,9 +89,11 @@ async function refresh() {
 $("add-form").addEventListener("submit", async (event) => {
   event.preventDefault();
   try {
-    const made = await (await call("/api/admin/annotators", { method: "POST", body: JSON.stringify({ name: $("add-name").value.trim() }) })).json();
+    const body = JSON.stringify({ name: $("add-name").value.trim() });
+    const made = await (await call("/api/admin/annotators", { method: "POST", body })).json();
     const link = `${location.origin}/annotate#token=${made.token}`;
-    $("add-result").replaceChildren("Send this link to ", made.name, " (shown once): ", Object.assign(document.createElement("code"), { textContent: link }));
+    $("add-result").replaceChildren("Send this link to ", made.name, " (shown once): ",
+                                    element("code", { textContent: link }));
     $("add-name").value = "";
     refresh();
   } catch (error) {
@@ -100,7 +104,7 @@ $("add-form").addEventListener("submit", async (event) => {
 document.querySelectorAll("[data-export]").forEach((b) => b.addEventListener("click", async () => {
   try {
     const blob = await (await call(`/api/admin/export?as=${b.dataset.export}`)).blob();
-    const a = Object.assign(document.createElement("a"), { href: URL.createObjectURL(blob), download: `labels-${b.dataset.export}.jsonl` });
+    const a = element("a", { href: URL.createObjectURL(blob), download: `labels-${b.dataset.export}.jsonl` });
     a.click();
   } catch (error) {
     $("message").textContent = error.message;

@@ -2,6 +2,7 @@
 // The annotator page: fetch the next item, show it, send the answer. The token comes from the URL fragment
 // (#token=...), which the browser never sends to the server, and is kept in sessionStorage for reloads.
 const $ = (id) => document.getElementById(id);
+const element = (tag, properties) => Object.assign(document.createElement(tag), properties);
 const LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ";
 const state = { token: null, item: null, aspects: [], busy: false, keys: {}, labels: {} };
 
@@ -100,8 +101,9 @@ function render(item) {
   }
   decisions.append(button("Skip", "s", () => send("skip")));
   $("note").value = "";
-  const help = Object.entries(state.labels).map(([key, label]) => `${key}: ${label}`).concat(["?: show or hide this list"]);
-  $("help-list").replaceChildren(...help.map((text) => Object.assign(document.createElement("li"), { textContent: text })));
+  const help = Object.entries(state.labels).map(([key, label]) => `${key}: ${label}`);
+  help.push("?: show or hide this list");
+  $("help-list").replaceChildren(...help.map((text) => element("li", { textContent: text })));
   $("task").hidden = false;
   $("done").hidden = true;
   window.scrollTo(0, 0);
@@ -214,7 +216,8 @@ async function start() {
 
 document.addEventListener("keydown", (event) => {
   const tag = event.target.tagName;
-  if (tag === "TEXTAREA" || tag === "INPUT" || tag === "SELECT" || event.ctrlKey || event.metaKey || event.altKey) return;
+  const typing = tag === "TEXTAREA" || tag === "INPUT" || tag === "SELECT";  // keys there are text, not shortcuts
+  if (typing || event.ctrlKey || event.metaKey || event.altKey) return;
   if (event.key === "?") { $("help").hidden = !$("help").hidden; return; }
   const action = state.keys[event.key];
   if (action && state.item) {
