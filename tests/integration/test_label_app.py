@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from label_support import LabelServer, bearer, correct_index, raw_rm, write_pool
+from label_support import LabelServer, bearer, correct_index, raw_rm, train_tiny, write_pool
 
 from raw_rm.label.store import LabelStore
 
@@ -213,7 +213,21 @@ def _label_everything(server: LabelServer, tokens: dict[str, str]) -> None:
                 assert client.post("/api/judgements", json={"item_id": item["id"], **body}).status_code == 200
 
 
-def test_export_trains_and_the_report_validates_a_model(tmp_path: Path) -> None:
+def _register(model_dir: Path, mlflow_uri: str, tmp_path: Path) -> str:
+    """Log ``model_dir`` in a tracked run and register it; returns its ``models:/NAME@candidate`` URI."""
+    from raw_rm import registry
+    from raw_rm.config import Config, apply_overrides
+    from raw_rm.tracking import tracking
+
+    cfg = apply_overrides(Config(), {"mlflow.tracking_uri": mlflow_uri, "mlflow.registered_model": "label-test",
+                                     "train.output_dir": str(tmp_path / "tracked")})
+    with tracking(cfg, run_name="label-test") as run:
+        run.log_model(model_dir)
+    registry.register_model(run.run_id, "model", "label-test", tracking_uri=mlflow_uri)
+    return "models:/label-test@candidate"
+
+
+def test_export_trains_and_the_report_validates_a_model(tmp_path: Path, mlflow_uri: str) -> None:
     db = tmp_path / "t.db"
     server = LabelServer(
         db, "--pool", str(write_pool(tmp_path)), "--annotator", "alice", "--annotator", "bob", cwd=tmp_path
@@ -232,29 +246,13 @@ def test_export_trains_and_the_report_validates_a_model(tmp_path: Path) -> None:
     assert sorted(r["weight"] for r in rows) == [1.0] * 7
     assert all(r["chosen"].startswith(("It is", "7")) for r in rows)
     run = tmp_path / "run"
-    trained = raw_rm(
-        "train",
-        "--data",
-        str(out),
-        "--eval-data",
-        str(out),
-        "--model",
-        "tiny-bert",
-        "--max-steps",
-        "2",
-        "--batch-size",
-        "4",
-        "--output",
-        str(run),
-        "mlflow.enabled=false",
-        "train.precision=fp32",
-        "data.max_len_tokens=32",
-        cwd=tmp_path,
-    )
+    trained = train_tiny(out, run, cwd=tmp_path)
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert f"model: {run / 'model'}" in trained.stdout
-    # The trained model as the one to validate: the report puts its agreement next to the human ceiling.
-    validated = LabelServer(db, "--model", str(run / "model"), cwd=tmp_path)
+    # The trained model, registered in MLflow, is the one to validate: the app scores every item through its models:/
+    # URI, and the report puts its agreement next to the human ceiling.
+    uri = _register(run / "model", mlflow_uri, tmp_path)
+    validated = LabelServer(db, "--model", uri, "--tracking-uri", mlflow_uri, cwd=tmp_path)
     validated.stop()
     report = raw_rm(
         "label", "report", "--db", f"sqlite:///{db}", "--out", str(tmp_path / "rep"), "--n-boot", "200", cwd=tmp_path
@@ -264,7 +262,7 @@ def test_export_trains_and_the_report_validates_a_model(tmp_path: Path) -> None:
     # Agreement by hand: the six pairs agree except item 6 ("5 + 5"); the k-wise item: (7,9) and (7,12) agree,
     # (9,12) alice + / bob tie. 9 comparisons with two annotators, 7 agree.
     assert summary["agreement"]["raw_agreement"] == pytest.approx(7 / 9)
-    assert "reward model " + str(run / "model") in report.stdout
+    assert f"reward model {uri}: agrees with the majority on " in report.stdout
     from raw_rm.inference import RewardModelInference
 
     rm = RewardModelInference(run / "model")

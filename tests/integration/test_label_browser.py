@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from label_support import LabelServer, correct_index, raw_rm, write_pool
+from label_support import LabelServer, correct_index, raw_rm, train_tiny, write_pool
 
 from raw_rm.label.store import LabelStore
 
@@ -198,25 +198,7 @@ def test_two_annotators_in_a_browser(tmp_path: Path, browser) -> None:
     # three comparisons from alice alone (weight 1): 8 pairs that raw-rm train reads.
     rows = [json.loads(line) for line in exported.read_text().splitlines()]
     assert len(rows) == 8 and {r["weight"] for r in rows} == {1.0}
-    trained = raw_rm(
-        "train",
-        "--data",
-        str(exported),
-        "--eval-data",
-        str(exported),
-        "--model",
-        "tiny-bert",
-        "--max-steps",
-        "2",
-        "--batch-size",
-        "4",
-        "--output",
-        str(tmp_path / "run"),
-        "mlflow.enabled=false",
-        "train.precision=fp32",
-        "data.max_len_tokens=32",
-        cwd=tmp_path,
-    )
+    trained = train_tiny(exported, tmp_path / "run", cwd=tmp_path)
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert "kept 8" in trained.stderr or "kept 8" in trained.stdout
 
