@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from raw_rm.label.agreement import (
     agreement_with_majority,
@@ -216,3 +219,41 @@ def test_summarise_reports_model_next_to_ceiling() -> None:
     assert out["with_majority"]["cat"]["agree"] == 1 and out["with_majority"]["cat"]["n"] == 3
     lo, hi = out["model_ci"]
     assert 0.0 <= lo <= 0.5 <= hi <= 1.0
+
+
+# ------------------------------------------------------------------------------------------- properties
+values = st.integers(min_value=-2, max_value=2)
+tables = st.dictionaries(
+    st.tuples(st.integers(1, 6), st.just(0), st.just(1)),
+    st.dictionaries(st.sampled_from(["a", "b", "c", "d"]), values, min_size=1, max_size=4),
+    min_size=1, max_size=8,
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.lists(st.integers(1, 4), min_size=2, max_size=4), min_size=1, max_size=10),
+       st.permutations([1, 2, 3, 4]))
+def test_nominal_alpha_ignores_the_names_of_the_values(units: list[list[int]], perm: list[int]) -> None:
+    relabelled = [[perm[v - 1] for v in u] for u in units]
+    a, b = krippendorff_alpha(units), krippendorff_alpha(relabelled)
+    assert (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.sampled_from("xyz"), min_size=1, max_size=30).flatmap(
+    lambda a: st.tuples(st.just(a), st.lists(st.sampled_from("xyz"), min_size=len(a), max_size=len(a)))))
+def test_cohen_kappa_is_symmetric_and_at_most_one(pair: tuple[list[str], list[str]]) -> None:
+    a, b = pair
+    k_ab, k_ba = cohen_kappa(a, b), cohen_kappa(b, a)
+    assert (math.isnan(k_ab) and math.isnan(k_ba)) or (k_ab == pytest.approx(k_ba) and k_ab <= 1 + 1e-12)
+
+
+@settings(max_examples=40, deadline=None)
+@given(tables)
+def test_summary_of_any_table_is_bounded_and_json_ready(table) -> None:
+    model = {unit: float(i % 3 - 1) for i, unit in enumerate(table)}
+    out = summarise(table, model, n_boot=20)
+    share, n = raw_agreement(table)
+    assert n == 0 or 0.0 <= share <= 1.0
+    assert all(0 <= k <= m for k, m in out.with_majority.values())
+    json.dumps(out.to_dict(), allow_nan=False)  # NaN (undefined statistics) became null

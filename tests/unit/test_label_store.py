@@ -7,6 +7,8 @@ import threading
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from raw_rm.data.formats import DataError
 from raw_rm.data.readers import read_records
@@ -315,3 +317,30 @@ def test_export_groups_mean_ranks(tmp_path: Path) -> None:
     assert by_item[3]["agreement"] == round(2 / 9, 4)
     assert read_records(rows).kind == "groups"
     assert comparison_table(s.items(), s.judgements())[(3, 1, 2)] == {"ann": 1, "bob": -1, "cat": 0}
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-3, 5) | st.floats(allow_nan=False) | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=8,
+)
+bodies = st.fixed_dictionaries({}, optional={
+    "item_id": json_values, "decision": st.sampled_from(["ranked", "tie", "skip", "x"]) | json_values,
+    "ranks": st.lists(st.integers(-1, 3), max_size=4) | json_values,
+    "strength": st.sampled_from(["slight", "clear"]) | json_values,
+    "aspects": st.dictionaries(st.sampled_from(["helpfulness", "other"]), st.integers(-1, 3) | json_values,
+                               max_size=2) | json_values,
+    "note": json_values,
+}) | json_values
+
+
+@settings(max_examples=40, deadline=None)
+@given(bodies, st.integers(2, 4))
+def test_any_json_body_is_either_a_judgement_or_a_named_field_error(body, k: int) -> None:
+    try:
+        judgement = parse_judgement(body, k=k, aspects=["helpfulness"])
+    except JudgementError as exc:
+        assert str(exc).startswith(f"{exc.field}: ")
+        return
+    values = comparison_values(judgement, k)  # a valid judgement always has a meaning
+    assert judgement.decision == "skip" or len(values) == k * (k - 1) // 2
