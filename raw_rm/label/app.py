@@ -32,6 +32,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from raw_rm.label.export import ExportError, export_rows
@@ -62,6 +63,13 @@ class ApiError(Exception):
 
 def _error(status: int, field: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": f"{field}: {message}", "field": field}, status_code=status, headers=headers)
+
+
+def _json_body(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ApiError(400, "body", f"not valid JSON ({exc})") from None
 
 
 def _static(name: str) -> Any:
@@ -199,16 +207,19 @@ def build_app(store: LabelStore, *, admin_key: str | None, n_boot: int = 500) ->
 
     @app.post("/api/judgements")
     async def submit(request: Request) -> dict[str, Any]:
+        raw = await request.body()
+        # SQLite work (which may wait on another writer's lock) runs in the thread pool, never on the event loop.
+        return await run_in_threadpool(_submit, request, raw)
+
+    def _submit(request: Request, raw: bytes) -> dict[str, Any]:
         who = annotator(request)
-        try:
-            body = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ApiError(400, "body", f"not valid JSON ({exc})") from None
+        body = _json_body(raw)
         item_id = body.get("item_id") if isinstance(body, dict) else None
-        k = store.item_size(item_id) if isinstance(item_id, int) and not isinstance(item_id, bool) else None
-        if k is None and isinstance(item_id, int) and not isinstance(item_id, bool):
+        is_id = isinstance(item_id, int) and not isinstance(item_id, bool)
+        k = store.item_size(item_id) if is_id else None
+        if is_id and k is None:
             raise ApiError(404, "item_id", f"no item {item_id}")
-        try:
+        try:  # an invalid item_id gets its error from parse_judgement, which needs some k to run
             judgement = parse_judgement(body, k=k or 2, aspects=list(store.settings().aspects))
             store.submit(who, judgement)
         except JudgementError as exc:
@@ -233,11 +244,11 @@ def build_app(store: LabelStore, *, admin_key: str | None, n_boot: int = 500) ->
 
     @app.post("/api/admin/annotators")
     async def add_annotator(request: Request) -> dict[str, str]:
+        return await run_in_threadpool(_add_annotator, request, await request.body())
+
+    def _add_annotator(request: Request, raw: bytes) -> dict[str, str]:
         admin(request)
-        try:
-            body = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ApiError(400, "body", f"not valid JSON ({exc})") from None
+        body = _json_body(raw)
         name = body.get("name") if isinstance(body, dict) else None
         if not isinstance(name, str):
             raise ApiError(422, "name", f"expected a string, got {type(name).__name__}")
