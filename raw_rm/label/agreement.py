@@ -131,16 +131,27 @@ def raw_agreement(table: Table) -> tuple[float, int]:
     return (agree / total if total else math.nan), total
 
 
-def pairwise_kappas(table: Table) -> dict[tuple[str, str], tuple[float, int]]:
-    """Cohen's kappa on the directions for every pair of annotators: ``{(a, b): (kappa, shared comparisons)}``
-    (a < b by name; pairs that share no comparison are absent)."""
+def _shared_directions(table: Table) -> dict[tuple[str, str], tuple[list[int], list[int]]]:
+    """``{(a, b): (a's directions, b's directions)}`` on the comparisons both judged (a < b by name)."""
     shared: dict[tuple[str, str], tuple[list[int], list[int]]] = {}
     for ratings in table.values():
         for a, b in combinations(sorted(ratings), 2):
             la, lb = shared.setdefault((a, b), ([], []))
             la.append(direction(ratings[a]))
             lb.append(direction(ratings[b]))
-    return {pair: (cohen_kappa(la, lb), len(la)) for pair, (la, lb) in sorted(shared.items())}
+    return dict(sorted(shared.items()))
+
+
+def pairwise_kappas(table: Table) -> dict[tuple[str, str], tuple[float, int]]:
+    """Cohen's kappa on the directions for every pair of annotators: ``{(a, b): (kappa, shared comparisons)}``
+    (a < b by name; pairs that share no comparison are absent)."""
+    return {pair: (cohen_kappa(la, lb), len(la)) for pair, (la, lb) in _shared_directions(table).items()}
+
+
+def pair_agreement(table: Table) -> dict[tuple[str, str], tuple[int, int]]:
+    """``{(a, b): (comparisons where a and b give the same direction, comparisons both judged)}``."""
+    shared = _shared_directions(table)
+    return {pair: (sum(x == y for x, y in zip(la, lb)), len(la)) for pair, (la, lb) in shared.items()}
 
 
 def table_alpha(table: Table, *, level: Level = "nominal") -> float:
@@ -191,28 +202,32 @@ def wilson_interval(k: int, n: int, *, z: float = 1.96) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def flag_annotators(counts: Mapping[str, tuple[int, int]], *, min_units: int = MIN_UNITS_TO_FLAG) -> dict[str, str]:
-    """Annotators far below the rest: ``{name: reason}``.
+def flag_annotators(pairs: Mapping[tuple[str, str], tuple[int, int]], *,
+                    min_units: int = MIN_UNITS_TO_FLAG) -> dict[str, str]:
+    """Annotators far below the rest: ``{name: reason}``, from ``pair_agreement``'s counts.
 
-    An annotator with at least ``min_units`` compared comparisons is flagged when the upper end of the 95% Wilson
-    interval of their agreement with the majority lies below the pooled agreement of all the other annotators:
-    below the rest by more than their own sampling noise explains, so a few unlucky items do not flag anyone.
+    An annotator's agreement is pooled over every other annotator they share comparisons with; the rest's is
+    pooled over the pairs of *other* annotators. An annotator with at least ``min_units`` shared comparisons is
+    flagged when the upper end of the 95% Wilson interval of their agreement (treating shared comparisons as
+    independent) lies below the rest's: below the others by more than their own sampling noise explains, so a few
+    unlucky items flag nobody. Pairwise rather than against the majority: with three annotators and one of them
+    careless, the two careful ones have no majority of others to agree with, yet agree with each other. With two
+    annotators nobody is flagged (nothing says which of them is off).
     """
+    names = sorted({name for pair in pairs for name in pair})
     flags = {}
-    for name, (k, n) in counts.items():
-        if n < min_units:
-            continue
-        rest_k = sum(c[0] for a, c in counts.items() if a != name)
-        rest_n = sum(c[1] for a, c in counts.items() if a != name)
-        if rest_n == 0:
+    for name in names:
+        k = sum(c[0] for pair, c in pairs.items() if name in pair)
+        n = sum(c[1] for pair, c in pairs.items() if name in pair)
+        rest_k = sum(c[0] for pair, c in pairs.items() if name not in pair)
+        rest_n = sum(c[1] for pair, c in pairs.items() if name not in pair)
+        if n < min_units or rest_n == 0:
             continue
         rest = rest_k / rest_n
         upper = wilson_interval(k, n)[1]
         if upper < rest:
-            flags[name] = (
-                f"agrees with the majority on {k}/{n} = {k / n:.0%} (95% upper bound {upper:.0%}) "
-                f"vs {rest:.0%} for the other annotators"
-            )
+            flags[name] = (f"agrees with the others on {k}/{n} = {k / n:.0%} of shared comparisons (95% upper bound "
+                           f"{upper:.0%}) vs {rest:.0%} among the other annotators")
     return flags
 
 
@@ -317,6 +332,7 @@ class AgreementSummary:
     alpha_nominal_ci: tuple[float, float]
     alpha_ordinal: float
     kappas: dict[tuple[str, str], tuple[float, int]]
+    pair_agreement: dict[tuple[str, str], tuple[int, int]]  # (same direction, shared comparisons) per annotator pair
     with_majority: dict[str, tuple[int, int]]
     flags: dict[str, str]
     per_item: dict[int, float]  # item -> mean unit agreement over its comparisons with >= 2 values
@@ -327,7 +343,9 @@ class AgreementSummary:
 
     def to_dict(self) -> dict:
         out = dict(self.__dict__)
-        out["kappas"] = [{"a": a, "b": b, "kappa": k, "n": n} for (a, b), (k, n) in self.kappas.items()]
+        out["kappas"] = [{"a": a, "b": b, "kappa": k, "n": n, "agree": self.pair_agreement[(a, b)][0]}
+                         for (a, b), (k, n) in self.kappas.items()]
+        out.pop("pair_agreement")
         out["with_majority"] = {
             a: {"agree": k, "n": n, "share": share((k, n)), "ci": wilson_interval(k, n)}
             for a, (k, n) in self.with_majority.items()
@@ -368,8 +386,9 @@ def summarise(
         alpha_nominal_ci=bootstrap_interval(multi, lambda t, m: table_alpha(t), n_boot=n_boot, seed=seed),
         alpha_ordinal=table_alpha(multi, level="ordinal"),
         kappas=pairwise_kappas(multi),
+        pair_agreement=pair_agreement(multi),
         with_majority=with_majority,
-        flags=flag_annotators(with_majority),
+        flags=flag_annotators(pair_agreement(multi)),
         per_item={item: float(np.mean(v)) for item, v in sorted(per_item.items())},
         model=None,
         model_ci=None,

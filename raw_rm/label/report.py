@@ -106,8 +106,8 @@ def plot_agreement(summary: dict[str, Any]) -> bytes:
     for y, (name, value, ci, flagged) in enumerate(rows):
         color = "#c53030" if flagged else ("#805ad5" if name == "reward model" else "#2b6cb0")
         ax.barh(y, value or 0.0, color=color)
-        if ci and ci[0] is not None and value is not None:
-            ax.errorbar(value, y, xerr=[[value - ci[0]], [ci[1] - value]], color="black", capsize=3)
+        if ci and ci[0] is not None and value is not None:  # max(0, .): the bounds are rounded as the share is
+            ax.errorbar(value, y, xerr=[[max(0.0, value - ci[0])], [max(0.0, ci[1] - value)]], color="black", capsize=3)
     ax.set_yticks(range(len(rows)), [r[0] + (" (flagged)" if r[3] else "") for r in rows])
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
@@ -183,7 +183,8 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
         flag = f"  FLAGGED: {a['flags'][r['name']]}" if r["name"] in a["flags"] else ""
         lines.append(f"  {r['name']}: judged {r['judged']}, skipped {r['skipped']}{versus}{flag}")
     for k in a["kappas"]:
-        lines.append(f"  kappa {k['a']} / {k['b']}: {_num(k['kappa'])} on {k['n']} shared comparisons")
+        lines.append(f"  {k['a']} / {k['b']}: same direction on {k['agree']}/{k['n']} shared comparisons, "
+                     f"Cohen's kappa {_num(k['kappa'])}")
     if a.get("model"):
         m, c = a["model"]["majority"], a["ceiling"]
         lines.append(

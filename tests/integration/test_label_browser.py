@@ -192,7 +192,7 @@ def test_two_annotators_in_a_browser(tmp_path: Path, browser) -> None:
     assert "6 comparisons of 6 items judged by two or more annotators" in agreement
     assert "raw agreement 83.3%" in agreement
     assert [r[:4] for r in rows] == [["alice", "7", "0", "0"], ["bob", "6", "1", "0"]]
-    assert kappa.split("\t")[:3] == ["alice / bob", "0.667", "6"]
+    assert kappa.split("\t")[:4] == ["alice / bob", "5 (83.3%)", "0.667", "6"]
 
     # The admin page's export: items 1-5 (both agree, weight 1), item 6 (1 vs 1) not written, the k-wise item's
     # three comparisons from alice alone (weight 1): 8 pairs that raw-rm train reads.

@@ -18,6 +18,7 @@ from raw_rm.label.agreement import (
     krippendorff_alpha,
     majority,
     model_agreement,
+    pair_agreement,
     pairwise_kappas,
     raw_agreement,
     summarise,
@@ -167,15 +168,23 @@ def test_wilson_interval_by_hand() -> None:
 
 
 def test_flag_annotators_far_below_the_rest() -> None:
-    # dan agrees 2/20 (Wilson upper bound 0.30) while the others agree 36/40 = 0.9: flagged. eve at 7/10 (upper
-    # 0.89) is below 0.9 too, but within her own noise: not flagged. fay has only 3 comparisons: never flagged.
-    counts = {"ann": (18, 20), "bob": (18, 20), "dan": (2, 20)}
-    flags = flag_annotators(counts)
-    assert list(flags) == ["dan"]
-    assert (
-        flags["dan"] == "agrees with the majority on 2/20 = 10% (95% upper bound 30%) vs 90% for the other annotators"
-    )
-    assert flag_annotators({"ann": (18, 20), "bob": (18, 20), "eve": (7, 10), "fay": (0, 3)}) == {}
+    # dan agrees with ann on 2/20 and with bob on 2/20: 4/40 = 10%, Wilson upper bound
+    # (0.1 + 0.048) / 1.096 + 1.96 * sqrt(0.1 * 0.9 / 40 + 3.8416 / 6400) / 1.096 = 0.1350 + 0.0955 = 0.2305 (23%),
+    # below ann and bob's 18/20 = 90%: flagged. ann: 20/40 = 50% (upper 65%) vs bob/dan 2/20 = 10%: not flagged.
+    pairs = {("ann", "bob"): (18, 20), ("ann", "dan"): (2, 20), ("bob", "dan"): (2, 20)}
+    assert flag_annotators(pairs) == {"dan": "agrees with the others on 4/40 = 10% of shared comparisons (95% upper "
+                                             "bound 23%) vs 90% among the other annotators"}
+    # eve at 34/40 = 85% (upper 93%) is below 90% too, but within her own noise: not flagged; fay shares only 3
+    # comparisons (fewer than 5): never flagged. Two annotators: nothing says which one is off.
+    assert flag_annotators({("ann", "bob"): (18, 20), ("ann", "eve"): (17, 20), ("bob", "eve"): (17, 20)}) == {}
+    assert flag_annotators({("ann", "bob"): (18, 20), ("ann", "fay"): (0, 3)}) == {}
+    assert flag_annotators({("ann", "bob"): (0, 50)}) == {}
+
+
+def test_pair_agreement_counts() -> None:
+    # Directions: ann/bob agree on items 1, 2 and 4 (not 3: + vs tie) -> 3/4; ann/cat agree on item 1 only of
+    # 1, 2, 4 -> 1/3; bob/cat likewise 1/3.
+    assert pair_agreement(TABLE) == {("ann", "bob"): (3, 4), ("ann", "cat"): (1, 3), ("bob", "cat"): (1, 3)}
 
 
 def test_model_agreement_and_human_ceiling() -> None:

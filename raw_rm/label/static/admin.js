@@ -65,7 +65,9 @@ function show(summary) {
   $("agreement").replaceChildren(...lines.map((text) => element("li", { textContent: text })));
   const kb = $("kappa-table").tBodies[0];
   kb.replaceChildren();
-  for (const k of a.kappas) cells(kb.insertRow(), [`${k.a} / ${k.b}`, num(k.kappa), k.n]);
+  for (const k of a.kappas) {
+    cells(kb.insertRow(), [`${k.a} / ${k.b}`, `${k.agree} (${pct(k.agree / k.n)})`, num(k.kappa), k.n]);
+  }
   $("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
 }
 
