@@ -24,10 +24,21 @@ from raw_rm.config import ServeConfig
 log = logging.getLogger(__name__)
 
 ACTIONS = ("serve", "annotators", "report", "export")
+# option dest -> (its flag, the actions that use it); any other action warns that it ignores the option
+OPTION_ACTIONS = {
+    "pool": ("--pool", ("serve",)), "per_item": ("--per-item", ("serve",)), "aspects": ("--aspects", ("serve",)),
+    "model": ("--model", ("serve",)), "tracking_uri": ("--tracking-uri", ("serve",)),
+    "annotator": ("--annotator", ("serve",)), "api_key_file": ("--api-key-file", ("serve",)),
+    "lease_s": ("--lease-s", ("serve",)), "add": ("--add", ("annotators",)), "out": ("--out", ("report", "export")),
+    "kind": ("--as", ("export",)), "min_judgements": ("--min-judgements", ("export",)),
+    "aspect": ("--aspect", ("export",)), "n_boot": ("--n-boot", ("serve", "report")), "seed": ("--seed", ("report",)),
+}
 DEFAULT_PORT = 8100  # beside the scoring API's 8000
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = "examples:\n" + "\n".join(line for line in __doc__.splitlines() if line.startswith("    raw-rm"))
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("action", nargs="?", default="serve", choices=ACTIONS, help="what to do (default: serve)")
     parser.add_argument("--db", required=True, help="sqlite:///FILE.db (or a path): the labelling database")
     serve = parser.add_argument_group("serve")
@@ -51,6 +62,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--aspect", default=None, help="export: that aspect's answers instead of the overall ones")
     out.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the intervals")
     out.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+
+
+def _defaults() -> dict[str, object]:
+    parser = argparse.ArgumentParser()
+    configure(parser)
+    return {dest: parser.get_default(dest) for dest in OPTION_ACTIONS}
 
 
 def _links(host: str, port: int, named: dict[str, str]) -> list[str]:
@@ -125,6 +142,10 @@ def run(args: argparse.Namespace) -> int:
     from raw_rm.data.formats import DataError
     from raw_rm.label.store import LabelStore, StoreError
 
+    defaults = _defaults()
+    for dest, (flag, actions) in OPTION_ACTIONS.items():
+        if args.action not in actions and getattr(args, dest) != defaults[dest]:
+            print(f"raw-rm label {args.action}: {flag} is ignored (it is for {' / '.join(actions)})", file=sys.stderr)
     try:
         store = LabelStore(args.db)
         if args.action == "serve":

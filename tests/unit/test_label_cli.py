@@ -80,8 +80,10 @@ def test_export_groups_and_an_aspect(tmp_path: Path, capsys) -> None:
 
 def test_report_and_export_of_an_empty_session(tmp_path: Path, capsys) -> None:
     url = f"sqlite:///{tmp_path}/e.db"
-    assert main(["label", "report", "--db", url, "--out", str(tmp_path / "rep"), "--n-boot", "10"]) == 0
-    assert "raw n/a, Krippendorff's alpha nominal n/a, ordinal n/a" in capsys.readouterr().out
+    assert main(["label", "report", "--db", url, "--out", str(tmp_path / "rep"), "--n-boot", "10", "--pool", "p"]) == 0
+    captured = capsys.readouterr()
+    assert "raw n/a, Krippendorff's alpha nominal n/a, ordinal n/a" in captured.out
+    assert captured.err == "raw-rm label report: --pool is ignored (it is for serve)\n"
     assert main(["label", "export", "--db", url, "--out", str(tmp_path / "x.jsonl")]) == 2
     assert "nothing to export yet" in capsys.readouterr().err
     with pytest.raises(SystemExit):
