@@ -46,14 +46,9 @@ def _row_item(row: dict[str, Any], where: str, a_field: str, b_field: str) -> Po
     extra = {k: v for k, v in row.items() if k not in POOL_FIELDS | {a_field, b_field}}
     if "responses" in row:
         # Ranks are what the annotators will give; the k-wise parser needs some to parse the prompt and responses.
-        parsed = PARSERS["ranked"](
-            {
-                **row,
-                "ranks": list(range(len(row["responses"]))) if isinstance(row["responses"], list) else None,
-                "scores": None,
-            },
-            where,
-        )
+        responses = row["responses"]
+        ranks = list(range(len(responses))) if isinstance(responses, list) else None  # parse_ranked reports a non-list
+        parsed = PARSERS["ranked"]({**row, "ranks": ranks, "scores": None}, where)
         return PoolItem(parsed.prompt, parsed.responses, where, extra)
     if a_field in row or b_field in row:
         for name in (a_field, b_field):
