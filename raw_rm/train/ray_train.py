@@ -41,6 +41,7 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, Sc
 from ray.train.torch import TorchTrainer
 
 from raw_rm.config import Config, ConfigError, apply_overrides, config_from_dict
+from raw_rm.cpu_threads import plan_threads
 from raw_rm.train.loop import FitResult, TrainResult
 
 log = logging.getLogger(__name__)
@@ -248,6 +249,10 @@ def _train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     cfg = replace(cfg, train=replace(cfg.train, resume=False))
     ctx = ray.train.get_context()
     rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
+    if not cfg.train.num_threads:  # Ray set OMP_NUM_THREADS to the reserved CPUs (1 for <= 1): size from what is usable
+        plan = plan_threads(cfg.ray.cpus_per_worker, ctx.get_local_world_size())
+        cfg = replace(cfg, train=replace(cfg.train, num_threads=plan.threads))  # the trainer sets torch's threads
+        log.info("rank %d: torch %s", rank, plan.reason)
     seed_everything(cfg.train.seed)  # a fresh reward head is drawn from the global RNG: same seed, same head
     model, tokenizer = build_model(cfg.model)
     # Every rank loads the same records (deterministic); the sampler gives each rank a disjoint shard.
