@@ -41,8 +41,10 @@ logger = logging.getLogger(__name__)
 Resolver = Callable[[str], "str | Path"]
 
 # precision=auto keeps bf16 while a model's rewards stay within this many reward_std of its fp32 rewards on
-# PRECISION_PROBES. MiniLM trained on HH harmless drifted far less (figures in docs/operations.md), so this is
-# headroom for a model whose rewards hinge on small differences, not a knob that real models need turned.
+# PRECISION_PROBES. MiniLM trained by `raw-rm train` on HH harmless drifted 0.008 on the probes and at most 0.012
+# (mean 0.003) over its 330 held-out texts, where bf16 changed the order of 2 of 165 pairs (the ones whose reward
+# difference was below that drift). The tolerance leaves 4x headroom over such a model and turns bf16 away from a
+# model whose rewards move several times more (a random tiny-bert: 0.066).
 PRECISION_TOLERANCE = 0.05
 
 _PROBE_SENTENCES = [
@@ -143,8 +145,8 @@ class RewardModelInference:
             built-in probe texts stay within ``precision_tolerance`` reward_std of fp32, else fp32 with a warning;
             an explicit bf16 beyond the tolerance is kept with a warning. ``precision_reason`` says what was chosen
             and why.
-        precision_tolerance: the largest |bf16 - fp32| reward difference accepted, in units of the model's
-            ``reward_std`` (measured on MiniLM and HH data: docs/operations.md).
+        precision_tolerance: the largest |bf16 - fp32| reward difference accepted on the probe texts, in units of
+            the model's ``reward_std`` (see :data:`PRECISION_TOLERANCE`).
     """
 
     def __init__(
