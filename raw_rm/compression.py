@@ -84,8 +84,12 @@ def load_for_inference(model_dir: str | Path, *, resolver: Resolver | None = Non
         return RewardModelInference(path, **kwargs)
     model, tokenizer = load_model(path)
     quantized = quantize_int8(model)
-    inference = RewardModelInference(quantized, tokenizer=tokenizer, **{**kwargs, "device": "cpu"})
+    if kwargs.get("precision", "fp32") not in ("fp32", "auto"):
+        logger.warning("%s: precision=%s ignored: an int8 model runs its Linear layers in int8", path, kwargs["precision"])
+    # int8 Linear layers take fp32 activations: no autocast around them
+    inference = RewardModelInference(quantized, tokenizer=tokenizer, **{**kwargs, "device": "cpu", "precision": "fp32"})
     inference.source = str(path)
+    inference.precision, inference.precision_reason = "int8", f"the model folder holds {QUANTIZATION_FILE}"
     return inference
 
 

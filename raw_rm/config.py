@@ -147,7 +147,7 @@ class TrainConfig:
     resume: bool = False  # continue from the latest checkpoint in output_dir
     log_every_steps: int = 10  # step-metric reporting interval
     progress: bool = True  # show a progress bar (never on non-zero ranks or without a TTY)
-    num_threads: int | None = None  # torch intra-op threads on CPU (None = torch default)
+    num_threads: int | None = None  # torch intra-op threads on CPU (None = torch default; a Ray Train worker: the usable CPUs split among the workers on its node, at least ray.cpus_per_worker, not Ray's OMP_NUM_THREADS)
     pin_malloc_threshold: bool = True  # Linux/glibc: fix malloc's mmap threshold at 128 KiB so freed activations go back to the OS instead of fragmenting the heap (peak RSS grew with run length without it; see raw_rm/runtime.py)
 
     def __post_init__(self) -> None:
@@ -268,7 +268,7 @@ class ServeConfig:
     lam: float = 1.0  # lambda of mean - lambda * variance
     k: float = 1.0  # k of the lower confidence bound mean - k * std
     normalize: bool = True  # members' rewards become (reward - reward_mean) / reward_std with each model's training statistics
-    max_len_tokens: int = 512  # token limit per prompt+response (capped by the model's own); longer inputs keep the response end
+    max_len_tokens: int | None = None  # token limit per prompt+response; None = the length the model was trained at (its metadata), else 512; capped by the tokenizer's limit; longer inputs keep the response end
     max_batch_size: int = 64  # texts per member forward (and per ingress call to the members), gathered across concurrent requests
     batch_wait_timeout_s: float = 0.005  # how long an idle member waits for a batch to fill (a busy one takes what queued during its forward)
     max_concurrent_batches: int = 1  # forwards a member replica runs at once, in threads; 2 on a GPU overlaps one batch's tokenisation with another's forward
@@ -281,8 +281,8 @@ class ServeConfig:
     member_num_gpus: float = 0.0  # GPUs reserved per member replica; a fraction (0.25) lets several replicas and members share one GPU
     device: Literal["cpu", "cuda", "auto"] = "cpu"  # where members run: cuda needs member_num_gpus > 0; auto = cuda when member_num_gpus > 0 and the replica sees a GPU
     ingress_num_cpus: float = 0.0  # CPUs reserved per ingress replica
-    torch_threads: int | None = None  # torch intra-op threads per member replica (None = torch default)
-    precision: Literal["fp32", "bf16", "auto"] = "fp32"  # member forward precision; auto = bf16 where the CPU/GPU runs it natively
+    torch_threads: int | None = None  # torch intra-op threads per member replica; None = the usable CPUs (affinity, cgroup quota) split among the app's member replicas, at least member_num_cpus (not Ray's OMP_NUM_THREADS=1)
+    precision: Literal["fp32", "bf16", "auto"] = "auto"  # member forward precision; auto = bf16 where the CPU/GPU runs it natively and the model's rewards stay within raw_rm.inference.PRECISION_TOLERANCE of fp32, else fp32
     cache_size: int = 65536  # per-replica LRU entries of (model version, prompt, response) -> member rewards; 0 = off
     max_items: int = 16384  # items per request (queries, items, pairs or responses); old OpenRLHF sends whole rollout batches
     max_text_chars: int = 200000  # characters per text; /get_reward keeps the end of longer texts, other endpoints refuse them
@@ -295,7 +295,7 @@ class ServeConfig:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: expected >= 1, got {getattr(self, name)}")
         for name in ("max_len_tokens", "max_text_chars", "max_body_bytes"):
-            if getattr(self, name) < 8:
+            if getattr(self, name) is not None and getattr(self, name) < 8:
                 raise ConfigError(f"{name}: expected >= 8, got {getattr(self, name)}")
         for name, low in (("cache_size", 0), ("member_retries", 0), ("drift_window", 1)):
             if getattr(self, name) < low:

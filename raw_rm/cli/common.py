@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+from typing import Any
 
 from raw_rm.config import DEFAULT_CONFIG, Config, ConfigError, load_config
 from raw_rm.tune.space import check_space
@@ -64,3 +66,22 @@ def config_from_args(args: argparse.Namespace) -> Config:
     except ConfigError as exc:
         print(f"raw-rm: config error:\n{exc}", file=sys.stderr)
         raise SystemExit(2) from exc
+
+
+def explicitly_set(args: argparse.Namespace, key: str) -> bool:
+    """Whether the user set dotted ``key`` (``data.max_len_tokens``): a ``key=value`` override or the ``--config`` file.
+
+    For settings whose unset value defers to the model (the scoring length: the model's metadata decides).
+    """
+    if any(str(item).split("=", 1)[0].strip() == key for item in (args.overrides or [])):
+        return True
+    if not getattr(args, "config", None):
+        return False
+    import yaml
+
+    node: Any = yaml.safe_load(Path(args.config).read_text()) or {}
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True

@@ -205,7 +205,7 @@ def _deploy(serve_cfg: ServeConfig) -> str:
     from raw_rm.serve.client import RewardClient
     from raw_rm.serve.launch import deploy
 
-    url, _, _ = deploy(serve_cfg)
+    url = deploy(serve_cfg).url
     RewardClient(url).score([("ping", "pong")])  # the first request waits until every member is up
     return url
 

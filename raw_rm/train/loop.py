@@ -136,6 +136,7 @@ class RewardModelTrainer:
         if not train_records:
             raise ValueError("no training records: the data source gave 0 usable records (see the loader's report)")
         self.cfg, self.model, self.tokenizer = cfg, model, tokenizer
+        model.metadata.record_training_input(cfg.data.max_len_tokens)  # scoring reads it back: models.base.effective_max_len
         self.train_records, self.val_records = list(train_records), list(val_records)
         self.callbacks = list(callbacks)
         self.rank, self.world_size, self.is_main = rank, world_size, rank == 0

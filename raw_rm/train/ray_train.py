@@ -42,6 +42,7 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, Sc
 from ray.train.torch import TorchTrainer
 
 from raw_rm.config import Config, ConfigError, apply_overrides, config_from_dict
+from raw_rm.cpu_threads import plan_threads
 from raw_rm.train.loop import FitResult, TrainResult
 from raw_rm.train.recipe import RecipeResult, run_recipe
 
@@ -246,6 +247,10 @@ def _train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     cfg = replace(cfg, train=replace(cfg.train, resume=False))
     ctx = ray.train.get_context()
     rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
+    if not cfg.train.num_threads:  # Ray set OMP_NUM_THREADS to the reserved CPUs (1 for <= 1): size from what is usable
+        plan = plan_threads(cfg.ray.cpus_per_worker, ctx.get_local_world_size())
+        cfg = replace(cfg, train=replace(cfg.train, num_threads=plan.threads))  # the trainer sets torch's threads
+        log.info("rank %d: torch %s", rank, plan.reason)
     callbacks: list[Any] = [RayReportCallback(rank), *(loop_config.get("worker_callbacks") or [])]
     if rank == 0:
         callbacks += list(loop_config.get("callbacks") or [])
