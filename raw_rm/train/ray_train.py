@@ -164,7 +164,7 @@ def _storage_path(cfg: Config, out: Path) -> str:
 def _run_name(cfg: Config, storage: str) -> str:
     """A fresh unique name, the given one (refusing to silently reload a finished run), or the one to resume.
 
-    Reusing the name of a finished run makes Ray reload it and return the old result (STACK_NOTES), hence the checks.
+    Reusing the name of a finished run makes Ray reload it and return the old result without training, hence the checks.
     """
     name, local = cfg.ray.run_name, "://" not in storage
     if cfg.train.resume:
