@@ -23,8 +23,9 @@ from raw_rm.config import Config
 from raw_rm.data.records import PreferencePair
 from raw_rm.inference import RewardModelInference
 from raw_rm.quantization import load_for_inference
-from raw_rm.train.loop import FitResult, RewardModelTrainer
+from raw_rm.train.loop import RewardModelTrainer
 from raw_rm.train.objectives import Distillation, build_objective
+from raw_rm.train.results import FitResult
 
 logger = logging.getLogger(__name__)
 

@@ -43,7 +43,7 @@ from ray.train.torch import TorchTrainer
 
 from raw_rm.config import Config, ConfigError, apply_overrides, config_from_dict
 from raw_rm.cpu_threads import plan_threads
-from raw_rm.train.loop import FitResult, TrainResult
+from raw_rm.train.results import FitResult, TrainResult
 from raw_rm.train.recipe import RecipeResult, run_recipe
 
 log = logging.getLogger(__name__)
