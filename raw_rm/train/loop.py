@@ -26,8 +26,11 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from raw_rm.config import Config, ConfigError
+from raw_rm.data.batching import LengthGroupedSampler
+from raw_rm.losses import param_l2
 from raw_rm.runtime import (
     cpu_supports_bf16,
     prepare_process,
@@ -131,8 +134,6 @@ class RewardModelTrainer:
         device: str | torch.device | None = None,
         objective: Objective | None = None,
     ) -> None:
-        from raw_rm.data.batching import LengthGroupedSampler
-
         if not train_records:
             raise ValueError("no training records: the data source gave 0 usable records (see the loader's report)")
         self.cfg, self.model, self.tokenizer = cfg, model, tokenizer
@@ -228,8 +229,6 @@ class RewardModelTrainer:
                     output = self.train_model(**self._features(mb))
                 loss, parts = self.objective.loss(output, mb, training=True)
                 if self.cfg.loss.param_l2_coef > 0:
-                    from raw_rm.losses import param_l2
-
                     loss = loss + param_l2(self.model.parameters(), self.cfg.loss.param_l2_coef)
                 share = shares[i] / sum(shares)
                 scaled = loss * share
@@ -486,7 +485,6 @@ class RewardModelTrainer:
     def _progress_bar(self) -> Any:
         if not (self.is_main and self.cfg.train.progress and sys.stderr.isatty()):
             return None
-        from tqdm.auto import tqdm
 
         return tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
 
