@@ -169,7 +169,7 @@ def train_ensemble(cfg: Config, *, parallel: bool | None = None) -> EnsembleResu
 
 
 def _ray_running() -> bool:
-    # Ray (seconds to import) is imported only on the parallel path: sequential members and multihead run without it
+    # Ray (seconds to import) is imported inside the functions that use it: with parallel=False members train without it
     try:
         import ray
     except ImportError:
