@@ -32,6 +32,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from raw_rm.data.batching import encode
+from raw_rm.models import load_model
 from raw_rm.models.base import effective_max_len
 from raw_rm.runtime import resolve_precision
 
@@ -172,8 +174,6 @@ class RewardModelInference:
                 raise ValueError("RewardModelInference(model): resolver= is for a URI, not a model object")
             model, self.source = model_or_dir, f"<{type(model_or_dir).__name__}>"
         else:
-            from raw_rm.models import load_model
-
             self.source = str(model_or_dir)
             model, tokenizer = load_model(resolve_model_uri(model_or_dir, resolver))
         self.device = torch.device(device)
@@ -313,7 +313,6 @@ class RewardModelInference:
     @torch.no_grad()
     def _forward(self, items: list[tuple[str, str]]) -> list[tuple[float, tuple[float, ...] | None]]:
         """Score in length-sorted batches (little padding), then put the results back in input order."""
-        from raw_rm.data.batching import encode
 
         order = sorted(range(len(items)), key=lambda i: len(items[i][0]) + len(items[i][1]))
         out: list[tuple[float, tuple[float, ...] | None]] = [(math.nan, None)] * len(items)

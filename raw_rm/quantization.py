@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import shutil
 import time
 import warnings
 from collections.abc import Sequence
@@ -44,6 +45,8 @@ def quantize_int8(model: nn.Module) -> nn.Module:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", category=UserWarning, message=".*quantiz.*")
+        # torch.ao.quantization is imported here, under the filter above: it is deprecated (it warns) and only int8
+        # export and int8 loading use it
         from torch.ao.quantization import quantize_dynamic
 
         quantized = quantize_dynamic(clone, {nn.Linear}, dtype=torch.qint8)
@@ -54,7 +57,6 @@ def quantize_int8(model: nn.Module) -> nn.Module:
 
 def write_quantized(model_dir: str | Path, out_dir: str | Path) -> Path:
     """Copy the fp32 model directory to ``out_dir`` and mark it for int8 dynamic quantisation on load."""
-    import shutil
 
     src, out = Path(resolve_model_uri(model_dir)), Path(out_dir)
     if out.resolve() != src.resolve():

@@ -6,6 +6,7 @@ and never import Ray or MLflow unless they need them.
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import logging
 import os
@@ -43,8 +44,6 @@ def _available(name: str) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
-
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())

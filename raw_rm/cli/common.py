@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from raw_rm.config import DEFAULT_CONFIG, Config, ConfigError, load_config
 from raw_rm.tune.space import check_space
 
@@ -45,6 +47,7 @@ def local_model_dir(model: str, *, tracking_uri: str | None = None) -> str:
     """
     if not model.startswith(("models:/", "runs:/")):
         return model
+    # raw_rm.tracking.registry (MLflow) is imported inside the function: every subcommand module imports this one
     from raw_rm.tracking.registry import RegistryError, uri_resolver
 
     try:
@@ -77,7 +80,6 @@ def explicitly_set(args: argparse.Namespace, key: str) -> bool:
         return True
     if not getattr(args, "config", None):
         return False
-    import yaml
 
     node: Any = yaml.safe_load(Path(args.config).read_text()) or {}
     for part in key.split("."):

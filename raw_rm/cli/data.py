@@ -16,6 +16,9 @@ import sys
 import numpy as np
 
 from raw_rm.cli.common import add_config_args, config_from_args
+from raw_rm.data import DataError, load_train_val
+from raw_rm.data.records import PreferencePair, RankedGroup
+from raw_rm.data.synthetic import length_only_accuracy
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -24,8 +27,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _texts(record) -> list[tuple[str, str]]:
-    from raw_rm.data.records import PreferencePair, RankedGroup
-
     if isinstance(record, PreferencePair):
         return [(record.prompt, record.chosen), (record.prompt, record.rejected)]
     if isinstance(record, RankedGroup):
@@ -39,11 +40,10 @@ def _percentiles(name: str, values: list[int]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from raw_rm.data import DataError, load_train_val
-
     cfg = config_from_args(args)
     tokenizer = None
     if not args.no_tokens:
+        # raw_rm.models (torch, transformers) is imported inside run(): `raw-rm data --help` loads this module
         from raw_rm.models.backbones import load_tokenizer
 
         tokenizer = load_tokenizer(cfg.model.backbone)
@@ -82,8 +82,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"  over data.max_len_tokens={cfg.data.max_len_tokens}: {over} of {len(totals)} sequences "
               f"({100 * over / len(totals):.1f}%) will be truncated (prompt from the left, response keeps its end)")
     if report.bayes_accuracy:
-        from raw_rm.data.synthetic import length_only_accuracy
-
         parts = ", ".join(f"{k} {v:.4f}" for k, v in report.bayes_accuracy.items())
         print(f"Bayes accuracy (best possible, labels ~ Bradley-Terry, noise={cfg.data.synthetic.noise}): {parts}")
         print(f"length-only accuracy (longer response chosen): {length_only_accuracy(train + val):.4f}")

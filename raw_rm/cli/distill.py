@@ -10,10 +10,12 @@ import argparse
 import sys
 from pathlib import Path
 
+from raw_rm.cli.common import add_config_args, config_from_args, local_model_dir
+from raw_rm.data import load_train_val
+from raw_rm.data.formats import DataError
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    from raw_rm.cli.common import add_config_args
-
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = (
         "examples:\n"
@@ -30,11 +32,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from raw_rm.cli.common import config_from_args, local_model_dir
-    from raw_rm.train.distill import distill
-    from raw_rm.data import load_train_val
-    from raw_rm.data.formats import DataError
+    # torch-backed modules (models, training) are imported inside run(): `raw-rm distill --help` loads this module
     from raw_rm.models import build_model, save_model
+    from raw_rm.train.distill import distill
     from raw_rm.train.recipe import summarise_fit, write_run_files
 
     cfg = config_from_args(args)

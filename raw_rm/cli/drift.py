@@ -21,6 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
+
+from raw_rm.cli._io import InputError, read_jsonl, require_str
+from raw_rm.cli.common import local_model_dir
+from raw_rm.data import read_records
+from raw_rm.data.records import PreferencePair, RankedGroup
 
 STATS = ("reward", "length")
 
@@ -40,13 +46,10 @@ def verdict(psi: float) -> str:
 
 def read_texts(path: str, limit: int | None) -> tuple[list[str], list[str], list[list[int]]]:
     """(prompts, responses, groups): ``groups[i]`` indexes the texts of record i (one text, or a pair's two)."""
-    from raw_rm.cli._io import read_jsonl
 
     first = next(iter(read_jsonl(path)), None) if not path.endswith(".parquet") and not Path(path).is_dir() else None
     prompts, responses, groups = [], [], []
     if first is not None and "prompt" in first[1] and "response" in first[1]:
-        from raw_rm.cli._io import require_str
-
         for n, (where, row) in enumerate(read_jsonl(path)):
             if limit is not None and n >= limit:
                 break
@@ -54,8 +57,6 @@ def read_texts(path: str, limit: int | None) -> tuple[list[str], list[str], list
             prompts.append(require_str(row, "prompt", where))
             responses.append(require_str(row, "response", where))
         return prompts, responses, groups
-    from raw_rm.data import read_records
-    from raw_rm.data.records import PreferencePair, RankedGroup
 
     for rec in read_records(path, limit=limit).records:
         texts = [rec.chosen, rec.rejected] if isinstance(rec, PreferencePair) else (rec.responses if isinstance(rec, RankedGroup) else [rec.response])
@@ -66,8 +67,6 @@ def read_texts(path: str, limit: int | None) -> tuple[list[str], list[str], list
 
 
 def default_max_len(model_dir: Path) -> int:
-    import yaml
-
     cfg_file = model_dir.parent / "config.yaml"
     if cfg_file.is_file():
         try:
@@ -83,6 +82,7 @@ def drift_report(rm: Any, prompts: list[str], responses: list[str], groups: list
     Raises:
         ValueError: the model stores no reference distributions, or no data.
     """
+    # torch-backed modules and matplotlib are imported inside functions: `raw-rm drift --help` loads this module
     from raw_rm.uncertainty import ReferenceDistribution, ks_statistic, psi
 
     reference = getattr(rm.metadata, "reference", None) or {}
@@ -144,12 +144,9 @@ def plot(report: dict[str, Any], path: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from raw_rm.cli._io import InputError
-
     try:
-        from raw_rm.cli.common import local_model_dir
-        from raw_rm.quantization import load_for_inference
         from raw_rm.inference import resolve_model_uri
+        from raw_rm.quantization import load_for_inference
 
         model_dir = Path(resolve_model_uri(local_model_dir(args.model)))
         max_len = args.max_len_tokens or default_max_len(model_dir)

@@ -7,6 +7,7 @@ import argparse
 import sys
 
 from raw_rm.cli.common import add_config_args, config_from_args
+from raw_rm.data.formats import DataError
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -28,8 +29,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from raw_rm.data.formats import DataError
-
     extra = []
     if args.members is not None:
         extra.append(f"ensemble.members={args.members}")
@@ -40,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
     args.overrides = extra + list(args.overrides or [])
     cfg = config_from_args(args)
     parallel = True if args.ray else (False if args.sequential else None)
+    # training and MLflow modules are imported inside run(): `raw-rm ensemble --help` loads this module
     from raw_rm.tracking.ensemble import register_ensemble
     from raw_rm.train.ensemble import train_ensemble
 

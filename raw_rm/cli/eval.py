@@ -16,14 +16,15 @@ are scored at the length the model was trained at (its metadata) unless ``data.m
 from __future__ import annotations
 
 import argparse
+import random
 import sys
 from pathlib import Path
 from typing import Any
 
+from raw_rm.cli.common import add_config_args, config_from_args, explicitly_set, local_model_dir
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    from raw_rm.cli.common import add_config_args
-
     parser.add_argument("--model", required=True, help="model folder, or a registry URI such as models:/NAME@champion")
     parser.add_argument("--data", required=True, help="evaluation data: pairs, ranked groups or rated responses "
                         "(.jsonl, .jsonl.gz, .parquet, a datasets folder)")
@@ -52,12 +53,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def _read_pairs(path: str, cfg: Any, tokenizer: Any, *, heldout: bool = False, max_pairs: int | None = None,
                 seed: int = 0) -> dict[str, list[Any]]:
+    # torch-backed modules (eval, quantization) are imported inside functions: `raw-rm eval --help` loads this module
     from raw_rm.eval.gate import load_eval_sets
 
     sets = load_eval_sets(path, cfg, tokenizer, heldout=heldout)
     if max_pairs is not None and len(sets["pairs"]) > max_pairs:
-        import random
-
         keep = sorted(random.Random(seed).sample(range(len(sets["pairs"])), max_pairs))
         print(f"raw-rm eval: {path}: evaluating a random sample of {max_pairs} of {len(sets['pairs'])} pairs "
               f"(--max-pairs, seed {seed})", file=sys.stderr)
@@ -87,8 +87,6 @@ def _print_table(rows: list[tuple[str, str]], out_dir: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from raw_rm.cli.common import config_from_args
-
     is_uri = args.model.startswith(("models:/", "runs:/"))
     try:
         if args.save_temperature and is_uri:
@@ -111,7 +109,6 @@ def run(args: argparse.Namespace) -> int:
         ood_paths = {**cfg.eval.ood, **ood_paths}
         if args.name in ood_paths:
             raise ValueError(f"--ood {args.name}=...: '{args.name}' is the name of --data (see --name)")
-        from raw_rm.cli.common import explicitly_set, local_model_dir
         from raw_rm.quantization import load_for_inference
 
         # the model's training length unless data.max_len_tokens is given (raw_rm.models.base.effective_max_len)

@@ -7,6 +7,10 @@ import shutil
 import sys
 from pathlib import Path
 
+from raw_rm.cli.common import local_model_dir
+from raw_rm.data.formats import DataError
+from raw_rm.data.readers import read_records
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="model directory, or a registry URI: models:/NAME@alias, models:/NAME/VERSION, runs:/ID/model")
@@ -19,10 +23,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from raw_rm.cli.common import local_model_dir
-    from raw_rm.quantization import compare_quantized, write_quantized
-    from raw_rm.data.formats import DataError
+    # torch-backed modules (inference, quantization) are imported inside run(): `raw-rm export --help` loads this module
     from raw_rm.inference import resolve_model_uri
+    from raw_rm.quantization import compare_quantized, write_quantized
 
     try:
         src = Path(resolve_model_uri(local_model_dir(args.model)))
@@ -33,8 +36,6 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--data measures the int8 model against fp32: add --quantize int8")
         pairs = []
         if args.data:
-            from raw_rm.data.readers import read_records
-
             loaded = read_records(args.data, limit=args.limit)
             if loaded.kind != "pairs":
                 raise ValueError(f"{args.data}: expected preference pairs, got {loaded.kind}")

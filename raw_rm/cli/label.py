@@ -19,7 +19,14 @@ import logging
 import sys
 import time
 
+from raw_rm.cli._io import write_jsonl
+from raw_rm.cli.common import local_model_dir
 from raw_rm.config import ServeConfig
+from raw_rm.data.formats import DataError
+from raw_rm.label.export import export_rows
+from raw_rm.label.pool import read_pool
+from raw_rm.label.store import LabelStore, StoreError
+from raw_rm.serve.security import ServeSecurityError, check_bind_security, resolve_api_key
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +84,8 @@ def _links(host: str, port: int, named: dict[str, str]) -> list[str]:
 
 def _score_items(store, model: str, tracking_uri: str | None) -> list[str]:
     """Score every item's responses with ``model``; returns the model's aspects."""
-    from raw_rm.cli.common import local_model_dir
+    # torch-backed modules, FastAPI and matplotlib are imported inside functions: `raw-rm label --help` loads this
+    # module
     from raw_rm.quantization import load_for_inference
 
     rm = load_for_inference(local_model_dir(model, tracking_uri=tracking_uri))
@@ -96,14 +104,6 @@ def _score_items(store, model: str, tracking_uri: str | None) -> list[str]:
 
 
 def _serve(args: argparse.Namespace, store) -> int:
-    from raw_rm.data.formats import DataError
-    from raw_rm.label.pool import read_pool
-    from raw_rm.serve.security import (
-        ServeSecurityError,
-        check_bind_security,
-        resolve_api_key,
-    )
-
     try:
         key = resolve_api_key(ServeConfig(api_key_file=args.api_key_file))
         check_bind_security(args.host, key, allow_unauthenticated_network=False)
@@ -139,9 +139,6 @@ def _serve(args: argparse.Namespace, store) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from raw_rm.data.formats import DataError
-    from raw_rm.label.store import LabelStore, StoreError
-
     defaults = _defaults()
     for dest, (flag, actions) in OPTION_ACTIONS.items():
         if args.action not in actions and getattr(args, dest) != defaults[dest]:
@@ -178,9 +175,6 @@ def _report(args: argparse.Namespace, store) -> int:
 
 
 def _export(args: argparse.Namespace, store) -> int:
-    from raw_rm.cli._io import write_jsonl
-    from raw_rm.label.export import export_rows
-
     rows, skipped = export_rows(
         store.items(),
         store.judgements(),

@@ -21,7 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from raw_rm.cli.common import add_config_args, config_from_args
-from raw_rm.config import DEFAULT_CONFIG, Config, ServeConfig, apply_overrides
+from raw_rm.config import DEFAULT_CONFIG, Config, ServeConfig, SyntheticConfig, apply_overrides
+from raw_rm.data import load_train_val
+from raw_rm.data.synthetic import generate
+from raw_rm.serve.client import RewardClient
+from raw_rm.serve.launch import deploy
 
 QUICKSTART_CONFIG = DEFAULT_CONFIG.with_name("quickstart.yaml")
 STAGES = 7
@@ -90,6 +94,8 @@ def run(args: argparse.Namespace) -> int:
     timeline.end(data_detail)
 
     timeline.begin(2, f"Ray Tune search ({cfg.tune.num_samples} trials of {args.tune_epochs} epoch(s), ASHA on {cfg.tune.metric})")
+    # torch, Ray and MLflow (and the raw_rm modules that import them) are imported inside functions: `raw-rm quickstart
+    # --help` loads this module
     from raw_rm.tune.driver import run_tune
 
     outcome = run_tune(apply_overrides(cfg, {"mlflow.register": False, "train.epochs": args.tune_epochs}))
@@ -150,14 +156,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _describe_data(cfg: Config) -> tuple[str, float | None]:
-    from raw_rm.data import load_train_val
-
     train, val, report = load_train_val(cfg)
     detail = f"{len(train)} training / {len(val)} validation records"
     bayes = None
     if cfg.data.train_path is None:
-        from raw_rm.data.synthetic import generate
-
         bayes = generate(cfg.data.synthetic).bayes_accuracy
         detail += f" (synthetic, known latent reward; Bayes accuracy {bayes:.3f})"
     else:
@@ -202,19 +204,12 @@ def _promote(cfg: Config, version: str | None) -> tuple[str, str]:
 
 
 def _deploy(serve_cfg: ServeConfig) -> str:
-    from raw_rm.serve.client import RewardClient
-    from raw_rm.serve.launch import deploy
-
     url = deploy(serve_cfg).url
     RewardClient(url).score([("ping", "pong")])  # the first request waits until every member is up
     return url
 
 
 def _example_requests(url: str, cfg: Config) -> list[dict[str, Any]]:
-    from raw_rm.config import SyntheticConfig
-    from raw_rm.data.synthetic import generate
-    from raw_rm.serve.client import RewardClient
-
     client = RewardClient(url)
     pairs = generate(SyntheticConfig(n_prompts=4, seed=cfg.data.synthetic.seed + 999)).pairs[:3]
     items = [(p.prompt, r) for p in pairs for r in (p.chosen, p.rejected)]

@@ -8,6 +8,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+from tqdm.auto import tqdm
+
+from raw_rm.cli._io import InputError, read_jsonl, require_str, show_progress, write_jsonl
+from raw_rm.cli.common import local_model_dir
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="model directory, or a registry URI: models:/NAME@alias, models:/NAME/VERSION, runs:/ID/model")
@@ -18,8 +23,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _read(path: str) -> list[tuple[dict, str, list[str]]]:
-    from raw_rm.cli._io import InputError, read_jsonl, require_str
-
     out = []
     for where, row in read_jsonl(path):
         prompt = require_str(row, "prompt", where)
@@ -35,11 +38,9 @@ def _read(path: str) -> list[tuple[dict, str, list[str]]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from raw_rm.cli._io import InputError, show_progress, write_jsonl
-
     try:
         rows = _read(args.input)
-        from raw_rm.cli.common import local_model_dir
+        # raw_rm.quantization (torch, transformers) is imported inside run(): `raw-rm rank --help` loads this module
         from raw_rm.quantization import load_for_inference
 
         rm = load_for_inference(local_model_dir(args.model), batch_size=args.batch_size, max_len_tokens=args.max_len_tokens)
@@ -51,8 +52,6 @@ def run(args: argparse.Namespace) -> int:
     rm.batch_predict(prompts, responses)  # one length-sorted pass over everything; rank_responses hits the cache
     iterator = rows
     if show_progress():
-        from tqdm.auto import tqdm
-
         iterator = tqdm(rows, desc="rank", unit="prompt")
 
     def ranked_rows():

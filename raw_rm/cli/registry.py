@@ -41,6 +41,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # raw_rm.tracking.registry (MLflow) is imported inside run(): `raw-rm registry --help` loads this module
     from raw_rm.tracking import registry
 
     cfg = config_from_args(args)

@@ -12,6 +12,12 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from tqdm.auto import tqdm
+
+from raw_rm.cli._io import InputError, read_jsonl, require_str, show_progress, write_jsonl
+from raw_rm.cli.common import local_model_dir
+from raw_rm.data.formats import split_hh_dialogue
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="model directory, or a registry URI: models:/NAME@alias, models:/NAME/VERSION, runs:/ID/model")
@@ -26,9 +32,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _prompt_response(row: dict, where: str, args: argparse.Namespace) -> tuple[str, str]:
-    from raw_rm.cli._io import InputError, require_str
-    from raw_rm.data.formats import split_hh_dialogue
-
     if args.prompt_field in row or args.text_field not in row:
         return require_str(row, args.prompt_field, where), require_str(row, args.response_field, where)
     text = require_str(row, args.text_field, where)
@@ -56,8 +59,6 @@ def _scored_rows(rm: Any, rows: list[dict], items: list[tuple[str, str]], *, chu
 
 
 def run(args: argparse.Namespace) -> int:
-    from raw_rm.cli._io import InputError, read_jsonl, show_progress, write_jsonl
-
     if args.batch_size < 1:
         print(f"raw-rm score: error: --batch-size must be >= 1, got {args.batch_size}", file=sys.stderr)
         return 2
@@ -68,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
             rows.append(row)
         if not rows:
             raise InputError(f"{args.input}: no rows to score")
-        from raw_rm.cli.common import local_model_dir
+        # raw_rm.quantization (torch, transformers) is imported inside run(): `raw-rm score --help` loads this module
         from raw_rm.quantization import load_for_inference
 
         rm = load_for_inference(local_model_dir(args.model), batch_size=args.batch_size, max_len_tokens=args.max_len_tokens)
@@ -77,8 +78,6 @@ def run(args: argparse.Namespace) -> int:
         return 2
     bar = None
     if show_progress():
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=len(rows), desc="score", unit="text")
     t0 = time.perf_counter()
     try:

@@ -19,6 +19,9 @@ import argparse
 import sys
 from typing import Any
 
+from raw_rm.cli._io import InputError, read_jsonl, require_str, write_jsonl
+from raw_rm.cli.common import local_model_dir
+
 STRATEGIES = ("std", "disagreement", "margin", "random")
 NEEDS_MEMBERS = ("std", "disagreement")
 
@@ -38,7 +41,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def read_pool(path: str, a_field: str, b_field: str) -> tuple[list[dict[str, Any]], list[tuple[str, str, str]]]:
     """(rows, [(prompt, a, b)]) of a pool file; a row without ``a_field``/``b_field`` uses chosen/rejected."""
-    from raw_rm.cli._io import InputError, read_jsonl, require_str
 
     rows, items = [], []
     for where, row in read_jsonl(path):
@@ -57,6 +59,7 @@ def select_pairs(rm: Any, items: list[tuple[str, str, str]], k: int, strategy: s
     Raises:
         ValueError: an unknown strategy, ``k`` out of range, or std/disagreement with a one-member model.
     """
+    # torch and the modules that import it are imported inside run(): `raw-rm select --help` loads this module
     import torch
 
     from raw_rm.uncertainty import compare_pairs, select_top_k, selection_scores
@@ -80,13 +83,10 @@ def select_pairs(rm: Any, items: list[tuple[str, str, str]], k: int, strategy: s
 
 
 def run(args: argparse.Namespace) -> int:
-    from raw_rm.cli._io import InputError, write_jsonl
-
     try:
         rows, items = read_pool(args.pool, args.a_field, args.b_field)
         if not 1 <= args.k <= len(rows):
             raise InputError(f"--k {args.k}: expected 1 <= k <= {len(rows)} (the pool size)")
-        from raw_rm.cli.common import local_model_dir
         from raw_rm.quantization import load_for_inference
 
         rm = load_for_inference(local_model_dir(args.model), batch_size=args.batch_size, max_len_tokens=args.max_len_tokens)

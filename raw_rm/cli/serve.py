@@ -19,6 +19,8 @@ import threading
 import urllib.request
 
 from raw_rm.config import ConfigError, ServeConfig, apply_overrides, parse_override
+from raw_rm.serve.frontend import describe_member
+from raw_rm.serve.launch import deploy
 from raw_rm.serve.scoring import load_serve_config
 from raw_rm.serve.security import ServeSecurityError, check_bind_security, resolve_api_key
 
@@ -61,8 +63,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"raw-rm serve: {exc}", file=sys.stderr)
         return 2
 
-    from raw_rm.serve.launch import deploy
-
     try:
         url, frontend, local, frontend_reason = deploy(cfg, address=args.address)
     except ConfigError as exc:
@@ -92,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
     while not stop.wait(3600):
         pass
     print(f"{received[0]}: draining in-flight requests, then stopping", flush=True)
+    # Ray is imported inside functions: `raw-rm serve --help` loads this module
     from ray import serve
 
     # deleting the application first lets its replicas finish the requests they hold (Serve's graceful shutdown:
@@ -105,7 +106,6 @@ def run(args: argparse.Namespace) -> int:
 
 def print_choices(url: str, cfg: ServeConfig) -> None:
     """Print what each member runs with and why (threads, precision, max length, replicas), from ``/v1/models``."""
-    from raw_rm.serve.frontend import describe_member
 
     headers = {}
     key = resolve_api_key(cfg)

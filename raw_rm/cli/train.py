@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from raw_rm.cli.common import add_config_args, config_from_args
+from raw_rm.data.formats import DataError
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -23,13 +24,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from raw_rm.data.formats import DataError
-
     if args.resume:
         args.overrides = list(args.overrides or []) + ["train.resume=true"]
     cfg = config_from_args(args)
     try:
         if args.ray:
+            # torch, Ray and MLflow (and the raw_rm modules that import them) are imported inside run(): `raw-rm train
+            # --help` loads this module
             from raw_rm.train.ray_train import train_ray as train_fn
         else:
             from raw_rm.train.local import train_local as train_fn

@@ -6,7 +6,9 @@ import argparse
 import sys
 
 from raw_rm.cli.common import add_config_args, config_from_args
-from raw_rm.config import DEFAULT_CONFIG
+from raw_rm.config import DEFAULT_CONFIG, ConfigError
+from raw_rm.tune.results import format_summary
+from raw_rm.tune.space import parse_space
 
 TUNE_DEFAULT = DEFAULT_CONFIG.parent / "tune_default.yaml"
 
@@ -28,15 +30,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from raw_rm.config import ConfigError
-
     extra = [f"tune.name={args.name}"] if args.name else []
     extra += ["tune.resume=true"] if args.resume else []
     args.overrides = extra + list(args.overrides or [])
     cfg = config_from_args(args)
+    # raw_rm.tune.driver (torch) is imported inside run(), after config_from_args has checked the search space:
+    # `raw-rm tune --help` loads this module
     from raw_rm.tune.driver import run_tune
-    from raw_rm.tune.results import format_summary
-    from raw_rm.tune.space import parse_space
 
     try:
         outcome = run_tune(cfg)

@@ -10,6 +10,7 @@ import logging
 from typing import Any
 
 from raw_rm.config import Config
+from raw_rm.data import synthetic
 from raw_rm.data.formats import (
     FIELD_KEYS,
     DataError,
@@ -23,6 +24,7 @@ from raw_rm.data.formats import (
 from raw_rm.data.readers import LoadReport, LoadResult, read_records
 from raw_rm.data.records import PreferencePair, RankedGroup, RatedResponse
 from raw_rm.data.splits import split_by_prompt
+from raw_rm.data.synthetic import bayes_accuracy
 
 logger = logging.getLogger(__name__)
 
@@ -77,8 +79,6 @@ def load_records(path: str, cfg: Config, tokenizer: Any = None) -> tuple[list, L
 
 
 def _synthetic(cfg: Config) -> tuple[list, LoadReport, Any]:
-    from raw_rm.data import synthetic
-
     data = synthetic.generate(cfg.data.synthetic)
     records = {"pairs": data.pairs, "groups": data.groups, "ratings": data.ratings}[cfg.data.kind]
     if cfg.data.limit is not None:
@@ -112,8 +112,6 @@ def load_train_val(cfg: Config, tokenizer: Any = None) -> tuple[list, list, Load
         report.eval_report = eval_report
     report.n_train, report.n_val = len(train), len(val)
     if data is not None and dc.kind == "pairs":
-        from raw_rm.data.synthetic import bayes_accuracy
-
         noise = dc.synthetic.noise
         report.bayes_accuracy = {"all": data.bayes_accuracy}
         report.bayes_accuracy.update({name: bayes_accuracy(part, noise) for name, part in (("train", train), ("val", val)) if part})

@@ -139,6 +139,8 @@ def _json_array_rows(path: Path, name: str) -> Iterator[tuple[str, dict[str, Any
 
 def _csv_rows(path: Path, name: str) -> Iterator[tuple[str, dict[str, Any]]]:
     """A CSV file with a header row; numeric columns are read as numbers (pyarrow's type inference)."""
+    # pyarrow.csv/parquet and datasets are imported inside the readers that use them: heavy optional packages
+    # needed only for CSV, Parquet and Hugging Face sources (JSONL reading stays light)
     import pyarrow.csv as pa_csv
 
     try:

@@ -13,6 +13,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+from raw_rm.data.formats import group_to_pairs, ratings_to_pairs
 from raw_rm.data.records import PreferencePair, RankedGroup, RatedResponse
 from raw_rm.eval.evaluator import RewardModelEvaluator, save_temperature
 from raw_rm.eval.gate import calibration_split, evaluate_for_gate, evaluate_sets
@@ -43,7 +44,6 @@ def as_eval_sets(records: Sequence[Any]) -> dict[str, list[Any]]:
     Groups become all their strictly ordered pairs; ratings become pairs by the mean rating of each prompt's
     responses (``raw_rm.data.formats``), so preference accuracy is defined for every kind of data.
     """
-    from raw_rm.data.formats import group_to_pairs, ratings_to_pairs
 
     out: dict[str, list[Any]] = {"pairs": [], "groups": [], "ratings": []}
     for record in records:

@@ -27,11 +27,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from tqdm.auto import tqdm
 
 from raw_rm import metrics as M
+from raw_rm.data.batching import encode
 from raw_rm.data.records import PreferencePair, RankedGroup, RatedResponse
 from raw_rm.eval.probes import PROBE_NAMES, apply_probes
 from raw_rm.eval.report import EvalReport
+from raw_rm.models import load_model, save_model
+from raw_rm.uncertainty import vote_split
 
 logger = logging.getLogger(__name__)
 Key = tuple[str, str]  # (prompt, response)
@@ -100,8 +105,6 @@ class RewardModelEvaluator:
         missing.sort(key=lambda k: len(k[0]) + len(k[1]))
         bar = None
         if self.progress and sys.stderr.isatty():
-            from tqdm.auto import tqdm
-
             bar = tqdm(total=len(missing), desc="scoring", unit="text", dynamic_ncols=True)
         start = last_log = time.perf_counter()
         for lo in range(0, len(missing), self.chunk_size):
@@ -170,10 +173,6 @@ class RewardModelEvaluator:
             raise ValueError("aspect_rewards: the model has no named aspects (only multi_objective models do)")
         missing = list(dict.fromkeys(k for k in keys if k not in self._aspects))
         if missing:
-            import torch
-
-            from raw_rm.data.batching import encode
-
             batch = int(getattr(self.inference, "batch_size", 32))
             max_len = int(getattr(self.inference, "max_len_tokens", 512))
             with torch.no_grad():
@@ -339,7 +338,6 @@ class RewardModelEvaluator:
         against the majority (:func:`raw_rm.uncertainty.vote_split`). The first two shrink with the reward
         differences themselves (members that agree an unfamiliar pair differs little); the vote split does not.
         """
-        from raw_rm.uncertainty import vote_split
 
         members = self._pair_member_rewards(pairs)
         if members is None:
@@ -566,7 +564,6 @@ def save_temperature(inference: Any, temperature: float) -> Path | None:
     if not source or "://" in source or source.startswith(("models:/", "runs:/")) or not Path(source).is_dir():
         logger.warning("temperature %.4f set in memory only: %r is not a local model folder", temperature, source)
         return None
-    from raw_rm.models import load_model, save_model
 
     model, tokenizer = load_model(source)
     model.metadata.temperature = float(temperature)

@@ -18,9 +18,13 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from raw_rm.config import Config, EvalConfig
+from raw_rm.data import load_train_val
+from raw_rm.data.readers import read_records
 from raw_rm.data.records import PreferencePair
 from raw_rm.data.splits import split_by_prompt
+from raw_rm.eval.evaluator import RewardModelEvaluator
 from raw_rm.eval.report import EvalReport
+from raw_rm.quantization import load_for_inference
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -45,7 +49,8 @@ def load_eval_sets(source: str, cfg: Config, tokenizer: Any = None, *, heldout: 
     Raises:
         ValueError: the file (or its held-out split) holds no preference pairs; the message carries the loader's report.
     """
-    from raw_rm.data.readers import read_records
+    # raw_rm.eval is imported inside functions: its __init__ imports this module (to re-export the gate), so a
+    # module-level import here would find the package half-initialised
     from raw_rm.eval import as_eval_sets
 
     loaded = read_records(source, format=cfg.data.format, strict=cfg.data.strict, limit=cfg.data.limit,
@@ -94,7 +99,6 @@ def evaluate_sets(
     Raises:
         ValueError: a small split with ``small_split="error"``, or an OOD set named like the main set.
     """
-    from raw_rm.eval.evaluator import RewardModelEvaluator
 
     measured = sets
     if calibration is None and ec.calibration_fraction > 0:
@@ -133,8 +137,6 @@ def evaluate_for_gate(
         The report (``flat_metrics()`` holds ``accuracy``, ``ece`` after T and ``temperature``), or None with fewer
         than ``MIN_GATE_PAIRS`` validation pairs (logged).
     """
-    from raw_rm.quantization import load_for_inference
-    from raw_rm.data import load_train_val
     from raw_rm.eval import as_eval_sets, model_info
 
     inference = load_for_inference(model_dir, max_len_tokens=cfg.data.max_len_tokens)

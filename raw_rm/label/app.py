@@ -288,6 +288,7 @@ def build_app(store: LabelStore, *, admin_key: str | None, n_boot: int = 500) ->
 
 def serve_app(app: FastAPI, *, host: str, port: int) -> None:
     """Run ``app`` with uvicorn until interrupted (blocking)."""
+    # uvicorn is imported only to run the app: building it (and the tests' in-process client) does not need it
     import uvicorn
 
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)

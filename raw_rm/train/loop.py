@@ -26,6 +26,8 @@ import torch
 from torch import nn
 
 from raw_rm.config import Config, ConfigError
+from raw_rm.data.batching import LengthGroupedSampler
+from raw_rm.losses import param_l2
 from raw_rm.runtime import (
     prepare_process,
     resolve_precision,
@@ -75,8 +77,6 @@ class RewardModelTrainer:
         device: str | torch.device | None = None,
         objective: Objective | None = None,
     ) -> None:
-        from raw_rm.data.batching import LengthGroupedSampler
-
         if not train_records:
             raise ValueError("no training records: the data source gave 0 usable records (see the loader's report)")
         self.cfg, self.model, self.tokenizer = cfg, model, tokenizer
@@ -172,8 +172,6 @@ class RewardModelTrainer:
                     output = self.train_model(**self._features(mb))
                 loss, parts = self.objective.loss(output, mb, training=True)
                 if self.cfg.loss.param_l2_coef > 0:
-                    from raw_rm.losses import param_l2
-
                     loss = loss + param_l2(self.model.parameters(), self.cfg.loss.param_l2_coef)
                 share = shares[i] / sum(shares)
                 scaled = loss * share

@@ -38,13 +38,16 @@ from typing import Any
 import ray
 import ray.train
 import ray.train.torch
+import torch
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from raw_rm.config import Config, ConfigError, apply_overrides, config_from_dict
 from raw_rm.cpu_threads import plan_threads
+from raw_rm.runtime import resolve_precision
+from raw_rm.train.fsdp import shard_model
+from raw_rm.train.recipe import RecipeResult, run_recipe, summarise_fit, write_run_files
 from raw_rm.train.results import FitResult, TrainResult
-from raw_rm.train.recipe import RecipeResult, run_recipe
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +195,6 @@ def _run_name(cfg: Config, storage: str) -> str:
 
 def _collect(cfg: Config, result: Any, out: Path, storage: str, run_name: str) -> TrainResult:
     """Copy the final model out of the last checkpoint; write metrics.json/config.yaml; mark the run finished."""
-    from raw_rm.train.recipe import summarise_fit, write_run_files
 
     if result.checkpoint is None:
         raise RuntimeError(f"Ray Train run {run_name!r} ended without a checkpoint (see {result.path})")
@@ -272,10 +274,6 @@ def _prepare(model: Any, cfg: Config) -> Any:
     """DDP: Ray's ``prepare_model`` (device move; DDP when world_size > 1). FSDP: torch's FSDP2 on this device."""
     if cfg.ray.strategy != "fsdp":
         return ray.train.torch.prepare_model(model, parallel_strategy=cfg.ray.strategy)
-    import torch
-
-    from raw_rm.runtime import resolve_precision
-    from raw_rm.train.fsdp import shard_model
 
     device = ray.train.torch.get_device()
     if device.type == "cuda":

@@ -30,7 +30,11 @@ from typing import Any
 import yaml
 
 from raw_rm.config import Config
+from raw_rm.data import load_train_val
+from raw_rm.eval.gate import evaluate_for_gate
+from raw_rm.models import build_model, save_model
 from raw_rm.runtime import seed_everything
+from raw_rm.train import fsdp
 from raw_rm.train.loop import RewardModelTrainer
 from raw_rm.train.objectives import record_kind
 from raw_rm.train.results import FitResult
@@ -111,8 +115,6 @@ def run_recipe(
     )
     # 6. the gate evaluation, when the caller asks for it
     if evaluate:
-        from raw_rm.eval.gate import evaluate_for_gate
-
         report = evaluate_for_gate(cfg, saved, report_dir=saved.parent / "eval_report")
         metrics.update({f"eval.{k}": v for k, v in (report.flat_metrics() if report is not None else {}).items()})
     write_run_files(saved.parent, cfg, metrics)
@@ -120,8 +122,6 @@ def run_recipe(
 
 
 def _build_model(cfg: Config) -> tuple[Any, Any]:
-    from raw_rm.models import build_model
-
     return build_model(cfg.model)
 
 
@@ -133,8 +133,6 @@ def _records(
         train, val = records
         report_text, bayes = "", None
     else:
-        from raw_rm.data import load_train_val
-
         train, val, report = load_train_val(cfg, tokenizer=tokenizer)
         report_text = report.summary()
         logger.info("data: %s", report_text)
@@ -145,8 +143,6 @@ def _records(
 
 def _save(cfg: Config, trainer: RewardModelTrainer, model_dir: Path) -> Path | None:
     """Save the trained model on rank 0 (None on the others); a sharded model is gathered by every rank first."""
-    from raw_rm.models import save_model
-    from raw_rm.train import fsdp
 
     model = fsdp.unsharded_copy(trainer.model, lambda: _build_model(cfg)[0])
     if trainer.rank != 0 or model is None:

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from raw_rm.train.objectives import Objective
+from raw_rm.uncertainty import ReferenceDistribution
 
 
 def record_lengths(tokenizer: Any, objective: Objective, records: Sequence[Any], *, max_len_tokens: int) -> list[int]:
@@ -93,7 +94,6 @@ def reward_sample(records: Sequence[Any], objective: Objective, *, max_sequences
 def store_reward_stats(metadata: Any, rewards: torch.Tensor, lengths: Sequence[int]) -> None:
     """Reward normalisation (mean, population std; 1.0 when degenerate) and reference distributions (quantile
     histograms of rewards and input lengths, for drift checks) into ``metadata``."""
-    from raw_rm.uncertainty import ReferenceDistribution
 
     rewards = rewards.cpu().double()
     metadata.reward_mean = float(rewards.mean())

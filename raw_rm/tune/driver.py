@@ -6,8 +6,9 @@
 The space (``raw_rm.tune.space``) is checked before Ray is imported; every trial runs THE recipe
 (``raw_rm.train.recipe.run_recipe``) on its copy of the config; the results are read back from the experiment
 folder by ``raw_rm.tune.results``; with ``mlflow.enabled`` the experiment is logged and its best model evaluated
-for the gate and registered by ``raw_rm.tracking.tune``. Ray is imported inside the functions that need it, so
-``import raw_rm.tune.driver`` stays cheap and a bad space fails without it.
+for the gate and registered by ``raw_rm.tracking.tune``. Ray (also through ``raw_rm.train.ray_train`` and
+``raw_rm.tune.scheduler``) and MLflow (``raw_rm.tracking.tune``) are imported inside the functions that need them,
+so a bad search space fails in seconds, before Ray loads.
 
 Resuming (``tune.resume=true``, same ``tune.name``) keeps finished trials and continues running ones from their
 last reported checkpoint (one per evaluation). ASHA's rung records are not part of Tune's saved state in ray
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -28,7 +30,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from raw_rm.config import Config, ConfigError, apply_overrides, config_from_dict
+import numpy as np
+
+from raw_rm.config import Config, ConfigError, TuneConfig, apply_overrides, config_from_dict
+from raw_rm.train.recipe import run_recipe
 from raw_rm.tune.results import (
     DONE_KEY,
     ROUND_KEY,
@@ -58,10 +63,6 @@ class ConditionalSample:
         self.seed = seed
 
     def __call__(self, config: dict[str, Any]) -> Any:
-        import hashlib
-
-        import numpy as np
-
         if not self.spec.active(config):
             return None
         resolved = sorted((k, v) for k, v in config.items() if isinstance(v, (str, int, float, bool)))
@@ -185,8 +186,6 @@ def run_trial(params: dict[str, Any], *, base: dict[str, Any], tune_cfg: dict[st
     """
     from ray import tune
 
-    from raw_rm.config import TuneConfig
-
     if not logging.getLogger().handlers:  # a fresh Ray worker: show the loop's progress lines in the driver's log
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     # Scratch outside Tune's trial folder: Tune syncs that folder to storage with every experiment snapshot,
@@ -201,8 +200,6 @@ def run_trial(params: dict[str, Any], *, base: dict[str, Any], tune_cfg: dict[st
 def _train_and_report(params: dict[str, Any], base: dict[str, Any], tune_cfg: Any, scratch: Path) -> None:
     """THE recipe with the trial's config and reporter, resumed from Tune's checkpoint; then the final report."""
     from ray import tune
-
-    from raw_rm.train.recipe import run_recipe
 
     cfg = runtime_config(trial_config(base, params), scratch, tune_cfg)
     checkpoint = tune.get_checkpoint()

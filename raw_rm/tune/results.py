@@ -207,6 +207,7 @@ def write_results(outcome: TuneOutcome, specs: list[ParamSpec]) -> None:
 
 def plot_results(outcome: TuneOutcome, specs: list[ParamSpec], out_dir: Path) -> list[str]:
     """Selection metric against τ and against the learning rate, and a parallel-coordinates view of all trials."""
+    # matplotlib (heavy, optional) is imported only to draw the plots
     import matplotlib
 
     matplotlib.use("Agg")

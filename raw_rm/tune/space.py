@@ -166,6 +166,8 @@ def _check_values(specs: dict[str, ParamSpec], base: Config, errors: list[str]) 
 
 
 def _loss_name_problem(name: Any, base: Config) -> str | None:
+    # raw_rm.losses (torch, seconds) is imported inside the functions that check loss names: load_config runs
+    # check_space, and every `raw-rm COMMAND --help` loads this module through raw_rm.cli.common
     from raw_rm.losses import LOSSES
 
     if name not in LOSSES:

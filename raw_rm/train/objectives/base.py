@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from raw_rm import metrics as M
 from raw_rm.config import Config
 from raw_rm.data.records import PreferencePair, RankedGroup, RatedResponse
 
@@ -130,8 +131,6 @@ class PreferenceObjective(Objective):
         }
 
     def val_metrics(self, parts: list[Parts], records: Sequence[Any]) -> dict[str, float]:
-        from raw_rm import metrics as M
-
         chosen = torch.cat([p["chosen"] for p in parts]).cpu()
         rejected = torch.cat([p["rejected"] for p in parts]).cpu()
         acc = M.preference_accuracy(chosen, rejected, n_boot=self.cfg.eval.n_boot, seed=self.cfg.train.seed)

@@ -9,7 +9,9 @@ import torch
 from torch import nn
 
 from raw_rm.config import Config
+from raw_rm.data.batching import GroupCollator
 from raw_rm.data.records import RankedGroup
+from raw_rm.losses import build_ranking_loss
 from raw_rm.train.objectives.base import (
     Batch,
     Parts,
@@ -25,14 +27,10 @@ class GroupsObjective(PreferenceObjective):
     kind = "groups"
 
     def __init__(self, cfg: Config, model: nn.Module, tokenizer: Any, train_records: Sequence[RankedGroup]) -> None:
-        from raw_rm.losses import build_ranking_loss
-
         super().__init__(cfg, model, tokenizer, train_records)
         self.loss_fn = build_ranking_loss(cfg.loss)
 
     def build_collator(self, tokenizer: Any, *, max_len_tokens: int, input_kind: str) -> Any:
-        from raw_rm.data.batching import GroupCollator
-
         return GroupCollator(tokenizer, max_len_tokens=max_len_tokens, input_kind=input_kind)
 
     def loss(self, output: Any, batch: Batch, *, training: bool) -> tuple[torch.Tensor, Parts]:

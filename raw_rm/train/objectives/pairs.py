@@ -15,7 +15,9 @@ import torch
 from torch import nn
 
 from raw_rm.config import Config, ConfigError
+from raw_rm.data.batching import PairCollator
 from raw_rm.data.records import PreferencePair
+from raw_rm.losses import build_loss, example_weights, reward_regularisers
 from raw_rm.train.objectives.base import (
     Batch,
     Parts,
@@ -31,8 +33,6 @@ class PairsObjective(PreferenceObjective):
     kind = "pairs"
 
     def __init__(self, cfg: Config, model: nn.Module, tokenizer: Any, train_records: Sequence[PreferencePair]) -> None:
-        from raw_rm.losses import build_loss
-
         # Only multi-objective models fill metadata.aspects (their head order); others have none.
         self.aspects = list(getattr(getattr(model, "metadata", None), "aspects", None) or [])
         asked = {r.aspect for r in train_records if r.aspect is not None}
@@ -46,8 +46,6 @@ class PairsObjective(PreferenceObjective):
         self.loss_fn = build_loss(cfg.loss)
 
     def build_collator(self, tokenizer: Any, *, max_len_tokens: int, input_kind: str) -> Any:
-        from raw_rm.data.batching import PairCollator
-
         return PairCollator(tokenizer, max_len_tokens=max_len_tokens, input_kind=input_kind)
 
     @property
@@ -65,8 +63,6 @@ class PairsObjective(PreferenceObjective):
         return batch
 
     def loss(self, output: Any, batch: Batch, *, training: bool) -> tuple[torch.Tensor, Parts]:
-        from raw_rm.losses import example_weights, reward_regularisers
-
         device = output.rewards.device
         b = int(batch["n_pairs"])
         rewards = _aspect_rewards(output.rewards, output.aspects, batch).float()  # (2B,): chosen rows, then rejected

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from raw_rm.config import Config, ConfigError
+from raw_rm.data.batching import RatingCollator
 from raw_rm.data.records import RatedResponse
 from raw_rm.train.objectives.base import Batch, Objective, Parts, reward_stats
 
@@ -35,8 +36,6 @@ class RatingsObjective(Objective):
         super().__init__(cfg, model, tokenizer)
 
     def build_collator(self, tokenizer: Any, *, max_len_tokens: int, input_kind: str) -> Any:
-        from raw_rm.data.batching import RatingCollator
-
         return RatingCollator(tokenizer, aspects=self.aspects, max_len_tokens=max_len_tokens, input_kind=input_kind)
 
     def loss(self, output: Any, batch: Batch, *, training: bool) -> tuple[torch.Tensor, Parts]:
