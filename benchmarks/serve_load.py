@@ -313,6 +313,7 @@ def main() -> int:
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "auto"], help="forward precision of the plain server, the first ceiling and tuned Serve")
     parser.add_argument("--no-int8", action="store_true", help="skip the int8 model (always skipped on cuda)")
     parser.add_argument("--no-ensemble", action="store_true", help="skip the 5-head ensemble")
+    parser.add_argument("--no-accuracy", action="store_true", help="with --model: skip the held-out accuracy of fp32, bf16 and int8")
     parser.add_argument("--json", default=None, metavar="PATH", help="also write machine facts and every number here (run_all.py reads it)")
     parser.add_argument("--plain-server", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
@@ -421,7 +422,7 @@ def main() -> int:
     finally:
         serve.shutdown()
         ray.shutdown()
-    accuracy = heldout_accuracy(single_dir, int8_dir, data) if do_int8 and args.model else {}
+    accuracy = heldout_accuracy(single_dir, int8_dir, data) if do_int8 and args.model and not args.no_accuracy else {}
 
     # summary
     print()
