@@ -251,7 +251,7 @@ class RewardModelTrainer:
         world_size: int = 1,
         device: str | torch.device | None = None,
     ) -> None:
-        from raw_rm.losses import build_loss, build_ranking_loss
+        from raw_rm.losses import build_loss, build_pair_terms, build_ranking_loss
 
         if not train_records:
             raise ValueError("no training records: the data source gave 0 usable records (see the loader's report)")
@@ -290,11 +290,20 @@ class RewardModelTrainer:
 
         self.loss_fn = build_loss(cfg.loss) if self.kind == "pairs" else None
         self.ranking_loss_fn = build_ranking_loss(cfg.loss) if self.kind == "groups" else None
+        self.pair_terms = build_pair_terms(
+            cfg.loss, length_head=bool(getattr(getattr(model, "model_cfg", None), "length_head", False)),
+            data_kind=self.kind,
+        )
         # Only multi-objective models fill metadata.aspects (their head order); others have none.
         self.aspects = list(getattr(getattr(model, "metadata", None), "aspects", None) or [])
         self._check_model_fits_data()
         self.collator = self._build_collator()
         self.n_heads = self._num_heads()
+        if self.n_heads > 1 and (self.pair_terms.active or self.pair_terms.temperature is not None):
+            raise ConfigError(
+                "calibration and length terms (loss.*_coef, loss.learned_temperature) act on one reward; "
+                f"model.arch=multihead trains {self.n_heads} heads each on its own loss: use model.arch=concat"
+            )
         if cfg.loss.uncertainty_weighting and (self.n_heads < 2 or self.kind != "pairs"):
             raise ConfigError(
                 "loss.uncertainty_weighting=true needs pairs and an ensemble of heads to measure disagreement: "
@@ -313,6 +322,10 @@ class RewardModelTrainer:
         self.total_steps = tc.max_steps if tc.max_steps is not None else tc.epochs * self.steps_per_epoch
         self.warmup_steps = int(math.ceil(tc.warmup_ratio * self.total_steps))
         self.optimizer = build_optimizer(self.model, lr=tc.lr, weight_decay=tc.weight_decay)
+        if self.pair_terms.temperature is not None:
+            self.pair_terms.temperature.to(self.device)
+            self.optimizer.add_param_group(
+                {"params": [self.pair_terms.temperature.log_t], "lr": cfg.loss.temperature_lr, "weight_decay": 0.0})
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_lambda(self.total_steps, self.warmup_steps, tc.schedule)
         )
@@ -364,7 +377,8 @@ class RewardModelTrainer:
 
         kwargs = {"max_len_tokens": self.cfg.data.max_len_tokens, "input_kind": self.model.input_kind}
         if self.kind == "pairs":
-            return batching.PairCollator(self.tokenizer, **kwargs)
+            held_out = self.cfg.loss.calibration_fraction if self.cfg.loss.learned_temperature else 0.0
+            return batching.PairCollator(self.tokenizer, calibration_fraction=held_out, **kwargs)
         if self.kind == "groups":
             return batching.GroupCollator(self.tokenizer, **kwargs)
         return batching.RatingCollator(self.tokenizer, aspects=self.aspects, **kwargs)
@@ -456,7 +470,15 @@ class RewardModelTrainer:
             ]
             loss = torch.stack(losses).mean()
         else:
-            loss = self.loss_fn(chosen, rejected, margin=margin, weight=example_weights(self.cfg.loss, data_weight))
+            length_rewards = output.length_rewards
+            ortho = self.model.head_orthogonality() if self.cfg.loss.orthogonal_coef > 0 else None
+            loss, _ = self.pair_terms(
+                self.loss_fn, chosen, rejected, margin=margin,
+                weight=example_weights(self.cfg.loss, data_weight),
+                lengths=batch["response_tokens"].to(self.device) if self.pair_terms.needs_lengths else None,
+                length_rewards=None if length_rewards is None else length_rewards.float(),
+                heldout=batch["calibration"].to(self.device) if "calibration" in batch else None,
+                orthogonality=ortho)
         loss = loss + reward_regularisers(self.cfg.loss, chosen, rejected)
         return loss, {"chosen": chosen.detach(), "rejected": rejected.detach()}
 
@@ -818,6 +840,10 @@ class RewardModelTrainer:
             final = {k: v for k, v in evaluated[-1].items() if k not in ("step", "epoch")}
         else:
             final = self.evaluate() if self.val_records else {}
+        if self.pair_terms.temperature is not None:
+            self.model.metadata.temperature = self.pair_terms.temperature.value()
+            logger.info("learned temperature T = %.4f (fitted on the held-out calibration pairs)",
+                        self.model.metadata.temperature)
         self.store_reward_stats()
         result = FitResult(
             steps=self.step,
