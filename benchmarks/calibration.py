@@ -23,7 +23,13 @@ bootstrap interval, NLL, ECE with its noise floor, Brier, and the paired bootstr
 to the baseline (same pairs); then the length metrics (raw_rm.metrics.length_bias): reward-length correlation,
 accuracy within length-matched pairs, and the verbosity-probe accuracy change.
 
+``--frozen`` trains instead a linear reward head (and, for ODIN, a linear length head) on FROZEN MiniLM features
+(mean-pooled prompt + response, computed once and cached in ``<out>/features.npz``), full-batch with AdamW, with
+the same raw_rm loss and terms (``build_loss``, ``build_pair_terms``, the learned temperature and its held-out
+slice): every method costs seconds once the features exist, for machines where several fine-tunings do not fit.
+
     python benchmarks/calibration.py --methods baseline brier ... --out benchmarks/results/calibration
+    python benchmarks/calibration.py --frozen --out benchmarks/results/calibration_frozen
     python benchmarks/calibration.py --analyse benchmarks/results/calibration
 """
 
@@ -74,6 +80,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--max-len-tokens", type=int, default=256)
     p.add_argument("--out", default="benchmarks/results/calibration")
     p.add_argument("--analyse", metavar="DIR", help="print the tables from the scores saved in DIR")
+    p.add_argument("--frozen", action="store_true", help="linear heads on frozen MiniLM features (see above)")
+    p.add_argument("--frozen-steps", type=int, default=400, help="--frozen: full-batch optimiser steps")
+    p.add_argument("--frozen-lr", type=float, default=1e-2, help="--frozen: AdamW learning rate of the heads")
     return p.parse_args()
 
 
@@ -139,6 +148,95 @@ def train_and_score(args: argparse.Namespace, method: str) -> None:
     print(f"[{method}] trained {t1 - t0:.0f}s, scored {info['score_s']:.0f}s, T={model.metadata.temperature:.3f}, "
           f"val_accuracy {result.metrics.get('val_accuracy', float('nan')):.3f}", flush=True)
     shutil.rmtree(work, ignore_errors=True)
+
+
+def frozen_features(args: argparse.Namespace, train: list, sets: dict) -> dict[str, np.ndarray]:
+    """Mean-pooled MiniLM features of every text the frozen mode needs, cached in ``<out>/features.npz``."""
+    import torch
+
+    from raw_rm.config import ModelConfig
+    from raw_rm.data.batching import encode
+    from raw_rm.models import build_model
+    from raw_rm.models.backbones import pooled_hidden
+    from raw_rm.train.loop import cpu_supports_bf16
+
+    cache = Path(args.out) / "features.npz"
+    if cache.exists():
+        return dict(np.load(cache))
+    model, tokenizer = build_model(ModelConfig(backbone=args.backbone, pooling="mean"))
+    model.eval()
+    eval_prompts, eval_responses = texts_of(sets)
+    prompts = [p.prompt for p in train] * 2 + eval_prompts
+    responses = [p.chosen for p in train] + [p.rejected for p in train] + eval_responses
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]) + len(responses[i]))
+    feats = np.zeros((len(prompts), model.trunk.config.hidden_size), dtype=np.float32)
+    dtype = torch.bfloat16 if args.precision in ("auto", "bf16") and cpu_supports_bf16() else torch.float32
+    with torch.no_grad(), torch.autocast("cpu", dtype=dtype, enabled=dtype == torch.bfloat16):
+        for start in range(0, len(order), 64):
+            idx = order[start:start + 64]
+            enc = encode(tokenizer, [prompts[i] for i in idx], [responses[i] for i in idx],
+                         max_len_tokens=args.max_len_tokens, input_kind="concat")
+            f = enc.features
+            _, pooled = pooled_hidden(model.trunk, f["input_ids"], f["attention_mask"], f.get("token_type_ids"),
+                                      decoder=False, pooling="mean")
+            feats[idx] = pooled.float().numpy()
+    lengths = np.array([len(ids) for ids in tokenizer(responses, add_special_tokens=False)["input_ids"]])
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(cache, feats=feats, lengths=lengths)
+    return {"feats": feats, "lengths": lengths}
+
+
+def train_frozen(args: argparse.Namespace, method: str) -> None:
+    """One method as linear heads on frozen features, with raw_rm's loss and terms; scores saved as in fine-tuning."""
+    import torch
+
+    from raw_rm.config import apply_overrides, load_config
+    from raw_rm.data.splits import prompt_bucket
+    from raw_rm.losses import build_loss, build_pair_terms
+
+    torch.set_num_threads(args.threads)
+    _, train, sets = split_data(args)
+    data = frozen_features(args, train, sets)
+    n = len(train)
+    x = torch.from_numpy(data["feats"])
+    lengths = torch.from_numpy(data["lengths"]).float()
+    cfg = apply_overrides(load_config(None, [f"train.seed={args.seed}"]), METHODS[method])
+    torch.manual_seed(args.seed)
+    width = x.shape[1]
+    head = torch.nn.Linear(width, 1)
+    length_head = torch.nn.Linear(width, 1) if cfg.model.length_head else None
+    loss_fn = build_loss(cfg.loss)
+    terms = build_pair_terms(cfg.loss, length_head=length_head is not None)
+    params = list(head.parameters()) + (list(length_head.parameters()) if length_head is not None else [])
+    groups = [{"params": params, "lr": args.frozen_lr, "weight_decay": 0.01}]
+    if terms.temperature is not None:
+        groups.append({"params": [terms.temperature.log_t], "lr": cfg.loss.temperature_lr, "weight_decay": 0.0})
+    opt = torch.optim.AdamW(groups)
+    heldout = torch.tensor([prompt_bucket(p.prompt, "raw_rm-calibration") < cfg.loss.calibration_fraction
+                            for p in train]) if terms.temperature is not None else None
+    xt, lt = x[: 2 * n], lengths[: 2 * n]
+    t0 = time.perf_counter()
+    for _ in range(args.frozen_steps):
+        r = head(xt)[:, 0]
+        lr_ = length_head(xt)[:, 0] if length_head is not None else None
+        ortho = None
+        if length_head is not None and cfg.loss.orthogonal_coef > 0:
+            ortho = torch.nn.functional.cosine_similarity(head.weight[0], length_head.weight[0], dim=0).abs()
+        loss, _ = terms(loss_fn, r[:n], r[n:], lengths=lt, length_rewards=lr_, heldout=heldout,
+                        orthogonality=ortho)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        scores = head(x[2 * n:])[:, 0].double().numpy()
+    temperature = terms.temperature.value() if terms.temperature is not None else 1.0
+    out = Path(args.out).resolve()
+    info = {"method": method, "overrides": METHODS[method], "train_s": time.perf_counter() - t0, "score_s": 0.0,
+            "temperature": temperature, "n": {k: len(v) for k, v in sets.items()}, "n_train": n,
+            "mode": f"frozen {args.backbone} features, linear heads, {args.frozen_steps} full-batch steps",
+            "machine": machine_facts(precision=args.precision)}
+    np.savez(out / f"scores_{method}.npz", scores=scores, lengths=data["lengths"][2 * n:], info=json.dumps(info))
+    print(f"[{method}] frozen heads: {info['train_s']:.1f}s, T={temperature:.3f}", flush=True)
 
 
 def unpack(path: Path) -> tuple[dict, dict]:
@@ -224,7 +322,7 @@ def main() -> None:
         return
     print("machine: " + "; ".join(f"{k}: {v}" for k, v in machine_facts(precision=args.precision).items()), flush=True)
     for method in args.methods:
-        train_and_score(args, method)
+        (train_frozen if args.frozen else train_and_score)(args, method)
     analyse(Path(args.out))
 
 
