@@ -82,7 +82,8 @@ def _raw_rm(setup: Setup, *, precision: str, group_by_length: bool, pin_malloc_t
     from raw_rm.config import Config, DataConfig, ModelConfig, TrainConfig
     from raw_rm.inference import RewardModelInference
     from raw_rm.models import build_model
-    from raw_rm.train.loop import RewardModelTrainer, seed_everything
+    from raw_rm.runtime import seed_everything
+    from raw_rm.train.loop import RewardModelTrainer
 
     torch.set_num_threads(setup.threads)
     train, val = load_split(setup)
@@ -147,7 +148,7 @@ def run_trl(setup: Setup) -> dict[str, Any]:
     from trl import RewardConfig, RewardTrainer
 
     from raw_rm.models.backbones import packaged_minilm_path
-    from raw_rm.train.loop import seed_everything
+    from raw_rm.runtime import seed_everything
 
     torch.set_num_threads(setup.threads)
     train, val = load_split(setup)
@@ -217,7 +218,7 @@ def _raw_rm_ray(setup: Setup, *, workers: int) -> dict[str, Any]:
 
     from raw_rm.config import Config, apply_overrides
     from raw_rm.inference import RewardModelInference
-    from raw_rm.train.loop import resolve_precision
+    from raw_rm.runtime import resolve_precision
     from raw_rm.train.ray_train import train_ray
 
     if setup.batch_size % workers:

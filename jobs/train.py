@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     add_config_args(parser)
     cfg = config_from_args(parser.parse_args(argv))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from raw_rm.registry import tracked_training
+    from raw_rm.tracking.registry import tracked_training
     from raw_rm.train.ray_train import init_ray, train_ray
 
     init_ray(cfg.ray.address)

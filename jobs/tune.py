@@ -14,7 +14,8 @@ import logging
 import sys
 
 from raw_rm.config import ConfigError, load_config
-from raw_rm.tune import format_summary, run_tune
+from raw_rm.tune.driver import run_tune
+from raw_rm.tune.results import format_summary
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -54,6 +54,14 @@ class DataConfig:
     strict: bool = False  # degenerate records (chosen == rejected, empty, group < 2) raise instead of being dropped
     split_seed: str = "raw_rm"  # salt of the prompt hash that assigns train/validation
     aspect: str | None = None  # ratings -> pairs/groups: the aspect compared (None = mean of the aspects)
+    prompt_key: str = "prompt"  # the data set's name for the prompt field (OpenRLHF --prompt_key)
+    chosen_key: str = "chosen"  # the data set's name for the preferred response (OpenRLHF --chosen_key)
+    rejected_key: str = "rejected"  # the data set's name for the dispreferred response (OpenRLHF --rejected_key)
+    responses_key: str = "responses"  # k-wise groups: the data set's name for the list of responses
+    ranks_key: str = "ranks"  # k-wise groups: the data set's name for the ranks (0 = best)
+    scores_key: str = "scores"  # k-wise groups: the data set's name for per-response scores (larger = better)
+    response_key: str = "response"  # ratings: the data set's name for the rated response
+    ratings_key: str = "ratings"  # ratings: the data set's name for the {aspect: rating} mapping
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
     def __post_init__(self) -> None:
@@ -163,8 +171,7 @@ class TrainConfig:
     log_every_steps: int = 10  # step-metric reporting interval
     progress: bool = True  # show a progress bar (never on non-zero ranks or without a TTY)
     num_threads: int | None = None  # torch intra-op threads on CPU (None = torch default)
-    pin_malloc_threshold: bool = True  # Linux/glibc: fix malloc's mmap threshold at 128 KiB so freed activations go back to the OS instead of fragmenting the heap (peak RSS grew with run length without it; see raw_rm/train/allocator.py)
-    fail_at_step: int | None = None  # testing aid: raise once at this step to exercise fault tolerance
+    pin_malloc_threshold: bool = True  # Linux/glibc: fix malloc's mmap threshold at 128 KiB so freed activations go back to the OS instead of fragmenting the heap (peak RSS grew with run length without it; see raw_rm/runtime.py)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -206,6 +213,23 @@ class GateConfig:
 
 
 @dataclass
+class EvalConfig:
+    calibration_fraction: float = 0.5  # share of evaluated prompts (by hash) whose pairs fit the temperature T; 0 = keep the stored T
+    calibration_salt: str = "raw_rm/calibration"  # prompt-hash salt picking the calibration pairs, in every evaluation
+    n_boot: int = 1000  # bootstrap resamples of the accuracy confidence intervals
+    ood: dict[str, str] = field(default_factory=dict)  # out-of-distribution sets, name -> file, beside the main set
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.calibration_fraction < 1.0:
+            raise ConfigError(f"eval.calibration_fraction: expected 0 <= value < 1, got {self.calibration_fraction}")
+        if self.n_boot < 1:
+            raise ConfigError(f"eval.n_boot: expected >= 1, got {self.n_boot}")
+        bad = [k for k, v in self.ood.items() if not isinstance(k, str) or not isinstance(v, str) or not k or not v]
+        if bad:
+            raise ConfigError(f"eval.ood: expected a mapping of set name -> file, got {bad[0]!r}: {self.ood[bad[0]]!r}")
+
+
+@dataclass
 class TuneConfig:
     space: dict[str, Any] = field(default_factory=dict)  # dotted config path -> distribution spec (see docs)
     num_samples: int = 8  # trials
@@ -240,6 +264,7 @@ class Config:
     ray: RayConfig = field(default_factory=RayConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     gate: GateConfig = field(default_factory=GateConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
 
@@ -341,9 +366,23 @@ def load_config(
             continue
         _set_dotted(raw, key, value)
     cfg = _build(root, raw, prefix="", source=source, errors=errors)
+    if root is Config and not errors:
+        _check_tune_space(cfg, source, errors)
     if errors:
         raise ConfigError("\n".join(errors))
     return cfg
+
+
+def _check_tune_space(cfg: Config, source: str, errors: list[str]) -> None:
+    """``tune.space`` is a mapping of dotted paths to distribution specs: check it like every other key."""
+    if not cfg.tune.space:
+        return
+    from raw_rm.tune.space import parse_space  # imports this module: loaded on first use
+
+    try:
+        parse_space(cfg.tune.space, cfg)
+    except ConfigError as exc:
+        errors.extend(f"{source}: {line}" for line in str(exc).splitlines())
 
 
 def config_from_dict(data: dict[str, Any], *, root: type = Config, source: str = "<dict>") -> Any:

@@ -12,7 +12,7 @@ a local directory, passed explicitly (no process-wide hook: two MLflow stores ca
 
     rm = RewardModelInference("models:/raw_rm-reward@champion", resolver=registry.uri_resolver(tracking_uri))
 
-``raw_rm.registry.uri_resolver`` resolves ``models:/`` and ``runs:/`` on one store; this core module never
+``raw_rm.tracking.registry.uri_resolver`` resolves ``models:/`` and ``runs:/`` on one store; this core module never
 imports MLflow.
 """
 
@@ -55,7 +55,7 @@ def resolve_model_uri(uri: str | Path, resolver: Resolver | None = None) -> str:
         if resolver is None:
             hint = ""
             if text.startswith(("models:/", "runs:/")):
-                hint = " (raw_rm.registry.uri_resolver(tracking_uri) resolves models:/ and runs:/)"
+                hint = " (raw_rm.tracking.registry.uri_resolver(tracking_uri) resolves models:/ and runs:/)"
             raise ValueError(f"{text}: a URI needs a resolver{hint}; or pass a local model directory")
         return str(resolver(text))
     path = Path(text)
@@ -107,7 +107,7 @@ class RewardModelInference:
 
     Args:
         model_or_dir: a ``RewardModelBase``, a local model directory, or a URI that ``resolver`` resolves.
-        resolver: turns a URI ``model_or_dir`` into a local directory (e.g. ``raw_rm.registry.uri_resolver``).
+        resolver: turns a URI ``model_or_dir`` into a local directory (e.g. ``raw_rm.tracking.registry.uri_resolver``).
         tokenizer: required when ``model_or_dir`` is a model object.
         device: "cpu" or "cuda[:i]".
         batch_size: texts per forward in batch_predict.
@@ -128,7 +128,7 @@ class RewardModelInference:
         cache_size: int = 10000,
         precision: str = "fp32",
     ) -> None:
-        from raw_rm.train.loop import resolve_precision
+        from raw_rm.runtime import resolve_precision
 
         if batch_size < 1:
             raise ValueError(f"batch_size: expected >= 1, got {batch_size}")

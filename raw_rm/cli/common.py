@@ -42,7 +42,7 @@ def local_model_dir(model: str, *, tracking_uri: str | None = None) -> str:
     """
     if not model.startswith(("models:/", "runs:/")):
         return model
-    from raw_rm.registry import RegistryError, uri_resolver
+    from raw_rm.tracking.registry import RegistryError, uri_resolver
 
     try:
         return uri_resolver(tracking_uri)(model)

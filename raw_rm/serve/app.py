@@ -94,7 +94,7 @@ class RewardMember:
             torch.set_num_threads(self.cfg.torch_threads)
         resolver = None
         if source.startswith("models:/"):
-            from raw_rm import registry
+            from raw_rm.tracking import registry
 
             resolver = registry.uri_resolver(self.cfg.tracking_uri)
         self.source = display_source or source
@@ -534,7 +534,7 @@ def pin_model_source(source: str, tracking_uri: str | None) -> str:
     """
     if not (source.startswith("models:/") and "@" in source):
         return source
-    from raw_rm import registry
+    from raw_rm.tracking import registry
 
     name, _, alias = registry.parse_model_uri(source)
     version = registry.show(name, tracking_uri=tracking_uri).aliases.get(alias)

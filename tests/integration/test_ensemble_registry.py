@@ -18,7 +18,8 @@ RESPONSES = ["2 + 3 = 5.", "Mix flour, water and yeast, then bake."]
 
 
 def test_ensemble_registered_as_one_version_and_served_by_one_uri(ray_session, mlflow_uri: str, tmp_path: Path, monkeypatch) -> None:
-    from raw_rm import registry, tracking
+    from raw_rm.tracking import registry
+    from raw_rm.tracking import runs as tracking
     from raw_rm.inference import RewardModelInference
     from raw_rm.models.ensemble import EnsembleRewardModel
     from raw_rm.train.ensemble import train_ensemble
