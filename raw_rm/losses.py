@@ -609,8 +609,9 @@ class LearnedTemperature(nn.Module):
 
     The pair loss of the other pairs is taken on Δ / T with T detached, so the model trains against the
     calibrated probability; the held-out pairs give only the NLL of σ(Δ.detach() / T), so their gradient
-    reaches T alone. The loop puts :attr:`log_t` in its own optimiser group (``loss.temperature_lr``, no weight
-    decay) and stores :meth:`value` as the model's ``metadata.temperature`` at the end.
+    reaches T alone. The pairs objective hands :attr:`log_t` to the loop's optimiser as its own group
+    (``loss.temperature_lr``, no weight decay) and stores :meth:`value` as the model's ``metadata.temperature`` when
+    training ends. T is not part of the model's weights, so a run resumed from a checkpoint starts T again at 1.
     """
 
     def __init__(self) -> None:
@@ -648,7 +649,7 @@ class PairTerms:
         """T (detached) to divide the rewards by before the pair loss, or None."""
         return None if self.temperature is None else self.temperature.log_t.detach().exp()
 
-    def train_weight(self, weight: Tensor | None, heldout: Tensor | None, n: int) -> Tensor | None:
+    def train_weight(self, weight: Tensor | None, heldout: Tensor | None) -> Tensor | None:
         """Example weights with the held-out pairs set to 0 (the pair loss must not train on them)."""
         if self.temperature is None:
             return weight
@@ -700,7 +701,7 @@ class PairTerms:
             train_chosen, train_rejected = train_chosen / scale, train_rejected / scale
             if margin is not None:
                 train_margin = torch.as_tensor(margin, dtype=chosen.dtype, device=chosen.device) / scale
-        weight = self.train_weight(weight, heldout, b)
+        weight = self.train_weight(weight, heldout)
         total = loss_fn(train_chosen, train_rejected, margin=train_margin, weight=weight)
         logit = None
         if self.loss.logit is not None:

@@ -306,8 +306,7 @@ def _plot_robustness(m: dict) -> plt.Figure:
         names = list(probes)
         deltas = [100 * probes[n]["delta"] for n in names]
         # A robust model moves by ~0 either way: red = a change beyond the bootstrap interval, in either direction.
-        colors = ["#c44e52" if probes[n].get("significant", abs(d) >= 2.0) else "#55a868"
-                  for n, d in zip(names, deltas)]
+        colors = ["#c44e52" if probes[n].get("significant") else "#55a868" for n in names]
         ax.bar(names, deltas, color=colors, edgecolor="black", linewidth=0.5)
         for i, d in enumerate(deltas):
             ax.annotate(f"{d:+.1f}", (i, d), ha="center", va="bottom" if d >= 0 else "top", fontsize=8,

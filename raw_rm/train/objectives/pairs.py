@@ -48,7 +48,8 @@ class PairsObjective(PreferenceObjective):
             )
         super().__init__(cfg, model, tokenizer, train_records)
         self.loss_fn = build_loss(cfg.loss)
-        self.terms = build_pair_terms(cfg.loss, length_head=bool(getattr(model.model_cfg, "length_head", False)))
+        length_head = bool(getattr(getattr(model, "model_cfg", None), "length_head", False))
+        self.terms = build_pair_terms(cfg.loss, length_head=length_head)
         if self.n_heads > 1 and (self.terms.active or self.terms.temperature is not None):
             raise ConfigError(
                 "calibration and length terms (loss.*_coef, loss.learned_temperature) act on one reward; "
