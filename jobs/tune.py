@@ -15,6 +15,7 @@ import sys
 
 from raw_rm.config import ConfigError, load_config
 from raw_rm.tune.driver import run_tune
+from raw_rm.tune.space import check_space
 from raw_rm.tune.results import format_summary
 
 
@@ -25,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        outcome = run_tune(load_config(args.config, args.overrides))
+        outcome = run_tune(load_config(args.config, args.overrides, checks=[check_space]))
     except ConfigError as exc:
         print(f"config error:\n{exc}", file=sys.stderr)
         return 2

@@ -4,8 +4,8 @@ Precedence: dataclass defaults < YAML file < ``key.sub=value`` overrides. Unknow
 types fail naming the file and the dotted key, suggesting the closest known name, with every problem
 of one load reported in a single error.
 
-    cfg = load_config("raw_rm/configs/default.yaml", ["loss.temperature=0.5"])
-    cfg.loss.temperature  # 0.5
+    cfg = load_config("raw_rm/configs/default.yaml", ["loss.contrastive_tau=0.5"])
+    cfg.loss.contrastive_tau  # 0.5
 
 The same object reaches every consumer: Ray Train workers rebuild it with ``config_from_dict(asdict(cfg))``;
 Tune applies its sampled points as dotted overrides with ``apply_overrides``.
@@ -19,6 +19,7 @@ import difflib
 import re
 import types
 import typing
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -37,7 +38,7 @@ class ConfigError(ValueError):
 class SyntheticConfig:
     n_prompts: int = 1200  # number of synthetic prompts (each yields one pair, one group, ratings)
     group_size: int = 4  # responses per prompt in the k-wise groups
-    noise: float = 1.0  # Bradley-Terry temperature of label sampling; 0 = labels always follow the latent reward
+    noise: float = 1.0  # label noise: the scale dividing latent reward gaps when labels are sampled (Bradley-Terry); 0 = labels always follow the latent reward
     seed: int = 0  # generator seed: the same seed gives the same data set
     annotators: int = 0  # > 0: each pair's weight = share of this many simulated annotators (Bradley-Terry votes on the latent reward, own RNG) agreeing with its label; 0 = no weights
 
@@ -109,7 +110,7 @@ class ModelConfig:
 @dataclass
 class LossConfig:
     name: str = "bt"  # bt | margin | contrastive | focal | triplet | label_smoothing | kwise_adjacent | kwise_all_pairs | plackett_luce
-    temperature: float = 1.0  # contrastive: divides reward differences; searched by Tune
+    contrastive_tau: float = 1.0  # contrastive loss: tau dividing reward differences, -log sigmoid(D / tau); searched by Tune
     margin: float = 1.0  # margin / triplet: required reward gap
     gamma: float = 2.0  # focal: focusing exponent (0 = Bradley-Terry)
     epsilon: float = 0.1  # label_smoothing: probability mass on the flipped label (0 = Bradley-Terry)
@@ -130,8 +131,8 @@ class LossConfig:
     orthogonal_coef: float = 0.0  # model.length_head: coef * |cos(reward head weights, length head weights)| (ODIN)
 
     def __post_init__(self) -> None:
-        if self.temperature <= 0:
-            raise ConfigError(f"loss.temperature: expected > 0, got {self.temperature}")
+        if self.contrastive_tau <= 0:
+            raise ConfigError(f"loss.contrastive_tau: expected > 0, got {self.contrastive_tau}")
         if not 0.0 <= self.epsilon < 0.5:
             raise ConfigError(f"loss.epsilon: expected 0 <= value < 0.5, got {self.epsilon}")
         for name in ("brier_coef", "soft_ece_coef", "confidence_penalty_coef", "length_corr_coef", "orthogonal_coef"):
@@ -170,7 +171,7 @@ class TrainConfig:
     resume: bool = False  # continue from the latest checkpoint in output_dir
     log_every_steps: int = 10  # step-metric reporting interval
     progress: bool = True  # show a progress bar (never on non-zero ranks or without a TTY)
-    num_threads: int | None = None  # torch intra-op threads on CPU (None = torch default)
+    num_threads: int | None = None  # torch intra-op threads on CPU (None = torch default; a Ray Train worker: the usable CPUs split among the workers on its node, at least ray.cpus_per_worker, not Ray's OMP_NUM_THREADS)
     pin_malloc_threshold: bool = True  # Linux/glibc: fix malloc's mmap threshold at 128 KiB so freed activations go back to the OS instead of fragmenting the heap (peak RSS grew with run length without it; see raw_rm/runtime.py)
 
     def __post_init__(self) -> None:
@@ -291,7 +292,7 @@ class ServeConfig:
     lam: float = 1.0  # lambda of mean - lambda * variance
     k: float = 1.0  # k of the lower confidence bound mean - k * std
     normalize: bool = True  # members' rewards become (reward - reward_mean) / reward_std with each model's training statistics
-    max_len_tokens: int = 512  # token limit per prompt+response (capped by the model's own); longer inputs keep the response end
+    max_len_tokens: int | None = None  # token limit per prompt+response; None = the length the model was trained at (its metadata), else 512; capped by the tokenizer's limit; longer inputs keep the response end
     max_batch_size: int = 64  # texts per member forward (and per ingress call to the members), gathered across concurrent requests
     batch_wait_timeout_s: float = 0.005  # how long an idle member waits for a batch to fill (a busy one takes what queued during its forward)
     max_concurrent_batches: int = 1  # forwards a member replica runs at once, in threads; 2 on a GPU overlaps one batch's tokenisation with another's forward
@@ -304,8 +305,8 @@ class ServeConfig:
     member_num_gpus: float = 0.0  # GPUs reserved per member replica; a fraction (0.25) lets several replicas and members share one GPU
     device: Literal["cpu", "cuda", "auto"] = "cpu"  # where members run: cuda needs member_num_gpus > 0; auto = cuda when member_num_gpus > 0 and the replica sees a GPU
     ingress_num_cpus: float = 0.0  # CPUs reserved per ingress replica
-    torch_threads: int | None = None  # torch intra-op threads per member replica (None = torch default)
-    precision: Literal["fp32", "bf16", "auto"] = "fp32"  # member forward precision; auto = bf16 where the CPU/GPU runs it natively
+    torch_threads: int | None = None  # torch intra-op threads per member replica; None = the usable CPUs (affinity, cgroup quota) split among the app's member replicas, at least member_num_cpus (not Ray's OMP_NUM_THREADS=1)
+    precision: Literal["fp32", "bf16", "auto"] = "auto"  # member forward precision; auto = bf16 where the CPU/GPU runs it natively and the model's rewards stay within raw_rm.inference.PRECISION_TOLERANCE of fp32, else fp32
     cache_size: int = 65536  # per-replica LRU entries of (model version, prompt, response) -> member rewards; 0 = off
     max_items: int = 16384  # items per request (queries, items, pairs or responses); old OpenRLHF sends whole rollout batches
     max_text_chars: int = 200000  # characters per text; /get_reward keeps the end of longer texts, other endpoints refuse them
@@ -318,7 +319,7 @@ class ServeConfig:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: expected >= 1, got {getattr(self, name)}")
         for name in ("max_len_tokens", "max_text_chars", "max_body_bytes"):
-            if getattr(self, name) < 8:
+            if getattr(self, name) is not None and getattr(self, name) < 8:
                 raise ConfigError(f"{name}: expected >= 8, got {getattr(self, name)}")
         for name, low in (("cache_size", 0), ("member_retries", 0), ("drift_window", 1)):
             if getattr(self, name) < low:
@@ -330,14 +331,33 @@ class ServeConfig:
                 raise ConfigError(f"{name}: expected >= 0, got {getattr(self, name)}")
 
 
+# Keys whose meaning got a name of its own; the old spelling is refused, naming the new key (never silently mapped:
+# a config that sets "temperature" meant one of several things).
+RENAMED_KEYS: dict[str, tuple[str, str]] = {
+    "loss.temperature": ("loss.contrastive_tau", "the contrastive loss's tau; the calibration temperature is fitted by "
+                         "raw-rm eval and stored in the model"),
+}
+
+
+def renamed_key_message(path: str) -> str:
+    """``loss.temperature: renamed to loss.contrastive_tau (...)`` for a key in :data:`RENAMED_KEYS`."""
+    new, meaning = RENAMED_KEYS[path]
+    return f"{path}: renamed to {new} ({meaning})"
+
+
 # ----------------------------------------------------------------------------------------- loader
 def load_config(
     path: str | Path | None = None,
     overrides: list[str] | None = None,
     *,
     root: type = Config,
+    checks: Sequence[Callable[[Any], None]] = (),
 ) -> Any:
     """Build a config: defaults < YAML at ``path`` < ``key.sub=value`` overrides.
+
+    ``checks`` validate parts of the built config that modules above this one own, e.g.
+    ``raw_rm.tune.space.check_space`` (the search space against the loss registry); each raises ConfigError, and
+    its lines join the error naming the file, so the whole file is checked by this one loader.
 
     Raises:
         ConfigError: naming the file and each wrong key, with every problem of the load in one message.
@@ -366,23 +386,14 @@ def load_config(
             continue
         _set_dotted(raw, key, value)
     cfg = _build(root, raw, prefix="", source=source, errors=errors)
-    if root is Config and not errors:
-        _check_tune_space(cfg, source, errors)
+    for check in checks if not errors else ():
+        try:
+            check(cfg)
+        except ConfigError as exc:
+            errors.extend(f"{source}: {line}" for line in str(exc).splitlines())
     if errors:
         raise ConfigError("\n".join(errors))
     return cfg
-
-
-def _check_tune_space(cfg: Config, source: str, errors: list[str]) -> None:
-    """``tune.space`` is a mapping of dotted paths to distribution specs: check it like every other key."""
-    if not cfg.tune.space:
-        return
-    from raw_rm.tune.space import parse_space  # imports this module: loaded on first use
-
-    try:
-        parse_space(cfg.tune.space, cfg)
-    except ConfigError as exc:
-        errors.extend(f"{source}: {line}" for line in str(exc).splitlines())
 
 
 def config_from_dict(data: dict[str, Any], *, root: type = Config, source: str = "<dict>") -> Any:
@@ -404,7 +415,7 @@ def apply_overrides(cfg: Any, overrides: dict[str, Any] | list[str]) -> Any:
 
 
 def parse_override(item: str) -> tuple[str, Any]:
-    """``"loss.temperature=0.5"`` -> ``("loss.temperature", 0.5)``; the value is parsed as YAML."""
+    """``"loss.contrastive_tau=0.5"`` -> ``("loss.contrastive_tau", 0.5)``; the value is parsed as YAML."""
     if "=" not in item:
         raise ConfigError(f"override {item!r}: expected key.sub=value")
     key, _, text = item.partition("=")
@@ -442,6 +453,9 @@ def _build(cls: type, raw: Any, *, prefix: str, source: str, errors: list[str]) 
     kwargs: dict[str, Any] = {}
     for key, value in raw.items():
         if key not in fields:
+            if f"{prefix}{key}" in RENAMED_KEYS:
+                errors.append(f"{source}: {renamed_key_message(f'{prefix}{key}')}")
+                continue
             close = difflib.get_close_matches(str(key), list(fields), n=1)
             hint = f' (did you mean "{close[0]}"?)' if close else f" (known: {', '.join(fields)})"
             errors.append(f"{source}: {prefix}{key}: unknown key{hint}")

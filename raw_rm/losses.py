@@ -11,7 +11,7 @@ constant to every reward changes nothing.
     name             ℓ(Δ)                                          parameter (LossConfig field)
     bt               −log σ(Δ)                                     -
     margin           −log σ(Δ − margin)                            margin
-    contrastive      −log σ(Δ / temperature)                       temperature
+    contrastive      −log σ(Δ / τ)                                  contrastive_tau
     focal            −σ(−Δ)^γ · log σ(Δ)   (= −(1 − p)^γ log p)    gamma
     triplet          max(0, margin − Δ)                            margin
     label_smoothing  −(1 − ε) log σ(Δ) − ε log σ(−Δ)               epsilon
@@ -132,11 +132,11 @@ def margin_loss(delta: Tensor, *, margin: float) -> Tensor:
 
 
 @register_loss(
-    "contrastive", params=("temperature",), formula="-log sigmoid(D / temperature)",
-    logit=lambda delta, *, temperature: delta / temperature,
+    "contrastive", params=("contrastive_tau",), formula="-log sigmoid(D / tau)",
+    logit=lambda delta, *, contrastive_tau: delta / contrastive_tau,
 )
-def contrastive_loss(delta: Tensor, *, temperature: float) -> Tensor:
-    return F.softplus(-delta / temperature)
+def contrastive_loss(delta: Tensor, *, contrastive_tau: float) -> Tensor:
+    return F.softplus(-delta / contrastive_tau)
 
 
 @register_loss("focal", params=("gamma",), formula="-(1 - sigmoid(D))^gamma * log sigmoid(D)")
@@ -496,7 +496,7 @@ def example_weights(
 
 # ------------------------------------------------------------------------ calibration and length terms
 # Terms added to a pairwise loss, each switched on by its LossConfig coefficient (0 = off). Calibration terms
-# act on P = σ(logit(Δ)), the probability the pair loss itself models (σ(Δ / temperature) for contrastive), and
+# act on P = σ(logit(Δ)), the probability the pair loss itself models (σ(Δ / contrastive_tau) for contrastive), and
 # are computed on the symmetrised pair (P, label 1) and (1 − P, label 0) where a set-level statistic needs
 # both labels (soft ECE). Length terms act on every row's reward and its response length in tokens.
 #
@@ -765,7 +765,7 @@ def build_pair_terms(cfg: LossConfig, *, length_head: bool = False, data_kind: s
     if cfg.learned_temperature and spec.name == "contrastive":
         raise ConfigError(
             "loss.learned_temperature with loss.name=contrastive: both divide D by a temperature; use "
-            "loss.name=bt with a learned temperature, or contrastive with a fixed loss.temperature"
+            "loss.name=bt with a learned temperature, or contrastive with a fixed loss.contrastive_tau"
         )
     if length_head and cfg.length_corr_coef <= 0:
         raise ConfigError(

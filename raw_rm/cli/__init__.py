@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "select": ("raw_rm.cli.select", "pick the most informative unlabelled pairs by ensemble uncertainty"),
     "drift": ("raw_rm.cli.drift", "compare new data's reward/length distributions with the model's reference"),
     "data": ("raw_rm.cli.data", "inspect a data file: format, counts, dropped records, lengths"),
+    "label": ("raw_rm.cli.label", "people judge pairs in a web app; annotator agreement; export to training data"),
 }
 
 

@@ -9,7 +9,8 @@ evaluation). ``--val-fraction`` is a shorthand for ``eval.calibration_fraction``
 stored in the model. ``--save-temperature`` writes the fitted T into the model folder's metadata, so inference and
 serving use it from then on. ``--ood`` sets come beside ``eval.ood``'s, ``--n-boot`` is ``eval.n_boot``. Data
 options (``data.format``, ``data.max_len_tokens``, ``data.limit``, ``data.strict``, ``data.split_seed``) come from
-the config and ``key.sub=value`` overrides.
+the config and ``key.sub=value`` overrides; texts
+are scored at the length the model was trained at (its metadata) unless ``data.max_len_tokens`` is set explicitly.
 """
 
 from __future__ import annotations
@@ -110,11 +111,13 @@ def run(args: argparse.Namespace) -> int:
         ood_paths = {**cfg.eval.ood, **ood_paths}
         if args.name in ood_paths:
             raise ValueError(f"--ood {args.name}=...: '{args.name}' is the name of --data (see --name)")
-        from raw_rm.cli.common import local_model_dir
-        from raw_rm.compression import load_for_inference
+        from raw_rm.cli.common import explicitly_set, local_model_dir
+        from raw_rm.quantization import load_for_inference
 
+        # the model's training length unless data.max_len_tokens is given (raw_rm.models.base.effective_max_len)
+        max_len = cfg.data.max_len_tokens if explicitly_set(args, "data.max_len_tokens") else None
         rm = load_for_inference(local_model_dir(args.model, tracking_uri=cfg.mlflow.tracking_uri), device=args.device,
-                                batch_size=args.batch_size, max_len_tokens=cfg.data.max_len_tokens)
+                                batch_size=args.batch_size, max_len_tokens=max_len)
         sample = {"max_pairs": args.max_pairs, "seed": args.seed}
         sets = _read_pairs(args.data, cfg, rm.tokenizer, heldout=args.heldout, **sample)
         calibration = None

@@ -1,7 +1,7 @@
 """`raw-rm quickstart`: from nothing to a served, uncertainty-aware reward model in one command (edge).
 
     raw-rm quickstart                                   # synthetic default, packaged MiniLM, local Ray + SQLite MLflow
-    raw-rm quickstart --data ../shared/data/hh-rlhf-harmless/pairs.jsonl.gz
+    raw-rm quickstart --data harmless.jsonl.gz
     raw-rm quickstart --address auto --tracking-uri http://mlflow:5000 --gpu   # the same on a cluster
 
 Stages, each timed: data -> Tune search -> ensemble of the best config (members trained side by side on Ray)
@@ -100,10 +100,13 @@ def run(args: argparse.Namespace) -> int:
     timeline.end(f"best {outcome.metric}={outcome.best.value:.4f} with {best_params}")
 
     timeline.begin(3, f"ensemble of {cfg.ensemble.members} members of the best config, trained side by side on Ray")
+    from raw_rm.tracking.ensemble import register_ensemble
     from raw_rm.train.ensemble import train_ensemble
 
     ens_cfg = apply_overrides(cfg, {**best_params, "mlflow.register": True})
     ensemble = train_ensemble(ens_cfg, parallel=True)
+    if ens_cfg.mlflow.enabled:
+        ensemble = register_ensemble(ens_cfg, ensemble)
     member_acc = [m.get("metrics", {}).get("val_accuracy") for m in ensemble.members]
     timeline.end(f"{ensemble.ensemble_dir}; member val accuracy {', '.join(f'{a:.3f}' for a in member_acc if a is not None)}")
 
@@ -202,7 +205,7 @@ def _deploy(serve_cfg: ServeConfig) -> str:
     from raw_rm.serve.client import RewardClient
     from raw_rm.serve.launch import deploy
 
-    url, _, _ = deploy(serve_cfg)
+    url = deploy(serve_cfg).url
     RewardClient(url).score([("ping", "pong")])  # the first request waits until every member is up
     return url
 

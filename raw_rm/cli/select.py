@@ -33,7 +33,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--b-field", default="response_b", help="pool field of the second response (falls back to rejected)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random strategy")
     parser.add_argument("--batch-size", type=int, default=32, help="texts per forward pass")
-    parser.add_argument("--max-len-tokens", type=int, default=None, help="token budget per text (default 512)")
+    parser.add_argument("--max-len-tokens", type=int, default=None, help="token budget per text (default: the length the model was trained at, from its metadata; else 512)")
 
 
 def read_pool(path: str, a_field: str, b_field: str) -> tuple[list[dict[str, Any]], list[tuple[str, str, str]]]:
@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         if not 1 <= args.k <= len(rows):
             raise InputError(f"--k {args.k}: expected 1 <= k <= {len(rows)} (the pool size)")
         from raw_rm.cli.common import local_model_dir
-        from raw_rm.compression import load_for_inference
+        from raw_rm.quantization import load_for_inference
 
         rm = load_for_inference(local_model_dir(args.model), batch_size=args.batch_size, max_len_tokens=args.max_len_tokens)
         picked = select_pairs(rm, items, args.k, args.strategy, seed=args.seed)

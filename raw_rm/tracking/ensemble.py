@@ -1,7 +1,8 @@
 """An ensemble in MLflow (edge): one run, a child run per member, ONE registered version.
 
-    result = train_ensemble(cfg)            # raw_rm.train.ensemble: trains, saves the ensemble folder, then
-    register_ensemble(cfg, result)          # this, when mlflow.enabled
+    result = train_ensemble(cfg)            # raw_rm.train.ensemble: trains and saves the ensemble folder
+    if cfg.mlflow.enabled:
+        result = register_ensemble(cfg, result)   # what `raw-rm ensemble` and quickstart do
 
 The ensemble folder is evaluated for the gate (``raw_rm.eval.gate``: temperature fitted on the calibration split of
 the validation prompts, saved into ``ensemble.json``), logged as artifact ``model`` and registered with alias

@@ -1,4 +1,4 @@
-"""Train an ensemble of reward models and register it as ONE model version (edge: Ray Tune; MLflow via tracking/).
+"""Train an ensemble of reward models saved as ONE model folder (edge: Ray Tune; registered by tracking/ensemble.py).
 
     result = train_ensemble(load_config(None, ["ensemble.members=3", "ensemble.bootstrap=true"]))
     result.ensemble_dir     # <train.output_dir>/ensemble: load_model / RewardModelInference / serve open it
@@ -19,7 +19,7 @@ member, so registration and serving are the same.
 How members run: with ``parallel=True`` (the default when ``ray.address`` is set or Ray is running) each member
 is one trial of a Ray Tune *function trainable* that runs the same recipe (``raw_rm.train.recipe``) with
 ``tune.cpus_per_trial`` CPUs, at most ``tune.max_concurrent`` at once. Why Tune trials and not Ray Train runs
-(STACK_NOTES, ray 2.60): Train V2 refuses ``Tuner(TorchTrainer)``, and separate ``TorchTrainer.fit()`` calls run
+(ray 2.60, docs/development.md): Train V2 refuses ``Tuner(TorchTrainer)``, and separate ``TorchTrainer.fit()`` calls run
 one after another, so K members would take K times as long even with free CPUs. A member needs no data
 parallelism at these sizes; a trial per member gets the members trained side by side with per-trial resources,
 and Tune records each member's metrics and final model as a checkpoint (copied out by the driver, so it also
@@ -31,7 +31,7 @@ on the other prompts); it is logged, kept in
 ``ensemble.json`` (``validation_comparison``), printed by ``raw-rm ensemble`` and logged to MLflow as
 ``val_cmp_*`` metrics.
 
-Registration (``cfg.mlflow.enabled``): ``raw_rm.tracking.ensemble.register_ensemble``, one MLflow run for the
+Registration (the caller's step when ``cfg.mlflow.enabled``): ``raw_rm.tracking.ensemble.register_ensemble``, one MLflow run for the
 ensemble with one child run per member, the ensemble folder evaluated for the gate and registered as ONE version
 with alias ``candidate``; ``models:/NAME@candidate`` serves it with one URI.
 """
@@ -126,7 +126,7 @@ def train_member(cfg: Config, *, records: tuple[Sequence[Any], Sequence[Any]] | 
 
 # -------------------------------------------------------------------------------------------- driver
 def train_ensemble(cfg: Config, *, parallel: bool | None = None) -> EnsembleResult:
-    """Train ``cfg.ensemble.members`` members, save them as one ensemble folder, register it (see module doc).
+    """Train ``cfg.ensemble.members`` members and save them as one ensemble folder (see module doc).
 
     Args:
         cfg: the base config (``ensemble.*`` picks the recipe; ``tune.cpus_per_trial``/``max_concurrent`` the
@@ -160,12 +160,7 @@ def train_ensemble(cfg: Config, *, parallel: bool | None = None) -> EnsembleResu
         record = json.loads((ens_dir / "ensemble.json").read_text())
     else:  # kept in ensemble.json, so that the registered folder carries it
         record = edit_ensemble_json(ens_dir, lambda r: r.update(validation_comparison=comparison))
-    result = EnsembleResult(ensemble_dir=str(ens_dir), members=record["members"], validation_comparison=comparison)
-    if cfg.mlflow.enabled:
-        from raw_rm.tracking.ensemble import register_ensemble
-
-        register_ensemble(cfg, result)
-    return result
+    return EnsembleResult(ensemble_dir=str(ens_dir), members=record["members"], validation_comparison=comparison)
 
 
 def _ray_running() -> bool:
@@ -242,7 +237,7 @@ def _train_with_tune(cfg: Config, configs: list[Config]) -> list[dict[str, Any]]
         run_config=tune.RunConfig(name=name, storage_path=str(storage), failure_config=tune.FailureConfig(max_failures=cfg.ray.max_failures)),
     )
     grid = tuner.fit()
-    if grid.num_errors:  # Tuner.fit does not raise for failed trials (STACK_NOTES)
+    if grid.num_errors:  # Tuner.fit does not raise for failed trials
         errors = [str(r.error) for r in grid if r.error is not None]
         raise RuntimeError(f"{grid.num_errors} of {len(configs)} ensemble members failed; first error:\n{errors[0]}")
     members: list[dict[str, Any] | None] = [None] * len(configs)

@@ -42,7 +42,8 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, Sc
 from ray.train.torch import TorchTrainer
 
 from raw_rm.config import Config, ConfigError, apply_overrides, config_from_dict
-from raw_rm.train.loop import FitResult, TrainResult
+from raw_rm.cpu_threads import plan_threads
+from raw_rm.train.results import FitResult, TrainResult
 from raw_rm.train.recipe import RecipeResult, run_recipe
 
 log = logging.getLogger(__name__)
@@ -163,7 +164,7 @@ def _storage_path(cfg: Config, out: Path) -> str:
 def _run_name(cfg: Config, storage: str) -> str:
     """A fresh unique name, the given one (refusing to silently reload a finished run), or the one to resume.
 
-    Reusing the name of a finished run makes Ray reload it and return the old result (STACK_NOTES), hence the checks.
+    Reusing the name of a finished run makes Ray reload it and return the old result without training, hence the checks.
     """
     name, local = cfg.ray.run_name, "://" not in storage
     if cfg.train.resume:
@@ -246,6 +247,10 @@ def _train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     cfg = replace(cfg, train=replace(cfg.train, resume=False))
     ctx = ray.train.get_context()
     rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
+    if not cfg.train.num_threads:  # Ray set OMP_NUM_THREADS to the reserved CPUs (1 for <= 1): size from what is usable
+        plan = plan_threads(cfg.ray.cpus_per_worker, ctx.get_local_world_size())
+        cfg = replace(cfg, train=replace(cfg.train, num_threads=plan.threads))  # the trainer sets torch's threads
+        log.info("rank %d: torch %s", rank, plan.reason)
     callbacks: list[Any] = [RayReportCallback(rank), *(loop_config.get("worker_callbacks") or [])]
     if rank == 0:
         callbacks += list(loop_config.get("callbacks") or [])

@@ -45,7 +45,8 @@ def test_alias_move_and_redeploy_swaps_model_without_dropping_requests(serve_htt
     assert pin_model_source(uri, mlflow_uri) == f"models:/{name}/1"
 
     port = int(serve_http.rsplit(":", 1)[1])
-    serve_cfg = ServeConfig(models=[uri], tracking_uri=mlflow_uri, port=port, member_num_cpus=0.0, member_retries=8)
+    serve_cfg = ServeConfig(models=[uri], tracking_uri=mlflow_uri, port=port, member_num_cpus=0.0, member_retries=8,
+                            precision="fp32")  # answers are compared with fp32 scores
     serve.run(build_app(serve_cfg), name="rm_swap", route_prefix="/swap")
     url = f"{serve_http}/swap"
     before = httpx.get(f"{url}/v1/models", timeout=60).json()["data"][0]

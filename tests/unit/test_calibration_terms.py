@@ -88,7 +88,7 @@ def test_terms_scale_with_their_coefficients_and_read_the_loss_probability() -> 
     bt = (F.softplus(torch.tensor(-LOG3, dtype=torch.float64)).item() + math.log(2.0)) / 2
     assert total.item() == pytest.approx(bt + 2.0 * 0.15625 + 0.5 * parts["confidence_penalty"].item())
     # contrastive models P = σ(Δ / τ): with τ = 2, Δ = 2 log 3 is P = 0.75 again.
-    cfg = LossConfig(name="contrastive", temperature=2.0, brier_coef=1.0)
+    cfg = LossConfig(name="contrastive", contrastive_tau=2.0, brier_coef=1.0)
     assert build_pair_terms(cfg)(build_loss(cfg), t(2 * LOG3), t(0.0))[1]["brier"].item() == pytest.approx(0.0625)
 
 
@@ -143,7 +143,7 @@ def test_odin_trains_the_sum_and_separates_length() -> None:
          "set them to 0"),
         (LossConfig(name="contrastive", learned_temperature=True), {},
          "loss.learned_temperature with loss.name=contrastive: both divide D by a temperature; use loss.name=bt with "
-         "a learned temperature, or contrastive with a fixed loss.temperature"),
+         "a learned temperature, or contrastive with a fixed loss.contrastive_tau"),
         (LossConfig(), {"length_head": True},
          "model.length_head=true needs loss.length_corr_coef > 0: ODIN's length loss is what makes the extra head "
          "absorb length (e.g. loss.length_corr_coef=1.0)"),

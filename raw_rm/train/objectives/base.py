@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -28,7 +29,7 @@ def record_kind(records: Sequence[Any]) -> str:
     return _KINDS[next(iter(kinds))]
 
 
-class Objective:
+class Objective(ABC):
     """What one record kind brings to the kind-agnostic loop: batches, loss, metrics, texts.
 
     The loop calls ``collate`` for every micro-batch, runs the model on ``batch["features"]``, then ``loss`` (training)
@@ -38,44 +39,45 @@ class Objective:
         cfg: the run's Config (data.max_len_tokens, loss.*, train.seed are read).
         model: the unwrapped model (its ``input_kind``, ``metadata`` and ``model_cfg`` are read).
         tokenizer: its tokenizer.
-        train_records: the training records (some objectives check them against the model or resample them).
+
+    Subclasses take the training records as well, where they check them against the model or resample them.
     """
 
     kind: ClassVar[str]
 
-    def __init__(self, cfg: Config, model: nn.Module, tokenizer: Any, train_records: Sequence[Any]) -> None:
+    def __init__(self, cfg: Config, model: nn.Module, tokenizer: Any) -> None:
         self.cfg = cfg
         self.model = model
         self.collator = self.build_collator(tokenizer, max_len_tokens=cfg.data.max_len_tokens,
                                             input_kind=model.input_kind)
 
     # -------------------------------------------------------------------------------- kind-specific
+    @abstractmethod
     def build_collator(self, tokenizer: Any, *, max_len_tokens: int, input_kind: str) -> Any:
         """The ``raw_rm.data.batching`` collator for this kind's records."""
-        raise NotImplementedError
 
+    @abstractmethod
     def loss(self, output: Any, batch: Batch, *, training: bool) -> tuple[torch.Tensor, Parts]:
         """Scalar loss of one batch and the detached tensors its metrics need (``chosen``/``rejected``, ``rewards``).
 
         ``training`` False leaves out what only training applies (bootstrap resampling of ensemble heads).
         """
-        raise NotImplementedError
 
+    @abstractmethod
     def n_items(self, batch: Batch) -> int:
         """Records (pairs, groups, rated responses) in ``batch``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def record_texts(self, record: Any) -> list[tuple[str, str]]:
         """(prompt, response) of every sequence of one record, in the collator's row order."""
-        raise NotImplementedError
 
+    @abstractmethod
     def step_metrics(self, parts: list[Parts]) -> dict[str, float]:
         """accuracy, margin_mean, reward_mean, reward_std of one optimiser step's micro-batches (nan: undefined)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def val_metrics(self, parts: list[Parts], records: Sequence[Any]) -> dict[str, float]:
         """The kind's ``val_*`` metrics over ``predict``'s parts of ``records`` (val_loss and reward stats aside)."""
-        raise NotImplementedError
 
     # ------------------------------------------------------------------------------------ shared
     def collate(self, records: Sequence[Any], indices: Sequence[int]) -> Batch:
@@ -123,7 +125,7 @@ class PreferenceObjective(Objective):
     """
 
     def __init__(self, cfg: Config, model: nn.Module, tokenizer: Any, train_records: Sequence[Any]) -> None:
-        super().__init__(cfg, model, tokenizer, train_records)
+        super().__init__(cfg, model, tokenizer)
         self.n_heads = num_heads(model)
         self.bootstrap = bootstrap_counts(model, len(train_records), cfg.train.seed)
 
@@ -141,7 +143,7 @@ class PreferenceObjective(Objective):
 
         chosen = torch.cat([p["chosen"] for p in parts]).cpu()
         rejected = torch.cat([p["rejected"] for p in parts]).cpu()
-        acc = M.preference_accuracy(chosen, rejected, n_boot=200, seed=self.cfg.train.seed)
+        acc = M.preference_accuracy(chosen, rejected, n_boot=self.cfg.eval.n_boot, seed=self.cfg.train.seed)
         temperature = float(getattr(getattr(self.model, "metadata", None), "temperature", 1.0) or 1.0)
         # P(chosen > rejected) under the stored calibration temperature; labels all 1 (metrics symmetrises).
         cal = M.calibration_error(M.pair_probabilities((chosen - rejected).numpy(), temperature))

@@ -32,7 +32,7 @@ class RatingsObjective(Objective):
                 f"none of the ratings' aspects {sorted(seen)} is one of model.aspects {self.aspects}: "
                 "set model.aspects to the aspects in the data"
             )
-        super().__init__(cfg, model, tokenizer, train_records)
+        super().__init__(cfg, model, tokenizer)
 
     def build_collator(self, tokenizer: Any, *, max_len_tokens: int, input_kind: str) -> Any:
         from raw_rm.data.batching import RatingCollator
@@ -40,6 +40,7 @@ class RatingsObjective(Objective):
         return RatingCollator(tokenizer, aspects=self.aspects, max_len_tokens=max_len_tokens, input_kind=input_kind)
 
     def loss(self, output: Any, batch: Batch, *, training: bool) -> tuple[torch.Tensor, Parts]:
+        """The same loss in training and validation: none of its terms is training-only."""
         if output.aspects is None:
             raise ConfigError("data.kind=ratings needs a model with per-aspect heads (model.arch=multi_objective)")
         target = batch["ratings"].to(output.aspects.device, dtype=torch.float32)  # (N, A)
