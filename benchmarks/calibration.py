@@ -123,12 +123,23 @@ def train_and_score(args: argparse.Namespace, method: str) -> None:
     harmless, train, sets = split_data(args)
     out = Path(args.out).resolve()
     work = out / "work" / method
-    cfg = load_config(None, [
-        f"data.train_path={harmless}", f"data.max_len_tokens={args.max_len_tokens}", "data.split_seed=raw_rm",
-        f"train.num_threads={args.threads}", f"train.precision={args.precision}", "train.progress=false",
-        f"train.epochs={args.epochs}", f"train.seed={args.seed}", "mlflow.enabled=false",
-        f"model.backbone={args.backbone}", "model.arch=concat", f"train.output_dir={work}",
-    ])
+    cfg = load_config(
+        None,
+        [
+            f"data.train_path={harmless}",
+            f"data.max_len_tokens={args.max_len_tokens}",
+            "data.split_seed=raw_rm",
+            f"train.num_threads={args.threads}",
+            f"train.precision={args.precision}",
+            "train.progress=false",
+            f"train.epochs={args.epochs}",
+            f"train.seed={args.seed}",
+            "mlflow.enabled=false",
+            f"model.backbone={args.backbone}",
+            "model.arch=concat",
+            f"train.output_dir={work}",
+        ],
+    )
     cfg = apply_overrides(cfg, METHODS[method])
     t0 = time.perf_counter()
     result = train_local(cfg, records=(train, sets["calib"]))
@@ -138,15 +149,29 @@ def train_and_score(args: argparse.Namespace, method: str) -> None:
     scores = rm.batch_predict(prompts, responses)
     model, tokenizer = load_model(result.model_dir)
     lengths = [len(ids) for ids in tokenizer(responses, add_special_tokens=False)["input_ids"]]
-    info = {"method": method, "overrides": METHODS[method], "train_s": t1 - t0, "score_s": time.perf_counter() - t1,
-            "temperature": model.metadata.temperature, "n": {k: len(v) for k, v in sets.items()},
-            "n_train": len(train), "pairs_per_s": result.metrics.get("pairs_per_s"),
-            "machine": machine_facts(precision=args.precision)}
+    info = {
+        "method": method,
+        "overrides": METHODS[method],
+        "train_s": t1 - t0,
+        "score_s": time.perf_counter() - t1,
+        "temperature": model.metadata.temperature,
+        "n": {k: len(v) for k, v in sets.items()},
+        "n_train": len(train),
+        "pairs_per_s": result.metrics.get("pairs_per_s"),
+        "machine": machine_facts(precision=args.precision),
+    }
     out.mkdir(parents=True, exist_ok=True)
-    np.savez(out / f"scores_{method}.npz", scores=np.asarray(scores, dtype=np.float64),
-             lengths=np.asarray(lengths, dtype=np.int64), info=json.dumps(info))
-    print(f"[{method}] trained {t1 - t0:.0f}s, scored {info['score_s']:.0f}s, T={model.metadata.temperature:.3f}, "
-          f"val_accuracy {result.metrics.get('val_accuracy', float('nan')):.3f}", flush=True)
+    np.savez(
+        out / f"scores_{method}.npz",
+        scores=np.asarray(scores, dtype=np.float64),
+        lengths=np.asarray(lengths, dtype=np.int64),
+        info=json.dumps(info),
+    )
+    print(
+        f"[{method}] trained {t1 - t0:.0f}s, scored {info['score_s']:.0f}s, T={model.metadata.temperature:.3f}, "
+        f"val_accuracy {result.metrics.get('val_accuracy', float('nan')):.3f}",
+        flush=True,
+    )
     shutil.rmtree(work, ignore_errors=True)
 
 
@@ -173,12 +198,18 @@ def frozen_features(args: argparse.Namespace, train: list, sets: dict) -> dict[s
     dtype = torch.bfloat16 if args.precision in ("auto", "bf16") and cpu_supports_bf16() else torch.float32
     with torch.no_grad(), torch.autocast("cpu", dtype=dtype, enabled=dtype == torch.bfloat16):
         for start in range(0, len(order), 64):
-            idx = order[start:start + 64]
-            enc = encode(tokenizer, [prompts[i] for i in idx], [responses[i] for i in idx],
-                         max_len_tokens=args.max_len_tokens, input_kind="concat")
+            idx = order[start : start + 64]
+            enc = encode(
+                tokenizer,
+                [prompts[i] for i in idx],
+                [responses[i] for i in idx],
+                max_len_tokens=args.max_len_tokens,
+                input_kind="concat",
+            )
             f = enc.features
-            _, pooled = pooled_hidden(model.trunk, f["input_ids"], f["attention_mask"], f.get("token_type_ids"),
-                                      decoder=False, pooling="mean")
+            _, pooled = pooled_hidden(
+                model.trunk, f["input_ids"], f["attention_mask"], f.get("token_type_ids"), decoder=False, pooling="mean"
+            )
             feats[idx] = pooled.float().numpy()
     lengths = np.array([len(ids) for ids in tokenizer(responses, add_special_tokens=False)["input_ids"]])
     cache.parent.mkdir(parents=True, exist_ok=True)
@@ -212,8 +243,11 @@ def train_frozen(args: argparse.Namespace, method: str) -> None:
     if terms.temperature is not None:
         groups.append({"params": [terms.temperature.log_t], "lr": cfg.loss.temperature_lr, "weight_decay": 0.0})
     opt = torch.optim.AdamW(groups)
-    heldout = torch.tensor([prompt_bucket(p.prompt, "raw_rm-calibration") < cfg.loss.calibration_fraction
-                            for p in train]) if terms.temperature is not None else None
+    heldout = (
+        torch.tensor([prompt_bucket(p.prompt, "raw_rm-calibration") < cfg.loss.calibration_fraction for p in train])
+        if terms.temperature is not None
+        else None
+    )
     xt, lt = x[: 2 * n], lengths[: 2 * n]
     t0 = time.perf_counter()
     for _ in range(args.frozen_steps):
@@ -222,20 +256,26 @@ def train_frozen(args: argparse.Namespace, method: str) -> None:
         ortho = None
         if length_head is not None and cfg.loss.orthogonal_coef > 0:
             ortho = torch.nn.functional.cosine_similarity(head.weight[0], length_head.weight[0], dim=0).abs()
-        loss, _ = terms(loss_fn, r[:n], r[n:], lengths=lt, length_rewards=lr_, heldout=heldout,
-                        orthogonality=ortho)
+        loss, _ = terms(loss_fn, r[:n], r[n:], lengths=lt, length_rewards=lr_, heldout=heldout, orthogonality=ortho)
         opt.zero_grad()
         loss.backward()
         opt.step()
     with torch.no_grad():
-        scores = head(x[2 * n:])[:, 0].double().numpy()
+        scores = head(x[2 * n :])[:, 0].double().numpy()
     temperature = terms.temperature.value() if terms.temperature is not None else 1.0
     out = Path(args.out).resolve()
-    info = {"method": method, "overrides": METHODS[method], "train_s": time.perf_counter() - t0, "score_s": 0.0,
-            "temperature": temperature, "n": {k: len(v) for k, v in sets.items()}, "n_train": n,
-            "mode": f"frozen {args.backbone} features, linear heads, {args.frozen_steps} full-batch steps",
-            "machine": machine_facts(precision=args.precision)}
-    np.savez(out / f"scores_{method}.npz", scores=scores, lengths=data["lengths"][2 * n:], info=json.dumps(info))
+    info = {
+        "method": method,
+        "overrides": METHODS[method],
+        "train_s": time.perf_counter() - t0,
+        "score_s": 0.0,
+        "temperature": temperature,
+        "n": {k: len(v) for k, v in sets.items()},
+        "n_train": n,
+        "mode": f"frozen {args.backbone} features, linear heads, {args.frozen_steps} full-batch steps",
+        "machine": machine_facts(precision=args.precision),
+    }
+    np.savez(out / f"scores_{method}.npz", scores=scores, lengths=data["lengths"][2 * n :], info=json.dumps(info))
     print(f"[{method}] frozen heads: {info['train_s']:.1f}s, T={temperature:.3f}", flush=True)
 
 
@@ -248,15 +288,16 @@ def unpack(path: Path) -> tuple[dict, dict]:
         n = info["n"][name]
         block = {}
         for j, key in enumerate(("chosen", "rejected", "probed")):
-            block[key] = data["scores"][start + j * n: start + (j + 1) * n]
-            block["len_" + key] = data["lengths"][start + j * n: start + (j + 1) * n]
+            block[key] = data["scores"][start + j * n : start + (j + 1) * n]
+            block["len_" + key] = data["lengths"][start + j * n : start + (j + 1) * n]
         out[name] = block
         start += 3 * n
     return out, info
 
 
-def paired_nll_diff(delta_a: np.ndarray, t_a: float, delta_b: np.ndarray, t_b: float, *, n_boot: int = 2000,
-                    seed: int = 0) -> tuple[float, float, float]:
+def paired_nll_diff(
+    delta_a: np.ndarray, t_a: float, delta_b: np.ndarray, t_b: float, *, n_boot: int = 2000, seed: int = 0
+) -> tuple[float, float, float]:
     """Mean per-pair NLL of a minus b on the same pairs, with a 95% paired bootstrap interval."""
     from scipy.special import log_expit
 
@@ -298,20 +339,27 @@ def analyse(folder: Path) -> None:
                 cal = M.calibration_error(probs)
                 floor = M.ece_noise_floor(probs)
                 diff = paired_nll_diff(delta, t, base_delta, base_t)
-                print(f"| {method} ({label}) | {t:.3f} | {acc['accuracy']:.3f} [{acc['ci_low']:.3f}, "
-                      f"{acc['ci_high']:.3f}] | {cal['nll']:.4f} | {cal['ece']:.4f} ({floor['mean']:.4f}) | "
-                      f"{cal['brier']:.4f} | {diff[0]:+.4f} [{diff[1]:+.4f}, {diff[2]:+.4f}] |")
+                print(
+                    f"| {method} ({label}) | {t:.3f} | {acc['accuracy']:.3f} [{acc['ci_low']:.3f}, "
+                    f"{acc['ci_high']:.3f}] | {cal['nll']:.4f} | {cal['ece']:.4f} ({floor['mean']:.4f}) | "
+                    f"{cal['brier']:.4f} | {diff[0]:+.4f} [{diff[1]:+.4f}, {diff[2]:+.4f}] |"
+                )
         print(f"\n## {set_name}: length bias")
-        print("| method | corr(reward, tokens) | acc. length-matched pairs (n) [95% CI] | "
-              "verbosity probe: acc. change [95% CI] |")
+        print(
+            "| method | corr(reward, tokens) | acc. length-matched pairs (n) [95% CI] | "
+            "verbosity probe: acc. change [95% CI] |"
+        )
         print("|---|---|---|---|")
         for method, (sets, _) in runs.items():
             s = sets[set_name]
-            lb = M.length_bias(s["chosen"], s["rejected"], s["len_chosen"], s["len_rejected"],
-                               probed_rejected=s["probed"])
-            print(f"| {method} | {lb['reward_length_spearman']:+.3f} | {lb['matched_accuracy']:.3f} "
-                  f"({lb['matched_n']}) [{lb['matched_ci_low']:.3f}, {lb['matched_ci_high']:.3f}] | "
-                  f"{lb['verbosity_change']:+.3f} [{lb['verbosity_ci_low']:+.3f}, {lb['verbosity_ci_high']:+.3f}] |")
+            lb = M.length_bias(
+                s["chosen"], s["rejected"], s["len_chosen"], s["len_rejected"], probed_rejected=s["probed"]
+            )
+            print(
+                f"| {method} | {lb['reward_length_spearman']:+.3f} | {lb['matched_accuracy']:.3f} "
+                f"({lb['matched_n']}) [{lb['matched_ci_low']:.3f}, {lb['matched_ci_high']:.3f}] | "
+                f"{lb['verbosity_change']:+.3f} [{lb['verbosity_ci_low']:+.3f}, {lb['verbosity_ci_high']:+.3f}] |"
+            )
     print("\ntraining time: " + ", ".join(f"{m} {info['train_s']:.0f}s" for m, (_, info) in runs.items()))
 
 

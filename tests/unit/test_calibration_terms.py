@@ -31,7 +31,9 @@ def t(*values: float) -> torch.Tensor:
 
 def test_terms_are_registered_with_their_coefficients() -> None:
     assert {name: spec.coef for name, spec in TERMS.items()} == {
-        "brier": "brier_coef", "confidence_penalty": "confidence_penalty_coef", "soft_ece": "soft_ece_coef",
+        "brier": "brier_coef",
+        "confidence_penalty": "confidence_penalty_coef",
+        "soft_ece": "soft_ece_coef",
         "length_corr": "length_corr_coef",
     }
 
@@ -126,8 +128,9 @@ def test_odin_trains_the_sum_and_separates_length() -> None:
     terms = build_pair_terms(cfg, length_head=True)
     chosen, rejected = t(1.0), t(0.0)
     length_rewards, lengths = t(0.5, -0.5), t(10.0, 5.0)
-    loss, parts = terms(build_loss(cfg), chosen, rejected, lengths=lengths,
-                                       length_rewards=length_rewards, orthogonality=t(0.2)[0])
+    loss, parts = terms(
+        build_loss(cfg), chosen, rejected, lengths=lengths, length_rewards=length_rewards, orthogonality=t(0.2)[0]
+    )
     # BT on (1 + 0.5) - (0 - 0.5) = 2; length loss |ρ(r_q, L)| - ρ(r_l, L) = 1 - 1 = 0; 0.5 * 0.2 orthogonality.
     assert loss.item() == pytest.approx(F.softplus(torch.tensor(-2.0, dtype=torch.float64)).item() + 0.1, abs=1e-6)
     assert parts["length_corr"].item() == pytest.approx(0.0, abs=1e-6)
@@ -137,27 +140,48 @@ def test_odin_trains_the_sum_and_separates_length() -> None:
 @pytest.mark.parametrize(
     ("cfg", "kwargs", "message"),
     [
-        (LossConfig(name="triplet", brier_coef=1.0, learned_temperature=True), {},
-         'loss.brier_coef, loss.learned_temperature: the loss "triplet" (max(0, margin - D)) models no probability '
-         "P(chosen > rejected) to calibrate; use one that does (bt, margin, contrastive, focal, label_smoothing) or "
-         "set them to 0"),
-        (LossConfig(name="contrastive", learned_temperature=True), {},
-         "loss.learned_temperature with loss.name=contrastive: both divide D by a temperature; use loss.name=bt with "
-         "a learned temperature, or contrastive with a fixed loss.contrastive_tau"),
-        (LossConfig(), {"length_head": True},
-         "model.length_head=true needs loss.length_corr_coef > 0: ODIN's length loss is what makes the extra head "
-         "absorb length (e.g. loss.length_corr_coef=1.0)"),
-        (LossConfig(orthogonal_coef=1.0), {},
-         "loss.orthogonal_coef > 0 needs model.length_head=true (it keeps the two heads apart)"),
-        (LossConfig(soft_ece_coef=1.0), {"data_kind": "groups"},
-         "loss.soft_ece_coef: calibration and length terms train on preference pairs (chosen and rejected "
-         "responses), but data.kind=groups; use data.kind=pairs or switch them off"),
-        (LossConfig(length_corr_coef=1.0), {"length_head": True, "data_kind": "ratings"},
-         "loss.length_corr_coef, model.length_head: calibration and length terms train on preference pairs (chosen "
-         "and rejected responses), but data.kind=ratings; use data.kind=pairs or switch them off"),
-        (LossConfig(name="plackett_luce", brier_coef=1.0), {},
-         'loss.brier_coef: calibration and length terms apply to pairs, not to the group loss "plackett_luce"; use '
-         "a pairwise loss (bt, margin, contrastive, focal, triplet, label_smoothing) or set them to 0"),
+        (
+            LossConfig(name="triplet", brier_coef=1.0, learned_temperature=True),
+            {},
+            'loss.brier_coef, loss.learned_temperature: the loss "triplet" (max(0, margin - D)) models no probability '
+            "P(chosen > rejected) to calibrate; use one that does (bt, margin, contrastive, focal, label_smoothing) or "
+            "set them to 0",
+        ),
+        (
+            LossConfig(name="contrastive", learned_temperature=True),
+            {},
+            "loss.learned_temperature with loss.name=contrastive: both divide D by a temperature; use loss.name=bt with "
+            "a learned temperature, or contrastive with a fixed loss.contrastive_tau",
+        ),
+        (
+            LossConfig(),
+            {"length_head": True},
+            "model.length_head=true needs loss.length_corr_coef > 0: ODIN's length loss is what makes the extra head "
+            "absorb length (e.g. loss.length_corr_coef=1.0)",
+        ),
+        (
+            LossConfig(orthogonal_coef=1.0),
+            {},
+            "loss.orthogonal_coef > 0 needs model.length_head=true (it keeps the two heads apart)",
+        ),
+        (
+            LossConfig(soft_ece_coef=1.0),
+            {"data_kind": "groups"},
+            "loss.soft_ece_coef: calibration and length terms train on preference pairs (chosen and rejected "
+            "responses), but data.kind=groups; use data.kind=pairs or switch them off",
+        ),
+        (
+            LossConfig(length_corr_coef=1.0),
+            {"length_head": True, "data_kind": "ratings"},
+            "loss.length_corr_coef, model.length_head: calibration and length terms train on preference pairs (chosen "
+            "and rejected responses), but data.kind=ratings; use data.kind=pairs or switch them off",
+        ),
+        (
+            LossConfig(name="plackett_luce", brier_coef=1.0),
+            {},
+            'loss.brier_coef: calibration and length terms apply to pairs, not to the group loss "plackett_luce"; use '
+            "a pairwise loss (bt, margin, contrastive, focal, triplet, label_smoothing) or set them to 0",
+        ),
     ],
 )
 def test_impossible_combinations_are_refused(cfg: LossConfig, kwargs: dict, message: str) -> None:
@@ -178,6 +202,8 @@ def test_config_checks_and_dict_spec() -> None:
     with pytest.raises(ConfigError, match='unknown parameter "brier_coef" for loss kwise_adjacent'):
         losses_from_dict({"name": "kwise_adjacent", "brier_coef": 0.5})
     text = describe_loss(LossConfig(brier_coef=0.5, learned_temperature=True))
-    assert text == ("bt(): -log sigmoid(D), D = r_chosen - r_rejected - pair margin + 0.5*brier(mean (1 - P)^2); "
-                    "D divided by a temperature learned on 10% of the prompts held out; examples weighted by data "
-                    "weights where given")
+    assert text == (
+        "bt(): -log sigmoid(D), D = r_chosen - r_rejected - pair margin + 0.5*brier(mean (1 - P)^2); "
+        "D divided by a temperature learned on 10% of the prompts held out; examples weighted by data "
+        "weights where given"
+    )

@@ -116,19 +116,44 @@ def test_trainer_learns_temperature_and_odin_and_refuses_terms_on_multihead(tmp_
     from raw_rm.config import ConfigError
     from raw_rm.train.local import train_local
 
-    base = ["model.backbone=tiny-bert", "data.synthetic.n_prompts=60", "train.progress=false", "train.batch_size=8",
-            "data.max_len_tokens=48"]
-    cfg = load_config(None, [*base, f"train.output_dir={tmp_path / 'a'}", "loss.learned_temperature=true",
-                             "loss.temperature_lr=0.5", "loss.calibration_fraction=0.3"])
+    base = [
+        "model.backbone=tiny-bert",
+        "data.synthetic.n_prompts=60",
+        "train.progress=false",
+        "train.batch_size=8",
+        "data.max_len_tokens=48",
+    ]
+    cfg = load_config(
+        None,
+        [
+            *base,
+            f"train.output_dir={tmp_path / 'a'}",
+            "loss.learned_temperature=true",
+            "loss.temperature_lr=0.5",
+            "loss.calibration_fraction=0.3",
+        ],
+    )
     result = train_local(cfg)
     saved = load_model(result.model_dir)[0].metadata.temperature
     assert saved != 1.0  # T moved (lr 0.5) and was stored as the model's temperature
-    cfg = load_config(None, [*base, f"train.output_dir={tmp_path / 'b'}", "model.length_head=true",
-                             "loss.length_corr_coef=1.0", "loss.orthogonal_coef=0.1"])
+    cfg = load_config(
+        None,
+        [
+            *base,
+            f"train.output_dir={tmp_path / 'b'}",
+            "model.length_head=true",
+            "loss.length_corr_coef=1.0",
+            "loss.orthogonal_coef=0.1",
+        ],
+    )
     loaded = load_model(train_local(cfg).model_dir)[0]
     assert loaded.length_head is None and loaded.model_cfg.length_head is False
-    cfg = load_config(None, [*base, f"train.output_dir={tmp_path / 'c'}", "model.arch=multihead",
-                             "loss.brier_coef=1.0"])
-    with pytest.raises(ConfigError, match=r"model.arch=multihead trains 5 heads each on its own loss: use "
-                                          r"model.arch=concat"):
+    cfg = load_config(
+        None, [*base, f"train.output_dir={tmp_path / 'c'}", "model.arch=multihead", "loss.brier_coef=1.0"]
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"model.arch=multihead trains 5 heads each on its own loss: use "
+        r"model.arch=concat",
+    ):
         train_local(cfg)

@@ -115,7 +115,8 @@ class Objective(ABC):
 
     def finish(self, model: nn.Module) -> None:
         """Called once when training ends, before reward statistics are stored: write what the objective learned
-        into the model (e.g. ``metadata.temperature``)."""
+        into the model (e.g. ``metadata.temperature``). Most objectives learn nothing beside the model's weights."""
+        return None
 
 
 class PreferenceObjective(Objective):

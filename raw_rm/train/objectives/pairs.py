@@ -9,7 +9,6 @@ others train its combined reward.
 from __future__ import annotations
 
 import logging
-
 from collections.abc import Sequence
 from typing import Any
 
