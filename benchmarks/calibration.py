@@ -183,7 +183,7 @@ def frozen_features(args: argparse.Namespace, train: list, sets: dict) -> dict[s
     from raw_rm.data.batching import encode
     from raw_rm.models import build_model
     from raw_rm.models.backbones import pooled_hidden
-    from raw_rm.train.loop import cpu_supports_bf16
+    from raw_rm.runtime import cpu_supports_bf16
 
     cache = Path(args.out) / "features.npz"
     if cache.exists():
