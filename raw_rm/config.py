@@ -90,6 +90,7 @@ class ModelConfig:
     fusion: Literal["concat", "product", "difference"] = "concat"  # separate encoder: how prompt/response fuse
     shared_encoder: bool = True  # separate encoder: one set of weights for prompt and response
     cross_attention_layers: int = 1  # cross_attention: layers of response->prompt attention
+    length_head: bool = False  # ODIN (Chen et al. 2024): a second head trained to absorb response length (loss.length_corr_coef), dropped when saved; arch=concat
     init_from: str | None = None  # a saved raw_rm model directory to start from (fine-tuning, distillation)
 
     def __post_init__(self) -> None:
@@ -102,6 +103,8 @@ class ModelConfig:
             raise ConfigError(f"model.num_heads: expected >= 1, got {self.num_heads}")
         if self.train_layers is not None and self.train_layers < 0:
             raise ConfigError(f"model.train_layers: expected >= 0 or null, got {self.train_layers}")
+        if self.length_head and self.arch != "concat":
+            raise ConfigError(f"model.length_head: implemented for arch=concat only, got arch={self.arch}")
 
 
 @dataclass
@@ -116,12 +119,33 @@ class LossConfig:
     param_l2_coef: float = 0.0  # L2 penalty on trainable parameters (beyond AdamW weight decay)
     use_weights: bool = True  # weight each example by its annotator agreement / weight field when present
     uncertainty_weighting: bool = False  # down-weight pairs on which the ensemble heads disagree
+    brier_coef: float = 0.0  # calibration term (pairs): coef * mean (1 - P)^2, P = the loss's P(chosen > rejected)
+    soft_ece_coef: float = 0.0  # calibration term (pairs): coef * soft-binned, differentiable ECE of P over the batch
+    soft_ece_bins: int = 10  # soft ECE: bins on [0, 1]
+    soft_ece_softness: float = 0.01  # soft ECE: temperature of the soft bin assignment (smaller = closer to hard bins)
+    confidence_penalty_coef: float = 0.0  # calibration term (pairs): -coef * entropy of P (penalises overconfidence)
+    learned_temperature: bool = False  # calibration (pairs): learn T on a held-out slice during training, loss on D / T, T stored in the model
+    calibration_fraction: float = 0.1  # learned_temperature: share of training prompts (by hash) held out to fit T
+    temperature_lr: float = 0.02  # learned_temperature: learning rate of log T (its own AdamW group, no weight decay)
+    length_corr_coef: float = 0.0  # length bias (pairs): coef * |pearson(reward, response tokens)| in the batch; with model.length_head ODIN's length loss
+    orthogonal_coef: float = 0.0  # model.length_head: coef * |cos(reward head weights, length head weights)| (ODIN)
 
     def __post_init__(self) -> None:
         if self.contrastive_tau <= 0:
             raise ConfigError(f"loss.contrastive_tau: expected > 0, got {self.contrastive_tau}")
         if not 0.0 <= self.epsilon < 0.5:
             raise ConfigError(f"loss.epsilon: expected 0 <= value < 0.5, got {self.epsilon}")
+        for name in ("brier_coef", "soft_ece_coef", "confidence_penalty_coef", "length_corr_coef", "orthogonal_coef"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"loss.{name}: expected >= 0, got {getattr(self, name)}")
+        if self.soft_ece_bins < 2:
+            raise ConfigError(f"loss.soft_ece_bins: expected >= 2, got {self.soft_ece_bins}")
+        if self.soft_ece_softness <= 0:
+            raise ConfigError(f"loss.soft_ece_softness: expected > 0, got {self.soft_ece_softness}")
+        if not 0.0 < self.calibration_fraction < 1.0:
+            raise ConfigError(f"loss.calibration_fraction: expected 0 < value < 1, got {self.calibration_fraction}")
+        if self.temperature_lr <= 0:
+            raise ConfigError(f"loss.temperature_lr: expected > 0, got {self.temperature_lr}")
 
 
 @dataclass

@@ -52,7 +52,7 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from raw_rm.config import ConfigError, LossConfig, config_from_dict
 from raw_rm.uncertainty import pair_disagreement
@@ -69,23 +69,42 @@ class LossSpec:
     fn: Callable[..., Any]
     params: tuple[str, ...]
     formula: str
+    # The logit of P(chosen > rejected) that the loss fits, from (delta, params); None for a loss that is not a
+    # likelihood (triplet's hinge), which calibration terms and a learned temperature cannot apply to.
+    logit: Callable[..., Tensor] | None = None
 
 
 LOSSES: dict[str, LossSpec] = {}
 _CONFIG_FIELDS = {f.name for f in fields(LossConfig)}
 # LossConfig fields that every loss accepts (they are not parameters of one loss).
 SHARED_KEYS = ("regularisers", "use_weights", "uncertainty_weighting")
+# LossConfig fields of the calibration and length terms (module doc); pairwise losses take them, checked by
+# build_pair_terms.
+TERM_KEYS = (
+    "brier_coef", "soft_ece_coef", "soft_ece_bins", "soft_ece_softness", "confidence_penalty_coef",
+    "learned_temperature", "calibration_fraction", "temperature_lr", "length_corr_coef", "orthogonal_coef",
+)
 REGULARISERS = {"center": "center_coef", "reward_l2": "reward_l2_coef", "param_l2": "param_l2_coef"}
 
 
+def _plain_logit(delta: Tensor, **_: float) -> Tensor:
+    return delta
+
+
 def register_loss(
-    name: str, *, kind: LossKind = "pair", params: tuple[str, ...] = (), formula: str
+    name: str,
+    *,
+    kind: LossKind = "pair",
+    params: tuple[str, ...] = (),
+    formula: str,
+    logit: Callable[..., Tensor] | None = _plain_logit,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register a loss under ``name``.
 
     A pairwise loss is ``fn(delta (B,), **params) -> (B,)`` per-pair losses; a group loss is
     ``fn(rewards (G,K), ranks (G,K), mask (G,K)) -> (loss (G,), has_pair (G,) bool)``. ``params`` name
-    LossConfig fields, read by :func:`build_loss` and checked by :func:`losses_from_dict`.
+    LossConfig fields, read by :func:`build_loss` and checked by :func:`losses_from_dict`. ``logit(delta,
+    **params)`` is the logit of the probability the loss models (Δ for most; None where there is none).
     """
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -94,7 +113,7 @@ def register_loss(
         unknown = [p for p in params if p not in _CONFIG_FIELDS]
         if unknown:
             raise ValueError(f'loss "{name}": parameters {unknown} are not LossConfig fields; add them there first')
-        LOSSES[name] = LossSpec(name=name, kind=kind, fn=fn, params=params, formula=formula)
+        LOSSES[name] = LossSpec(name=name, kind=kind, fn=fn, params=params, formula=formula, logit=logit)
         return fn
 
     return decorate
@@ -112,7 +131,10 @@ def margin_loss(delta: Tensor, *, margin: float) -> Tensor:
     return F.softplus(margin - delta)
 
 
-@register_loss("contrastive", params=("contrastive_tau",), formula="-log sigmoid(D / tau)")
+@register_loss(
+    "contrastive", params=("contrastive_tau",), formula="-log sigmoid(D / tau)",
+    logit=lambda delta, *, contrastive_tau: delta / contrastive_tau,
+)
 def contrastive_loss(delta: Tensor, *, contrastive_tau: float) -> Tensor:
     return F.softplus(-delta / contrastive_tau)
 
@@ -123,7 +145,7 @@ def focal_loss(delta: Tensor, *, gamma: float) -> Tensor:
     return torch.exp(gamma * F.logsigmoid(-delta)) * F.softplus(-delta)
 
 
-@register_loss("triplet", params=("margin",), formula="max(0, margin - D)")
+@register_loss("triplet", params=("margin",), formula="max(0, margin - D)", logit=None)
 def triplet_loss(delta: Tensor, *, margin: float) -> Tensor:
     return F.relu(margin - delta)
 
@@ -356,7 +378,7 @@ def losses_from_dict(spec: dict[str, Any], base: LossConfig | None = None) -> Lo
             continue
         if key == "regularisers":
             values.update(_regulariser_coefs(value))
-        elif key in loss.params or key in SHARED_KEYS:
+        elif key in loss.params or key in SHARED_KEYS or (key in TERM_KEYS and loss.kind == "pair"):
             values[key] = value
         else:
             close = difflib.get_close_matches(str(key), list(loss.params) + list(SHARED_KEYS), n=1)
@@ -365,6 +387,7 @@ def losses_from_dict(spec: dict[str, Any], base: LossConfig | None = None) -> Lo
             raise ConfigError(
                 f'unknown parameter "{key}" for loss {loss.name}{hint}; valid: {valid}; '
                 f"every loss also takes: {', '.join(SHARED_KEYS)}"
+                + (f"; pairwise losses also take: {', '.join(TERM_KEYS)}" if loss.kind == "pair" else "")
             )
     values["name"] = loss.name
     # Through the one config loader: type checks and LossConfig's own range checks apply.
@@ -398,8 +421,11 @@ def describe_loss(cfg: LossConfig) -> str:
         ("mean(r^2)", cfg.reward_l2_coef),
         ("sum(param^2)", cfg.param_l2_coef),
     ) if coef]
+    extras += [f"{getattr(cfg, t.coef):g}*{t.name}({t.formula})" for t in TERMS.values() if getattr(cfg, t.coef)]
     if extras:
         text += " + " + " + ".join(extras)
+    if cfg.learned_temperature:
+        text += f"; D divided by a temperature learned on {cfg.calibration_fraction:.0%} of the prompts held out"
     sources = (("data weights where given", cfg.use_weights), ("ensemble agreement", cfg.uncertainty_weighting))
     weighting = [w for w, on in sources if on]
     if weighting:
@@ -466,3 +492,288 @@ def example_weights(
         u = uncertainty_weights(members_chosen, members_rejected)
         out = u if out is None else out.to(u.dtype) * u
     return out
+
+
+# ------------------------------------------------------------------------ calibration and length terms
+# Terms added to a pairwise loss, each switched on by its LossConfig coefficient (0 = off). Calibration terms
+# act on P = σ(logit(Δ)), the probability the pair loss itself models (σ(Δ / contrastive_tau) for contrastive), and
+# are computed on the symmetrised pair (P, label 1) and (1 − P, label 0) where a set-level statistic needs
+# both labels (soft ECE). Length terms act on every row's reward and its response length in tokens.
+#
+#     name                 value added to the loss                                    LossConfig coefficient
+#     brier                coef · mean (1 − P)²                                       brier_coef
+#     soft_ece             coef · Σ_j (n_j / N) |acc_j − conf_j|, soft bins           soft_ece_coef
+#     confidence_penalty   −coef · mean H(P), H(P) = −P log P − (1 − P) log(1 − P)    confidence_penalty_coef
+#     length_corr          coef · |ρ(r, length)| over the batch's 2B rows             length_corr_coef
+#
+# With a length head (ODIN, Chen et al. 2024: model.length_head) ``length_corr`` becomes ODIN's length loss
+# coef · (|ρ(r_quality, length)| − ρ(r_length, length)) and ``orthogonal_coef`` adds coef · |cos(w_q, w_l)| of
+# the two heads' weights. The learned temperature (``learned_temperature``) is stateful: see
+# :class:`LearnedTemperature`.
+@dataclass(frozen=True)
+class TermSpec:
+    """A registered loss term: ``fn(...) -> scalar``, switched on by the LossConfig field ``coef``."""
+
+    name: str
+    coef: str
+    fn: Callable[..., Tensor]
+    formula: str
+    needs_probability: bool  # needs the pair loss's P(chosen > rejected) (not defined for triplet)
+
+
+TERMS: dict[str, TermSpec] = {}
+
+
+def register_term(
+    name: str, *, coef: str, formula: str, needs_probability: bool
+) -> Callable[[Callable[..., Tensor]], Callable[..., Tensor]]:
+    """Register a loss term under ``name``, weighted by the LossConfig field ``coef``."""
+
+    def decorate(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+        if name in TERMS:
+            raise ValueError(f'loss term "{name}" is already registered')
+        if coef not in _CONFIG_FIELDS:
+            raise ValueError(f'loss term "{name}": coefficient {coef!r} is not a LossConfig field; add it there first')
+        TERMS[name] = TermSpec(name=name, coef=coef, fn=fn, formula=formula, needs_probability=needs_probability)
+        return fn
+
+    return decorate
+
+
+@register_term("brier", coef="brier_coef", formula="mean (1 - P)^2", needs_probability=True)
+def brier_term(logit: Tensor, weight: Tensor | None = None) -> Tensor:
+    """Brier score of P = σ(logit) against the label "chosen wins": weighted mean of (1 − P)² = σ(−logit)²."""
+    return weighted_mean(torch.sigmoid(-logit).pow(2), weight)
+
+
+@register_term(
+    "confidence_penalty", coef="confidence_penalty_coef", formula="-mean H(P)", needs_probability=True
+)
+def confidence_penalty_term(logit: Tensor, weight: Tensor | None = None) -> Tensor:
+    """Minus the mean binary entropy of P = σ(logit) (Pereyra et al. 2017): lower for less confident P.
+
+    H(σ(x)) = softplus(x) − x·σ(x), finite for any x (a saturated P gives H = 0, not NaN).
+    """
+    entropy = F.softplus(logit) - logit * torch.sigmoid(logit)
+    return -weighted_mean(entropy, weight)
+
+
+@register_term("soft_ece", coef="soft_ece_coef", formula="soft-binned ECE of P", needs_probability=True)
+def soft_ece_term(
+    logit: Tensor, weight: Tensor | None = None, *, n_bins: int = 10, softness: float = 0.01
+) -> Tensor:
+    """Soft-binned expected calibration error (Karandikar et al. 2021), differentiable in the rewards.
+
+    Each probability belongs to bin j (centre c_j = (j + ½)/M) with weight u_j ∝ exp(−(p − c_j)² / softness),
+    normalised over bins; with n_j = Σ u_j, conf_j = Σ u_j p / n_j, acc_j = Σ u_j y / n_j, the term is
+    Σ_j (n_j / N) |acc_j − conf_j|. Pairs give the symmetrised set {(P, 1), (1 − P, 0)}, so a pair at P = ½
+    is perfectly calibrated and a confident wrong pair is not. As softness → 0 this is the usual binned ECE.
+    """
+    p = torch.sigmoid(logit)
+    probs = torch.cat([p, 1.0 - p])  # (2B,)
+    labels = torch.cat([torch.ones_like(p), torch.zeros_like(p)])
+    w = torch.ones_like(p) if weight is None else torch.as_tensor(weight, dtype=p.dtype, device=p.device)
+    w = torch.cat([w, w])
+    centres = (torch.arange(n_bins, dtype=p.dtype, device=p.device) + 0.5) / n_bins
+    member = torch.softmax(-(probs[:, None] - centres[None, :]).pow(2) / softness, dim=1) * w[:, None]  # (2B, M)
+    n = member.sum(dim=0)  # (M,)
+    tiny = torch.finfo(p.dtype).tiny
+    conf = (member * probs[:, None]).sum(dim=0) / n.clamp_min(tiny)
+    acc = (member * labels[:, None]).sum(dim=0) / n.clamp_min(tiny)
+    return (n * (acc - conf).abs()).sum() / w.sum().clamp_min(tiny)
+
+
+def pearson(x: Tensor, y: Tensor, eps: float = 1e-8) -> Tensor:
+    """Pearson correlation of two (N,) tensors, differentiable in both; 0 when either is constant."""
+    if x.shape != y.shape or x.dim() != 1:
+        raise ValueError(f"pearson: expected two (N,) tensors, got {tuple(x.shape)} and {tuple(y.shape)}")
+    xc, yc = x - x.mean(), y - y.mean()
+    return (xc * yc).sum() / (xc.pow(2).sum().sqrt() * yc.pow(2).sum().sqrt() + eps)
+
+
+@register_term("length_corr", coef="length_corr_coef", formula="|corr(r, length)|", needs_probability=False)
+def length_corr_term(rewards: Tensor, lengths: Tensor, length_rewards: Tensor | None = None) -> Tensor:
+    """|ρ(rewards, lengths)| over a batch's rows; with a length head also − ρ(length_rewards, lengths) (ODIN).
+
+    Lengths are cast to the rewards' dtype; the correlation is taken over chosen and rejected rows together.
+    """
+    lengths = lengths.to(rewards.dtype)
+    value = pearson(rewards, lengths).abs()
+    if length_rewards is not None:
+        value = value - pearson(length_rewards.to(rewards.dtype), lengths)
+    return value
+
+
+class LearnedTemperature(nn.Module):
+    """A temperature T = exp(log_T) learned during training on a held-out slice of the training pairs.
+
+    The pair loss of the other pairs is taken on Δ / T with T detached, so the model trains against the
+    calibrated probability; the held-out pairs give only the NLL of σ(Δ.detach() / T), so their gradient
+    reaches T alone. The pairs objective hands :attr:`log_t` to the loop's optimiser as its own group
+    (``loss.temperature_lr``, no weight decay) and stores :meth:`value` as the model's ``metadata.temperature`` when
+    training ends. T is not part of the model's weights, so a run resumed from a checkpoint starts T again at 1.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.log_t = nn.Parameter(torch.zeros(()))
+
+    def value(self) -> float:
+        return float(self.log_t.detach().exp())
+
+    def nll(self, logit: Tensor, heldout: Tensor) -> Tensor:
+        """Mean −log σ(logit.detach() / T) over the held-out rows (0 with a zero gradient when there are none)."""
+        scaled = logit.detach()[heldout] / self.log_t.exp()
+        if scaled.numel() == 0:
+            return self.log_t * 0.0
+        return F.softplus(-scaled).mean()
+
+
+@dataclass
+class PairTerms:
+    """The terms :func:`build_pair_terms` switched on for one pair loss; call it once per batch.
+
+    ``temperature`` is the :class:`LearnedTemperature` (None when off).
+    """
+
+    cfg: LossConfig
+    loss: LossSpec
+    active: tuple[TermSpec, ...]
+    temperature: LearnedTemperature | None
+
+    @property
+    def needs_lengths(self) -> bool:
+        return any(t.name == "length_corr" for t in self.active)
+
+    def scale(self) -> Tensor | None:
+        """T (detached) to divide the rewards by before the pair loss, or None."""
+        return None if self.temperature is None else self.temperature.log_t.detach().exp()
+
+    def train_weight(self, weight: Tensor | None, heldout: Tensor | None) -> Tensor | None:
+        """Example weights with the held-out pairs set to 0 (the pair loss must not train on them)."""
+        if self.temperature is None:
+            return weight
+        if heldout is None:
+            raise ValueError("loss.learned_temperature needs the batch's 'calibration' mask (PairCollator)")
+        keep = (~heldout.bool()).float()
+        # A batch that is all held out gets weights all 0: weighted_mean then gives loss 0, no gradient.
+        return keep if weight is None else weight * keep.to(weight.dtype)
+
+    def __call__(
+        self,
+        loss_fn: PairLoss,
+        chosen: Tensor,
+        rejected: Tensor,
+        *,
+        margin: Tensor | float | None = None,
+        weight: Tensor | None = None,
+        lengths: Tensor | None = None,
+        length_rewards: Tensor | None = None,
+        heldout: Tensor | None = None,
+        orthogonality: Tensor | None = None,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """The pair loss ``loss_fn`` plus the active terms, for one batch of B pairs.
+
+        The pair loss sees the rewards divided by the learned temperature (when on) and, with a length head,
+        the sum of quality and length rewards (ODIN trains r_quality + r_length); held-out calibration pairs
+        get weight 0 there. The terms see the quality rewards.
+
+        Args:
+            loss_fn: :func:`build_loss`'s pair loss.
+            chosen, rejected: rewards (B,) (the quality reward when the model has a length head).
+            margin, weight: as for ``loss_fn``.
+            lengths: (2B,) response lengths in tokens, chosen rows then rejected (``PairCollator``'s
+                ``response_tokens``); needed by ``length_corr``.
+            length_rewards: (2B,) the length head's outputs, or None.
+            heldout: (B,) bool, pairs held out for the learned temperature (``PairCollator``'s ``calibration``).
+            orthogonality: the model's |cos| between its two heads' weights (``loss.orthogonal_coef``).
+
+        Returns:
+            (scalar loss, detached value of each term by name).
+        """
+        b = chosen.shape[0]
+        train_chosen, train_rejected, train_margin = chosen, rejected, margin
+        if length_rewards is not None:
+            length_rewards = length_rewards.to(chosen.dtype)
+            train_chosen, train_rejected = chosen + length_rewards[:b], rejected + length_rewards[b:]
+        scale = self.scale()
+        if scale is not None:
+            train_chosen, train_rejected = train_chosen / scale, train_rejected / scale
+            if margin is not None:
+                train_margin = torch.as_tensor(margin, dtype=chosen.dtype, device=chosen.device) / scale
+        weight = self.train_weight(weight, heldout)
+        total = loss_fn(train_chosen, train_rejected, margin=train_margin, weight=weight)
+        logit = None
+        if self.loss.logit is not None:
+            logit = self.loss.logit(_pair_delta(chosen, rejected, margin), **_params(self.cfg, self.loss))
+        parts: dict[str, Tensor] = {}
+        for term in self.active:
+            if term.name == "length_corr":
+                if lengths is None:
+                    raise ValueError("loss.length_corr_coef needs response lengths (PairCollator's response_tokens)")
+                value = term.fn(torch.cat([chosen, rejected]), lengths.to(chosen.device), length_rewards)
+            elif term.name == "soft_ece":
+                value = term.fn(logit, weight, n_bins=self.cfg.soft_ece_bins, softness=self.cfg.soft_ece_softness)
+            else:
+                value = term.fn(logit, weight)
+            total = total + getattr(self.cfg, term.coef) * value
+            parts[term.name] = value.detach()
+        if self.temperature is not None and heldout is not None:
+            nll = self.temperature.nll(logit, heldout.bool().to(logit.device))
+            total = total + nll
+            parts["temperature_nll"] = nll.detach()
+        if self.cfg.orthogonal_coef > 0:
+            if orthogonality is None:
+                raise ValueError("loss.orthogonal_coef > 0 needs the model's head orthogonality (a length head)")
+            total = total + self.cfg.orthogonal_coef * orthogonality
+            parts["orthogonality"] = orthogonality.detach()
+        return total, parts
+
+
+def build_pair_terms(cfg: LossConfig, *, length_head: bool = False, data_kind: str = "pairs") -> PairTerms:
+    """The calibration and length terms ``cfg`` switches on, checked against the pair loss ``cfg.name``.
+
+    ``data_kind`` is what the trainer consumes (data.kind): the terms and the length head need pairs.
+
+    Raises:
+        ConfigError: a term or length head on groups/ratings data; a calibration term or learned temperature
+            on a loss that models no probability (triplet);
+            a learned temperature with contrastive (both divide Δ by a temperature); a length head without
+            ``loss.length_corr_coef`` (nothing would separate length from quality), or ``orthogonal_coef``
+            without a length head.
+    """
+    spec = _spec(cfg.name)
+    active = tuple(t for t in TERMS.values() if getattr(cfg, t.coef) > 0)
+    if data_kind != "pairs" and (active or cfg.learned_temperature or length_head):
+        names = [f"loss.{t.coef}" for t in active] + (["loss.learned_temperature"] if cfg.learned_temperature else [])
+        names += ["model.length_head"] if length_head else []
+        raise ConfigError(f"{', '.join(names)}: calibration and length terms train on preference pairs (chosen and "
+                          f"rejected responses), but data.kind={data_kind}; use data.kind=pairs or switch them off")
+    if spec.kind == "group" and (active or cfg.learned_temperature):
+        names = [f"loss.{t.coef}" for t in active] + (["loss.learned_temperature"] if cfg.learned_temperature else [])
+        raise ConfigError(f"{', '.join(names)}: calibration and length terms apply to pairs, not to the group loss "
+                          f'"{cfg.name}"; use a pairwise loss ({_names("pair")}) or set them to 0')
+    if spec.logit is None:
+        bad = [f"loss.{t.coef}" for t in active if t.needs_probability]
+        bad += ["loss.learned_temperature"] if cfg.learned_temperature else []
+        if bad:
+            with_prob = ", ".join(n for n, s in LOSSES.items() if s.kind == "pair" and s.logit is not None)
+            raise ConfigError(
+                f'{", ".join(bad)}: the loss "{cfg.name}" ({spec.formula}) models no probability P(chosen > '
+                f"rejected) to calibrate; use one that does ({with_prob}) or set them to 0"
+            )
+    if cfg.learned_temperature and spec.name == "contrastive":
+        raise ConfigError(
+            "loss.learned_temperature with loss.name=contrastive: both divide D by a temperature; use "
+            "loss.name=bt with a learned temperature, or contrastive with a fixed loss.contrastive_tau"
+        )
+    if length_head and cfg.length_corr_coef <= 0:
+        raise ConfigError(
+            "model.length_head=true needs loss.length_corr_coef > 0: ODIN's length loss is what makes the extra "
+            "head absorb length (e.g. loss.length_corr_coef=1.0)"
+        )
+    if cfg.orthogonal_coef > 0 and not length_head:
+        raise ConfigError("loss.orthogonal_coef > 0 needs model.length_head=true (it keeps the two heads apart)")
+    return PairTerms(cfg=cfg, loss=spec, active=active,
+                     temperature=LearnedTemperature() if cfg.learned_temperature else None)
+

@@ -260,6 +260,128 @@ def fit_temperature(delta: Any, *, bounds: tuple[float, float] = (0.01, 100.0)) 
     return float(np.exp(result.x))
 
 
+def cross_fit_temperature(
+    delta: Any, *, current: float = 1.0, folds: int = 5, n_boot: int = 200, seed: int = 0, confidence: float = 0.95
+) -> dict[str, Any]:
+    """Fit T on ``delta`` and say, out of sample, whether it beats the ``current`` temperature.
+
+    A temperature fitted on a few dozen pairs can make held-out NLL worse, and the NLL on the pairs it was
+    fitted on cannot show it. The pairs are cut into ``folds`` interleaved folds; each fold is scored at the T
+    fitted on the others (cross-fitting), and the mean of those held-out NLLs is compared with the NLL at
+    ``current``. The interval of T is a percentile bootstrap over pairs.
+
+    Returns:
+        ``temperature`` (fitted on all pairs), ``ci_low``, ``ci_high``, ``n``, ``folds``, ``nll_current`` (NLL at
+        ``current``), ``nll_cross_fitted`` and ``improves`` (True when the cross-fitted NLL is lower: only then
+        should the fitted T replace ``current``).
+
+    Raises:
+        ValueError: fewer pairs than folds, or ``folds`` < 2.
+    """
+    d = _np(delta, "delta")
+    if folds < 2:
+        raise ValueError(f"folds: expected >= 2, got {folds}")
+    if d.size < folds:
+        raise ValueError(f"cross_fit_temperature: {d.size} pairs cannot make {folds} folds")
+    if not current > 0:
+        raise ValueError(f"current: expected a temperature > 0, got {current}")
+    fold = np.arange(d.size) % folds
+    held_out = np.empty(d.size)
+    for k in range(folds):
+        t_k = fit_temperature(d[fold != k])
+        held_out[fold == k] = np.logaddexp(0.0, -d[fold == k] / t_k)
+    rng = np.random.default_rng(seed)
+    boots = [fit_temperature(d[rng.integers(0, d.size, d.size)]) for _ in range(n_boot)]
+    alpha = (1.0 - confidence) / 2
+    nll_current, nll_cross = pair_nll(d, current), float(held_out.mean())
+    return {"temperature": fit_temperature(d), "ci_low": float(np.quantile(boots, alpha)),
+            "ci_high": float(np.quantile(boots, 1.0 - alpha)), "n": int(d.size), "folds": folds,
+            "current": float(current), "nll_current": nll_current, "nll_cross_fitted": nll_cross,
+            "improves": bool(nll_cross < nll_current)}
+
+
+# ---------------------------------------------------------------------------------------------- length
+def length_bias(
+    chosen: Any,
+    rejected: Any,
+    len_chosen: Any,
+    len_rejected: Any,
+    *,
+    probed_rejected: Any | None = None,
+    match_ratio: float = 0.1,
+    n_boot: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> dict[str, float]:
+    """Length-controlled evaluation of pairs: how much of the reward is response length?
+
+    Args:
+        chosen, rejected: rewards (N,) of the human-preferred and the other response.
+        len_chosen, len_rejected: their lengths (N,) in any unit (tokens, characters).
+        probed_rejected: rewards (N,) of the rejected responses padded with neutral filler (the verbosity probe,
+            ``raw_rm.eval.probes.verbosity``), or None.
+        match_ratio: a pair is length-matched when |len_c - len_r| <= match_ratio * max(len_c, len_r).
+
+    Returns:
+        ``reward_length_spearman`` / ``reward_length_pearson`` over the 2N responses; ``delta_length_spearman``
+        (reward difference vs length difference within pairs); ``matched_accuracy`` with ``matched_ci_low``,
+        ``matched_ci_high`` and ``matched_n`` (NaN when no pair is matched): accuracy where length cannot decide;
+        ``chosen_longer_share`` (how often humans chose the longer side); with ``probed_rejected`` also
+        ``verbosity_change`` = accuracy(probed) - accuracy(clean) with a paired bootstrap interval
+        (``verbosity_ci_low``, ``verbosity_ci_high``): an unbiased model moves by about 0, a length-biased one
+        loses accuracy (the padded rejected side wins more often).
+    """
+    c, r = _np(chosen, "chosen"), _np(rejected, "rejected")
+    lc, lr = _np(len_chosen, "len_chosen"), _np(len_rejected, "len_rejected")
+    _same_length(chosen=c, rejected=r, len_chosen=lc, len_rejected=lr)
+    if not 0 <= match_ratio < 1:
+        raise ValueError(f"match_ratio: expected 0 <= value < 1, got {match_ratio}")
+    rewards, lengths = np.concatenate([c, r]), np.concatenate([lc, lr])
+    pooled = _correlations(rewards, lengths)
+    within = _correlations(c - r, lc - lr)
+    constant = np.all(rewards == rewards[0]) or np.all(lengths == lengths[0])
+    out: dict[str, float] = {
+        "reward_length_spearman": pooled[0] if pooled else math.nan,
+        "reward_length_pearson": math.nan if constant else float(stats.pearsonr(rewards, lengths).statistic),
+        "delta_length_spearman": within[0] if within else math.nan,
+        "chosen_longer_share": float(np.mean(lc > lr)),
+    }
+    matched = np.abs(lc - lr) <= match_ratio * np.maximum(lc, lr)
+    out["matched_n"] = int(matched.sum())
+    if matched.any():
+        acc = preference_accuracy(c[matched], r[matched], n_boot=n_boot, seed=seed, confidence=confidence)
+        out.update(matched_accuracy=acc["accuracy"], matched_ci_low=acc["ci_low"], matched_ci_high=acc["ci_high"])
+    else:
+        out.update(matched_accuracy=math.nan, matched_ci_low=math.nan, matched_ci_high=math.nan)
+    if probed_rejected is not None:
+        pr = _np(probed_rejected, "probed_rejected")
+        _same_length(chosen=c, probed_rejected=pr)
+        change = paired_accuracy_change(c > r, c > pr, n_boot=n_boot, seed=seed, confidence=confidence)
+        out.update(verbosity_change=change["change"], verbosity_ci_low=change["ci_low"],
+                   verbosity_ci_high=change["ci_high"])
+    return out
+
+
+def paired_accuracy_change(
+    correct_before: Any, correct_after: Any, *, n_boot: int = 1000, seed: int = 0, confidence: float = 0.95
+) -> dict[str, float]:
+    """Accuracy after minus before on the same N items, with a paired percentile bootstrap interval.
+
+    ``significant`` is 1.0 when the interval excludes 0: the change, in either direction, is more than the
+    resampling noise of these items.
+    """
+    before = _np(correct_before, "correct_before").astype(bool)
+    after = _np(correct_after, "correct_after").astype(bool)
+    _same_length(correct_before=before, correct_after=after)
+    diff = after.astype(np.float64) - before.astype(np.float64)
+    idx = np.random.default_rng(seed).integers(0, diff.size, size=(n_boot, diff.size))
+    boots = diff[idx].mean(axis=1)
+    alpha = (1.0 - confidence) / 2
+    low, high = float(np.quantile(boots, alpha)), float(np.quantile(boots, 1.0 - alpha))
+    return {"change": float(diff.mean()), "ci_low": low, "ci_high": high,
+            "significant": float(low > 0 or high < 0)}
+
+
 # ------------------------------------------------------------------------------------------- rankings
 def compare_members(fit_delta: Any, eval_delta: Any, n_bins: int = 15) -> dict[str, Any]:
     """An ensemble against each of its members on held-out pairs, every contender at its own temperature.

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from raw_rm.data.records import PreferencePair, RankedGroup, RatedResponse
+from raw_rm.data.splits import prompt_bucket
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ class Encoded:
     n_truncated: int  # rows cut to fit max_len_tokens (never dropped)
     n_tokens: int  # real (non-pad) tokens
     n_padded: int  # pad positions
+    response_tokens: list[int] | None = None  # each row's response length in tokens before truncation
 
 
 @dataclass(frozen=True)
@@ -178,11 +180,14 @@ def encode(
     p_ids = [prompt_ids[p] for p in prompts]
     r_ids = enc["input_ids"]
     if input_kind == "split":
-        return _encode_split(p_ids, r_ids, template, max_len_tokens)
-    segments = None
-    if input_kind == "segments":
-        segments = [_sentence_ids(text, off) for text, off in zip(responses, enc["offset_mapping"])]
-    return _encode_concat(p_ids, r_ids, template, max_len_tokens, segments)
+        encoded = _encode_split(p_ids, r_ids, template, max_len_tokens)
+    else:
+        segments = None
+        if input_kind == "segments":
+            segments = [_sentence_ids(text, off) for text, off in zip(responses, enc["offset_mapping"])]
+        encoded = _encode_concat(p_ids, r_ids, template, max_len_tokens, segments)
+    encoded.response_tokens = [len(r) for r in r_ids]
+    return encoded
 
 
 def _encode_concat(
@@ -260,13 +265,26 @@ class PairCollator:
     """list[PreferencePair] -> one batch for one forward (see the module docstring for the layout).
 
     Returns ``features`` (2B rows: chosen 0..B-1, rejected B..2B-1), ``margin`` (B,) float (nan where absent),
-    ``weight`` (B,) float (1.0 where absent), ``n_pairs``, ``n_truncated``, ``n_tokens``, ``n_padded``.
+    ``weight`` (B,) float (1.0 where absent), ``response_tokens`` (2B,) float (each response's length in tokens
+    before truncation, for length-bias terms), ``n_pairs``, ``n_truncated``, ``n_tokens``, ``n_padded``; with
+    ``calibration_fraction`` > 0 also ``calibration`` (B,) bool: the pairs whose prompt hash
+    (``prompt_bucket(prompt, calibration_salt)``) falls below that share, held out to fit a learned temperature.
     """
 
-    def __init__(self, tokenizer: Any, *, max_len_tokens: int, input_kind: InputKind = "concat") -> None:
+    def __init__(
+        self,
+        tokenizer: Any,
+        *,
+        max_len_tokens: int,
+        input_kind: InputKind = "concat",
+        calibration_fraction: float = 0.0,
+        calibration_salt: str = "raw_rm-calibration",
+    ) -> None:
         self.tokenizer = tokenizer
         self.max_len_tokens = max_len_tokens
         self.input_kind = input_kind
+        self.calibration_fraction = calibration_fraction
+        self.calibration_salt = calibration_salt
 
     def __call__(self, pairs: Sequence[PreferencePair]) -> dict[str, Any]:
         prompts = [p.prompt for p in pairs] * 2
@@ -274,7 +292,12 @@ class PairCollator:
         encoded = encode(self.tokenizer, prompts, responses, max_len_tokens=self.max_len_tokens, input_kind=self.input_kind)
         margin = torch.tensor([math.nan if p.margin is None else p.margin for p in pairs], dtype=torch.float32)
         weight = torch.tensor([1.0 if p.weight is None else p.weight for p in pairs], dtype=torch.float32)
-        return {"features": encoded.features, "margin": margin, "weight": weight, "n_pairs": len(pairs), **_totals(encoded)}
+        batch = {"features": encoded.features, "margin": margin, "weight": weight, "n_pairs": len(pairs),
+                 "response_tokens": torch.tensor(encoded.response_tokens, dtype=torch.float32), **_totals(encoded)}
+        if self.calibration_fraction > 0:
+            batch["calibration"] = torch.tensor(
+                [prompt_bucket(p.prompt, self.calibration_salt) < self.calibration_fraction for p in pairs])
+        return batch
 
 
 class GroupCollator:

@@ -86,6 +86,7 @@ class RewardModelEvaluator:
         metadata = getattr(inference, "metadata", None)
         self.temperature = float(getattr(metadata, "temperature", 1.0) or 1.0)  # used for "after" calibration
         self.temperature_source = "model metadata" if self.temperature != 1.0 else "none (T = 1)"
+        self.calibration_fit: dict[str, Any] | None = None  # fit_calibration's cross-fit figures
         self.results: dict[str, dict[str, Any]] = {}  # evaluate_pairs results by set name
         self.arrays: dict[str, dict[str, np.ndarray]] = {}  # per set: what the plots need
         self._rewards: dict[Key, float] = {}
@@ -187,11 +188,15 @@ class RewardModelEvaluator:
 
     # ----------------------------------------------------------------------------------- calibration
     def fit_calibration(self, val_pairs: Sequence[PreferencePair], *, save: bool = False) -> float:
-        """Fit the temperature T on ``val_pairs`` by minimising the NLL of σ(Δ / T); later evaluations use it.
+        """Fit the temperature T on ``val_pairs`` by minimising the NLL of σ(Δ / T), and use it only if it helps.
 
-        With ``save`` the value goes into the model's metadata (``inference.metadata.temperature``) and, for a
-        model opened from a local directory, into that directory's saved metadata, so inference and serving
-        use it from then on.
+        A T fitted on few pairs can make held-out NLL worse. T is therefore cross-fitted
+        (:func:`raw_rm.metrics.cross_fit_temperature`: each fold scored at the T fitted on the others) and
+        adopted only when that held-out NLL is lower than the NLL at the current temperature (the stored one, or
+        1); otherwise the current T stays, and with ``save`` nothing is written, which is logged. With ``save``
+        an adopted T goes into the model's metadata (``inference.metadata.temperature``) and, for a model opened
+        from a local directory, into that directory's saved metadata. ``self.calibration_fit`` keeps the
+        cross-fit's figures (T, its bootstrap interval, both NLLs, ``improves``, ``stored``).
 
         Raises:
             ValueError: no validation pairs.
@@ -199,13 +204,34 @@ class RewardModelEvaluator:
         if not val_pairs:
             raise ValueError("fit_calibration: no validation pairs (give --calibrate-on FILE or --val-fraction > 0)")
         chosen, rejected = self.pair_rewards(val_pairs)
-        self.temperature = M.fit_temperature(chosen - rejected)
-        self.temperature_source = f"{len(val_pairs)} validation pairs"
-        logger.info("fitted temperature T = %.4f on %d validation pairs", self.temperature, len(val_pairs))
-        if not 0.0101 < self.temperature < 99.0:
+        delta = chosen - rejected
+        current = self.temperature
+        if len(val_pairs) < 2:
+            logger.warning("fit_calibration: 1 calibration pair cannot show whether a temperature helps; keeping "
+                           "T = %.4g", current)
+            self.calibration_fit = {"n": 1, "current": current, "improves": False, "stored": False}
+            return self.temperature
+        fit = M.cross_fit_temperature(delta, current=current, folds=min(5, len(val_pairs)), seed=self.seed)
+        fitted = fit["temperature"]
+        if not 0.0101 < fitted < 99.0:
             logger.warning("temperature %.4g is at the bound of its search range (0.01, 100): the validation "
-                           "pairs are (nearly) separable or the rewards carry no signal", self.temperature)
-        if save:
+                           "pairs are (nearly) separable or the rewards carry no signal", fitted)
+        if fit["improves"]:
+            self.temperature = fitted
+            self.temperature_source = f"{len(val_pairs)} validation pairs, cross-fitted"
+            logger.info("fitted temperature T = %.4f [%.3f, %.3f] on %d validation pairs: cross-fitted NLL %.4f "
+                        "< %.4f at T = %.4g", fitted, fit["ci_low"], fit["ci_high"], len(val_pairs),
+                        fit["nll_cross_fitted"], fit["nll_current"], current)
+        else:
+            self.temperature_source += (f"; T = {fitted:.3f} fitted on {len(val_pairs)} pairs rejected (held-out "
+                                        f"NLL {fit['nll_cross_fitted']:.4f} >= {fit['nll_current']:.4f})")
+            logger.warning("temperature T = %.4f [%.3f, %.3f] fitted on %d validation pairs does not improve "
+                           "held-out NLL (cross-fitted %.4f >= %.4f at T = %.4g): keeping T = %.4g%s", fitted,
+                           fit["ci_low"], fit["ci_high"], len(val_pairs), fit["nll_cross_fitted"],
+                           fit["nll_current"], current, current, " and not storing it" if save else "")
+        fit["stored"] = bool(save and fit["improves"])
+        self.calibration_fit = fit
+        if fit["stored"]:
             save_temperature(self.inference, self.temperature)
         return self.temperature
 
@@ -238,6 +264,8 @@ class RewardModelEvaluator:
                 "margin_std": float(delta.std()),
             },
             "length_correlation": self.length_correlation(pairs),
+            "length_bias": M.length_bias(chosen, rejected, [len(p.chosen) for p in pairs],
+                                         [len(p.rejected) for p in pairs], n_boot=self.n_boot, seed=self.seed),
         }
         self.results[name] = result
         self.arrays[name] = {"chosen": chosen, "rejected": rejected, "length": length}
@@ -360,7 +388,13 @@ class RewardModelEvaluator:
         Per probe: ``accuracy`` on the probed pairs (human label unchanged; for ``swap`` it travels with the
         text), ``delta`` = that minus the clean accuracy, ``flip_rate`` = share of clean-correct pairs that
         became wrong. ``swap`` adds ``consistency``: the share of pairs whose predicted preference flips
-        exactly (strict preference before, the strict opposite after). ``worst`` names the most negative delta.
+        exactly (strict preference before, the strict opposite after). ``ci_low``/``ci_high`` bound ``delta``
+        (paired bootstrap over the pairs) and ``significant`` is 1.0 when that interval excludes 0.
+
+        A robust model moves by about 0 under every probe, so a probe is judged by the SIZE of its change in
+        either direction. The verbosity probe pads the rejected side: a model that rewards length loses
+        accuracy, and one that penalises length (HH harmless rewards short refusals) gains it; both are a
+        length bias. ``worst`` names the largest |delta|.
         """
         if not pairs:
             raise ValueError("probes: no pairs")
@@ -373,13 +407,15 @@ class RewardModelEvaluator:
         for name, ps in probed.items():
             pc, pr = self.pair_rewards(ps)
             correct = pr > pc if name == "swap" else pc > pr
+            change = M.paired_accuracy_change(clean_correct, correct, n_boot=self.n_boot, seed=self.seed)
             res = {"accuracy": float(correct.mean()), "delta": float(correct.mean()) - clean_acc,
+                   "ci_low": change["ci_low"], "ci_high": change["ci_high"], "significant": change["significant"],
                    "flip_rate": float(np.mean(~correct[clean_correct])) if clean_correct.any() else math.nan}
             if name == "swap":
                 before, after = np.sign(c - r), np.sign(pc - pr)
                 res["consistency"] = float(np.mean((before != 0) & (after == -before)))
             out["probes"][name] = res
-        out["worst"] = min(out["probes"], key=lambda n: out["probes"][n]["delta"]) if out["probes"] else None
+        out["worst"] = max(out["probes"], key=lambda n: abs(out["probes"][n]["delta"])) if out["probes"] else None
         out["length_correlation"] = self.length_correlation(pairs)
         return out
 
@@ -499,6 +535,8 @@ class RewardModelEvaluator:
             metrics["groups"] = self.evaluate_groups(groups)
         if ratings:
             metrics["ratings"] = self.evaluate_ratings(ratings)
+        if self.calibration_fit is not None:
+            metrics["model"]["calibration_fit"] = dict(self.calibration_fit)
         metrics["model"].update({"temperature": self.temperature, "temperature_source": self.temperature_source,
                                  "texts_scored": self.n_scored, "n_members": self._n_members()})
         arrays = {n: dict(self.arrays[n]) for n in metrics["sets"]}

@@ -129,7 +129,8 @@ def evaluate_for_gate(
 ) -> EvalReport | None:
     """Evaluate a trained model on its validation data (``cfg.data``) and ``eval.ood``, as the promotion gate needs.
 
-    T is fitted on the calibration split of the validation prompts and saved into the model folder's metadata
+    T is fitted on the calibration split of the validation prompts and, when its cross-fitted NLL beats the model's
+    current temperature (``RewardModelEvaluator.fit_calibration``), saved into the model folder's metadata
     (``save_temperature``), so the model logged and registered afterwards carries it; everything else is measured
     on the other prompts. With ``report_dir`` the report folder is written there.
 

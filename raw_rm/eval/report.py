@@ -51,7 +51,9 @@ _CAPTIONS = {
     "accuracy_by_margin": "Preference accuracy per bin of the predicted reward margin |r_chosen - r_rejected| "
     "(equal-count bins): a useful model is more accurate where it is more confident.",
     "robustness": "Left: accuracy lost out of distribution (in-distribution minus OOD accuracy). Right: accuracy "
-    "change under each adversarial probe (negative = the probe fooled the model).",
+    "change under each adversarial probe. A robust model moves by about 0; a change in EITHER direction is a bias "
+    "(red where the paired bootstrap interval excludes 0): e.g. a verbosity gain means the model penalises length.",
+
     "accuracy_coverage": "Accuracy on the share of pairs the ensemble is most certain about (lowest member spread).",
 }
 
@@ -143,6 +145,8 @@ def headline(metrics: dict[str, Any]) -> dict[str, Any]:
         "swap_consistency": metrics.get("probes", {}).get("probes", {}).get("swap", {}).get("consistency"),
         "worst_probe": metrics.get("probes", {}).get("worst"),
         "length_correlation": metrics.get("probes", {}).get("length_correlation"),
+        "length_bias": main.get("length_bias"),
+        "calibration_fit": metrics.get("model", {}).get("calibration_fit"),
     }
     return out
 
@@ -301,7 +305,8 @@ def _plot_robustness(m: dict) -> plt.Figure:
     if probes:
         names = list(probes)
         deltas = [100 * probes[n]["delta"] for n in names]
-        colors = ["#c44e52" if d < 0 else "#55a868" for d in deltas]
+        # A robust model moves by ~0 either way: red = a change beyond the bootstrap interval, in either direction.
+        colors = ["#c44e52" if probes[n].get("significant") else "#55a868" for n in names]
         ax.bar(names, deltas, color=colors, edgecolor="black", linewidth=0.5)
         for i, d in enumerate(deltas):
             ax.annotate(f"{d:+.1f}", (i, d), ha="center", va="bottom" if d >= 0 else "top", fontsize=8,
@@ -387,9 +392,15 @@ def headline_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
             extra = f" (consistency {h['swap_consistency']:.1%})"
         rows.append((f"probe {name}: accuracy change", f"{100 * delta:+.1f} pp{extra}"))
     if h["worst_probe"] is not None:
-        rows.append(("worst probe", f"{h['worst_probe']} ({100 * h['probe_deltas'][h['worst_probe']]:+.1f} pp)"))
+        rows.append(("worst probe (largest change either way)",
+                     f"{h['worst_probe']} ({100 * h['probe_deltas'][h['worst_probe']]:+.1f} pp)"))
+    rows += calibration_fit_rows(h["calibration_fit"])
     if h["length_correlation"] is not None:
         rows.append(("Spearman(reward, response length)", f"{h['length_correlation']:+.3f}"))
+    lb = h["length_bias"]
+    if lb and lb["matched_n"]:
+        rows.append((f"length bias: accuracy on length-matched pairs ({lb['matched_n']}, 95% CI)",
+                     f"{lb['matched_accuracy']:.1%} [{lb['matched_ci_low']:.1%}, {lb['matched_ci_high']:.1%}]"))
     u = metrics.get("uncertainty")
     if u:
         rows.append(("uncertainty: AUROC of spread for errors", f"{u['auroc']:.3f}"))
@@ -532,3 +543,15 @@ def _jsonable(node: Any) -> Any:
     if isinstance(node, Path):
         return str(node)
     return node
+
+
+def calibration_fit_rows(fit: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """Headline rows for the cross-fitted temperature: its interval and whether it was adopted (and stored)."""
+    if not fit or "temperature" not in fit:
+        return []
+    verdict = "adopted" if fit["improves"] else "NOT adopted (it does not improve held-out NLL)"
+    if fit["improves"]:
+        verdict += ", stored in the model" if fit.get("stored") else ", not stored"
+    return [(f"fitted T on {fit['n']} calibration pairs (95% CI; held-out NLL, {fit['folds']}-fold cross-fit)",
+             f"{fit['temperature']:.3f} [{fit['ci_low']:.3f}, {fit['ci_high']:.3f}]; NLL {fit['nll_cross_fitted']:.4f}"
+             f" vs {fit['nll_current']:.4f} at T = {fit['current']:.3g}: {verdict}")]

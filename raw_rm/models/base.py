@@ -32,6 +32,9 @@ class RewardOutput:
         aspects: (N, A) one reward per named aspect, or None.
         segments: (N, S) per-segment (sentence) rewards, 0 where ``segment_mask`` is False, or None.
         segment_mask: (N, S) bool, True where row n has a segment s, or None.
+        length_rewards: (N,) the output of a length head (ODIN: ``model.length_head``) or None. Training adds it
+            to ``rewards`` for the preference loss; ``rewards`` itself never includes it, so scores at
+            inference are the length-free ones.
     """
 
     rewards: torch.Tensor
@@ -39,6 +42,7 @@ class RewardOutput:
     aspects: torch.Tensor | None = None
     segments: torch.Tensor | None = None
     segment_mask: torch.Tensor | None = None
+    length_rewards: torch.Tensor | None = None
 
 
 @dataclass

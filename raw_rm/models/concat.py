@@ -10,6 +10,10 @@ padding with a distinct pad token, and stays right for left padding.
 
 Any other pooling (``"mean"``, or ``"cls"``/``"last"`` against the family's convention) uses a bare trunk and
 a raw_rm head; those models round-trip through ``load_model`` only, since transformers would pool differently.
+
+``model.length_head`` (ODIN, Chen et al. 2024) adds a second linear head on the same input as the reward head,
+returned as ``RewardOutput.length_rewards``. Training adds it to the reward and pushes length into it
+(``raw_rm.losses.length_corr_term``); saving drops it, so a saved model scores with the reward head alone.
 """
 
 from __future__ import annotations
@@ -59,6 +63,22 @@ class RewardModel(RewardModelBase):
             self.hf = None
             self.trunk = backbone
             self.head = nn.Linear(hidden_size(backbone.config), 1)
+        self.length_head = None
+        if model_cfg.length_head:
+            width = hidden_size(backbone.config)
+            head = self.reward_head()
+            if not isinstance(head, nn.Linear) or head.in_features != width:
+                raise ValueError(
+                    f"model.length_head needs a linear reward head on the pooled state ({width} inputs); "
+                    f"{type(backbone).__name__} has {type(head).__name__}"
+                )
+            self.length_head = nn.Linear(width, 1)
+
+    def reward_head(self) -> nn.Module:
+        """The module that maps the pooled state to the reward (Hugging Face's classifier/score or raw_rm's)."""
+        if self.hf is None:
+            return self.head
+        return self.hf.score if self.decoder else self.hf.classifier
 
     @classmethod
     def wants_hf_head(cls, model_cfg: ModelConfig, *, decoder: bool) -> bool:
@@ -74,16 +94,33 @@ class RewardModel(RewardModelBase):
         attention_mask: torch.Tensor,
         token_type_ids: torch.Tensor | None = None,
     ) -> RewardOutput:
-        """(N, T) concatenated prompt + response ids -> rewards (N,)."""
+        """(N, T) concatenated prompt + response ids -> rewards (N,) (+ ``length_rewards`` with a length head)."""
         if self.hf is not None and not self.decoder:
-            # Hugging Face's own forward: pooler/CLS, classifier dropout, classifier.
+            # Hugging Face's own forward: pooler/CLS, classifier dropout, classifier. The length head reads the
+            # classifier's input, caught by a hook for this call only.
             kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
-            logits = self.hf(input_ids=input_ids, attention_mask=attention_mask, **kwargs).logits  # (N, 1)
-            return RewardOutput(rewards=logits[:, 0])
+            seen: list[torch.Tensor] = []
+            hook = None
+            if self.length_head is not None:
+                hook = self.hf.classifier.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+            try:
+                logits = self.hf(input_ids=input_ids, attention_mask=attention_mask, **kwargs).logits  # (N, 1)
+            finally:
+                if hook is not None:
+                    hook.remove()
+            length = self.length_head(seen[0])[:, 0] if seen else None
+            return RewardOutput(rewards=logits[:, 0], length_rewards=length)
         trunk = self.hf.base_model if self.hf is not None else self.trunk
         _, pooled = pooled_hidden(
             trunk, input_ids, attention_mask, token_type_ids, decoder=self.decoder, pooling=self.pooling
         )  # (N, H)
         pooled = self.dropout(pooled)
-        head = self.hf.score if self.hf is not None else self.head
-        return RewardOutput(rewards=head(pooled)[:, 0])
+        length = self.length_head(pooled)[:, 0] if self.length_head is not None else None
+        return RewardOutput(rewards=self.reward_head()(pooled)[:, 0], length_rewards=length)
+
+    def head_orthogonality(self) -> torch.Tensor:
+        """|cos| between the reward head's and the length head's weight vectors (ODIN's orthogonality loss)."""
+        if self.length_head is None:
+            raise ValueError("head_orthogonality: the model has no length head (model.length_head=false)")
+        w_q, w_l = self.reward_head().weight[0], self.length_head.weight[0]
+        return torch.nn.functional.cosine_similarity(w_q, w_l, dim=0).abs()

@@ -13,7 +13,9 @@
   transformers config) and the tokenizer files. There is deliberately no top-level ``config.json``:
   transformers would otherwise load a model that pools differently and give different scores.
 
-``RewardMetadata.reference`` must hold JSON values (lists, not arrays).
+``RewardMetadata.reference`` must hold JSON values (lists, not arrays). A training-only length head
+(``model.length_head``) is not saved: the saved ModelConfig says ``length_head: false`` and the weights hold the
+reward model alone, which scores without it.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ def save_single_model(model: RewardModelBase, tokenizer: PreTrainedTokenizerBase
     record = {
         "format_version": FORMAT_VERSION,
         "arch": model.arch,
-        "model_cfg": dataclasses.asdict(model.model_cfg),
+        "model_cfg": dataclasses.asdict(dataclasses.replace(model.model_cfg, length_head=False)),
         "metadata": model.metadata.to_dict(),
     }
     json.dumps(record)  # fail before writing anything if metadata holds non-JSON values
@@ -70,7 +72,14 @@ def save_single_model(model: RewardModelBase, tokenizer: PreTrainedTokenizerBase
     else:
         _remove(path, list(_HF_FILES))
         model.backbone_config.save_pretrained(path / BACKBONE_DIR)
-        safetensors.torch.save_model(model, str(path / RAW_RM_WEIGHTS))
+        length_head = getattr(model, "length_head", None)
+        if length_head is not None:
+            model.length_head = None  # left out of the state dict; put back below
+        try:
+            safetensors.torch.save_model(model, str(path / RAW_RM_WEIGHTS))
+        finally:
+            if length_head is not None:
+                model.length_head = length_head
         (path / RAW_RM_FILE).write_text(json.dumps(record, indent=2) + "\n")
     tokenizer.save_pretrained(path)
     logger.info("saved %s model to %s", model.arch, path)

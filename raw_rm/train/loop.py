@@ -110,6 +110,8 @@ class RewardModelTrainer:
         self.total_steps = tc.max_steps if tc.max_steps is not None else tc.epochs * self.steps_per_epoch
         self.warmup_steps = math.ceil(tc.warmup_ratio * self.total_steps)
         self.optimizer = build_optimizer(self.model, lr=tc.lr, weight_decay=tc.weight_decay)
+        for group in self.objective.param_groups():
+            self.optimizer.add_param_group(group)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_lambda(self.total_steps, self.warmup_steps, tc.schedule)
         )
@@ -335,6 +337,7 @@ class RewardModelTrainer:
             final = {k: v for k, v in evaluated[-1].items() if k not in ("step", "epoch")}
         else:
             final = self.evaluate() if self.val_records else {}
+        self.objective.finish(self.model)
         self.store_reward_stats()
         seconds = totals["time"]
         result = FitResult(

@@ -13,7 +13,10 @@ trial's copy of the config as overrides, so every trial runs THE training recipe
 Specs: ``choice: [...]``, ``grid: [...]`` (random searcher only), ``uniform: [low, high]``,
 ``loguniform: [low, high]`` (low > 0), ``randint: [low, high]`` (high exclusive), each with an optional
 ``when: {path: value | [values]}`` on a searched ``choice``/``grid`` parameter. A ``loss.<param>`` without ``when``
-is sampled only for the chosen losses that read it (``raw_rm.losses.LOSSES[name].params``). ``load_config`` checks
+is sampled only for the chosen losses that read it (``raw_rm.losses.LOSSES[name].params``); likewise a model
+parameter that only some architectures read (``ARCH_PARAMS``: ``model.cross_attention_layers`` for cross_attention,
+...) is sampled only for the searched ``model.arch`` values that read it, and searching one whose architecture is
+neither searched nor the base config's is an error. ``load_config`` checks
 the whole space with :func:`parse_space` (so does ``run_tune``, before Ray starts): unknown paths (with the closest
 known one), unknown or wrong-kind loss names (listing the valid ones), malformed specs, and every candidate value
 against the config's own types and rules.
@@ -30,6 +33,19 @@ from typing import Any, Literal
 from raw_rm.config import RENAMED_KEYS, Config, ConfigError, apply_overrides, config_from_dict, renamed_key_message
 
 DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint")
+# ModelConfig fields that only some architectures read: searched, they are sampled only for those (architecture
+# search with conditional parameters, e.g. cross_attention_layers only when model.arch is cross_attention).
+ARCH_PARAMS: dict[str, tuple[str, ...]] = {
+    "model.cross_attention_layers": ("cross_attention",),
+    "model.num_heads": ("multihead",),
+    "model.bootstrap": ("multihead",),
+    "model.fusion": ("separate",),
+    "model.shared_encoder": ("separate",),
+    "model.aspects": ("multi_objective",),
+    "model.aspect_weights": ("multi_objective",),
+    "model.learned_gate": ("multi_objective",),
+    "model.length_head": ("concat",),
+}
 
 
 @dataclass(frozen=True)
@@ -97,6 +113,7 @@ def parse_space(space: dict[str, Any], base: Config) -> list[ParamSpec]:
     if not errors:
         _check_values(specs, base, errors)
         _resolve_conditions(specs, base, errors)
+        _resolve_arch_conditions(specs, base, errors)
     if errors:
         raise ConfigError("\n".join(errors))
     return _sampling_order(list(specs.values()))
@@ -209,6 +226,36 @@ def _resolve_conditions(specs: dict[str, ParamSpec], base: Config, errors: list[
             specs[path] = ParamSpec(path, spec.kind, spec.args, (("loss.name", readers),))
         elif any(param in s.params for s in LOSSES.values()):
             errors.append(f"{where}: none of the searched losses {list(names.args)} reads {param}")
+
+
+def _resolve_arch_conditions(specs: dict[str, ParamSpec], base: Config, errors: list[str]) -> None:
+    """Architecture parameters: check explicit ``when`` on ``model.arch``, infer it when absent, and refuse one
+    whose architecture is neither searched nor the base config's (it would be sampled and never read)."""
+    arch = specs.get("model.arch")
+    for path, readers in ARCH_PARAMS.items():
+        spec = specs.get(path)
+        if spec is None:
+            continue
+        where = f"tune.space: {path}"
+        explicit = dict(spec.when).get("model.arch")
+        if explicit is not None:
+            unused = [a for a in explicit if a not in readers]
+            if unused:
+                errors.append(f"{where}: when: model.arch {unused[0]!r} does not read it (architectures that do: "
+                              f"{', '.join(readers)})")
+            continue
+        if arch is None:
+            if base.model.arch not in readers:
+                errors.append(f"{where}: only model.arch {' or '.join(readers)} reads it, but the base config has "
+                              f"model.arch={base.model.arch} and model.arch is not searched: search model.arch with "
+                              f"{readers[0]} among its choices, or set model.arch={readers[0]}")
+            continue
+        used = tuple(a for a in arch.args if a in readers)
+        if not used:
+            errors.append(f"{where}: none of the searched architectures {list(arch.args)} reads it (architectures "
+                          f"that do: {', '.join(readers)})")
+            continue
+        specs[path] = ParamSpec(path, spec.kind, spec.args, (*spec.when, ("model.arch", used)))
 
 
 def _sampling_order(specs: list[ParamSpec]) -> list[ParamSpec]:

@@ -45,7 +45,8 @@ def test_eval_prints_the_table_and_writes_the_report(tiny_model_dir, tmp_path, c
     assert "worst probe" in printed and "ECE before → after T" in printed
     assert f"report: {out / 'index.html'}" in printed
     assert (out / "reliability.png").is_file()
-    assert metrics["model"]["temperature_source"] == f"{20 - n_test} validation pairs"
+    source, k = metrics["model"]["temperature_source"], 20 - n_test  # T adopted, or rejected with the reason
+    assert source == f"{k} validation pairs, cross-fitted" or f"fitted on {k} pairs rejected (held-out NLL" in source
 
 
 @pytest.mark.parametrize(

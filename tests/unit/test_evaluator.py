@@ -117,7 +117,10 @@ def test_temperature_scaling_lowers_nll_and_keeps_accuracy():
     assert after["ece"] < 0.05 < before["ece"]
     assert after["brier"] < before["brier"]
     assert res["calibration"]["temperature"] == temperature
-    assert res["calibration"]["temperature_source"] == "2000 validation pairs"
+    assert res["calibration"]["temperature_source"] == "2000 validation pairs, cross-fitted"
+    fit = ev.calibration_fit
+    assert fit["improves"] and not fit["stored"] and fit["nll_cross_fitted"] < fit["nll_current"]
+    assert fit["ci_low"] < temperature < fit["ci_high"]
     # accuracy does not depend on T: the same number as scoring the rewards directly
     c = np.array([table[(p.prompt, "A")] for p in test])
     r = np.array([table[(p.prompt, "B")] for p in test])
@@ -150,7 +153,9 @@ def test_probes_on_a_length_biased_scorer():
     assert len(INJECTION_TEXT) + 22 > 64  # injection also pushes every rejected past every chosen
     assert p["injection"]["delta"] == pytest.approx(-0.8)
     assert p["typos"]["delta"] == 0.0  # transpositions keep the length
-    assert p["swap"] == {"accuracy": 0.8, "delta": 0.0, "flip_rate": 0.0, "consistency": 1.0}
+    swap = {k: p["swap"][k] for k in ("accuracy", "delta", "flip_rate", "consistency", "significant")}
+    assert swap == {"accuracy": 0.8, "delta": 0.0, "flip_rate": 0.0, "consistency": 1.0, "significant": 0.0}
+    assert p["verbosity"]["ci_high"] < 0 and p["verbosity"]["significant"] == 1.0
     assert res["worst"] == "verbosity"  # first of the equally worst, in probe order
     assert res["length_correlation"] == pytest.approx(1.0)
 
@@ -352,8 +357,18 @@ def test_evaluate_for_gate_feeds_the_gate_and_stores_temperature(tmp_path):
     assert flat["accuracy"] == report.metrics["sets"]["validation"]["accuracy"]
     assert flat["ece"] == report.metrics["sets"]["validation"]["calibration"]["after"]["ece"]
     source = report.metrics["sets"]["validation"]["calibration"]["temperature_source"]
-    assert source.endswith(" validation pairs") and n >= 2
-    assert load_model(tmp_path / "m")[0].metadata.temperature == pytest.approx(flat["temperature"])
+    fit = report.metrics["model"]["calibration_fit"]
+    assert n >= 2 and fit["n"] >= 2
+    # The fitted T is used and stored exactly when its cross-fitted NLL beats T = 1; the report says which.
+    assert fit["improves"] == (fit["nll_cross_fitted"] < fit["nll_current"]) and fit["current"] == 1.0
+    stored = load_model(tmp_path / "m")[0].metadata.temperature
+    if fit["improves"]:
+        assert fit["stored"] and flat["temperature"] == pytest.approx(fit["temperature"]) and source.endswith(
+            "validation pairs, cross-fitted")
+        assert stored == pytest.approx(fit["temperature"])
+    else:
+        assert not fit["stored"] and flat["temperature"] == 1.0 and stored == 1.0
+        assert f"fitted on {fit['n']} pairs rejected (held-out NLL" in source
 
 
 def test_ensemble_vs_members_on_each_set_with_temperatures_from_the_calibration_pairs():
@@ -394,3 +409,42 @@ def test_ensemble_vs_members_on_each_set_with_temperatures_from_the_calibration_
     pairs, table = table_pairs(VALUES)
     single = RewardModelEvaluator(FakeInference(lambda p, r: table[(p, r)]), n_boot=10)
     assert single.ensemble_vs_members(pairs, {"test": pairs}) is None
+
+
+def test_probes_are_judged_by_the_size_of_the_change_either_way():
+    # A scorer that PENALISES length: padding the rejected side makes it lose more often, so accuracy rises
+    # under the verbosity probe. That gain is a length bias as large as a loss would be, so it is the worst probe.
+    pairs = [PreferencePair(prompt=f"p{i}", chosen="a" * (60 + i), rejected="b" * (20 + i)) for i in range(8)]
+    pairs += [PreferencePair(prompt=f"q{i}", chosen="a" * (20 + i), rejected="b" * (60 + i)) for i in range(2)]
+    ev = RewardModelEvaluator(FakeInference(lambda p, r: -len(r) / 100), n_boot=200,
+                              probe_names=["verbosity", "typos"])
+    res = ev.probes(pairs)
+    assert res["clean_accuracy"] == pytest.approx(0.2)
+    assert res["probes"]["verbosity"]["delta"] == pytest.approx(0.8)
+    assert res["probes"]["verbosity"]["significant"] == 1.0
+    assert res["probes"]["typos"]["delta"] == 0.0 and res["probes"]["typos"]["significant"] == 0.0
+    assert res["worst"] == "verbosity"
+
+
+def test_a_temperature_that_does_not_improve_held_out_nll_is_not_adopted_or_stored(caplog):
+    # The model is already calibrated at its stored T = 1 (labels drawn from sigmoid(z)); on 12 pairs a fitted T
+    # chases noise and its cross-fitted NLL is worse, so T stays 1 and nothing is saved.
+    rng = np.random.default_rng(3)
+    z = rng.normal(0, 1.0, size=12)
+    first = rng.random(12) < 1 / (1 + np.exp(-z))
+    table, pairs = {}, []
+    for i in range(12):
+        a, b = (z[i], 0.0) if first[i] else (0.0, z[i])
+        pairs.append(PreferencePair(prompt=f"t{i}", chosen="A", rejected="B"))
+        table[(f"t{i}", "A")], table[(f"t{i}", "B")] = a, b
+    fake = FakeInference(lambda p, r: table[(p, r)])
+    ev = RewardModelEvaluator(fake, n_boot=10)
+    with caplog.at_level("WARNING"):
+        temperature = ev.fit_calibration(pairs, save=True)
+    fit = ev.calibration_fit
+    delta = np.array([table[(p.prompt, "A")] - table[(p.prompt, "B")] for p in pairs])
+    assert fit["nll_current"] == pytest.approx(float(np.mean(np.logaddexp(0, -delta))))
+    assert not fit["improves"] and not fit["stored"], fit
+    assert temperature == 1.0 and fake.metadata.temperature == 1.0
+    assert "does not improve held-out NLL" in caplog.text and "and not storing it" in caplog.text
+    assert ev.temperature_source.startswith("none (T = 1); T = ")

@@ -54,7 +54,7 @@ def test_gate_and_cli_eval_fit_the_temperature_on_the_same_calibration_pairs(tin
     rejected = rm.batch_predict([r["prompt"] for r in calibration], [r["rejected"] for r in calibration])
     expected_t = M.fit_temperature(np.asarray(chosen) - np.asarray(rejected))
     for metrics, name in ((gate.metrics, "validation"), (cli, "test")):
-        assert metrics["model"]["temperature_source"] == f"{len(calibration)} validation pairs"
+        assert metrics["model"]["temperature_source"] == f"{len(calibration)} validation pairs, cross-fitted"
         assert metrics["model"]["temperature"] == pytest.approx(expected_t, rel=1e-4)
         assert metrics["sets"][name]["n_pairs"] == len(held_out) - len(calibration)
 
@@ -78,4 +78,4 @@ def test_a_split_too_small_is_refused_or_falls_back_as_asked():
                                f"{n_fit} to fit T; give more data, another fraction or separate calibration pairs")
     report = evaluate_sets(Fake(), sets, ec, name="v", run_probes=False, small_split="fit_on_evaluated")
     assert report.metrics["sets"]["v"]["n_pairs"] == 3
-    assert report.metrics["model"]["temperature_source"] == "3 validation pairs"
+    assert report.metrics["model"]["temperature_source"] == "3 validation pairs, cross-fitted"

@@ -289,7 +289,9 @@ def test_unknown_parameter_names_the_valid_ones() -> None:
         losses_from_dict({"name": "focal", "gama": 2})
     assert str(err.value) == (
         'unknown parameter "gama" for loss focal (did you mean "gamma"?); valid: gamma; '
-        "every loss also takes: regularisers, use_weights, uncertainty_weighting"
+        "every loss also takes: regularisers, use_weights, uncertainty_weighting; pairwise losses also take: "
+        "brier_coef, soft_ece_coef, soft_ece_bins, soft_ece_softness, confidence_penalty_coef, learned_temperature, "
+        "calibration_fraction, temperature_lr, length_corr_coef, orthogonal_coef"
     )
     with pytest.raises(ConfigError, match=r'unknown parameter "gamma" for loss bt; valid: \(none\);'):
         losses_from_dict({"name": "bt", "gamma": 2})

@@ -106,9 +106,24 @@ def test_headline_rows_format_the_numbers():
         ("robustness gap 'shift' (OOD accuracy)", "+15.0 pp (55.0%)"),
         ("probe verbosity: accuracy change", "-20.0 pp"),
         ("probe swap: accuracy change", "+0.0 pp (consistency 90.0%)"),
-        ("worst probe", "verbosity (-20.0 pp)"),
+        ("worst probe (largest change either way)", "verbosity (-20.0 pp)"),
         ("Spearman(reward, response length)", "+0.310"),
     ]
+    # A gain is a bias too: the largest |change| is the worst probe. The cross-fitted temperature and the
+    # length-matched accuracy get their rows when present.
+    metrics["probes"]["probes"]["verbosity"]["delta"] = 0.357
+    metrics["probes"]["probes"]["typos"] = {"delta": -0.016}
+    metrics["probes"]["worst"] = "verbosity"
+    metrics["model"] = {"calibration_fit": {"temperature": 0.5, "ci_low": 0.2, "ci_high": 3.0, "n": 39, "folds": 5,
+                                            "nll_cross_fitted": 0.71, "nll_current": 0.69, "current": 1.0,
+                                            "improves": False, "stored": False}}
+    metrics["sets"]["test"]["length_bias"] = {"matched_n": 12, "matched_accuracy": 0.75, "matched_ci_low": 0.5,
+                                              "matched_ci_high": 1.0}
+    rows = dict(headline_rows(metrics))
+    assert rows["worst probe (largest change either way)"] == "verbosity (+35.7 pp)"
+    assert rows["fitted T on 39 calibration pairs (95% CI; held-out NLL, 5-fold cross-fit)"] == (
+        "0.500 [0.200, 3.000]; NLL 0.7100 vs 0.6900 at T = 1: NOT adopted (it does not improve held-out NLL)")
+    assert rows["length bias: accuracy on length-matched pairs (12, 95% CI)"] == "75.0% [50.0%, 100.0%]"
 
 
 def test_single_model_report_has_no_coverage_plot(tmp_path):

@@ -161,3 +161,38 @@ def test_run_tune_rejects_a_bad_selection_metric_or_resume(tmp_path, overrides: 
     with pytest.raises(ConfigError) as info:
         run_tune(cfg)
     assert str(info.value) == message
+
+
+def test_architecture_search_conditions_arch_parameters_on_the_architectures_that_read_them(base: Config) -> None:
+    space = {
+        "model.arch": {"choice": ["concat", "cross_attention", "separate"]},
+        "model.cross_attention_layers": {"randint": [1, 3]},
+        "model.fusion": {"choice": ["concat", "product"]},
+        "model.pooling": {"choice": ["cls", "mean"]},
+        "model.train_layers": {"choice": [None, 2]},
+    }
+    specs = {s.path: s for s in parse_space(space, base)}
+    assert specs["model.cross_attention_layers"].when == (("model.arch", ("cross_attention",)),)
+    assert specs["model.fusion"].when == (("model.arch", ("separate",)),)
+    assert specs["model.pooling"].when == () and specs["model.train_layers"].when == ()
+    point = baseline_point(list(specs.values()), base)
+    assert point["model.arch"] == "concat" and point["model.cross_attention_layers"] is None
+
+
+def test_an_architecture_parameter_without_its_architecture_fails_before_any_trial(base: Config) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_space({"model.cross_attention_layers": {"randint": [1, 3]}}, base)
+    assert str(info.value) == (
+        "tune.space: model.cross_attention_layers: only model.arch cross_attention reads it, but the base config has "
+        "model.arch=concat and model.arch is not searched: search model.arch with cross_attention among its choices, "
+        "or set model.arch=cross_attention")
+    with pytest.raises(ConfigError) as info:
+        parse_space({"model.arch": {"choice": ["concat", "separate"]}, "model.num_heads": {"randint": [2, 6]}}, base)
+    assert str(info.value) == ("tune.space: model.num_heads: none of the searched architectures ['concat', 'separate'] "
+                               "reads it (architectures that do: multihead)")
+    space = {"model.arch": {"choice": ["concat", "separate"]},
+             "model.fusion": {"choice": ["concat", "product"], "when": {"model.arch": ["concat", "separate"]}}}
+    with pytest.raises(ConfigError) as info:
+        parse_space(space, base)
+    assert str(info.value) == ("tune.space: model.fusion: when: model.arch 'concat' does not read it (architectures "
+                               "that do: separate)")

@@ -69,6 +69,15 @@ def build_objective(
         objective: Objective = DistillObjective(cfg, model, tokenizer, train_records, distillation=distillation)
     else:
         objective = OBJECTIVES[kind](cfg, model, tokenizer, train_records)
+    if kind != "pairs" or distillation is not None:
+        from raw_rm.losses import build_pair_terms
+
+        # The calibration and length terms train the pairs objective only: refuse them elsewhere, never ignore them.
+        length_head = bool(getattr(getattr(model, "model_cfg", None), "length_head", False))
+        terms = build_pair_terms(cfg.loss, length_head=length_head, data_kind=kind)
+        if terms.active or terms.temperature is not None or length_head:
+            raise ConfigError("distillation trains on the teacher's rewards: the calibration and length terms "
+                              "(loss.*_coef, loss.learned_temperature, model.length_head) do not apply; switch them off")
     if cfg.loss.uncertainty_weighting and not objective.supports_uncertainty_weighting:
         raise ConfigError(
             "loss.uncertainty_weighting=true needs pairs and an ensemble of heads to measure disagreement: use "

@@ -109,6 +109,16 @@ class Objective(ABC):
         """Whether ``loss.uncertainty_weighting`` can act (it needs pairs and an ensemble of heads)."""
         return False
 
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Optimiser parameter groups of the objective's own trainable state (the learned temperature), beside the
+        model's; the loop adds them to its optimiser."""
+        return []
+
+    def finish(self, model: nn.Module) -> None:
+        """Called once when training ends, before reward statistics are stored: write what the objective learned
+        into the model (e.g. ``metadata.temperature``). Most objectives learn nothing beside the model's weights."""
+        return None
+
 
 class PreferenceObjective(Objective):
     """Objectives whose parts hold ``chosen`` and ``rejected`` rewards (B,): accuracy and calibration of their

@@ -8,6 +8,7 @@ others train its combined reward.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,7 +18,7 @@ from torch import nn
 from raw_rm.config import Config, ConfigError
 from raw_rm.data.batching import PairCollator
 from raw_rm.data.records import PreferencePair
-from raw_rm.losses import build_loss, example_weights, reward_regularisers
+from raw_rm.losses import build_loss, build_pair_terms, example_weights, reward_regularisers
 from raw_rm.train.objectives.base import (
     Batch,
     Parts,
@@ -25,6 +26,8 @@ from raw_rm.train.objectives.base import (
     head_weight,
     per_head_loss,
 )
+
+logger = logging.getLogger(__name__)
 
 
 class PairsObjective(PreferenceObjective):
@@ -44,9 +47,21 @@ class PairsObjective(PreferenceObjective):
             )
         super().__init__(cfg, model, tokenizer, train_records)
         self.loss_fn = build_loss(cfg.loss)
+        length_head = bool(getattr(getattr(model, "model_cfg", None), "length_head", False))
+        self.terms = build_pair_terms(cfg.loss, length_head=length_head)
+        if self.n_heads > 1 and (self.terms.active or self.terms.temperature is not None):
+            raise ConfigError(
+                "calibration and length terms (loss.*_coef, loss.learned_temperature) act on one reward; "
+                f"model.arch=multihead trains {self.n_heads} heads each on its own loss: use model.arch=concat"
+            )
+        if self.terms.temperature is not None:
+            self.terms.temperature.to(next(model.parameters()).device)
 
     def build_collator(self, tokenizer: Any, *, max_len_tokens: int, input_kind: str) -> Any:
-        return PairCollator(tokenizer, max_len_tokens=max_len_tokens, input_kind=input_kind)
+        # With a learned temperature, a hash-chosen share of the prompts is held out to fit it (batch["calibration"]).
+        held_out = self.cfg.loss.calibration_fraction if self.cfg.loss.learned_temperature else 0.0
+        return PairCollator(tokenizer, max_len_tokens=max_len_tokens, input_kind=input_kind,
+                            calibration_fraction=held_out)
 
     @property
     def supports_uncertainty_weighting(self) -> bool:
@@ -79,9 +94,28 @@ class PairsObjective(PreferenceObjective):
             loss = per_head_loss(members, lambda k, col: self.loss_fn(
                 col[:b], col[b:], margin=margin, weight=head_weight(counts, weight, batch, k, device)))
         else:
-            loss = self.loss_fn(chosen, rejected, margin=margin, weight=example_weights(self.cfg.loss, data_weight))
+            length_rewards = output.length_rewards
+            ortho = self.model.head_orthogonality() if self.cfg.loss.orthogonal_coef > 0 else None
+            loss, _ = self.terms(
+                self.loss_fn, chosen, rejected, margin=margin, weight=example_weights(self.cfg.loss, data_weight),
+                lengths=batch["response_tokens"].to(device) if self.terms.needs_lengths else None,
+                length_rewards=None if length_rewards is None else length_rewards.float(),
+                heldout=batch["calibration"].to(device) if "calibration" in batch else None, orthogonality=ortho)
         loss = loss + reward_regularisers(self.cfg.loss, chosen, rejected)
         return loss, {"chosen": chosen.detach(), "rejected": rejected.detach()}
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """The learned temperature's log T, at ``loss.temperature_lr`` without weight decay (when on)."""
+        if self.terms.temperature is None:
+            return []
+        return [{"params": [self.terms.temperature.log_t], "lr": self.cfg.loss.temperature_lr, "weight_decay": 0.0}]
+
+    def finish(self, model: nn.Module) -> None:
+        """Store the learned temperature as the model's calibration temperature."""
+        if self.terms.temperature is not None:
+            model.metadata.temperature = self.terms.temperature.value()
+            logger.info("learned temperature T = %.4f (fitted on the held-out calibration pairs)",
+                        model.metadata.temperature)
 
     def n_items(self, batch: Batch) -> int:
         return int(batch["n_pairs"])
