@@ -68,7 +68,7 @@ class ModelConfig:
     arch: Literal[
         "concat", "separate", "cross_attention", "multi_objective", "hierarchical", "multihead"
     ] = "concat"  # architecture: prompt+response concatenated, separate encoders, cross-attention, aspect heads, segment heads, K-head ensemble
-    backbone: str = "minilm"  # "minilm" (packaged all-MiniLM-L6-v2), "tiny-bert", "tiny-gpt2", or any HF path/name
+    backbone: str = "minilm"  # "minilm" (packaged all-MiniLM-L6-v2), "tiny-bert", "tiny-gpt2", "tiny-qwen2", "tiny-llama", or any HF path/name (encoders; decoders such as Qwen2, Llama, Mistral, Gemma, GPT-2)
     pooling: Literal["auto", "cls", "mean", "last"] = "auto"  # auto: HF head (CLS for encoders, last token for decoders)
     dropout: float = 0.1  # dropout before the reward head(s)
     backbone_dropout: float | None = None  # dropout inside the backbone (None = its own config; 0 = off, as TRL's disable_dropout)
@@ -82,6 +82,12 @@ class ModelConfig:
     shared_encoder: bool = True  # separate encoder: one set of weights for prompt and response
     cross_attention_layers: int = 1  # cross_attention: layers of response->prompt attention
     init_from: str | None = None  # a saved raw_rm model directory to start from (fine-tuning, distillation)
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"  # attention kernel of the backbone: torch SDPA, the plain matmul (keeps T x T scores), or FlashAttention 2 (needs the flash-attn package and a GPU)
+    gradient_checkpointing: bool = False  # recompute each transformer block's activations in backward: activation memory of one block instead of all, about 1/3 more compute
+    lora_rank: int = 0  # LoRA (peft) adapters of this rank on model.lora_targets, base frozen, reward head trained in full; merged into a plain model on save. 0 = full fine-tuning
+    lora_alpha: float = 16.0  # LoRA scaling numerator: adapter output x lora_alpha / lora_rank
+    lora_dropout: float = 0.0  # dropout on the LoRA adapters' input
+    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])  # Linear module names (suffixes) that get adapters; Llama/Qwen2/Mistral names by default, GPT-2 uses c_attn, c_proj, c_fc; BERT query, key, value, dense
 
     def __post_init__(self) -> None:
         if self.aspect_weights is not None and len(self.aspect_weights) != len(self.aspects):
@@ -93,6 +99,15 @@ class ModelConfig:
             raise ConfigError(f"model.num_heads: expected >= 1, got {self.num_heads}")
         if self.train_layers is not None and self.train_layers < 0:
             raise ConfigError(f"model.train_layers: expected >= 0 or null, got {self.train_layers}")
+        if self.lora_rank < 0:
+            raise ConfigError(f"model.lora_rank: expected >= 0 (0 = full fine-tuning), got {self.lora_rank}")
+        if self.lora_rank and not self.lora_targets:
+            raise ConfigError("model.lora_targets: empty, but model.lora_rank > 0 needs at least one module name")
+        if self.lora_rank and self.train_layers is not None:
+            raise ConfigError(
+                f"model.lora_rank={self.lora_rank} and model.train_layers={self.train_layers}: choose one way to "
+                "limit what trains (LoRA adapters, or the top layers)"
+            )
 
 
 @dataclass
@@ -158,10 +173,15 @@ class RayConfig:
     use_gpu: bool = False  # one GPU per worker
     cpus_per_worker: float = 1.0  # CPUs reserved per worker
     strategy: Literal["ddp", "fsdp"] = "ddp"  # ddp: a full model copy per worker; fsdp: torch FSDP2 shards weights, gradients and AdamW state over the workers, for models too big for one GPU (docs/operations.md)
+    cpu_offload: bool = False  # fsdp: keep the sharded weights, gradients and AdamW state in host memory (FSDP2 CPUOffloadPolicy); the GPU holds the blocks being computed. `raw-rm plan` shows what it saves
     max_failures: int = 1  # worker-group restarts from the last checkpoint before the run fails
     storage_path: str | None = None  # Ray Train storage (None = <train.output_dir>/ray)
     run_name: str | None = None  # Ray Train run name; reuse one to resume (None = unique per run)
     keep_checkpoints: int = 2  # best checkpoints kept, ranked by train.early_stopping_metric
+
+    def __post_init__(self) -> None:
+        if self.cpu_offload and self.strategy != "fsdp":
+            raise ConfigError(f"ray.cpu_offload=true offloads FSDP shards: it needs ray.strategy=fsdp, got {self.strategy}")
 
 
 @dataclass

@@ -19,7 +19,14 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from raw_rm.config import ModelConfig
-from raw_rm.models.backbones import hidden_size, is_decoder, pooled_hidden, resolve_pooling
+from raw_rm.models.backbones import (
+    check_packable,
+    hidden_size,
+    is_decoder,
+    packed_pooled,
+    pooled_hidden,
+    resolve_pooling,
+)
 from raw_rm.models.base import RewardMetadata, RewardModelBase, RewardOutput, register_model
 
 
@@ -71,10 +78,22 @@ class RewardModel(RewardModelBase):
     def forward(
         self,
         input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        pack_index: torch.Tensor | None = None,
     ) -> RewardOutput:
-        """(N, T) concatenated prompt + response ids -> rewards (N,)."""
+        """(N, T) concatenated prompt + response ids -> rewards (N,).
+
+        Packed rows (``raw_rm.data.packing.pack_sequences``: ``input_ids`` and ``position_ids`` (R, L),
+        ``pack_index`` (N, 2), no ``attention_mask``) give the same N rewards without computing pad tokens.
+        """
+        if pack_index is not None:
+            check_packable(self.backbone_config, self.pooling)
+            trunk = self.hf.base_model if self.hf is not None else self.trunk
+            pooled = self.dropout(packed_pooled(trunk, input_ids, position_ids, pack_index))  # (N, H)
+            head = self.hf.score if self.hf is not None else self.head
+            return RewardOutput(rewards=head(pooled)[:, 0])
         if self.hf is not None and not self.decoder:
             # Hugging Face's own forward: pooler/CLS, classifier dropout, classifier.
             kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}

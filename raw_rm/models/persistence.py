@@ -27,12 +27,13 @@ from typing import Any
 
 import safetensors.torch
 import torch
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedTokenizerBase
 
 from raw_rm.config import ModelConfig, config_from_dict
-from raw_rm.models.backbones import ensure_pad_token, is_decoder, trunk_from_config
+from raw_rm.models.backbones import ensure_pad_token, is_decoder, load_saved_tokenizer, trunk_from_config
 from raw_rm.models.base import RewardMetadata, RewardModelBase, model_class
 from raw_rm.models.concat import RewardModel
+from raw_rm.models.levers import lora_layers, merged_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -64,13 +65,18 @@ def save_single_model(model: RewardModelBase, tokenizer: PreTrainedTokenizerBase
         config = model.hf.config
         setattr(config, RAW_RM_KEY, record)
         try:
-            model.hf.save_pretrained(path)
+            # LoRA adapters are folded into plain Linear weights: the folder is an ordinary SeqCls model.
+            state = merged_state_dict(model.hf) if lora_layers(model.hf) else None
+            model.hf.save_pretrained(path, state_dict=state)
         finally:
             delattr(config, RAW_RM_KEY)  # keep the in-memory config free of a stale copy
     else:
         _remove(path, list(_HF_FILES))
         model.backbone_config.save_pretrained(path / BACKBONE_DIR)
-        safetensors.torch.save_model(model, str(path / RAW_RM_WEIGHTS))
+        if lora_layers(model):
+            safetensors.torch.save_file(merged_state_dict(model), str(path / RAW_RM_WEIGHTS))
+        else:
+            safetensors.torch.save_model(model, str(path / RAW_RM_WEIGHTS))
         (path / RAW_RM_FILE).write_text(json.dumps(record, indent=2) + "\n")
     tokenizer.save_pretrained(path)
     logger.info("saved %s model to %s", model.arch, path)
@@ -111,7 +117,7 @@ def _load_hf(path: Path) -> tuple[RewardModelBase, PreTrainedTokenizerBase]:
     if config.num_labels != 1:
         raise ValueError(f"{path / 'config.json'}: a reward model has num_labels=1, got {config.num_labels}")
     hf = AutoModelForSequenceClassification.from_pretrained(path, config=config)
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer = load_saved_tokenizer(path)
     if is_decoder(config):
         ensure_pad_token(hf, tokenizer)
     return RewardModel(model_cfg, hf, metadata), tokenizer
@@ -131,7 +137,7 @@ def _load_raw(path: Path) -> tuple[RewardModelBase, PreTrainedTokenizerBase]:
     with torch.random.fork_rng(devices=[]):  # fresh heads are overwritten: leave the caller's RNG alone
         model = cls(model_cfg, trunk_from_config(config), metadata)
     safetensors.torch.load_model(model, str(path / RAW_RM_WEIGHTS), strict=True)
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer = load_saved_tokenizer(path)
     return model, tokenizer
 
 

@@ -57,7 +57,7 @@ def block_modules(model: nn.Module) -> list[nn.Module]:
     return list(max(lists, key=len)) if lists else []
 
 
-def shard_model(model: nn.Module, *, mp_dtype: torch.dtype | None = None) -> nn.Module:
+def shard_model(model: nn.Module, *, mp_dtype: torch.dtype | None = None, cpu_offload: bool = False) -> nn.Module:
     """Shard ``model`` in place with ``fully_shard``: each block, then the root. Needs an initialised process group.
 
     Args:
@@ -66,22 +66,29 @@ def shard_model(model: nn.Module, *, mp_dtype: torch.dtype | None = None) -> nn.
             and computes them in it, reduces gradients in fp32, and returns fp32 activations; the root (embeddings,
             reward head) keeps fp32, so rewards are not rounded to bf16. None = fp32 everywhere (the loop's
             autocast still applies).
+        cpu_offload: keep the shards, their gradients and so AdamW's state in host memory (``CPUOffloadPolicy``);
+            each unit's parameters are copied to the device for its forward and backward only.
 
     Returns:
         the same module object, now sharded.
     """
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
     blocks = block_modules(model)
     if not blocks:
         logger.warning("FSDP: no transformer blocks found in %s: sharding the whole model as one unit", type(model).__name__)
     policy = MixedPrecisionPolicy(param_dtype=mp_dtype, reduce_dtype=torch.float32, output_dtype=torch.float32) if mp_dtype else MixedPrecisionPolicy()
+    if cpu_offload and not torch.accelerator.is_available():
+        raise ValueError("ray.cpu_offload=true: FSDP2 offloads shards from a GPU to host memory, and this worker has "
+                         "no GPU (ray.use_gpu=true); without one the shards are in host memory already")
+    offload = CPUOffloadPolicy() if cpu_offload else OffloadPolicy()
     for block in blocks:
-        fully_shard(block, mp_policy=policy)
-    fully_shard(model)
+        fully_shard(block, mp_policy=policy, offload_policy=offload)
+    fully_shard(model, offload_policy=offload)
     n_params = sum(p.numel() for p in model.parameters())
-    logger.info("FSDP: sharded %d blocks (%s) + root, %.1fM parameters, block compute dtype %s",
-                len(blocks), type(blocks[0]).__name__ if blocks else "-", n_params / 1e6, mp_dtype or torch.float32)
+    logger.info("FSDP: sharded %d blocks (%s) + root, %.1fM parameters, block compute dtype %s%s",
+                len(blocks), type(blocks[0]).__name__ if blocks else "-", n_params / 1e6, mp_dtype or torch.float32,
+                ", shards offloaded to CPU" if cpu_offload else "")
     return model
 
 

@@ -118,3 +118,35 @@ def test_a_checkpoint_resumes_only_under_the_strategy_that_wrote_it(tmp_path) ->
     (path / "trainer_state.json").write_text(json.dumps(state))
     with pytest.raises(ValueError, match=r"checkpoint written under ray.strategy=fsdp cannot resume under ray.strategy=ddp \(or a local run\)"):
         trainer.load_checkpoint(path)
+
+
+def test_levers_compose_with_fsdp2(process_group) -> None:
+    """LoRA + activation checkpointing on a Qwen2-shaped decoder, sharded: the same rewards and gradients as the
+    plain module, and only adapters and head get gradients. (CPU offload needs a GPU: benchmarks/gpu_scale.py.)"""
+    cfg = load_config(None, ["model.backbone=tiny-qwen2", "model.dropout=0.0", "model.backbone_dropout=0.0",
+                             "model.lora_rank=4", "model.gradient_checkpointing=true"]).model
+    torch.manual_seed(0)
+    plain, tokenizer = build_model(cfg)
+    with torch.no_grad():  # adapters start at B = 0: move them so their gradients are not trivially structured
+        for name, p in plain.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.5)
+    pairs = [PreferencePair(prompt=f"q {i}?", chosen=f"a helpful answer {i}", rejected="no " * (i + 1)) for i in range(3)]
+    features = PairCollator(tokenizer, max_len_tokens=32, input_kind="concat")(pairs)["features"]
+    if not torch.accelerator.is_available():
+        with pytest.raises(ValueError, match=r"ray.cpu_offload=true: FSDP2 offloads shards from a GPU to host memory"):
+            fsdp.shard_model(copy.deepcopy(plain), cpu_offload=True)
+    sharded = fsdp.shard_model(copy.deepcopy(plain))
+    plain.train()
+    sharded.train()
+    rewards = sharded(**features).rewards
+    expected = plain(**features).rewards
+    torch.testing.assert_close(rewards, expected, atol=1e-6, rtol=0)
+    rewards.pow(2).sum().backward()
+    expected.pow(2).sum().backward()
+    with_grad = [name for name, p in sharded.named_parameters() if p.grad is not None]
+    assert with_grad == [name for name, p in plain.named_parameters() if p.requires_grad]
+    assert all(".lora_" in name or name == "hf.score.weight" for name in with_grad) and len(with_grad) == 29
+    for (name, a), b in zip(sharded.named_parameters(), plain.parameters(), strict=True):
+        if a.grad is not None:
+            torch.testing.assert_close(a.grad.full_tensor(), b.grad, atol=1e-6, rtol=1e-5, msg=name)
