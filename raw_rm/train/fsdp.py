@@ -147,8 +147,10 @@ def model_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def cpu_model_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """A detached CPU copy of the model's full state (the best weights so far); sharded: on rank 0, ``{}`` elsewhere."""
-    if not is_sharded(model):
-        return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    if not is_sharded(model) or torch.distributed.get_world_size() == 1:
+        # One rank on CPU: the "gathered" full state is the live parameters themselves (measured on torch 2.13:
+        # the next optimiser step changed it), so a snapshot must be copied.
+        return {k: v.detach().to("cpu", copy=True) for k, v in model_state_dict(model).items()}
     return model_state_dict(model)
 
 
@@ -189,6 +191,29 @@ def load_optimizer_file(model: nn.Module, optimizer: torch.optim.Optimizer, path
 
     state = torch.load(path, map_location="cpu", weights_only=True) if _rank() == 0 else {}
     set_optimizer_state_dict(model, optimizer, state, options=_options(broadcast_from_rank0=True))
+
+
+def save_sharded(model: nn.Module, optimizer: torch.optim.Optimizer, directory: str | Path) -> None:
+    """Write a distributed checkpoint (``torch.distributed.checkpoint``): every rank writes its own shards of the
+    weights and the AdamW state, nothing is gathered, so a 70B model saves at the speed of all ranks' disks
+    (collective). :func:`load_sharded` reads it back under any worker count."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model_state, optimizer_state = get_state_dict(model, optimizer)
+    dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=str(directory))
+
+
+def load_sharded(model: nn.Module, optimizer: torch.optim.Optimizer, directory: str | Path) -> None:
+    """Load a :func:`save_sharded` checkpoint into this run's shards; the run may have another number of workers
+    than the one that wrote it (DCP reads each rank's slices of the saved tensors) (collective)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    model_state, optimizer_state = get_state_dict(model, optimizer)  # the layout to fill (AdamW state initialised)
+    state = {"model": model_state, "optimizer": optimizer_state}
+    dcp.load(state, checkpoint_id=str(directory))
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
 
 
 def unsharded_copy(model: nn.Module, build: Callable[[], nn.Module]) -> nn.Module | None:
