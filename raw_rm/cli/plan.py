@@ -31,7 +31,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from raw_rm.cli.common import config_from_args
     from raw_rm.config import ConfigError
-    from raw_rm.plan import GIB, PlanError, format_plan, plan_as_json, plan_for_config, require_fit
 
     overrides = []
     if args.max_len is not None:
@@ -41,22 +40,36 @@ def run(args: argparse.Namespace) -> int:
     args.overrides = overrides + list(args.overrides)
     try:
         cfg = config_from_args(args)
-        shape, plans, chosen = plan_for_config(cfg, gpu_mem_gib=args.gpu_mem, gpus=args.gpus, reserve_gib=args.reserve)
-    except (ConfigError, PlanError, OSError) as exc:
+    except ConfigError as exc:
         print(f"raw-rm plan: error: {exc}", file=sys.stderr)
         return 2
-    if args.json:
-        print(plan_as_json(shape, plans, gpu_mem_gib=args.gpu_mem))
+    return print_plan(cfg, gpu_mem_gib=args.gpu_mem, gpus=args.gpus, reserve_gib=args.reserve, as_json=args.json,
+                      check=args.config is not None)
+
+
+def print_plan(cfg, *, gpu_mem_gib: float, gpus: int | None = None, reserve_gib: float = 2.0, as_json: bool = False,
+               check: bool = True) -> int:
+    """Print ``cfg``'s memory plan; with ``check``, exit status 2 and the error when its combination does not fit.
+    Also what ``jobs/train.py --gpu-mem`` prints at submission."""
+    from raw_rm.plan import GIB, PlanError, format_plan, plan_as_json, plan_for_config, require_fit
+
+    try:
+        shape, plans, chosen = plan_for_config(cfg, gpu_mem_gib=gpu_mem_gib, gpus=gpus, reserve_gib=reserve_gib)
+    except (PlanError, OSError) as exc:
+        print(f"raw-rm plan: error: {exc}", file=sys.stderr)
+        return 2
+    if as_json:
+        print(plan_as_json(shape, plans, gpu_mem_gib=gpu_mem_gib))
     else:
-        gpus = args.gpus if args.gpus is not None else cfg.ray.num_workers
+        world = gpus if gpus is not None else cfg.ray.num_workers
         print(f"{shape.name}: {shape.params:,} parameters ({shape.params / 1e9:.2f} B), {shape.num_layers} layers; "
-              f"{gpus} GPU(s) of {args.gpu_mem:g} GiB; {cfg.train.batch_size} pairs x {cfg.data.max_len_tokens} tokens "
-              f"per GPU micro-batch; LoRA rank {cfg.model.lora_rank or 16} on {', '.join(shape.lora_targets)}")
-        print(format_plan(plans, gpu_mem_gib=args.gpu_mem))
+              f"{world} GPU(s) of {gpu_mem_gib:g} GiB; {cfg.train.batch_size} pairs x {cfg.data.max_len_tokens} "
+              f"tokens per GPU micro-batch; LoRA rank {cfg.model.lora_rank or 16} on {', '.join(shape.lora_targets)}")
+        print(format_plan(plans, gpu_mem_gib=gpu_mem_gib))
         print(f"config: {chosen.keys()} -> {chosen.total / GIB:.2f} GiB per GPU")
-    if args.config is not None:
+    if check:
         try:
-            require_fit(plans, chosen, gpu_mem_gib=args.gpu_mem)
+            require_fit(plans, chosen, gpu_mem_gib=gpu_mem_gib)
         except PlanError as exc:
             print(f"raw-rm plan: error: {exc}", file=sys.stderr)
             return 2

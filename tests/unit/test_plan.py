@@ -95,3 +95,20 @@ def test_cli_prints_the_plan_and_refuses_a_config_that_does_not_fit(tmp_path, ca
     assert "these fit: ray.strategy=fsdp" in err
     assert main(["plan", "--model", "nope", "--gpu-mem", "80"]) == 2
     assert "model.backbone=nope: neither a folder with config.json nor a known shape" in capsys.readouterr().err
+
+
+def test_job_submission_prints_the_plan_and_stops_on_a_misfit(capsys) -> None:
+    import importlib.util
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    spec = importlib.util.spec_from_file_location("job_train", repo / "jobs" / "train.py")
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    assert job.main(["--gpu-mem", "10", "--config", str(repo / "raw_rm" / "configs" / "scale_8b.yaml")]) == 2
+    captured = capsys.readouterr()
+    assert captured.out.startswith("meta-llama/Meta-Llama-3-8B: 7,504,928,768 parameters (7.50 B), 32 layers; "
+                                   "16 GPU(s) of 10 GiB; 4 pairs x 2048 tokens")
+    assert captured.out.rstrip().endswith(
+        "config: ray.strategy=fsdp model.lora_rank=0 model.gradient_checkpointing=true -> 18.00 GiB per GPU")
+    assert "no combination fits: add GPUs, or lower train.batch_size or data.max_len_tokens" in captured.err
