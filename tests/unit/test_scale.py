@@ -241,3 +241,48 @@ def test_packing_an_encoder_is_refused() -> None:
         "packing: backbone model_type 'bert' cannot take packed rows (sequences attending only within themselves "
         "needs a decoder that reads position_ids: gpt2, llama, mistral, qwen2); train it padded"
     )
+
+
+def test_a_lora_ensemble_stores_one_base_and_scores_like_its_members(tmp_path) -> None:
+    from raw_rm.models.lora_ensemble import ADAPTERS_FILE, save_lora_ensemble
+
+    member_dirs, expected = [], []
+    features = None
+    for k in range(3):
+        torch.manual_seed(10 + k)
+        model, tokenizer = build_model(ModelConfig(backbone="tiny-qwen2", dropout=0.0, lora_rank=2,
+                                                   lora_targets=["q_proj", "v_proj"]))
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if p.requires_grad:  # stands in for training: adapters and head moved away from their start
+                    p.normal_(0.0, 0.3)
+        model.metadata.reward_mean, model.metadata.reward_std = 0.1 * k, 1.0 + k
+        features = encode_features(tokenizer, MORE_PROMPTS, MORE_RESPONSES, "concat")
+        save_model(model, tokenizer, tmp_path / f"m{k}")
+        member_dirs.append(tmp_path / f"m{k}")
+        loaded, _ = load_model(tmp_path / f"m{k}")
+        with torch.no_grad():
+            expected.append((loaded(**features).rewards - 0.1 * k) / (1.0 + k))
+    save_lora_ensemble(tmp_path / "ens", member_dirs, backbone="tiny-qwen2")
+    base_bytes = (tmp_path / "ens" / "base" / "model.safetensors").stat().st_size
+    adapter_bytes = (tmp_path / "ens" / ADAPTERS_FILE).stat().st_size
+    assert adapter_bytes < base_bytes / 3  # three members cost less than one more base
+    ensemble, _ = load_model(tmp_path / "ens")
+    assert sum(p.numel() for p in ensemble.parameters()) < 1.5 * sum(p.numel() for p in loaded.parameters())
+    with torch.no_grad():
+        out = ensemble(**features)
+    torch.testing.assert_close(out.members, torch.stack(expected, dim=1), atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.rewards, torch.stack(expected, dim=1).mean(1), atol=1e-5, rtol=0)
+    ensemble.metadata.temperature = 2.5  # as a calibration fit would set it; save_model keeps the one base
+    save_model(ensemble, tokenizer, tmp_path / "ens")
+    save_model(ensemble, tokenizer, tmp_path / "copy")
+    for folder in ("ens", "copy"):
+        reloaded, _ = load_model(tmp_path / folder)
+        assert reloaded.metadata.temperature == 2.5 and reloaded.num_members == 3
+    assert not (tmp_path / "copy" / "ensemble.json").exists()
+    full, _ = build_model(ModelConfig(backbone="tiny-qwen2", dropout=0.0))
+    save_model(full, tokenizer, tmp_path / "full")
+    with pytest.raises(ValueError, match=re.escape(f"{tmp_path / 'full'}: member 0 is not a LoRA concat decoder")):
+        save_lora_ensemble(tmp_path / "bad", [tmp_path / "full"], backbone="tiny-qwen2")
+    with pytest.raises(ValueError, match="differs from tiny-llama's and is not a LoRA target"):
+        save_lora_ensemble(tmp_path / "bad", member_dirs[:1], backbone="tiny-llama")
