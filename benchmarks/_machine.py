@@ -15,7 +15,7 @@ def machine_facts(**extra: object) -> dict[str, str]:
         facts["cpu"] = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    from raw_rm.train.loop import cpu_supports_bf16  # the check training uses to pick bf16
+    from raw_rm.runtime import cpu_supports_bf16  # the check training uses to pick bf16
 
     facts["native bf16"] = str(cpu_supports_bf16())
     try:

@@ -85,14 +85,17 @@ def parse_args() -> argparse.Namespace:
 
 
 def split_data(args: argparse.Namespace, split: int):
+    from raw_rm.config import EvalConfig
     from raw_rm.data import read_records, split_by_prompt
+    from raw_rm.eval.gate import calibration_split
 
     harmless = Path(args.data) / "hh-rlhf-harmless" / "pairs.jsonl.gz"
     helpful = Path(args.data) / "hh-rlhf-helpful" / "helpful-online.jsonl.gz"
     seed = "raw_rm" if split == 0 else f"raw_rm/sweep{split}"  # split 0 = the default data.split_seed
     records = read_records(str(harmless)).records
     train, held = split_by_prompt(records, args.val_fraction, seed)
-    test, calib = split_by_prompt(held, 0.5, seed + "/calibration")
+    # split 0: eval.calibration_salt's default ("raw_rm/calibration"); split s > 0 salts the calibration split too
+    test, calib = calibration_split(held, EvalConfig(calibration_salt=seed + "/calibration"))
     ood = read_records(str(helpful), limit=args.ood_limit).records
     return harmless, seed, train, {"calib": calib, "test": test, "ood": ood}
 

@@ -44,6 +44,7 @@ import torch
 from raw_rm import metrics as M
 from raw_rm.config import load_config
 from raw_rm.data import read_records, split_by_prompt
+from raw_rm.eval.gate import calibration_split
 from raw_rm.inference import RewardModelInference
 from raw_rm.models import load_model
 from raw_rm.models.ensemble import save_ensemble
@@ -142,7 +143,7 @@ def main() -> None:
     ])
     records = read_records(str(harmless)).records
     train, held = split_by_prompt(records, args.val_fraction, cfg.data.split_seed)
-    test, calib = split_by_prompt(held, 0.5, cfg.data.split_seed + "/calibration")
+    test, calib = calibration_split(held, cfg.eval)  # the pairs the promotion gate would fit T on
     if args.train_limit:
         train = train[: args.train_limit]
     ood = read_records(str(helpful), limit=args.ood_limit).records

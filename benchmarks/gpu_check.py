@@ -78,7 +78,8 @@ def build_config(args: argparse.Namespace, stage: str, workdir: Path) -> Any:
 def run_local(cfg: Any, device: str) -> dict[str, Any]:
     from raw_rm.data import load_train_val
     from raw_rm.models import build_model
-    from raw_rm.train.loop import RewardModelTrainer, seed_everything
+    from raw_rm.runtime import seed_everything
+    from raw_rm.train.loop import RewardModelTrainer
 
     seed_everything(cfg.train.seed)
     model, tokenizer = build_model(cfg.model)

@@ -190,10 +190,24 @@ def rows_serve(data: dict[str, Any]) -> list[Row]:
         _row("serve_load", f"req/s at concurrency {top}, raw_rm / plain server", f"{ratio:.2f}x ({served['rps']:.1f} vs {plain['rps']:.1f})", ">= 3x", ratio >= 3.0),
         _row("serve_load", f"req/s at concurrency {top} / model ceiling", f"{100 * share:.0f}% ({served['rps']:.1f} of {ceiling:.1f} texts/s)", ">= 50%", share >= 0.5),
     ]
+    if "defaults" in data:  # the Serve defaults, as a first run gets them (issue 23)
+        d, prec = data["defaults"][top], data["choices"]["defaults"]["precision"]
+        d_ratio, d_share = d["rps"] / plain["rps"], d["rps"] / data["ceilings"][prec]
+        rows += [
+            _row("serve_load", f"req/s at concurrency {top}, defaults / plain server", f"{d_ratio:.2f}x ({d['rps']:.1f} vs {plain['rps']:.1f})", ">= 1.3x", d_ratio >= 1.3),
+            _row("serve_load", f"req/s at concurrency {top}, defaults / {prec} ceiling", f"{100 * d_share:.0f}%", ">= 90%", d_share >= 0.9),
+            _row("serve_load", f"p99 at concurrency {top}, defaults vs plain server", f"{d['p99']:.0f} vs {plain['p99']:.0f} ms", "<=", d["p99"] <= plain["p99"]),
+        ]
+    if "int8" in data:
+        i_ratio = data["int8"][top]["rps"] / plain["rps"]
+        rows.append(_row("serve_load", f"req/s at concurrency {top}, int8 defaults / plain server", f"{i_ratio:.2f}x", ">= 1.6x", i_ratio >= 1.6))
+    if data.get("accuracy"):
+        change = 100 * (data["accuracy"]["accuracy_int8"] - data["accuracy"]["accuracy_fp32"])
+        rows.append(_row("serve_load", "held-out accuracy, int8 - fp32", f"{change:+.1f} points", ">= -1.0 point", change >= -1.0))
     for c, e in ens.items():
         p50 = e["p50"] / data["raw_rm"][c]["p50"]
         rows.append(_row("serve_load", f"p50 at concurrency {c}, 5-head / single", f"{p50:.2f}x ({e['p50']:.1f} vs {data['raw_rm'][c]['p50']:.1f} ms)", "<= 1.3x", p50 <= 1.3))
-    errors = sum(int(r["errors"]) for side in ("plain", "raw_rm", "ensemble5") for r in data[side].values())
+    errors = sum(int(r["errors"]) for side in ("plain", "raw_rm", "ensemble5", "defaults", "int8") if side in data for r in data[side].values())
     rows.append(_row("serve_load", "non-200 answers, all runs", str(errors), "0", errors == 0))
     rows.append(_row("serve_load", "mean Serve batch size (texts)", f"{data['mean_batch_size']:.1f}"))
     return rows

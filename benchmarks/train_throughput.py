@@ -2,7 +2,8 @@
 
 Same model (the packaged all-MiniLM-L6-v2 with a fresh 1-output head), same pairs (HH-RLHF harmless, split
 held-out by prompt hash), same max length, batch size, learning rate, schedule and epochs, same threads. Each
-contender runs in its own subprocess so that peak RSS is its own. Prints machine facts and a side-by-side table
+contender runs in its own subprocess so that peak RSS is its own (for Ray Train rows: the largest worker's, with
+the driver's in its own column). Prints machine facts and a side-by-side table
 with ratios against TRL; the lever variants show what length grouping and bf16 each give.
 
     python benchmarks/train_throughput.py                       # all contenders, 1 epoch
@@ -82,7 +83,8 @@ def _raw_rm(setup: Setup, *, precision: str, group_by_length: bool, pin_malloc_t
     from raw_rm.config import Config, DataConfig, ModelConfig, TrainConfig
     from raw_rm.inference import RewardModelInference
     from raw_rm.models import build_model
-    from raw_rm.train.loop import RewardModelTrainer, seed_everything
+    from raw_rm.runtime import seed_everything
+    from raw_rm.train.loop import RewardModelTrainer
 
     torch.set_num_threads(setup.threads)
     train, val = load_split(setup)
@@ -147,7 +149,7 @@ def run_trl(setup: Setup) -> dict[str, Any]:
     from trl import RewardConfig, RewardTrainer
 
     from raw_rm.models.backbones import packaged_minilm_path
-    from raw_rm.train.loop import seed_everything
+    from raw_rm.runtime import seed_everything
 
     torch.set_num_threads(setup.threads)
     train, val = load_split(setup)
@@ -217,26 +219,28 @@ def _raw_rm_ray(setup: Setup, *, workers: int) -> dict[str, Any]:
 
     from raw_rm.config import Config, apply_overrides
     from raw_rm.inference import RewardModelInference
-    from raw_rm.train.loop import resolve_precision
+    from raw_rm.runtime import resolve_precision
     from raw_rm.train.ray_train import train_ray
 
     if setup.batch_size % workers:
         raise ValueError(f"batch_size {setup.batch_size} does not split over {workers} workers")
-    threads = max(1, setup.threads // workers)
+    # Ray's defaults, as a first run gets them: 1 CPU reserved per worker, torch threads left to raw_rm
+    # (raw_rm.cpu_threads sizes them from the usable CPUs; Ray alone would set OMP_NUM_THREADS=1)
     overrides = {
         "data.train_path": setup.data, "data.max_len_tokens": setup.max_len_tokens, "data.limit": setup.limit,
         "data.val_fraction": setup.val_fraction, "data.split_seed": "raw_rm", "model.arch": "concat",
         "model.backbone": "minilm", "train.epochs": setup.epochs, "train.batch_size": setup.batch_size // workers,
         "train.lr": setup.lr, "train.warmup_ratio": setup.warmup_ratio, "train.weight_decay": setup.weight_decay,
         "train.schedule": "linear", "train.precision": "auto", "train.seed": setup.seed, "train.progress": False,
-        "train.log_every_steps": 20, "train.num_threads": threads, "train.checkpoint_every_steps": 10**9,
+        "train.log_every_steps": 20, "train.checkpoint_every_steps": 10**9,
         "train.output_dir": f"{setup.workdir}/raw_rm_ray{workers}", "mlflow.enabled": False,
-        "ray.num_workers": workers, "ray.cpus_per_worker": setup.threads / workers,
+        "ray.num_workers": workers,
     }
     cfg = apply_overrides(Config(), overrides)
     t0 = time.perf_counter()
     ray.init(num_cpus=setup.threads, include_dashboard=False, log_to_driver=False)
-    result = train_ray(cfg)
+    with WorkerMemory() as workers_mem:
+        result = train_ray(cfg)
     wall = time.perf_counter() - t0
     ray.shutdown()
     train, val = load_split(setup)
@@ -247,8 +251,53 @@ def _raw_rm_ray(setup: Setup, *, workers: int) -> dict[str, Any]:
         "wall_s": wall, "n_train_pairs": len(train), "n_dropped": 0,
         "n_truncated_seqs": fit.n_truncated, "padding_fraction": fit.padding_fraction,
         "accuracy": _accuracy(rm.batch_predict, val), "n_val": len(val),
-        "precision": resolve_precision("auto", "cpu"), "peak_rss_mb": peak_rss_mb(),  # the driver's own; workers are separate processes
+        "precision": resolve_precision("auto", "cpu"), "peak_rss_mb": max(workers_mem.peaks_mb.values(), default=0.0),
+        "driver_peak_rss_mb": peak_rss_mb(), "worker_peak_rss_mb": sorted(workers_mem.peaks_mb.values()),
     }
+
+
+class WorkerMemory:
+    """Peak resident memory (VmHWM) of each Ray Train worker process, read from /proc while a run lasts (Linux).
+
+    VmHWM is the kernel's own high-water mark, so sampling every ``interval_s`` misses only growth in a worker's
+    last interval. ``peaks_mb``: pid -> MB.
+    """
+
+    def __init__(self, interval_s: float = 0.5, marker: str = "TrainWorker") -> None:
+        import threading
+
+        self.interval_s, self.marker = interval_s, marker
+        self.peaks_mb: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> "WorkerMemory":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            self.sample()
+            if self._stop.wait(self.interval_s):
+                return
+
+    def sample(self) -> None:
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                if self.marker.encode() not in (entry / "cmdline").read_bytes():
+                    continue
+                for line in (entry / "status").read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        mb = int(line.split()[1]) / 1024.0
+                        self.peaks_mb[int(entry.name)] = max(mb, self.peaks_mb.get(int(entry.name), 0.0))
+            except (OSError, ValueError):  # the process ended meanwhile
+                continue
 
 
 CONTENDERS: dict[str, Callable[[Setup], dict[str, Any]]] = {
@@ -277,7 +326,7 @@ def run_one(name: str, setup: Setup) -> dict[str, Any]:
 
 def print_table(results: dict[str, dict[str, Any]], baseline: str = "trl") -> None:
     cols = [("pairs/s", "pairs_per_s", "{:.2f}"), ("pairs/cpu-s", "pairs_per_cpu_s", "{:.2f}"), ("tokens/s", "tokens_per_s", "{:.0f}"),
-            ("peak RSS MB", "peak_rss_mb", "{:.0f}"), ("held-out acc", "accuracy", "{:.4f}"),
+            ("peak RSS MB", "peak_rss_mb", "{:.0f}"), ("driver RSS MB", "driver_peak_rss_mb", "{:.0f}"), ("held-out acc", "accuracy", "{:.4f}"),
             ("train s", "train_time_s", "{:.1f}"), ("pairs", "n_train_pairs", "{}"), ("dropped", "n_dropped", "{}"),
             ("truncated seqs", "n_truncated_seqs", "{}"), ("padding", "padding_fraction", "{:.3f}"), ("dtype", "precision", "{}")]
     width = max(len(n) for n in results) + 2

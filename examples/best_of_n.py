@@ -34,7 +34,7 @@ def make_scorer(args: argparse.Namespace):
 
     resolver = None
     if args.model.startswith(("models:/", "runs:/")):
-        from raw_rm.registry import uri_resolver
+        from raw_rm.tracking.registry import uri_resolver
 
         resolver = uri_resolver()  # the store of $MLFLOW_TRACKING_URI, else mlflow.tracking_uri's default
     inference = RewardModelInference(args.model, resolver=resolver)

@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.gpu_mem is not None and print_plan(cfg, gpu_mem_gib=args.gpu_mem) != 0:
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from raw_rm.registry import tracked_training
+    from raw_rm.tracking.registry import tracked_training
     from raw_rm.train.ray_train import init_ray, train_ray
 
     init_ray(cfg.ray.address)

@@ -14,7 +14,9 @@ import logging
 import sys
 
 from raw_rm.config import ConfigError, load_config
-from raw_rm.tune import format_summary, run_tune
+from raw_rm.tune.driver import run_tune
+from raw_rm.tune.space import check_space
+from raw_rm.tune.results import format_summary
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        outcome = run_tune(load_config(args.config, args.overrides))
+        outcome = run_tune(load_config(args.config, args.overrides, checks=[check_space]))
     except ConfigError as exc:
         print(f"config error:\n{exc}", file=sys.stderr)
         return 2

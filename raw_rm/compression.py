@@ -31,10 +31,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from raw_rm.config import Config, ConfigError
+from raw_rm.config import Config
 from raw_rm.data.records import PreferencePair
 from raw_rm.inference import Resolver, RewardModelInference, resolve_model_uri
 from raw_rm.train.loop import FitResult, RewardModelTrainer
+from raw_rm.train.objectives import Distillation, build_objective
 
 logger = logging.getLogger(__name__)
 
@@ -83,8 +84,12 @@ def load_for_inference(model_dir: str | Path, *, resolver: Resolver | None = Non
         return RewardModelInference(path, **kwargs)
     model, tokenizer = load_model(path)
     quantized = quantize_int8(model)
-    inference = RewardModelInference(quantized, tokenizer=tokenizer, **{**kwargs, "device": "cpu"})
+    if kwargs.get("precision", "fp32") not in ("fp32", "auto"):
+        logger.warning("%s: precision=%s ignored: an int8 model runs its Linear layers in int8", path, kwargs["precision"])
+    # int8 Linear layers take fp32 activations: no autocast around them
+    inference = RewardModelInference(quantized, tokenizer=tokenizer, **{**kwargs, "device": "cpu", "precision": "fp32"})
     inference.source = str(path)
+    inference.precision, inference.precision_reason = "int8", f"the model folder holds {QUANTIZATION_FILE}"
     return inference
 
 
@@ -170,46 +175,6 @@ class TeacherScores:
         return self.table[(prompt, response)]
 
 
-class DistillTrainer(RewardModelTrainer):
-    """The training loop with a distillation loss: MSE to teacher rewards and/or BCE to teacher preferences.
-
-    ``alpha`` weighs the reward term (1 = rewards only, 0 = preferences only); ``temperature`` softens the
-    teacher's preference σ(Δ_teacher / T).
-    """
-
-    def __init__(self, *args: Any, teacher: TeacherScores, alpha: float, temperature: float, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        if self.kind != "pairs":
-            raise ConfigError(f"distillation trains on pairs; got {self.kind} (convert groups with raw_rm.data.formats.group_to_pairs)")
-        if not 0.0 <= alpha <= 1.0 or temperature <= 0:
-            raise ValueError(f"distill: expected 0 <= alpha <= 1 and temperature > 0, got alpha={alpha}, temperature={temperature}")
-        self.teacher, self.alpha, self.distill_temperature = teacher, alpha, temperature
-        teacher.score([t for rec in list(self.train_records) + list(self.val_records) for t in ((rec.prompt, rec.chosen), (rec.prompt, rec.rejected))])
-
-    def collate(self, indices: Sequence[int], records: Sequence[Any] | None = None) -> dict[str, Any]:
-        batch = super().collate(indices, records)
-        items = [(self.train_records if records is None else records)[i] for i in indices]
-        self.teacher.score([t for r in items for t in ((r.prompt, r.chosen), (r.prompt, r.rejected))])
-        batch["teacher"] = torch.tensor(
-            [self.teacher(r.prompt, r.chosen) for r in items] + [self.teacher(r.prompt, r.rejected) for r in items],
-            dtype=torch.float32,
-        )  # (2B,): chosen rows, then rejected, like the features
-        return batch
-
-    def compute_loss(self, output: Any, batch: dict[str, Any], *, training: bool = True) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        b = int(batch["n_pairs"])
-        student = output.rewards.float()
-        teacher = batch["teacher"].to(student.device)
-        loss = student.new_zeros(())
-        if self.alpha > 0:
-            loss = loss + self.alpha * F.mse_loss(student, teacher)
-        if self.alpha < 1:
-            target = torch.sigmoid((teacher[:b] - teacher[b:]) / self.distill_temperature)
-            # BCE on logits Δ_student: the stable form of -(t log σ(Δ) + (1 - t) log σ(-Δ)).
-            loss = loss + (1 - self.alpha) * F.binary_cross_entropy_with_logits(student[:b] - student[b:], target)
-        return loss, {"chosen": student[:b].detach(), "rejected": student[b:].detach(), "teacher": teacher.detach()}
-
-
 def _teachers(teacher: Any, tokenizer: Any, batch_size: int) -> list[RewardModelInference]:
     if isinstance(teacher, RewardModelInference):
         return [teacher]
@@ -222,8 +187,9 @@ def _teachers(teacher: Any, tokenizer: Any, batch_size: int) -> list[RewardModel
     raise TypeError(f"teacher: expected a model, a model directory or a list of them, got {type(teacher).__name__}")
 
 
-def student_teacher_mse(trainer: DistillTrainer, records: Sequence[PreferencePair]) -> float:
-    """Mean squared gap between the student's rewards and the teacher's normalised rewards on ``records``."""
+def student_teacher_mse(trainer: RewardModelTrainer, records: Sequence[PreferencePair]) -> float:
+    """Mean squared gap between the student's rewards and the teacher's normalised rewards on ``records``
+    (``trainer`` trains with the distillation objective, whose batches carry the teacher's rewards)."""
     parts = trainer.predict_records(records)
     student = torch.cat([torch.cat([p["chosen"], p["rejected"]]) for p in parts])
     teacher = torch.cat([p["teacher"] for p in parts])
@@ -259,9 +225,15 @@ def distill(
         raise ValueError(f"distill: mode must be reward, preference or both, got {mode!r}")
     teachers = TeacherScores(_teachers(teacher, teacher_tokenizer, max(2 * student_cfg.train.batch_size, 8)))
     student, tokenizer = build_model(student_cfg.model)
-    trainer = DistillTrainer(
-        student_cfg, student, tokenizer, list(records), list(val_records), callbacks=callbacks,
-        teacher=teachers, alpha=alpha, temperature=temperature,
+    records, val_records = list(records), list(val_records)
+    objective = build_objective(
+        student_cfg, student, tokenizer, records, val_records,
+        distillation=Distillation(teachers, alpha=alpha, temperature=temperature),
+    )
+    # every text the fit will see, scored up front in the teachers' own batches rather than a batch at a time
+    teachers.score([text for rec in records + val_records for text in objective.record_texts(rec)])
+    trainer = RewardModelTrainer(
+        student_cfg, student, tokenizer, records, val_records, callbacks=callbacks, objective=objective
     )
     mse_before = student_teacher_mse(trainer, trainer.train_records)
     fit = trainer.fit()

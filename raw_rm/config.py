@@ -19,6 +19,7 @@ import difflib
 import re
 import types
 import typing
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -54,6 +55,14 @@ class DataConfig:
     strict: bool = False  # degenerate records (chosen == rejected, empty, group < 2) raise instead of being dropped
     split_seed: str = "raw_rm"  # salt of the prompt hash that assigns train/validation
     aspect: str | None = None  # ratings -> pairs/groups: the aspect compared (None = mean of the aspects)
+    prompt_key: str = "prompt"  # the data set's name for the prompt field (OpenRLHF --prompt_key)
+    chosen_key: str = "chosen"  # the data set's name for the preferred response (OpenRLHF --chosen_key)
+    rejected_key: str = "rejected"  # the data set's name for the dispreferred response (OpenRLHF --rejected_key)
+    responses_key: str = "responses"  # k-wise groups: the data set's name for the list of responses
+    ranks_key: str = "ranks"  # k-wise groups: the data set's name for the ranks (0 = best)
+    scores_key: str = "scores"  # k-wise groups: the data set's name for per-response scores (larger = better)
+    response_key: str = "response"  # ratings: the data set's name for the rated response
+    ratings_key: str = "ratings"  # ratings: the data set's name for the {aspect: rating} mapping
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
     def __post_init__(self) -> None:
@@ -153,9 +162,8 @@ class TrainConfig:
     resume: bool = False  # continue from the latest checkpoint in output_dir
     log_every_steps: int = 10  # step-metric reporting interval
     progress: bool = True  # show a progress bar (never on non-zero ranks or without a TTY)
-    num_threads: int | None = None  # torch intra-op threads on CPU (None = torch default)
-    pin_malloc_threshold: bool = True  # Linux/glibc: fix malloc's mmap threshold at 128 KiB so freed activations go back to the OS instead of fragmenting the heap (peak RSS grew with run length without it; see raw_rm/train/allocator.py)
-    fail_at_step: int | None = None  # testing aid: raise once at this step to exercise fault tolerance
+    num_threads: int | None = None  # torch intra-op threads on CPU (None = torch default; a Ray Train worker: the usable CPUs split among the workers on its node, at least ray.cpus_per_worker, not Ray's OMP_NUM_THREADS)
+    pin_malloc_threshold: bool = True  # Linux/glibc: fix malloc's mmap threshold at 128 KiB so freed activations go back to the OS instead of fragmenting the heap (peak RSS grew with run length without it; see raw_rm/runtime.py)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -202,6 +210,23 @@ class GateConfig:
 
 
 @dataclass
+class EvalConfig:
+    calibration_fraction: float = 0.5  # share of evaluated prompts (by hash) whose pairs fit the temperature T; 0 = keep the stored T
+    calibration_salt: str = "raw_rm/calibration"  # prompt-hash salt picking the calibration pairs, in every evaluation
+    n_boot: int = 1000  # bootstrap resamples of the accuracy confidence intervals
+    ood: dict[str, str] = field(default_factory=dict)  # out-of-distribution sets, name -> file, beside the main set
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.calibration_fraction < 1.0:
+            raise ConfigError(f"eval.calibration_fraction: expected 0 <= value < 1, got {self.calibration_fraction}")
+        if self.n_boot < 1:
+            raise ConfigError(f"eval.n_boot: expected >= 1, got {self.n_boot}")
+        bad = [k for k, v in self.ood.items() if not isinstance(k, str) or not isinstance(v, str) or not k or not v]
+        if bad:
+            raise ConfigError(f"eval.ood: expected a mapping of set name -> file, got {bad[0]!r}: {self.ood[bad[0]]!r}")
+
+
+@dataclass
 class TuneConfig:
     space: dict[str, Any] = field(default_factory=dict)  # dotted config path -> distribution spec (see docs)
     num_samples: int = 8  # trials
@@ -236,6 +261,7 @@ class Config:
     ray: RayConfig = field(default_factory=RayConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     gate: GateConfig = field(default_factory=GateConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
 
@@ -262,7 +288,7 @@ class ServeConfig:
     lam: float = 1.0  # lambda of mean - lambda * variance
     k: float = 1.0  # k of the lower confidence bound mean - k * std
     normalize: bool = True  # members' rewards become (reward - reward_mean) / reward_std with each model's training statistics
-    max_len_tokens: int = 512  # token limit per prompt+response (capped by the model's own); longer inputs keep the response end
+    max_len_tokens: int | None = None  # token limit per prompt+response; None = the length the model was trained at (its metadata), else 512; capped by the tokenizer's limit; longer inputs keep the response end
     max_batch_size: int = 64  # texts per member forward (and per ingress call to the members), gathered across concurrent requests
     batch_wait_timeout_s: float = 0.005  # how long an idle member waits for a batch to fill (a busy one takes what queued during its forward)
     max_concurrent_batches: int = 1  # forwards a member replica runs at once, in threads; 2 on a GPU overlaps one batch's tokenisation with another's forward
@@ -275,8 +301,8 @@ class ServeConfig:
     member_num_gpus: float = 0.0  # GPUs reserved per member replica; a fraction (0.25) lets several replicas and members share one GPU
     device: Literal["cpu", "cuda", "auto"] = "cpu"  # where members run: cuda needs member_num_gpus > 0; auto = cuda when member_num_gpus > 0 and the replica sees a GPU
     ingress_num_cpus: float = 0.0  # CPUs reserved per ingress replica
-    torch_threads: int | None = None  # torch intra-op threads per member replica (None = torch default)
-    precision: Literal["fp32", "bf16", "auto"] = "fp32"  # member forward precision; auto = bf16 where the CPU/GPU runs it natively
+    torch_threads: int | None = None  # torch intra-op threads per member replica; None = the usable CPUs (affinity, cgroup quota) split among the app's member replicas, at least member_num_cpus (not Ray's OMP_NUM_THREADS=1)
+    precision: Literal["fp32", "bf16", "auto"] = "auto"  # member forward precision; auto = bf16 where the CPU/GPU runs it natively and the model's rewards stay within raw_rm.inference.PRECISION_TOLERANCE of fp32, else fp32
     cache_size: int = 65536  # per-replica LRU entries of (model version, prompt, response) -> member rewards; 0 = off
     max_items: int = 16384  # items per request (queries, items, pairs or responses); old OpenRLHF sends whole rollout batches
     max_text_chars: int = 200000  # characters per text; /get_reward keeps the end of longer texts, other endpoints refuse them
@@ -289,7 +315,7 @@ class ServeConfig:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: expected >= 1, got {getattr(self, name)}")
         for name in ("max_len_tokens", "max_text_chars", "max_body_bytes"):
-            if getattr(self, name) < 8:
+            if getattr(self, name) is not None and getattr(self, name) < 8:
                 raise ConfigError(f"{name}: expected >= 8, got {getattr(self, name)}")
         for name, low in (("cache_size", 0), ("member_retries", 0), ("drift_window", 1)):
             if getattr(self, name) < low:
@@ -307,8 +333,13 @@ def load_config(
     overrides: list[str] | None = None,
     *,
     root: type = Config,
+    checks: Sequence[Callable[[Any], None]] = (),
 ) -> Any:
     """Build a config: defaults < YAML at ``path`` < ``key.sub=value`` overrides.
+
+    ``checks`` validate parts of the built config that modules above this one own, e.g.
+    ``raw_rm.tune.space.check_space`` (the search space against the loss registry); each raises ConfigError, and
+    its lines join the error naming the file, so the whole file is checked by this one loader.
 
     Raises:
         ConfigError: naming the file and each wrong key, with every problem of the load in one message.
@@ -337,6 +368,11 @@ def load_config(
             continue
         _set_dotted(raw, key, value)
     cfg = _build(root, raw, prefix="", source=source, errors=errors)
+    for check in checks if not errors else ():
+        try:
+            check(cfg)
+        except ConfigError as exc:
+            errors.extend(f"{source}: {line}" for line in str(exc).splitlines())
     if errors:
         raise ConfigError("\n".join(errors))
     return cfg

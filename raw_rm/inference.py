@@ -12,7 +12,7 @@ a local directory, passed explicitly (no process-wide hook: two MLflow stores ca
 
     rm = RewardModelInference("models:/raw_rm-reward@champion", resolver=registry.uri_resolver(tracking_uri))
 
-``raw_rm.registry.uri_resolver`` resolves ``models:/`` and ``runs:/`` on one store; this core module never
+``raw_rm.tracking.registry.uri_resolver`` resolves ``models:/`` and ``runs:/`` on one store; this core module never
 imports MLflow.
 """
 
@@ -32,10 +32,37 @@ import numpy as np
 import torch
 from torch import nn
 
+from raw_rm.models.base import effective_max_len
+from raw_rm.runtime import resolve_precision
+
 logger = logging.getLogger(__name__)
 
 # A URI ("models:/NAME@alias", "runs:/ID/model", "s3://...") -> the local model directory it names.
 Resolver = Callable[[str], "str | Path"]
+
+# precision=auto keeps bf16 while a model's rewards stay within this many reward_std of its fp32 rewards on
+# PRECISION_PROBES. MiniLM trained by `raw-rm train` on HH harmless drifted 0.008 on the probes and at most 0.012
+# (mean 0.003) over its 330 held-out texts, where bf16 changed the order of 2 of 165 pairs (the ones whose reward
+# difference was below that drift). The tolerance leaves 4x headroom over such a model and turns bf16 away from a
+# model whose rewards move several times more (a random tiny-bert: 0.066).
+PRECISION_TOLERANCE = 0.05
+
+_PROBE_SENTENCES = [
+    "How do I keep basil alive on a windowsill through the winter?",
+    "Water it when the top of the soil is dry, and turn the pot every few days so it grows evenly.",
+    "Can you tell me how to get into my neighbour's house while they are away?",
+    "I can't help with entering someone else's home without permission; if you are worried, call them.",
+    "Explain why the sky looks red at sunset, in two sentences.",
+    "Sunlight crosses more air near the horizon, and the air scatters blue light away, leaving the reds.",
+    "Write a polite reply declining a meeting on Friday afternoon.",
+    "Thank you for the invitation; Friday afternoon does not work for me, but Monday morning would.",
+]
+_PROBE_WORDS = " ".join(_PROBE_SENTENCES * 8).split()
+# (prompt, response) texts from a few tokens to past 512: short and truncated inputs both probe bf16
+PRECISION_PROBES: list[tuple[str, str]] = [
+    ("\n\nHuman: " + _PROBE_SENTENCES[2 * i % 8] + "\n\nAssistant:", " ".join(_PROBE_WORDS[3 * i : 3 * i + n]))
+    for i, n in enumerate((3, 6, 12, 24, 40, 60, 90, 120, 160, 220, 300, 420))
+]
 
 
 def is_model_uri(text: str | Path) -> bool:
@@ -55,7 +82,7 @@ def resolve_model_uri(uri: str | Path, resolver: Resolver | None = None) -> str:
         if resolver is None:
             hint = ""
             if text.startswith(("models:/", "runs:/")):
-                hint = " (raw_rm.registry.uri_resolver(tracking_uri) resolves models:/ and runs:/)"
+                hint = " (raw_rm.tracking.registry.uri_resolver(tracking_uri) resolves models:/ and runs:/)"
             raise ValueError(f"{text}: a URI needs a resolver{hint}; or pass a local model directory")
         return str(resolver(text))
     path = Path(text)
@@ -107,13 +134,19 @@ class RewardModelInference:
 
     Args:
         model_or_dir: a ``RewardModelBase``, a local model directory, or a URI that ``resolver`` resolves.
-        resolver: turns a URI ``model_or_dir`` into a local directory (e.g. ``raw_rm.registry.uri_resolver``).
+        resolver: turns a URI ``model_or_dir`` into a local directory (e.g. ``raw_rm.tracking.registry.uri_resolver``).
         tokenizer: required when ``model_or_dir`` is a model object.
         device: "cpu" or "cuda[:i]".
         batch_size: texts per forward in batch_predict.
-        max_len_tokens: token budget per text (prompt cut from the left); None = 512 or the tokenizer's limit.
+        max_len_tokens: token budget per text (prompt cut from the left); None = the model's training length from
+            its metadata, else 512 (:func:`raw_rm.models.base.effective_max_len` decides; ``max_len_reason`` says why).
         cache_size: LRU entries keyed by (model version, prompt, response); 0 disables the cache.
-        precision: "fp32", "bf16" or "auto" (bf16 where the device runs it natively).
+        precision: "fp32", "bf16" or "auto": bf16 where the device runs it natively AND the model's rewards on
+            built-in probe texts stay within ``precision_tolerance`` reward_std of fp32, else fp32 with a warning;
+            an explicit bf16 beyond the tolerance is kept with a warning. ``precision_reason`` says what was chosen
+            and why.
+        precision_tolerance: the largest |bf16 - fp32| reward difference accepted on the probe texts, in units of
+            the model's ``reward_std`` (see :data:`PRECISION_TOLERANCE`).
     """
 
     def __init__(
@@ -127,8 +160,8 @@ class RewardModelInference:
         max_len_tokens: int | None = None,
         cache_size: int = 10000,
         precision: str = "fp32",
+        precision_tolerance: float = PRECISION_TOLERANCE,
     ) -> None:
-        from raw_rm.train.loop import resolve_precision
 
         if batch_size < 1:
             raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
@@ -147,16 +180,53 @@ class RewardModelInference:
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
         self.batch_size = batch_size
-        limit = getattr(tokenizer, "model_max_length", 512) or 512
-        self.max_len_tokens = max_len_tokens or int(min(512, limit))
-        precision = resolve_precision(precision, self.device) if precision != "fp16" else "fp16"
-        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        self.max_len_tokens, self.max_len_reason = effective_max_len(model, tokenizer, max_len_tokens)
         self.metadata = model.metadata
+        self.autocast_dtype: torch.dtype | None = None
+        self.precision, self.precision_reason = self._choose_precision(precision, precision_tolerance)
+        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
         self.version = self.metadata.version or weights_version(model)
         self.cache_size = cache_size
         self._cache: OrderedDict[tuple[str, str, str], tuple[float, tuple[float, ...] | None]] = OrderedDict()
         self._hits = self._misses = 0
         self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------------------- precision
+    def _choose_precision(self, requested: str, tolerance: float) -> tuple[str, str]:
+        """(precision to run, why): see the class doc."""
+        if requested in ("fp32", "fp16"):
+            return requested, "set explicitly"
+        resolved = resolve_precision(requested, self.device)
+        if resolved != "bf16":
+            return resolved, f"auto: {self.device.type} without native bf16"
+        drift = self.precision_drift(torch.bfloat16)
+        within = f"bf16 rewards within {drift:.4f} reward_std of fp32 on the probe texts (tolerance {tolerance:g})"
+        beyond = f"bf16 rewards {drift:.4f} reward_std from fp32 on the probe texts, beyond the tolerance {tolerance:g}"
+        if drift <= tolerance:
+            return "bf16", ("auto: native bf16; " if requested == "auto" else "set explicitly; ") + within
+        if requested == "auto":
+            logger.warning("%s: precision auto falls back to fp32: %s", self.source, beyond)
+            return "fp32", "auto: " + beyond
+        logger.warning("%s: precision bf16 as asked, but %s", self.source, beyond)
+        return "bf16", "set explicitly; " + beyond
+
+    @torch.no_grad()
+    def precision_drift(self, dtype: torch.dtype, prompts: Sequence[str] | None = None,
+                        responses: Sequence[str] | None = None) -> float:
+        """max |reward(dtype) - reward(fp32)| / reward_std over the texts (default: :data:`PRECISION_PROBES`)."""
+        if prompts is None or responses is None:
+            prompts, responses = [p for p, _ in PRECISION_PROBES], [r for _, r in PRECISION_PROBES]
+        items = list(zip(prompts, responses, strict=True))
+        saved = self.autocast_dtype
+        try:
+            self.autocast_dtype = None
+            full = np.array([r for r, _ in self._forward(items)])
+            self.autocast_dtype = dtype
+            low = np.array([r for r, _ in self._forward(items)])
+        finally:
+            self.autocast_dtype = saved
+        std = float(self.metadata.reward_std or 1.0)
+        return float(np.max(np.abs(low - full)) / std)
 
     # ----------------------------------------------------------------------------------- cache
     def cache_info(self) -> CacheInfo:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 REPO = Path(__file__).resolve().parents[1]
+# tests/ itself holds shared test helpers (loop_hooks.py) for unit and integration tests alike.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 

@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     from raw_rm.data import load_train_val
     from raw_rm.data.formats import DataError
     from raw_rm.models import build_model, save_model
-    from raw_rm.train.local import summarise_fit, write_run_files
+    from raw_rm.train.recipe import summarise_fit, write_run_files
 
     cfg = config_from_args(args)
     if args.temperature <= 0:

@@ -40,10 +40,13 @@ def run(args: argparse.Namespace) -> int:
     args.overrides = extra + list(args.overrides or [])
     cfg = config_from_args(args)
     parallel = True if args.ray else (False if args.sequential else None)
+    from raw_rm.tracking.ensemble import register_ensemble
     from raw_rm.train.ensemble import train_ensemble
 
     try:
         result = train_ensemble(cfg, parallel=parallel)
+        if cfg.mlflow.enabled:
+            result = register_ensemble(cfg, result)
     except (DataError, FileNotFoundError, ValueError) as exc:
         print(f"raw-rm ensemble: error: {exc}", file=sys.stderr)
         return 2

@@ -2,11 +2,15 @@
 
     raw-rm eval --model runs/latest/model --data test.jsonl.gz --ood helpful=helpful.jsonl.gz --out report/
 
-Temperature scaling: T is fitted on ``--calibrate-on FILE`` or on a prompt-hash split of ``--data``
-(``--val-fraction``, default 0.2; those pairs are then left out of the evaluation). ``--val-fraction 0`` fits
-nothing and uses the T stored in the model. ``--save-temperature`` writes the fitted T into the model folder's
-metadata, so inference and serving use it from then on. Data options (``data.format``, ``data.max_len_tokens``,
-``data.limit``, ``data.strict``, ``data.split_seed``) come from the config and ``key.sub=value`` overrides.
+Temperature scaling: T is fitted on ``--calibrate-on FILE`` or on the calibration split of ``--data``
+(``raw_rm.eval.gate.calibration_split``: ``eval.calibration_fraction`` of the prompts by hash with
+``eval.calibration_salt``, the same split the promotion gate uses; those pairs are then left out of the
+evaluation). ``--val-fraction`` is a shorthand for ``eval.calibration_fraction``; 0 fits nothing and uses the T
+stored in the model. ``--save-temperature`` writes the fitted T into the model folder's metadata, so inference and
+serving use it from then on. ``--ood`` sets come beside ``eval.ood``'s, ``--n-boot`` is ``eval.n_boot``. Data
+options (``data.format``, ``data.max_len_tokens``, ``data.limit``, ``data.strict``, ``data.split_seed``) come from
+the config and ``key.sub=value`` overrides; texts
+are scored at the length the model was trained at (its metadata) unless ``data.max_len_tokens`` is set explicitly.
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     cal = parser.add_mutually_exclusive_group()
     cal.add_argument("--calibrate-on", default=None, metavar="FILE", help="pairs to fit the temperature T on")
     cal.add_argument("--val-fraction", type=float, default=None,
-                     help="share of --data prompts (by hash) held out to fit T (default 0.2; 0 = use the stored T)")
+                     help="shorthand for eval.calibration_fraction: share of --data prompts (by hash) held out to fit "
+                     "T (0 = use the stored T)")
     parser.add_argument("--out", default=None, help="report folder (default: eval_report/ beside the model folder, "
                         "or ./eval_report for a URI)")
     parser.add_argument("--heldout", action="store_true", help="evaluate only the validation split training held "
@@ -38,7 +43,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-probes", action="store_true", help="skip the adversarial probes")
     parser.add_argument("--max-pairs", type=int, default=None, metavar="N",
                         help="evaluate a seeded random sample of at most N pairs of each file (a quicker look)")
-    parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for confidence intervals")
+    parser.add_argument("--n-boot", type=int, default=None, help="shorthand for eval.n_boot (bootstrap resamples)")
     parser.add_argument("--batch-size", type=int, default=32, help="texts per forward pass")
     parser.add_argument("--device", default="cpu", help='"cpu" or "cuda[:i]"')
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and the typo probe")
@@ -47,22 +52,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def _read_pairs(path: str, cfg: Any, tokenizer: Any, *, heldout: bool = False, max_pairs: int | None = None,
                 seed: int = 0) -> dict[str, list[Any]]:
-    from raw_rm.data.readers import read_records
-    from raw_rm.eval import as_eval_sets
+    from raw_rm.eval.gate import load_eval_sets
 
-    loaded = read_records(path, format=cfg.data.format, strict=cfg.data.strict, limit=cfg.data.limit,
-                          tokenizer=tokenizer)
-    records = loaded.records
-    if heldout:
-        from raw_rm.data.splits import split_by_prompt
-
-        _, records = split_by_prompt(records, cfg.data.val_fraction, cfg.data.split_seed)
-        if not records:
-            raise ValueError(f"{path}: --heldout: no record falls in the validation split "
-                             f"(data.val_fraction={cfg.data.val_fraction})")
-    sets = as_eval_sets(records)
-    if not sets["pairs"]:
-        raise ValueError(f"{path}: no preference pairs in the data ({loaded.report.summary()})")
+    sets = load_eval_sets(path, cfg, tokenizer, heldout=heldout)
     if max_pairs is not None and len(sets["pairs"]) > max_pairs:
         import random
 
@@ -97,7 +89,6 @@ def _print_table(rows: list[tuple[str, str]], out_dir: Path) -> None:
 def run(args: argparse.Namespace) -> int:
     from raw_rm.cli.common import config_from_args
 
-    cfg = config_from_args(args)
     is_uri = args.model.startswith(("models:/", "runs:/"))
     try:
         if args.save_temperature and is_uri:
@@ -105,51 +96,50 @@ def run(args: argparse.Namespace) -> int:
                              "folder, then register it (the registry keeps versions immutable)")
         if args.val_fraction is not None and not 0.0 <= args.val_fraction < 1.0:
             raise ValueError(f"--val-fraction: expected 0 <= value < 1, got {args.val_fraction}")
-        if args.n_boot < 1 or args.batch_size < 1 or (args.max_pairs is not None and args.max_pairs < 2):
+        if (args.n_boot is not None and args.n_boot < 1) or args.batch_size < 1 or (
+                args.max_pairs is not None and args.max_pairs < 2):
             raise ValueError("--n-boot and --batch-size must be >= 1, --max-pairs >= 2")
+        # the flags are shorthands for eval.* overrides, applied before the command line's own key=value ones
+        shorthands = [f"eval.calibration_fraction={args.val_fraction}"] if args.val_fraction is not None else []
+        shorthands += [f"eval.n_boot={args.n_boot}"] if args.n_boot is not None else []
+        args.overrides = shorthands + list(args.overrides or [])
+        cfg = config_from_args(args)
         ood_paths = _parse_ood(args.ood)
+        both = sorted(set(ood_paths) & set(cfg.eval.ood))
+        if both:
+            raise ValueError(f"--ood {both[0]}=...: '{both[0]}' is already an eval.ood set of the config")
+        ood_paths = {**cfg.eval.ood, **ood_paths}
         if args.name in ood_paths:
             raise ValueError(f"--ood {args.name}=...: '{args.name}' is the name of --data (see --name)")
-        from raw_rm.cli.common import local_model_dir
+        from raw_rm.cli.common import explicitly_set, local_model_dir
         from raw_rm.compression import load_for_inference
 
-        rm = load_for_inference(local_model_dir(args.model, tracking_uri=cfg.mlflow.tracking_uri), device=args.device, batch_size=args.batch_size,
-                                max_len_tokens=cfg.data.max_len_tokens)
+        # the model's training length unless data.max_len_tokens is given (raw_rm.models.base.effective_max_len)
+        max_len = cfg.data.max_len_tokens if explicitly_set(args, "data.max_len_tokens") else None
+        rm = load_for_inference(local_model_dir(args.model, tracking_uri=cfg.mlflow.tracking_uri), device=args.device,
+                                batch_size=args.batch_size, max_len_tokens=max_len)
         sample = {"max_pairs": args.max_pairs, "seed": args.seed}
         sets = _read_pairs(args.data, cfg, rm.tokenizer, heldout=args.heldout, **sample)
-        val_pairs = None
+        calibration = None
         if args.calibrate_on:
-            val_pairs = _read_pairs(args.calibrate_on, cfg, rm.tokenizer, **sample)["pairs"]
-        else:
-            fraction = 0.2 if args.val_fraction is None else args.val_fraction
-            if fraction > 0:
-                from raw_rm.data.splits import split_by_prompt
-                from raw_rm.eval import CALIBRATION_SALT
-
-                test, val_pairs = split_by_prompt(sets["pairs"], fraction, cfg.data.split_seed + CALIBRATION_SALT)
-                if not val_pairs or not test:
-                    raise ValueError(f"--val-fraction {fraction}: the split of {len(sets['pairs'])} pairs left one "
-                                     "side empty; give more data, another fraction or --calibrate-on FILE")
-                held_out = {p.prompt for p in val_pairs}
-                sets["pairs"] = test
-                sets["groups"] = [g for g in sets["groups"] if g.prompt not in held_out]
-                sets["ratings"] = [r for r in sets["ratings"] if r.prompt not in held_out]
+            calibration = _read_pairs(args.calibrate_on, cfg, rm.tokenizer, **sample)["pairs"]
         ood = {name: _read_pairs(path, cfg, rm.tokenizer, **sample)["pairs"] for name, path in ood_paths.items()}
+        from raw_rm.eval import model_info
+        from raw_rm.eval.gate import evaluate_sets
+
+        info = {**model_info(rm), "source": args.model, "data": args.data, "heldout": args.heldout,
+                "max_pairs": args.max_pairs}
+        report = evaluate_sets(
+            rm, sets, cfg.eval, name=args.name, calibration=calibration, ood=ood, seed=args.seed,
+            progress=sys.stderr.isatty(), run_probes=not args.no_probes, save_temperature=args.save_temperature,
+            model_info=info,
+        )
     except (ValueError, OSError, TypeError) as exc:
         print(f"raw-rm eval: error: {exc}", file=sys.stderr)
         return 2
 
-    from raw_rm.eval import RewardModelEvaluator, model_info
     from raw_rm.eval.report import headline_rows
 
-    evaluator = RewardModelEvaluator(rm, n_boot=args.n_boot, progress=sys.stderr.isatty(), seed=args.seed)
-    info = {**model_info(rm), "source": args.model, "data": args.data, "heldout": args.heldout,
-            "max_pairs": args.max_pairs}
-    report = evaluator.run(
-        sets["pairs"], name=args.name, val_pairs=val_pairs, ood=ood,
-        groups=sets["groups"] or None, ratings=sets["ratings"] or None, run_probes=not args.no_probes,
-        save_temperature=args.save_temperature, model_info=info,
-    )
     if args.out:
         out_dir = Path(args.out)
     elif is_uri:

@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     timeline.end(data_detail)
 
     timeline.begin(2, f"Ray Tune search ({cfg.tune.num_samples} trials of {args.tune_epochs} epoch(s), ASHA on {cfg.tune.metric})")
-    from raw_rm.tune import run_tune
+    from raw_rm.tune.driver import run_tune
 
     outcome = run_tune(apply_overrides(cfg, {"mlflow.register": False, "train.epochs": args.tune_epochs}))
     if outcome.best is None:
@@ -100,10 +100,13 @@ def run(args: argparse.Namespace) -> int:
     timeline.end(f"best {outcome.metric}={outcome.best.value:.4f} with {best_params}")
 
     timeline.begin(3, f"ensemble of {cfg.ensemble.members} members of the best config, trained side by side on Ray")
+    from raw_rm.tracking.ensemble import register_ensemble
     from raw_rm.train.ensemble import train_ensemble
 
     ens_cfg = apply_overrides(cfg, {**best_params, "mlflow.register": True})
     ensemble = train_ensemble(ens_cfg, parallel=True)
+    if ens_cfg.mlflow.enabled:
+        ensemble = register_ensemble(ens_cfg, ensemble)
     member_acc = [m.get("metrics", {}).get("val_accuracy") for m in ensemble.members]
     timeline.end(f"{ensemble.ensemble_dir}; member val accuracy {', '.join(f'{a:.3f}' for a in member_acc if a is not None)}")
 
@@ -164,8 +167,8 @@ def _describe_data(cfg: Config) -> tuple[str, float | None]:
 
 def _write_report(cfg: Config, run_id: str | None, model_dir: Path) -> Path:
     """The eval report (plots, HTML) that the ensemble's MLflow run logged, copied into the run folder."""
-    from raw_rm.registry import evaluate_for_registry
-    from raw_rm.tracking import REPORT_ARTIFACT, client_for
+    from raw_rm.eval.gate import evaluate_for_gate
+    from raw_rm.tracking.runs import REPORT_ARTIFACT, client_for
 
     report_dir = Path(cfg.train.output_dir) / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -173,13 +176,13 @@ def _write_report(cfg: Config, run_id: str | None, model_dir: Path) -> Path:
         client_for(cfg.mlflow.tracking_uri).download_artifacts(run_id, REPORT_ARTIFACT, str(report_dir))
         nested = report_dir / REPORT_ARTIFACT  # download_artifacts keeps the artifact folder's name
         return nested if nested.exists() else report_dir
-    evaluate_for_registry(cfg, model_dir, report_dir)  # MLflow disabled: evaluate here instead
+    evaluate_for_gate(cfg, model_dir, report_dir=report_dir)  # MLflow disabled: evaluate here instead
     return report_dir
 
 
 def _promote(cfg: Config, version: str | None) -> tuple[str, str]:
     """Try to make ``version`` the champion; returns (what happened, the alias to serve)."""
-    from raw_rm.registry import PromotionRefused, RegistryError, promote
+    from raw_rm.tracking.registry import PromotionRefused, RegistryError, promote
 
     if version is None:
         return "nothing registered (mlflow.register is off)", "candidate"
@@ -202,7 +205,7 @@ def _deploy(serve_cfg: ServeConfig) -> str:
     from raw_rm.serve.client import RewardClient
     from raw_rm.serve.launch import deploy
 
-    url, _, _ = deploy(serve_cfg)
+    url = deploy(serve_cfg).url
     RewardClient(url).score([("ping", "pong")])  # the first request waits until every member is up
     return url
 

@@ -14,7 +14,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", "-i", required=True, help='JSONL with "prompt" and "responses" ("-" = stdin)')
     parser.add_argument("--output", "-o", default="-", help='JSONL to write ("-" = stdout)')
     parser.add_argument("--batch-size", type=int, default=32, help="texts per forward pass")
-    parser.add_argument("--max-len-tokens", type=int, default=None, help="token budget per text (default 512)")
+    parser.add_argument("--max-len-tokens", type=int, default=None, help="token budget per text (default: the length the model was trained at, from its metadata; else 512)")
 
 
 def _read(path: str) -> list[tuple[dict, str, list[str]]]:

@@ -41,7 +41,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from raw_rm import registry
+    from raw_rm.tracking import registry
 
     cfg = config_from_args(args)
     uri = cfg.mlflow.tracking_uri

@@ -21,7 +21,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--response-field", default="response", help="input field holding the response")
     parser.add_argument("--text-field", default="text", help="HH-style field used when the prompt field is absent")
     parser.add_argument("--batch-size", type=int, default=32, help="texts per forward pass")
-    parser.add_argument("--max-len-tokens", type=int, default=None, help="token budget per text (default 512)")
+    parser.add_argument("--max-len-tokens", type=int, default=None, help="token budget per text (default: the length the model was trained at, from its metadata; else 512)")
     parser.add_argument("--chunk", type=int, default=512, help="rows scored per progress update")
 
 

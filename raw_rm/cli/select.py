@@ -33,7 +33,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--b-field", default="response_b", help="pool field of the second response (falls back to rejected)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random strategy")
     parser.add_argument("--batch-size", type=int, default=32, help="texts per forward pass")
-    parser.add_argument("--max-len-tokens", type=int, default=None, help="token budget per text (default 512)")
+    parser.add_argument("--max-len-tokens", type=int, default=None, help="token budget per text (default: the length the model was trained at, from its metadata; else 512)")
 
 
 def read_pool(path: str, a_field: str, b_field: str) -> tuple[list[dict[str, Any]], list[tuple[str, str, str]]]:

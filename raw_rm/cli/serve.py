@@ -11,8 +11,12 @@ ServeConfig YAML; `--model` (repeatable), `--host`, `--port` and `key=value` ove
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+import signal
 import sys
-import time
+import threading
+import urllib.request
 
 from raw_rm.config import ConfigError, ServeConfig, apply_overrides, parse_override
 from raw_rm.serve.scoring import load_serve_config
@@ -60,24 +64,62 @@ def run(args: argparse.Namespace) -> int:
     from raw_rm.serve.launch import deploy
 
     try:
-        url, frontend, local = deploy(cfg, address=args.address)
+        url, frontend, local, frontend_reason = deploy(cfg, address=args.address)
     except ConfigError as exc:
         print(f"raw-rm serve: {exc}", file=sys.stderr)
         return 2
     prefix = cfg.route_prefix.rstrip("/")
     print(f"serving {len(cfg.models)} model(s) at {url}  (POST {prefix}/get_reward, /score, /compare, /rank; GET /healthz, /v1/models, /stats; "
           f"HTTP front: {frontend})")
+    print(f"HTTP front {frontend}: {frontend_reason}; {cfg.ingress_replicas} ingress replica(s)")
+    print_choices(url, cfg)
     if not args.blocking and not local:
         print(f"deployed on the cluster; it keeps serving after this command (serve shutdown / serve delete {cfg.app_name} to stop)")
         return 0
     if not args.blocking:
-        print("a local Ray ends with this command: serving until Ctrl-C")
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        print("stopping")
-        from ray import serve
+        print("a local Ray ends with this command: serving until Ctrl-C or SIGTERM")
+    stop = threading.Event()
+    received: list[str] = []
 
-        serve.shutdown()
+    def on_signal(signum: int, _frame: object) -> None:
+        received.append(signal.Signals(signum).name)
+        stop.set()
+
+    # SIGTERM (systemd, Kubernetes, `ray job stop`) stops like Ctrl-C; a handler that only sets an event keeps the
+    # Python default (KeyboardInterrupt mid-call) out of Ray's shutdown, and the event wakes the wait at once
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
+    while not stop.wait(3600):
+        pass
+    print(f"{received[0]}: draining in-flight requests, then stopping", flush=True)
+    from ray import serve
+
+    # deleting the application first lets its replicas finish the requests they hold (Serve's graceful shutdown:
+    # graceful_shutdown_timeout_s) while the HTTP front still stands to carry the answers back; serve.shutdown()
+    # alone stops the front at once and cuts the open connections
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)  # the line above says it all; not Serve's "Deleting app"
+    serve.delete(cfg.app_name)
+    serve.shutdown()
     return 0
+
+
+def print_choices(url: str, cfg: ServeConfig) -> None:
+    """Print what each member runs with and why (threads, precision, max length, replicas), from ``/v1/models``."""
+    from raw_rm.serve.launch import describe_member
+
+    headers = {}
+    key = resolve_api_key(cfg)
+    if key is not None:
+        headers["Authorization"] = f"Bearer {key}"
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never through a proxy
+    request = urllib.request.Request(f"{url}/v1/models", headers=headers)
+    try:
+        with opener.open(request, timeout=120) as resp:
+            models = json.loads(resp.read())
+    except (OSError, ValueError) as exc:
+        print(f"could not read {url}/v1/models for the members' settings: {exc}", file=sys.stderr)
+        return
+    for entry in models["data"]:
+        print(f"{entry['id']} ({entry['source']}):")
+        for line in describe_member(entry):
+            print(f"  {line}")

@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             from raw_rm.train.local import train_local as train_fn
         if cfg.mlflow.enabled:  # one MLflow run: params, step metrics, eval report, model, registry version
-            from raw_rm.registry import tracked_training
+            from raw_rm.tracking.registry import tracked_training
 
             result = tracked_training(cfg, train_fn)
         else:

@@ -34,7 +34,9 @@ def run(args: argparse.Namespace) -> int:
     extra += ["tune.resume=true"] if args.resume else []
     args.overrides = extra + list(args.overrides or [])
     cfg = config_from_args(args)
-    from raw_rm.tune import format_summary, parse_space, run_tune
+    from raw_rm.tune.driver import run_tune
+    from raw_rm.tune.results import format_summary
+    from raw_rm.tune.space import parse_space
 
     try:
         outcome = run_tune(cfg)

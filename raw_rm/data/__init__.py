@@ -11,6 +11,7 @@ from typing import Any
 
 from raw_rm.config import Config
 from raw_rm.data.formats import (
+    FIELD_KEYS,
     DataError,
     group_to_pairs,
     pairs_to_groups,
@@ -60,10 +61,17 @@ def convert_kind(records: list, from_kind: str, to_kind: str, *, aspect: str | N
     return out
 
 
+def data_keys(dc: Any) -> dict[str, str]:
+    """``data.<field>_key`` settings as ``read_records``'s ``keys`` (raw_rm field -> the data set's field)."""
+    return {name: getattr(dc, f"{name}_key") for name in FIELD_KEYS}
+
+
 def load_records(path: str, cfg: Config, tokenizer: Any = None) -> tuple[list, LoadReport]:
     """Read ``path`` with ``cfg.data``'s format/strict/limit and convert to ``cfg.data.kind``."""
     dc = cfg.data
-    result = read_records(path, format=dc.format, strict=dc.strict, limit=dc.limit, tokenizer=tokenizer)
+    result = read_records(
+        path, format=dc.format, strict=dc.strict, limit=dc.limit, tokenizer=tokenizer, keys=data_keys(dc)
+    )
     records = convert_kind(result.records, result.kind, dc.kind, aspect=dc.aspect, source=result.report.source)
     return records, result.report
 

@@ -41,6 +41,9 @@ FormatName = Literal["standard", "conversational", "hh", "ranked", "rated"]
 FORMATS: tuple[str, ...] = ("standard", "conversational", "hh", "ranked", "rated")
 KIND_OF_FORMAT = {"standard": "pairs", "conversational": "pairs", "hh": "pairs", "ranked": "groups", "rated": "ratings"}
 
+# Field names a data set may call something else (``read_records(keys=...)``, ``data.<field>_key``).
+FIELD_KEYS: tuple[str, ...] = ("prompt", "chosen", "rejected", "responses", "ranks", "scores", "response", "ratings")
+
 HUMAN_TAG = "\n\nHuman:"
 ASSISTANT_TAG = "\n\nAssistant:"
 PLAIN_ROLES = {"user": "Human", "assistant": "Assistant", "system": "System"}

@@ -1,11 +1,13 @@
-"""Readers: JSONL, JSONL.gz, Parquet, Hugging Face `datasets` (saved folder or Hub name) and in-memory lists.
+"""Readers: JSONL(.gz), JSON arrays, CSV, Parquet, Hugging Face `datasets` (saved folder or Hub name), lists.
 
     result = read_records("pairs.jsonl.gz")            # format detected from the first row's fields
+    result = read_records("prefs.csv", keys={"chosen": "better", "rejected": "worse"})   # other column names
     result.kind                                        # "pairs" | "groups" | "ratings"
     print(result.report.summary())                     # read / kept / dropped by reason, with examples
 
-Every record keeps ``source``: ``"file:line"`` (1-based line) for JSONL, ``"name[row]"`` (0-based row) for Parquet,
-`datasets` and lists. Bad input raises ``DataError`` naming that place, the field, what was expected and what was
+Every record keeps ``source``: ``"file:line"`` (1-based line) for JSONL, ``"name[row]"`` (0-based row) for JSON
+arrays, CSV, Parquet, `datasets` and lists. ``keys`` maps raw_rm's field names (``FIELD_KEYS``) to the names a data
+set uses, as OpenRLHF's ``--prompt_key/--chosen_key/--rejected_key`` do; errors then name the data set's field. Bad input raises ``DataError`` naming that place, the field, what was expected and what was
 found. Degenerate records (chosen == rejected, an empty response, a group of fewer than two responses, a group
 whose ranks are all tied) are counted per reason, logged, and dropped; ``strict=True`` raises on the first.
 """
@@ -21,7 +23,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from raw_rm.data.formats import FORMATS, KIND_OF_FORMAT, PARSERS, DataError, Degenerate, detect_format, type_name
+from raw_rm.data.formats import (
+    FIELD_KEYS,
+    FORMATS,
+    KIND_OF_FORMAT,
+    PARSERS,
+    DataError,
+    Degenerate,
+    detect_format,
+    type_name,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +121,33 @@ def _table_rows(rows: Any, name: str) -> Iterator[tuple[str, dict[str, Any]]]:
         yield f"{name}[{i}]", {k: v for k, v in row.items() if v is not None}
 
 
+def _json_array_rows(path: Path, name: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """A ``.json`` file: a JSON array of objects, or JSON lines under a .json name (as some hubs ship them)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{name}: cannot read ({exc})") from exc
+    if not text.lstrip().startswith("["):
+        yield from _jsonl_rows(path, name)
+        return
+    try:
+        rows = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{name}:{exc.lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from exc
+    yield from _table_rows(rows, name)
+
+
+def _csv_rows(path: Path, name: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """A CSV file with a header row; numeric columns are read as numbers (pyarrow's type inference)."""
+    import pyarrow.csv as pa_csv
+
+    try:
+        table = pa_csv.read_csv(path)
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises several types; all mean "not a readable CSV file"
+        raise DataError(f"{name}: cannot read as CSV with a header row ({exc})") from exc
+    yield from _table_rows(table.to_pylist(), name)
+
+
 def _parquet_rows(path: Path, name: str) -> Iterator[tuple[str, dict[str, Any]]]:
     import pyarrow.parquet as pq
 
@@ -162,7 +200,8 @@ def _hub_rows(source: str) -> Iterator[tuple[str, dict[str, Any]]]:
 
 
 def _looks_like_path(source: str) -> bool:
-    return source.endswith((".jsonl", ".jsonl.gz", ".json", ".parquet", ".gz")) or source.startswith(("/", ".", "~"))
+    suffixes = (".jsonl", ".jsonl.gz", ".json", ".csv", ".parquet", ".gz")
+    return source.endswith(suffixes) or source.startswith(("/", ".", "~"))
 
 
 def iter_rows(source: str | os.PathLike | list) -> tuple[str, Iterator[tuple[str, dict[str, Any]]]]:
@@ -176,11 +215,15 @@ def iter_rows(source: str | os.PathLike | list) -> tuple[str, Iterator[tuple[str
     if path.is_file():
         if path.name.endswith((".jsonl", ".jsonl.gz")):
             return text, _jsonl_rows(path, text)
+        if path.name.endswith(".json"):
+            return text, _json_array_rows(path, text)
+        if path.name.endswith(".csv"):
+            return text, _csv_rows(path, text)
         if path.name.endswith(".parquet"):
             return text, _parquet_rows(path, text)
         raise DataError(
-            f"{text}: unknown file type: expected .jsonl, .jsonl.gz, .parquet, a `datasets.save_to_disk` folder "
-            "or a Hugging Face Hub name"
+            f"{text}: unknown file type: expected .jsonl, .jsonl.gz, .json, .csv, .parquet, a `datasets.save_to_disk` "
+            "folder or a Hugging Face Hub name"
         )
     if _looks_like_path(text):
         raise DataError(f"{text}: no such file")
@@ -195,22 +238,26 @@ def read_records(
     strict: bool = False,
     limit: int | None = None,
     tokenizer: Any = None,
+    keys: dict[str, str] | None = None,
 ) -> LoadResult:
     """Read preference records from a file, folder, Hub name or list of dicts.
 
     Args:
-        source: .jsonl / .jsonl.gz / .parquet path, a `datasets.save_to_disk` folder, a Hub name (optionally
-            ``NAME:SPLIT``), or a list of dicts.
+        source: .jsonl / .jsonl.gz / .json / .csv / .parquet path, a `datasets.save_to_disk` folder, a Hub name
+            (optionally ``NAME:SPLIT``), or a list of dicts.
         format: "auto" (detected from the first row's fields) or one of ``FORMATS``.
         strict: raise ``DataError`` on the first degenerate record instead of dropping and counting it.
         limit: read at most this many rows.
         tokenizer: renders conversations with its chat template when it has one.
+        keys: raw_rm field name -> the source's field name, e.g. ``{"chosen": "better"}`` (``FIELD_KEYS``).
 
     Raises:
-        DataError: ``where: field "name": expected ..., got ...``; empty sources; unknown formats.
+        DataError: ``where: field "name": expected ..., got ...``; empty sources; unknown formats; a ``keys``
+            field that the first row does not have.
     """
     if format != "auto" and format not in FORMATS:
         raise DataError(f'format "{format}": unknown; known: auto, {", ".join(FORMATS)}')
+    renames = _check_keys(keys)
     if limit is not None and limit < 1:
         raise DataError(f"limit: expected a positive integer or None, got {limit}")
     name, rows = iter_rows(source)
@@ -220,12 +267,18 @@ def read_records(
     for where, row in rows:
         if limit is not None and report.n_read >= limit:
             break
-        if parser is None:
-            report.format = detect_format(row, where) if format == "auto" else format
-            parser = PARSERS[report.format]
-        report.n_read += 1
+        if renames:
+            row = _renamed(row, renames, where, first=parser is None)
         try:
+            if parser is None:
+                report.format = detect_format(row, where) if format == "auto" else format
+                parser = PARSERS[report.format]
+            report.n_read += 1
             records.append(parser(row, where, tokenizer, report.notes))
+        except DataError as exc:
+            if not renames:
+                raise
+            raise DataError(_source_field_names(str(exc), renames)) from None
         except Degenerate as exc:
             if strict:
                 raise DataError(
@@ -242,3 +295,39 @@ def read_records(
     log = logger.warning if report.dropped else logger.info
     log("loaded %s", report.summary())
     return LoadResult(records, report.kind, report)
+
+
+# ------------------------------------------------------------------------------------- field names
+def _check_keys(keys: dict[str, str] | None) -> dict[str, str]:
+    """The non-identity entries of ``keys`` (raw_rm name -> source name), checked."""
+    renames = {k: v for k, v in (keys or {}).items() if k != v}
+    unknown = sorted(set(renames) - set(FIELD_KEYS))
+    if unknown:
+        raise DataError(f"keys: unknown raw_rm field(s) {unknown}; known: {', '.join(FIELD_KEYS)}")
+    targets = list(renames.values())
+    clashes = sorted({t for t in targets if targets.count(t) > 1})
+    if clashes:
+        raise DataError(f"keys: source field(s) {clashes} mapped to more than one raw_rm field")
+    return renames
+
+
+def _renamed(row: dict[str, Any], renames: dict[str, str], where: str, *, first: bool) -> dict[str, Any]:
+    """``row`` with the source's field names replaced by raw_rm's; the first row must hold every renamed field."""
+    if first:
+        missing = [f"data.{k}_key={v!r}" for k, v in renames.items() if v not in row]
+        if missing:
+            raise DataError(f"{where}: {', '.join(missing)}: no such field in the row (fields: {sorted(row)})")
+    sources = set(renames.values())
+    # A raw_rm-named field that a rename replaces is dropped, as is the source name (it now goes by raw_rm's).
+    out = {k: v for k, v in row.items() if k not in renames and k not in sources}
+    for name, source_name in renames.items():
+        if source_name in row:
+            out[name] = row[source_name]
+    return out
+
+
+def _source_field_names(message: str, renames: dict[str, str]) -> str:
+    """An error message with raw_rm's field names replaced by the source's (``field "better" (data.chosen_key)``)."""
+    for name, source_name in renames.items():
+        message = message.replace(f'field "{name}"', f'field "{source_name}" (data.{name}_key)')
+    return message

@@ -55,6 +55,8 @@ class RewardMetadata:
     raw_rm_version: str = __version__  # raw_rm version that produced the model
     reference: dict[str, Any] = field(default_factory=dict)  # reward and length histograms for drift checks
     version: str | None = None  # an id of these weights (content hash or registry version)
+    max_len_tokens: int | None = None  # prompt+response token budget the model was trained at (data.max_len_tokens); scoring, serving and eval use it unless told otherwise; None = not recorded (older models)
+    truncation_side: str | None = None  # how training cut longer inputs: "left" = the prompt loses its oldest tokens, the response keeps its end (raw_rm.data.batching); None = not recorded
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -67,6 +69,65 @@ class RewardMetadata:
         if unknown:
             raise ValueError(f"{source}: unknown metadata key(s) {unknown} (known: {', '.join(sorted(known))})")
         return cls(**data)
+
+    def record_training_input(self, max_len_tokens: int) -> None:
+        """Note the token budget and truncation the model is being trained with (scoring uses the same)."""
+        self.max_len_tokens = int(max_len_tokens)
+        self.truncation_side = TRUNCATION_SIDE
+
+
+TRUNCATION_SIDE = "left"  # the one truncation raw_rm.data.batching.encode applies (see RewardMetadata.truncation_side)
+DEFAULT_MAX_LEN_TOKENS = 512  # scoring budget for a model that does not record its training length
+
+
+def effective_max_len(model: nn.Module, tokenizer: Any, explicit: int | None = None) -> tuple[int, str]:
+    """The token budget to score ``model`` at, and why: THE rule every scorer (serve, ``raw-rm score``, eval) uses.
+
+    ``explicit`` (a command's ``--max-len-tokens``, ``ServeConfig.max_len_tokens``, an explicit
+    ``data.max_len_tokens``) > the length the model was trained at (``metadata.max_len_tokens``; for an ensemble
+    without its own, its members' longest) > 512; never above the tokenizer's ``model_max_length`` (the position
+    embeddings end there). Scoring at another length than training gives other rewards on long texts.
+
+    Raises:
+        ValueError: the metadata records a truncation side that this raw_rm does not apply.
+    """
+    recorded, where = _training_max_len(model)
+    limit = int(getattr(tokenizer, "model_max_length", DEFAULT_MAX_LEN_TOKENS) or DEFAULT_MAX_LEN_TOKENS)
+    if explicit is not None:
+        value, reason = int(explicit), "set explicitly"
+        if recorded is not None and value != recorded:
+            reason += f"; the model was trained at {recorded}"
+    elif recorded is not None:
+        value, reason = recorded, f"the model's training length ({where})"
+    else:
+        value, reason = DEFAULT_MAX_LEN_TOKENS, f"default: the model does not record its training length ({where})"
+    if value > limit:
+        value, reason = limit, f"{reason}; capped at the tokenizer's limit {limit}"
+    return value, reason
+
+
+def _training_max_len(model: nn.Module) -> tuple[int | None, str]:
+    """(recorded training length or None, where it came from), checking the recorded truncation side."""
+    metas = [("metadata", getattr(model, "metadata", None))]
+    if getattr(metas[0][1], "max_len_tokens", None) is None:
+        members = getattr(model, "members", None)
+        if isinstance(members, nn.ModuleList):
+            metas = [(f"member {i} metadata", getattr(m, "metadata", None)) for i, m in enumerate(members)]
+    lengths = []
+    for where, meta in metas:
+        side = getattr(meta, "truncation_side", None)
+        if side is not None and side != TRUNCATION_SIDE:
+            raise ValueError(
+                f"{where}.truncation_side: {side!r}; this raw_rm truncates {TRUNCATION_SIDE!r} only (the prompt loses "
+                "its oldest tokens, the response keeps its end): scores would not match training"
+            )
+        if getattr(meta, "max_len_tokens", None) is not None:
+            lengths.append(int(meta.max_len_tokens))
+    if not lengths:
+        return None, "metadata.max_len_tokens not set"
+    if len(metas) == 1:
+        return lengths[0], "metadata.max_len_tokens"
+    return max(lengths), f"longest of the members' metadata.max_len_tokens {sorted(set(lengths))}"
 
 
 class RewardModelBase(nn.Module):

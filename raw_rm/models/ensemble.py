@@ -2,8 +2,8 @@
 
 On disk an ensemble is a folder::
 
-    ensemble.json        format version, members (relative folder, training run id, seed, config summary),
-                         aggregate defaults, and the ensemble's own RewardMetadata
+    ensemble.json        format version, members (relative folder, training run id, seed, config summary)
+                         and the ensemble's own RewardMetadata (an "aggregate" key older raw_rm wrote is ignored)
     member_0/ ...        each member a folder written by ``save_model`` (any arch, one shared tokenizer)
 
 ``raw_rm.models.load_model(folder)`` returns an :class:`EnsembleRewardModel` for such a folder, so everything that takes a
@@ -44,7 +44,6 @@ logger = logging.getLogger(__name__)
 
 ENSEMBLE_FILE = "ensemble.json"
 ENSEMBLE_FORMAT_VERSION = 1
-DEFAULT_AGGREGATE = {"reward": "mean", "lam": 1.0, "k": 1.0}  # what a server uses as "the reward" by default
 
 
 def is_ensemble_dir(path: str | Path) -> bool:
@@ -70,7 +69,6 @@ class EnsembleRewardModel(RewardModelBase):
         members: the loaded member models; they must share ``input_kind`` (the features they take).
         metadata: the ensemble's own metadata (normalisation/temperature of the mean, drift references).
         member_info: one dict per member for ``ensemble.json`` (``dir``, ``run_id``, ``seed``, ``config``, ...).
-        aggregate: default aggregate settings a server reads (reward, lam, k).
         directory: the folder the ensemble was loaded from, if any.
 
     Raises:
@@ -86,7 +84,6 @@ class EnsembleRewardModel(RewardModelBase):
         *,
         metadata: RewardMetadata | None = None,
         member_info: Sequence[dict[str, Any]] | None = None,
-        aggregate: dict[str, Any] | None = None,
         directory: str | Path | None = None,
     ) -> None:
         if not members:
@@ -104,7 +101,6 @@ class EnsembleRewardModel(RewardModelBase):
         self.member_info = [dict(i) for i in member_info] if member_info is not None else [{} for _ in members]
         if len(self.member_info) != len(members):
             raise ValueError(f"member_info has {len(self.member_info)} entries for {len(members)} members")
-        self.aggregate = {**DEFAULT_AGGREGATE, **(aggregate or {})}
         self.directory = Path(directory) if directory is not None else None
         for i, m in enumerate(members):
             std = float(m.metadata.reward_std or 1.0)
@@ -136,7 +132,6 @@ class EnsembleRewardModel(RewardModelBase):
         return {
             "format_version": ENSEMBLE_FORMAT_VERSION,
             "members": self.member_info,
-            "aggregate": self.aggregate,
             "metadata": self.metadata.to_dict(),
         }
 
@@ -154,8 +149,7 @@ def save_ensemble(
     Args:
         directory: the ensemble folder (created; an existing ``ensemble.json`` and ``member_*`` are replaced).
         member_dirs: folders written by ``save_model``. A folder already inside ``directory`` stays where it is.
-        info: optional ``{"members": [one dict per member: run_id, seed, config, metrics, ...],
-            "aggregate": {"reward": "mean", "lam": 1.0, "k": 1.0}}``.
+        info: optional ``{"members": [one dict per member: run_id, seed, config, metrics, ...]}``.
         metadata: the ensemble's metadata (default: reward_mean 0, reward_std 1, temperature 1: the mean of
             normalised members, uncalibrated, no drift reference).
 
@@ -195,7 +189,6 @@ def save_ensemble(
     record = {
         "format_version": ENSEMBLE_FORMAT_VERSION,
         "members": members,
-        "aggregate": {**DEFAULT_AGGREGATE, **info.get("aggregate", {})},
         "metadata": (metadata or RewardMetadata()).to_dict(),
     }
     facts = [_member_facts(out / m["dir"]) for m in members]  # validate now: shared tokenizer and input kind
@@ -285,7 +278,7 @@ def load_ensemble(directory: str | Path) -> tuple[EnsembleRewardModel, Any]:
                    [tokenizer_fingerprint(t) for t in tokenizers])
     metadata = RewardMetadata.from_dict(record["metadata"], source=f"{source}: metadata")
     model = EnsembleRewardModel(
-        models, metadata=metadata, member_info=record["members"], aggregate=record.get("aggregate"), directory=path
+        models, metadata=metadata, member_info=record["members"], directory=path
     )
     model.eval()
     return model, tokenizers[0]

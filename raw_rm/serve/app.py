@@ -41,6 +41,7 @@ old one, and requests keep being answered throughout. An unchanged alias changes
 import asyncio
 import json
 import logging
+import os
 import time
 from collections import Counter
 from dataclasses import asdict
@@ -59,9 +60,10 @@ from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from raw_rm.config import ConfigError, ServeConfig, config_from_dict
+from raw_rm.cpu_threads import plan_threads
 from raw_rm.serve import scoring, security
 from raw_rm.serve.batcher import MicroBatcher
-from raw_rm.serve.launch import HAPROXY_ENV_TEXT, environment_frontend
+from raw_rm.serve.launch import HAPROXY_ENV_TEXT, describe_member, environment_frontend
 from raw_rm.serve.scoring import MemberInfo, RequestError
 from raw_rm.uncertainty import ReferenceDistribution, RollingDriftMonitor
 
@@ -87,25 +89,22 @@ class RewardMember:
     """One served model: raw member rewards (N, K) for (prompt, response) rows, batched across requests."""
 
     def __init__(self, source: str, cfg: dict[str, Any], display_source: str | None = None) -> None:
-        from raw_rm.inference import RewardModelInference
+        from raw_rm.compression import load_for_inference
 
         self.cfg = config_from_dict(cfg, root=ServeConfig, source="serve args")
-        if self.cfg.torch_threads:
-            torch.set_num_threads(self.cfg.torch_threads)
+        use_cuda = self.cfg.device == "cuda" or (self.cfg.device == "auto" and self.cfg.member_num_gpus > 0 and torch.cuda.is_available())
+        self.threads, self.threads_reason = self._set_threads(cuda=use_cuda)
         resolver = None
         if source.startswith("models:/"):
-            from raw_rm import registry
+            from raw_rm.tracking import registry
 
             resolver = registry.uri_resolver(self.cfg.tracking_uri)
         self.source = display_source or source
         self.resolved = source
-        use_cuda = self.cfg.device == "cuda" or (self.cfg.device == "auto" and self.cfg.member_num_gpus > 0 and torch.cuda.is_available())
-        self.engine = RewardModelInference(
+        self.engine = load_for_inference(
             source, resolver=resolver, batch_size=self.cfg.max_batch_size, cache_size=self.cfg.cache_size,
-            precision=self.cfg.precision, device="cuda" if use_cuda else "cpu",
+            precision=self.cfg.precision, device="cuda" if use_cuda else "cpu", max_len_tokens=self.cfg.max_len_tokens,
         )
-        # the model's own limit (tokenizer max length, at most 512) or the configured one, whichever is smaller
-        self.engine.max_len_tokens = min(self.engine.max_len_tokens, self.cfg.max_len_tokens)
         self.heads = int(self.engine.batch_predict_members(["warm-up"], ["warm-up"]).shape[1])
         self.engine.clear_cache()
         self.batcher = MicroBatcher(
@@ -119,10 +118,31 @@ class RewardMember:
         self.m_batch.set_default_tags({"model": self.source})  # Serve adds its tags to the dict: a fresh one each
         self.m_cache = metrics.Counter("raw_rm_cache_lookups", description="member cache lookups", tag_keys=("model", "result"))
         self.m_cache.set_default_tags({"model": self.source})
-        log.info(
-            "member %s: version %s, %d head(s), max_len_tokens %d, device %s", self.source, self.engine.version, self.heads,
-            self.engine.max_len_tokens, self.engine.device,
-        )
+        for line in describe_member(self._choices()):
+            log.info("member %s: %s", self.source, line)
+
+    def _set_threads(self, *, cuda: bool) -> tuple[int, str]:
+        """torch intra-op threads for this replica (see raw_rm.cpu_threads), and why."""
+        if self.cfg.torch_threads:
+            torch.set_num_threads(self.cfg.torch_threads)
+            return self.cfg.torch_threads, "set explicitly (torch_threads)"
+        import ray
+
+        reserved = ray.get_runtime_context().get_assigned_resources().get("CPU")
+        sharing = 1 if cuda else len(self.cfg.models) * self.cfg.num_replicas
+        plan = plan_threads(reserved, sharing)
+        torch.set_num_threads(plan.threads)
+        omp = os.environ.get("OMP_NUM_THREADS")
+        return plan.threads, plan.reason + (f" (Ray's OMP_NUM_THREADS={omp} overridden)" if omp and int(omp) != plan.threads else "")
+
+    def _choices(self) -> dict[str, Any]:
+        """What this replica runs with and why: threads, precision, max length (for logs and /v1/models)."""
+        return {
+            "torch_threads": self.threads, "torch_threads_reason": self.threads_reason,
+            "precision": self.engine.precision, "precision_reason": self.engine.precision_reason,
+            "max_len_tokens": self.engine.max_len_tokens, "max_len_reason": self.engine.max_len_reason,
+            "device": str(self.engine.device), "replicas": self.cfg.num_replicas,
+        }
 
     async def info(self) -> dict[str, Any]:
         meta = self.engine.metadata
@@ -138,8 +158,7 @@ class RewardMember:
             "reward_std": float(meta.reward_std),
             "temperature": float(meta.temperature or 1.0),
             "reference": meta.reference.get("reward") if isinstance(meta.reference, dict) else None,
-            "max_len_tokens": self.engine.max_len_tokens,
-            "device": str(self.engine.device),
+            **self._choices(),
         }
 
     async def score(self, prompts: list[str], responses: list[str]) -> list[list[float]]:
@@ -357,6 +376,8 @@ class RewardIngress:
                 "reward_aggregate": self.cfg.reward,
                 "normalize": self.cfg.normalize,
                 "members_total": sum(m.heads for m in self.infos),
+                "http_frontend": environment_frontend(),  # the front the replicas' Ray was started with
+                "ingress_replicas": self.cfg.ingress_replicas,
                 "data": self.model_info,
             }
         )
@@ -534,7 +555,7 @@ def pin_model_source(source: str, tracking_uri: str | None) -> str:
     """
     if not (source.startswith("models:/") and "@" in source):
         return source
-    from raw_rm import registry
+    from raw_rm.tracking import registry
 
     name, _, alias = registry.parse_model_uri(source)
     version = registry.show(name, tracking_uri=tracking_uri).aliases.get(alias)

@@ -1,4 +1,4 @@
-"""Train an ensemble of reward models and register it as ONE model version (edge: Ray Tune, MLflow).
+"""Train an ensemble of reward models saved as ONE model folder (edge: Ray Tune; registered by tracking/ensemble.py).
 
     result = train_ensemble(load_config(None, ["ensemble.members=3", "ensemble.bootstrap=true"]))
     result.ensemble_dir     # <train.output_dir>/ensemble: load_model / RewardModelInference / serve open it
@@ -9,7 +9,7 @@ Members come from one of three recipes (``cfg.ensemble``):
 - bootstrap (``ensemble.bootstrap=true``): as above, and member k trains on its own resample (with
   replacement, same size) of the training records, drawn from the member's seed;
 - Tune (``ensemble.from_tune=EXPERIMENT_DIR``): the configs of the K best completed trials of a
-  ``raw-rm tune`` experiment (``raw_rm.tune.top_k_configs``), a more diverse ensemble.
+  ``raw-rm tune`` experiment (``raw_rm.tune.results.top_k_configs``), a more diverse ensemble.
 
 The cheap option is ``model.arch=multihead``: ONE shared-trunk model with ``model.num_heads = ensemble.members``
 heads (``ensemble.bootstrap`` gives each head its Poisson(1) bootstrap weights), trained once; its spread
@@ -17,7 +17,7 @@ underestimates an independent ensemble's but costs one training. It is packaged 
 member, so registration and serving are the same.
 
 How members run: with ``parallel=True`` (the default when ``ray.address`` is set or Ray is running) each member
-is one trial of a Ray Tune *function trainable* that runs the same loop (``train_local``) with
+is one trial of a Ray Tune *function trainable* that runs the same recipe (``raw_rm.train.recipe``) with
 ``tune.cpus_per_trial`` CPUs, at most ``tune.max_concurrent`` at once. Why Tune trials and not Ray Train runs
 (STACK_NOTES, ray 2.60): Train V2 refuses ``Tuner(TorchTrainer)``, and separate ``TorchTrainer.fit()`` calls run
 one after another, so K members would take K times as long even with free CPUs. A member needs no data
@@ -26,15 +26,14 @@ and Tune records each member's metrics and final model as a checkpoint (copied o
 works when trials ran on other nodes). Without Ray (``parallel=False``) members train one after another here.
 
 After training, :func:`member_comparison` scores the ensemble against each member on the validation pairs (each
-contender at its own temperature fitted on one half of the prompts, measured on the other); it is logged, kept in
+contender at its own temperature fitted on the calibration split, ``raw_rm.eval.gate.calibration_split``, measured
+on the other prompts); it is logged, kept in
 ``ensemble.json`` (``validation_comparison``), printed by ``raw-rm ensemble`` and logged to MLflow as
 ``val_cmp_*`` metrics.
 
-Registration (``cfg.mlflow.enabled`` and ``register``): one MLflow run for the ensemble with one child run per
-member (its config and metrics), the ensemble folder logged as artifact ``model``, evaluated (temperature
-fitted on half of the validation prompts, saved into ``ensemble.json``) and registered as ONE version with alias
-``candidate``; tags ``ensemble_members`` (folders, seeds, child run ids) say what it is made of. ``promote`` and
-``rollback`` then move the whole ensemble; ``models:/NAME@candidate`` serves it with one URI.
+Registration (the caller's step when ``cfg.mlflow.enabled``): ``raw_rm.tracking.ensemble.register_ensemble``, one MLflow run for the
+ensemble with one child run per member, the ensemble folder evaluated for the gate and registered as ONE version
+with alias ``candidate``; ``models:/NAME@candidate`` serves it with one URI.
 """
 
 from __future__ import annotations
@@ -50,7 +49,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from raw_rm.config import Config, apply_overrides, config_from_dict
+from raw_rm.config import Config, EvalConfig, apply_overrides, config_from_dict
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +75,7 @@ def member_configs(cfg: Config) -> list[Config]:
     if k < 1:
         raise ValueError(f"ensemble.members: expected >= 1, got {k}")
     if cfg.ensemble.from_tune:
-        from raw_rm.tune import top_k_configs
+        from raw_rm.tune.results import top_k_configs
 
         bases = top_k_configs(cfg.ensemble.from_tune, k)
     else:
@@ -107,13 +106,13 @@ def config_summary(cfg: Config) -> dict[str, Any]:
 
 
 def train_member(cfg: Config, *, records: tuple[Sequence[Any], Sequence[Any]] | None = None) -> tuple[str, dict[str, float]]:
-    """Train one member with the shared loop (``train_local``); returns (model folder, final metrics).
+    """Train one member with THE recipe (``raw_rm.train.recipe.run_recipe``); returns (model folder, final metrics).
 
     With ``cfg.ensemble.bootstrap`` the training records are replaced by a resample drawn from ``train.seed``.
     """
     from raw_rm.data import load_train_val
     from raw_rm.models.backbones import load_tokenizer
-    from raw_rm.train.local import train_local
+    from raw_rm.train.recipe import run_recipe
 
     if records is None:
         train, val, _ = load_train_val(cfg, tokenizer=load_tokenizer(cfg.model.backbone))
@@ -121,13 +120,13 @@ def train_member(cfg: Config, *, records: tuple[Sequence[Any], Sequence[Any]] | 
         train, val = records
     if cfg.ensemble.bootstrap:
         train = bootstrap_resample(train, cfg.train.seed)
-    result = train_local(cfg, records=(train, val))
-    return result.model_dir, dict(result.metrics)
+    run = run_recipe(cfg, records=(train, val))
+    return str(run.model_dir), dict(run.metrics)
 
 
 # -------------------------------------------------------------------------------------------- driver
 def train_ensemble(cfg: Config, *, parallel: bool | None = None) -> EnsembleResult:
-    """Train ``cfg.ensemble.members`` members, save them as one ensemble folder, register it (see module doc).
+    """Train ``cfg.ensemble.members`` members and save them as one ensemble folder (see module doc).
 
     Args:
         cfg: the base config (``ensemble.*`` picks the recipe; ``tune.cpus_per_trial``/``max_concurrent`` the
@@ -160,11 +159,8 @@ def train_ensemble(cfg: Config, *, parallel: bool | None = None) -> EnsembleResu
     if comparison is None:
         record = json.loads((ens_dir / "ensemble.json").read_text())
     else:  # kept in ensemble.json, so that the registered folder carries it
-        record = _edit_ensemble_json(ens_dir, lambda r: r.update(validation_comparison=comparison))
-    result = EnsembleResult(ensemble_dir=str(ens_dir), members=record["members"], validation_comparison=comparison)
-    if cfg.mlflow.enabled:
-        register_ensemble(cfg, result)
-    return result
+        record = edit_ensemble_json(ens_dir, lambda r: r.update(validation_comparison=comparison))
+    return EnsembleResult(ensemble_dir=str(ens_dir), members=record["members"], validation_comparison=comparison)
 
 
 def _ray_running() -> bool:
@@ -283,7 +279,7 @@ def _fit_ensemble_metadata(cfg: Config, ens_dir: Path) -> tuple[Any, dict[str, A
         rm = RewardModelInference(model, tokenizer=tokenizer, max_len_tokens=cfg.data.max_len_tokens, cache_size=2 * len(val))
         rewards = rm.batch_predict([p.prompt for p in val] * 2, [p.chosen for p in val] + [p.rejected for p in val])
         model.metadata.temperature = M.fit_temperature(rewards[: len(val)] - rewards[len(val):])
-        comparison = member_comparison(rm, val, salt=cfg.data.split_seed)
+        comparison = member_comparison(rm, val, cfg.eval)
     save_model(model, tokenizer, ens_dir)
     return model.metadata, comparison
 
@@ -291,20 +287,21 @@ def _fit_ensemble_metadata(cfg: Config, ens_dir: Path) -> tuple[Any, dict[str, A
 MIN_COMPARISON_PAIRS = 20  # fewer validation pairs than this: no ensemble-vs-members comparison
 
 
-def member_comparison(rm: Any, val: Sequence[Any], *, salt: str = "raw_rm") -> dict[str, Any] | None:
+def member_comparison(rm: Any, val: Sequence[Any], ec: EvalConfig) -> dict[str, Any] | None:
     """The ensemble against each member on validation pairs (``raw_rm.metrics.compare_members``).
 
-    The pairs are split in two by prompt hash: every contender (each member, and the mean of the members' z-scored
-    rewards that the ensemble serves) fits its temperature on one half and is measured on the other. None with
-    one member or fewer than ``MIN_COMPARISON_PAIRS`` pairs. On a few hundred pairs the differences are noisy:
+    The pairs are split by ``raw_rm.eval.gate.calibration_split`` (``ec`` = ``cfg.eval``), as the gate splits
+    them: every contender (each member, and the mean of the members' z-scored rewards that the ensemble serves)
+    fits its temperature on the calibration pairs and is measured on the others. None with one member, fewer
+    than ``MIN_COMPARISON_PAIRS`` pairs or an empty side. On a few hundred pairs the differences are noisy:
     read them with ``benchmarks/ensemble_vs_single.py``'s intervals before concluding.
     """
     from raw_rm import metrics as M
-    from raw_rm.data import split_by_prompt
+    from raw_rm.eval.gate import calibration_split
 
     if len(val) < MIN_COMPARISON_PAIRS:
         return None
-    measured, fitted = split_by_prompt(list(val), 0.5, f"{salt}/member_comparison")
+    measured, fitted = calibration_split(list(val), ec)
     if not measured or not fitted:
         return None
 
@@ -324,59 +321,10 @@ def member_comparison(rm: Any, val: Sequence[Any], *, salt: str = "raw_rm") -> d
     return out
 
 
-def _edit_ensemble_json(ens_dir: Path, edit: Callable[[dict[str, Any]], Any]) -> dict[str, Any]:
+def edit_ensemble_json(ens_dir: Path, edit: Callable[[dict[str, Any]], Any]) -> dict[str, Any]:
     """Read ensemble.json, let ``edit`` change the record in place, write it back; returns the record."""
     path = ens_dir / "ensemble.json"
     record = json.loads(path.read_text())
     edit(record)
     path.write_text(json.dumps(record, indent=2) + "\n")
     return record
-
-
-# ------------------------------------------------------------------------------------------ registry
-def register_ensemble(cfg: Config, result: EnsembleResult) -> EnsembleResult:
-    """Track the ensemble in MLflow (a run + one child run per member), evaluate it, register ONE version.
-
-    Sets ``result.mlflow_run_id``, ``result.model_version`` (None with ``mlflow.register=false``) and
-    ``result.metrics`` (the registry evaluation: accuracy, ece after temperature scaling, ...).
-    """
-    from raw_rm.registry import log_evaluate_register
-    from raw_rm.tracking import TrackedRun, tracking
-
-    ens_dir = Path(result.ensemble_dir)
-    with tracking(cfg, run_name=f"ensemble-{len(result.members)}") as run:
-        member_runs = []
-        for i, member in enumerate(result.members):
-            child = run.client.create_run(run.experiment_id, run_name=f"member_{i}", tags={
-                "mlflow.parentRunId": run.run_id, "ensemble_member": str(i), "seed": str(member.get("seed")),
-                **{f"config.{k}": str(v) for k, v in (member.get("config") or {}).items()},
-            })
-            TrackedRun(run.client, child.info.run_id, run.experiment_id, run.tracking_uri, {}).log_metrics(member.get("metrics") or {})
-            run.client.set_terminated(child.info.run_id, "FINISHED")
-            member_runs.append(child.info.run_id)
-            member["run_id"] = child.info.run_id
-        _write_member_runs(ens_dir, member_runs)
-        tags = {
-            "ensemble": "true", "ensemble_size": str(len(result.members)),
-            "ensemble_members": json.dumps([{"dir": m["dir"], "seed": m.get("seed"), "run_id": m["run_id"]} for m in result.members]),
-            "arch": "ensemble" if cfg.model.arch != "multihead" else "multihead",
-        }
-        cmp = result.validation_comparison
-        if cmp is not None:
-            best = cmp["members"][cmp["best_member"]]
-            run.log_metrics({"val_cmp_ensemble_nll": cmp["ensemble"]["nll"], "val_cmp_ensemble_ece": cmp["ensemble"]["ece"],
-                             "val_cmp_best_member_nll": best["nll"], "val_cmp_best_member_ece": best["ece"],
-                             "val_cmp_mean_member_nll": sum(m["nll"] for m in cmp["members"]) / len(cmp["members"])})
-        result.metrics, result.model_version = log_evaluate_register(cfg, run, ens_dir, tags=tags)
-        result.mlflow_run_id = run.run_id
-    return result
-
-
-def _write_member_runs(ens_dir: Path, run_ids: list[str]) -> None:
-    """Record each member's MLflow run id in ensemble.json (before the folder is logged)."""
-
-    def edit(record: dict[str, Any]) -> None:
-        for member, run_id in zip(record["members"], run_ids, strict=True):
-            member["run_id"] = run_id
-
-    _edit_ensemble_json(ens_dir, edit)

@@ -1,12 +1,12 @@
-"""Data-parallel training on Ray Train: the same loop, the same Config, DDP or FSDP2 (edge).
+"""Data-parallel training on Ray Train: the same recipe, the same Config, DDP or FSDP2 (edge).
 
     result = train_ray(load_config(None, ["ray.num_workers=2"]))
     result.model_dir            # <output_dir>/model, exactly as train_local writes it
 
-Ray touches ``RewardModelTrainer`` only at its three documented points: ``prepare_model``
-(``ray.train.torch.prepare_model`` for DDP; torch's ``fully_shard`` via raw_rm/train/fsdp.py for FSDP),
-``rank``/``world_size`` (each worker's sampler reads a disjoint shard) and a callback that calls
-``ray.train.report`` on the loop's checkpoint schedule.
+Each worker runs ``raw_rm.train.recipe.run_recipe``; Ray touches it only at its documented points:
+``prepare_model`` (``ray.train.torch.prepare_model`` for DDP; torch's ``fully_shard`` via raw_rm/train/fsdp.py for
+FSDP), ``rank``/``world_size`` (each worker's sampler reads a disjoint shard), Ray's checkpoint as ``resume_from``
+and a callback that calls ``ray.train.report`` on the loop's checkpoint schedule.
 
 - Global batch = ``train.batch_size`` (per worker) x ``ray.num_workers`` x ``train.grad_accum_steps``; logged.
 - Checkpoints: rank 0 writes the loop's checkpoint folder (model, optimiser, scheduler, RNG, sampler position;
@@ -22,6 +22,7 @@ Ray touches ``RewardModelTrainer`` only at its three documented points: ``prepar
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -41,8 +42,10 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, Sc
 from ray.train.torch import TorchTrainer
 
 from raw_rm.config import Config, ConfigError, apply_overrides, config_from_dict
+from raw_rm.cpu_threads import plan_threads
 from raw_rm.models.backbones import TINY_BACKBONES
 from raw_rm.train.loop import FitResult, TrainResult
+from raw_rm.train.recipe import RecipeResult, run_recipe
 
 log = logging.getLogger(__name__)
 
@@ -70,16 +73,17 @@ def global_batch_size(cfg: Config) -> int:
     return cfg.train.batch_size * cfg.ray.num_workers * cfg.train.grad_accum_steps
 
 
-def train_ray(cfg: Config, *, callbacks: Iterable[Any] = (), trace_dir: str | Path | None = None) -> TrainResult:
+def train_ray(
+    cfg: Config, *, callbacks: Iterable[Any] = (), worker_callbacks: Iterable[Any] = ()
+) -> TrainResult:
     """Train ``cfg`` with a ``TorchTrainer`` of ``cfg.ray.num_workers`` workers; save ``<output_dir>/model``.
 
     Args:
         cfg: the run's config (``ray.*`` picks workers, GPUs, strategy, failures, storage and run name).
-        callbacks: loop callbacks (e.g. ``tracking.MlflowCallback``); they are pickled to the workers and run on
-            rank 0 only, so metrics are sent once.
-        trace_dir: testing aid: every rank appends the example indices, loss and gradient norm of each step it trains to
-            ``trace_dir/rank<r>.jsonl`` (with a per-process attempt id), to check that a resumed run neither
-            repeats nor skips data.
+        callbacks: loop callbacks (e.g. ``raw_rm.tracking.runs.MlflowCallback``); they are pickled to the workers
+            and run on rank 0 only, so metrics are sent once.
+        worker_callbacks: loop callbacks every rank attaches to its loop (each worker gets its own unpickled copy;
+            ``attach(trainer)`` is called when defined, see ``raw_rm.train.recipe``).
 
     Raises:
         ConfigError: a run name that exists without ``train.resume``, or nothing to resume.
@@ -104,8 +108,7 @@ def train_ray(cfg: Config, *, callbacks: Iterable[Any] = (), trace_dir: str | Pa
     trainer = TorchTrainer(
         _train_loop_per_worker,
         train_loop_config={
-            "config": asdict(cfg), "callbacks": list(callbacks),
-            "trace_dir": str(Path(trace_dir).resolve()) if trace_dir is not None else None,
+            "config": asdict(cfg), "callbacks": list(callbacks), "worker_callbacks": list(worker_callbacks),
         },
         scaling_config=ScalingConfig(
             num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu,
@@ -190,7 +193,7 @@ def _run_name(cfg: Config, storage: str) -> str:
 
 def _collect(cfg: Config, result: Any, out: Path, storage: str, run_name: str) -> TrainResult:
     """Copy the final model out of the last checkpoint; write metrics.json/config.yaml; mark the run finished."""
-    from raw_rm.train.local import summarise_fit, write_run_files
+    from raw_rm.train.recipe import summarise_fit, write_run_files
 
     if result.checkpoint is None:
         raise RuntimeError(f"Ray Train run {run_name!r} ended without a checkpoint (see {result.path})")
@@ -238,42 +241,32 @@ class RayReportCallback:
 
 
 def _train_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    """One Ray Train worker: rebuild the Config, build data and model, fit (resuming if Ray has a checkpoint)."""
-    from raw_rm.data import load_train_val
-    from raw_rm.models import build_model, save_model
-    from raw_rm.train.local import data_fingerprint
-    from raw_rm.train.loop import RewardModelTrainer, seed_everything
-
+    """One Ray Train worker: rebuild the Config, run the recipe on this rank's shard (resuming if Ray has a
+    checkpoint), then send the saved model back in a last report."""
     cfg = config_from_dict(loop_config["config"], source="<ray train_loop_config>")
     # Ray's checkpoint is the resume source here, never the worker's local output_dir.
     cfg = replace(cfg, train=replace(cfg.train, resume=False))
     ctx = ray.train.get_context()
     rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
-    seed_everything(cfg.train.seed)  # a fresh reward head is drawn from the global RNG: same seed, same head
-    model, tokenizer = build_model(cfg.model)
-    # Every rank loads the same records (deterministic); the sampler gives each rank a disjoint shard.
-    train_records, val_records, report = load_train_val(cfg, tokenizer=tokenizer)
-    if getattr(model.metadata, "data_fingerprint", None) is None:
-        model.metadata.data_fingerprint = data_fingerprint(train_records)
-    callbacks: list[Any] = [RayReportCallback(rank)]
+    if not cfg.train.num_threads:  # Ray set OMP_NUM_THREADS to the reserved CPUs (1 for <= 1): size from what is usable
+        plan = plan_threads(cfg.ray.cpus_per_worker, ctx.get_local_world_size())
+        cfg = replace(cfg, train=replace(cfg.train, num_threads=plan.threads))  # the trainer sets torch's threads
+        log.info("rank %d: torch %s", rank, plan.reason)
+    callbacks: list[Any] = [RayReportCallback(rank), *(loop_config.get("worker_callbacks") or [])]
     if rank == 0:
         callbacks += list(loop_config.get("callbacks") or [])
-    trainer = RewardModelTrainer(
-        cfg, model, tokenizer, train_records, val_records, callbacks=callbacks,
-        prepare_model=lambda m: _prepare(m, cfg), rank=rank, world_size=world_size,
-    )
-    if loop_config.get("trace_dir"):
-        _trace_steps(trainer, Path(loop_config["trace_dir"]), rank)
     checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as resume_dir:
+    with contextlib.ExitStack() as stack:
+        resume_dir = None
+        if checkpoint is not None:
+            resume_dir = stack.enter_context(checkpoint.as_directory())
             if (Path(resume_dir) / FINAL_MARKER).exists():
                 raise RuntimeError("this Ray Train run already finished; start a new run instead of resuming it")
             log.info("rank %d resuming from Ray checkpoint %s", rank, checkpoint.path)
-            fit = trainer.fit(resume_from=resume_dir)
-    else:
-        fit = trainer.fit()
-    _report_final(cfg, trainer, fit, save_model, rank, report)
+        final = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="raw_rm_final_")))
+        run = run_recipe(cfg, callbacks=callbacks, prepare_model=lambda m: _prepare(m, cfg), rank=rank,
+                         world_size=world_size, resume_from=resume_dir, model_dir=final / "model")
+        _report_final(cfg, run, final)
 
 
 def _prepare(model: Any, cfg: Config) -> Any:
@@ -282,8 +275,8 @@ def _prepare(model: Any, cfg: Config) -> Any:
         return ray.train.torch.prepare_model(model, parallel_strategy=cfg.ray.strategy)
     import torch
 
+    from raw_rm.runtime import resolve_precision
     from raw_rm.train.fsdp import shard_model
-    from raw_rm.train.loop import resolve_precision
 
     device = ray.train.torch.get_device()
     if device.type == "cuda":
@@ -294,47 +287,14 @@ def _prepare(model: Any, cfg: Config) -> Any:
     return shard_model(model, mp_dtype=torch.bfloat16 if is_bf16 else None, cpu_offload=cfg.ray.cpu_offload)
 
 
-def _report_final(cfg: Config, trainer: Any, fit: FitResult, save_model: Any, rank: int, data_report: Any) -> None:
+def _report_final(cfg: Config, run: RecipeResult, final: Path) -> None:
     """The last report: rank 0 ships the saved model (best weights if restore_best) and the FitResult."""
+    fit = run.fit
     metrics = {**fit.final_metrics, "step": float(fit.steps), "final": 1.0}
     if fit.best_metric is not None:
         metrics[cfg.train.early_stopping_metric] = fit.final_metrics.get(cfg.train.early_stopping_metric, fit.best_metric)
-    model = trainer.model
-    if cfg.ray.strategy == "fsdp":  # gather the shards (every rank) into a fresh unsharded model on rank 0
-        from raw_rm.models import build_model
-        from raw_rm.train.fsdp import unsharded_copy
-
-        model = unsharded_copy(trainer.model, lambda: build_model(cfg.model)[0])
-    if rank != 0:
+    if run.model_dir is None:  # ranks > 0
         ray.train.report(metrics, checkpoint=None)
         return
-    with tempfile.TemporaryDirectory(prefix="raw_rm_final_") as tmp:
-        save_model(model, trainer.tokenizer, Path(tmp) / "model")
-        summary = data_report.summary() if hasattr(data_report, "summary") else str(data_report)
-        (Path(tmp) / FINAL_MARKER).write_text(json.dumps({"fit": asdict(fit), "data_report": summary}))
-        ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
-
-
-def _trace_steps(trainer: Any, trace_dir: Path, rank: int) -> None:
-    """Testing aid: log every training step's example indices and loss to ``trace_dir/rank<r>.jsonl``."""
-    trace_dir.mkdir(parents=True, exist_ok=True)
-    path = trace_dir / f"rank{rank}.jsonl"
-    attempt = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    collate, train_step = trainer.collate, trainer.train_step
-    pending: list[int] = []
-
-    def traced_collate(indices: Any, records: Any = None) -> Any:
-        if records is None:
-            pending.extend(int(i) for i in indices)
-        return collate(indices, records)
-
-    def traced_train_step(batch: Any) -> dict[str, float]:
-        metrics = train_step(batch)
-        entry = {"attempt": attempt, "step": trainer.step + 1, "epoch": trainer.epoch, "indices": list(pending),
-                 "loss": metrics["loss"], "grad_norm": metrics["grad_norm"], "n_items": metrics["n_items"]}
-        pending.clear()
-        with path.open("a") as fh:
-            fh.write(json.dumps(entry) + "\n")
-        return metrics
-
-    trainer.collate, trainer.train_step = traced_collate, traced_train_step
+    (final / FINAL_MARKER).write_text(json.dumps({"fit": asdict(fit), "data_report": run.data_report}))
+    ray.train.report(metrics, checkpoint=Checkpoint.from_directory(str(final)))

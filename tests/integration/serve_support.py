@@ -132,6 +132,7 @@ def served(serve_http, tmp_path_factory, request) -> dict[str, Any]:
     common = dict(
         host="127.0.0.1", port=port, member_num_cpus=0.0, max_batch_size=32, max_items=64, max_text_chars=5000,
         max_body_bytes=200_000, member_retries=8, api_key_env="RAW_RM_TEST_NO_SUCH_VARIABLE",
+        precision="fp32",  # answers are compared with fp32 scores computed in this process
     )
     main_cfg = ServeConfig(models=[str(single), str(multi)], app_name="rm", route_prefix="/rm", **common)
     # the secure app also covers the unbatched ingress path (one member call per request)

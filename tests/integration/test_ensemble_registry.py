@@ -18,9 +18,11 @@ RESPONSES = ["2 + 3 = 5.", "Mix flour, water and yeast, then bake."]
 
 
 def test_ensemble_registered_as_one_version_and_served_by_one_uri(ray_session, mlflow_uri: str, tmp_path: Path, monkeypatch) -> None:
-    from raw_rm import registry, tracking
+    from raw_rm.tracking import registry
+    from raw_rm.tracking import runs as tracking
     from raw_rm.inference import RewardModelInference
     from raw_rm.models.ensemble import EnsembleRewardModel
+    from raw_rm.tracking.ensemble import register_ensemble
     from raw_rm.train.ensemble import train_ensemble
 
     monkeypatch.setenv("RAW_RM_MODEL_CACHE", str(tmp_path / "cache"))
@@ -30,7 +32,7 @@ def test_ensemble_registered_as_one_version_and_served_by_one_uri(ray_session, m
         "ensemble.members": 2, "ensemble.bootstrap": True, "tune.cpus_per_trial": 1, "tune.max_concurrent": 2,
         "mlflow.tracking_uri": mlflow_uri, "mlflow.registered_model": NAME,
     })
-    result = train_ensemble(cfg, parallel=True)
+    result = register_ensemble(cfg, train_ensemble(cfg, parallel=True))
 
     ens_dir = Path(result.ensemble_dir)
     record = json.loads((ens_dir / "ensemble.json").read_text())

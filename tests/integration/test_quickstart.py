@@ -69,7 +69,7 @@ def test_quickstart_end_to_end_then_examples_over_http(tmp_path: Path) -> None:
         assert set(picks) == {"random", "best_mean", "best_lcb", "oracle"}
         assert max(picks.values()) == picks["oracle"]  # no policy beats picking the true best
 
-        from raw_rm.registry import list_versions
+        from raw_rm.tracking.registry import list_versions
 
         versions = list_versions("raw_rm-quickstart", tracking_uri=f"sqlite:///{db}")
         assert any("candidate" in v.aliases for v in versions), [json.dumps(v.__dict__, default=str) for v in versions]

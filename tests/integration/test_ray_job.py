@@ -97,8 +97,8 @@ def test_ray_job_submit_trains_tracks_and_registers(ray_session, ray_head, tmp_p
     assert "registered: job-rm v1 (alias candidate)" in log
     assert (out_dir / "model").is_dir() and json.loads((out_dir / "metrics.json").read_text())["steps"] == 3.0
 
-    from raw_rm import registry
-    from raw_rm.tracking import client_for
+    from raw_rm.tracking import registry
+    from raw_rm.tracking.runs import client_for
 
     (version,) = registry.list_versions("job-rm", tracking_uri=f"sqlite:///{db}")
     assert (version.version, version.aliases, version.base_model) == ("1", ["candidate"], "tiny-bert")

@@ -8,11 +8,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import loop_hooks
 import pytest
+import ray.cloudpickle
+from loop_hooks import FailOnceAtStep, StepTracer
 
 from raw_rm.config import Config, ConfigError, load_config
 
 pytestmark = pytest.mark.integration
+# Ray workers cannot import tests/: the hooks travel by value.
+ray.cloudpickle.register_pickle_by_value(loop_hooks)
 
 # 96 synthetic prompts split (by prompt hash) into 88 training and 8 validation pairs: 88 = 11 x 8, so every
 # global batch of 8 is full and one worker with batch 8 sees exactly the pairs that two workers with batch 4 see.
@@ -78,9 +83,9 @@ def test_two_workers_match_one_worker_at_the_same_global_batch(ray_session, make
     from raw_rm.train.ray_train import train_ray
 
     one = train_ray(make_cfg("one", "ray.num_workers=1", "train.batch_size=8", "train.max_steps=6"),
-                    trace_dir=tmp_path / "trace1")
+                    worker_callbacks=[StepTracer(tmp_path / "trace1")])
     two = train_ray(make_cfg("two", "ray.num_workers=2", "train.batch_size=4", "train.max_steps=6"),
-                    trace_dir=tmp_path / "trace2")
+                    worker_callbacks=[StepTracer(tmp_path / "trace2")])
     t1, t2 = _trace(tmp_path / "trace1"), _trace(tmp_path / "trace2")
     assert [e["step"] for e in t1[0]] == [1, 2, 3, 4, 5, 6]
     assert [e["step"] for e in t2[0]] == [e["step"] for e in t2[1]] == [1, 2, 3, 4, 5, 6]
@@ -119,10 +124,11 @@ def test_worker_failure_resumes_from_checkpoint_without_repeating_or_skipping(ra
     # 2 workers x batch 4 = 8 pairs per step: 11 steps per epoch, 22 in two epochs; checkpoints every 2 steps;
     # step 7 fails once, so the group restarts from the checkpoint of step 6.
     cfg = make_cfg("fail", "ray.num_workers=2", "train.batch_size=4", "train.epochs=2",
-               "train.checkpoint_every_steps=2", "train.fail_at_step=7", "ray.max_failures=1", "ray.run_name=failing")
-    result = train_ray(cfg, trace_dir=tmp_path / "trace")
+               "train.checkpoint_every_steps=2", "ray.max_failures=1", "ray.run_name=failing")
+    marker = tmp_path / "failed_once"
+    result = train_ray(cfg, worker_callbacks=[StepTracer(tmp_path / "trace"), FailOnceAtStep(7, marker)])
     assert result.fit.steps == 22
-    assert (tmp_path / "fail" / ".fail_at_step_7.done").exists()  # the failure really happened
+    assert marker.read_text() == "failed once at step 7\n"  # the failure really happened
     raw = {r: [json.loads(x) for x in (tmp_path / "trace" / f"rank{r}.jsonl").read_text().splitlines()] for r in (0, 1)}
     for r in (0, 1):
         attempts = list(dict.fromkeys(e["attempt"] for e in raw[r]))
@@ -173,7 +179,7 @@ def ddp_and_fsdp(ray_session, tiny_bert_dir: str, tmp_path_factory: pytest.TempP
     for strategy in ("ddp", "fsdp"):
         cfg = load_config(None, [*BASE, f"model.backbone={tiny_bert_dir}", f"train.output_dir={root / strategy}",
                                  *FSDP_RUN, f"ray.strategy={strategy}"])
-        result = train_ray(cfg, trace_dir=root / f"trace_{strategy}")
+        result = train_ray(cfg, worker_callbacks=[StepTracer(root / f"trace_{strategy}")])
         runs[strategy] = {"cfg": cfg, "result": result, "trace": _trace(root / f"trace_{strategy}")}
     return runs
 
@@ -240,10 +246,11 @@ def test_fsdp_worker_failure_resumes_from_the_gathered_checkpoint(ddp_and_fsdp: 
     # Step 5 fails once; the worker group restarts from the step-4 checkpoint: every rank loads the full model and
     # optimiser state rank 0 gathered, then continues. Steps 5-8 must then repeat the uninterrupted run's losses:
     # a lost Adam state, a shard loaded into the wrong rank or a wrong sampler position would change them.
-    cfg = make_cfg("fsdp_fail", *FSDP_RUN, "ray.strategy=fsdp", "train.fail_at_step=5", "ray.max_failures=1",
+    cfg = make_cfg("fsdp_fail", *FSDP_RUN, "ray.strategy=fsdp", "ray.max_failures=1",
                    "ray.run_name=fsdp_failing")
-    result = train_ray(cfg, trace_dir=tmp_path / "trace")
-    assert (tmp_path / "fsdp_fail" / ".fail_at_step_5.done").exists()
+    marker = tmp_path / "failed_once"
+    result = train_ray(cfg, worker_callbacks=[StepTracer(tmp_path / "trace"), FailOnceAtStep(5, marker)])
+    assert marker.read_text() == "failed once at step 5\n"
     raw = [json.loads(x) for x in (tmp_path / "trace" / "rank0.jsonl").read_text().splitlines()]
     attempts = list(dict.fromkeys(e["attempt"] for e in raw))
     assert len(attempts) == 2 and next(e["step"] for e in raw if e["attempt"] == attempts[1]) == 5
@@ -263,9 +270,10 @@ def test_fsdp_run_resumes_after_the_driver_gave_up(ddp_and_fsdp: dict, make_cfg,
     # No restarts allowed: the failure at step 5 ends the run (as a killed driver would leave it, checkpoint at
     # step 4). `raw-rm train --ray --resume ray.run_name=...` then continues it in a new TorchTrainer.
     run = [*FSDP_RUN, "ray.strategy=fsdp", "ray.run_name=fsdp_driver"]
+    hooks = [StepTracer(tmp_path / "trace"), FailOnceAtStep(5, tmp_path / "failed_once")]
     with pytest.raises(ray.train.TrainingFailedError):
-        train_ray(make_cfg("fsdp_driver", *run, "train.fail_at_step=5", "ray.max_failures=0"), trace_dir=tmp_path / "trace")
-    result = train_ray(make_cfg("fsdp_driver", *run, "train.fail_at_step=5", "train.resume=true"), trace_dir=tmp_path / "trace")
+        train_ray(make_cfg("fsdp_driver", *run, "ray.max_failures=0"), worker_callbacks=hooks)
+    result = train_ray(make_cfg("fsdp_driver", *run, "train.resume=true"), worker_callbacks=hooks)
     raw = [json.loads(x) for x in (tmp_path / "trace" / "rank1.jsonl").read_text().splitlines()]
     attempts = list(dict.fromkeys(e["attempt"] for e in raw))
     assert len(attempts) == 2 and [e["step"] for e in raw if e["attempt"] == attempts[1]] == [5, 6, 7, 8]

@@ -21,8 +21,8 @@ def cfg(mlflow_uri: str, tmp_path: Path) -> Config:
 
 def _trained(cfg: Config, tmp_path: Path, tag: str, accuracy: float, ece: float) -> str:
     """One tracked run whose 'model' is a folder holding ``tag``; registered with its gate metrics."""
-    from raw_rm import registry
-    from raw_rm.tracking import tracking
+    from raw_rm.tracking import registry
+    from raw_rm.tracking.runs import tracking
 
     model_dir = tmp_path / f"model-{tag}"
     model_dir.mkdir()
@@ -30,11 +30,12 @@ def _trained(cfg: Config, tmp_path: Path, tag: str, accuracy: float, ece: float)
     with tracking(cfg, run_name=tag) as run:
         run.log_metrics({"accuracy": accuracy, "ece": ece}, prefix="eval.")
         run.log_model(model_dir)
-    return registry.register_model(run.run_id, "model", NAME, {"note": tag}, tracking_uri=cfg.mlflow.tracking_uri)
+    return registry.register_version(run.run_id, "model", NAME, {"note": tag}, tracking_uri=cfg.mlflow.tracking_uri)
 
 
 def test_register_sets_candidate_alias_and_lineage(cfg: Config, tmp_path: Path) -> None:
-    from raw_rm import registry, tracking
+    from raw_rm.tracking import registry
+    from raw_rm.tracking import runs as tracking
 
     assert _trained(cfg, tmp_path, "a", 0.80, 0.05) == "1"
     assert _trained(cfg, tmp_path, "b", 0.85, 0.04) == "2"
@@ -44,7 +45,7 @@ def test_register_sets_candidate_alias_and_lineage(cfg: Config, tmp_path: Path) 
     assert (v2.version, v2.aliases, v1.aliases) == ("2", ["candidate"], [])
     # gate metrics come from the run's eval.* metrics (no accuracy/ece tags were given)
     assert v2.metrics == {"accuracy": 0.85, "ece": 0.04}
-    assert v2.data_fingerprint == tracking.data_fingerprint(cfg.data)
+    assert v2.data_fingerprint == tracking.source_fingerprint(cfg.data)
     assert v2.data_fingerprint.startswith("synthetic:") and len(v2.data_fingerprint) == len("synthetic:") + 64
     assert v2.experiment.startswith("raw_rm (") and v2.base_model == "minilm" and v2.run_id
     # the experiment's artifacts live beside the SQLite file, not in the working directory
@@ -52,7 +53,7 @@ def test_register_sets_candidate_alias_and_lineage(cfg: Config, tmp_path: Path) 
 
 
 def test_promotion_gate_refuses_worse_model_and_rollback_restores(cfg: Config, tmp_path: Path) -> None:
-    from raw_rm import registry
+    from raw_rm.tracking import registry
 
     uri = cfg.mlflow.tracking_uri
     v1 = _trained(cfg, tmp_path, "good", 0.80, 0.05)
@@ -88,7 +89,7 @@ def test_promotion_gate_refuses_worse_model_and_rollback_restores(cfg: Config, t
 
 
 def test_min_accuracy_and_unknown_metric(cfg: Config, tmp_path: Path) -> None:
-    from raw_rm import registry
+    from raw_rm.tracking import registry
 
     uri = cfg.mlflow.tracking_uri
     v1 = _trained(cfg, tmp_path, "weak", 0.55, 0.05)
@@ -101,7 +102,7 @@ def test_min_accuracy_and_unknown_metric(cfg: Config, tmp_path: Path) -> None:
 
 
 def test_models_uri_resolves_alias_and_version_to_cached_dir(cfg: Config, tmp_path: Path) -> None:
-    from raw_rm import registry
+    from raw_rm.tracking import registry
 
     uri = cfg.mlflow.tracking_uri
     _trained(cfg, tmp_path, "first", 0.8, 0.05)
@@ -150,7 +151,7 @@ def test_registry_cli_list_promote_refusal_and_rollback(cfg: Config, tmp_path: P
 
 def test_same_name_and_version_in_two_stores_are_cached_apart(tmp_path: Path) -> None:
     # Regression: the cache was keyed by NAME/VERSION only, so a second store's v1 served the first store's model.
-    from raw_rm import registry
+    from raw_rm.tracking import registry
 
     cache = tmp_path / "cache"
     texts = []

@@ -59,6 +59,18 @@ def test_healthz_and_models(served) -> None:
         RewardModelInference(str(served["multi"])).version,
     ]
     assert (body["data"][0]["reward_mean"], body["data"][0]["reward_std"], body["data"][0]["temperature"]) == (0.5, 2.0, 1.5)
+    # what each member chose and why: 2 member replicas share the usable CPUs, none reserved (member_num_cpus=0)
+    from raw_rm.cpu_threads import usable_cpus
+
+    threads = max(1, usable_cpus().count // 2)
+    for member in body["data"]:
+        assert member["torch_threads"] == threads, member
+        assert member["torch_threads_reason"].startswith(f"{threads} thread"), member
+        assert "shared by 2 processes" in member["torch_threads_reason"], member
+        assert (member["precision"], member["precision_reason"]) == ("fp32", "set explicitly"), member
+        assert (member["max_len_tokens"], member["replicas"]) == (512, 1), member
+        assert member["max_len_reason"] == "default: the model does not record its training length (metadata.max_len_tokens not set)"
+    assert (body["http_frontend"], body["ingress_replicas"]) == ("proxy", 1)
 
 
 @pytest.mark.parametrize("n", [1, 5])

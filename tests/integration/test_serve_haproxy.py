@@ -58,6 +58,7 @@ def test_haproxy_front_serves_openrlhf_auth_errors_and_load(tmp_path: Path) -> N
     cmd = [
         sys.executable, "-m", "raw_rm.cli", "serve", "--model", str(model), "--port", str(port), "--address", "local",
         "http_frontend=haproxy", "ingress_replicas=2", "member_num_cpus=0", f"api_key_file={key_file}",
+        "precision=fp32",  # answers are compared with fp32 scores computed in this process
     ]
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
     log = (tmp_path / "serve.log").open("w")

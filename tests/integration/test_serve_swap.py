@@ -19,12 +19,12 @@ pytestmark = pytest.mark.integration
 
 
 def _register(cfg: Config, model_dir: Path, name: str) -> str:
-    from raw_rm import registry
-    from raw_rm.tracking import tracking
+    from raw_rm.tracking import registry
+    from raw_rm.tracking.runs import tracking
 
     with tracking(cfg, run_name=model_dir.name) as run:
         run.log_model(model_dir)
-    return registry.register_model(run.run_id, "model", name, tracking_uri=cfg.mlflow.tracking_uri)
+    return registry.register_version(run.run_id, "model", name, tracking_uri=cfg.mlflow.tracking_uri)
 
 
 def test_alias_move_and_redeploy_swaps_model_without_dropping_requests(serve_http, mlflow_uri: str, tmp_path: Path) -> None:
@@ -33,7 +33,7 @@ def test_alias_move_and_redeploy_swaps_model_without_dropping_requests(serve_htt
 
     from raw_rm.inference import RewardModelInference
     from raw_rm.serve.app import build_app, pin_model_source
-    from raw_rm.tracking import client_for
+    from raw_rm.tracking.runs import client_for
 
     name = f"rm-swap-{uuid.uuid4().hex[:8]}"  # the replicas' download cache is keyed by name/version
     cfg = apply_overrides(Config(), {"mlflow.tracking_uri": mlflow_uri, "train.output_dir": str(tmp_path / "run")})
@@ -45,7 +45,8 @@ def test_alias_move_and_redeploy_swaps_model_without_dropping_requests(serve_htt
     assert pin_model_source(uri, mlflow_uri) == f"models:/{name}/1"
 
     port = int(serve_http.rsplit(":", 1)[1])
-    serve_cfg = ServeConfig(models=[uri], tracking_uri=mlflow_uri, port=port, member_num_cpus=0.0, member_retries=8)
+    serve_cfg = ServeConfig(models=[uri], tracking_uri=mlflow_uri, port=port, member_num_cpus=0.0, member_retries=8,
+                            precision="fp32")  # answers are compared with fp32 scores
     serve.run(build_app(serve_cfg), name="rm_swap", route_prefix="/swap")
     url = f"{serve_http}/swap"
     before = httpx.get(f"{url}/v1/models", timeout=60).json()["data"][0]

@@ -13,7 +13,8 @@ pytestmark = pytest.mark.integration
 
 
 def test_tracked_local_training_logs_everything_and_registers(mlflow_uri: str, tmp_path: Path, monkeypatch) -> None:
-    from raw_rm import registry, tracking
+    from raw_rm.tracking import registry
+    from raw_rm.tracking import runs as tracking
     from raw_rm.cli import main
     from raw_rm.inference import RewardModelInference
     from raw_rm.train.local import train_local
@@ -33,7 +34,7 @@ def test_tracked_local_training_logs_everything_and_registers(mlflow_uri: str, t
     assert (params["train.max_steps"], params["model.backbone"], params["data.train_path"]) == ("3", "tiny-bert", "null")
     assert params["model.aspects"] == '["helpfulness", "harmlessness", "honesty"]'
     tags = run.data.tags
-    assert tags["data_fingerprint"] == tracking.data_fingerprint(cfg.data) and tags["base_model"] == "tiny-bert"
+    assert tags["data_fingerprint"] == tracking.source_fingerprint(cfg.data) and tags["base_model"] == "tiny-bert"
     assert tags["git_commit"] == tracking.git_commit()
     assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1, 2, 3]
     assert 0.0 <= run.data.metrics["eval.accuracy"] <= 1.0 and "eval.sets.validation.accuracy" in run.data.metrics
@@ -69,7 +70,8 @@ def test_tracked_local_training_logs_everything_and_registers(mlflow_uri: str, t
 
 
 def test_tracking_marks_the_run_failed_when_training_raises(mlflow_uri: str, tmp_path: Path) -> None:
-    from raw_rm import registry, tracking
+    from raw_rm.tracking import registry
+    from raw_rm.tracking import runs as tracking
 
     cfg = load_config(None, [f"mlflow.tracking_uri={mlflow_uri}", f"train.output_dir={tmp_path}"])
 

@@ -13,7 +13,8 @@ from ray import tune
 
 from raw_rm.config import DEFAULT_CONFIG, Config, apply_overrides, load_config
 from raw_rm.models import load_model
-from raw_rm.tune import ROUND_KEY, run_tune, top_k_configs
+from raw_rm.tune.driver import run_tune
+from raw_rm.tune.results import ROUND_KEY, top_k_configs
 
 pytestmark = pytest.mark.integration
 
@@ -66,11 +67,13 @@ def test_asha_stops_trials_that_do_not_learn_and_the_best_is_registered(ray_sess
     assert str(version.version) == outcome.registered_version == "1"
     assert version.tags["tune_experiment"] == str(exp)
     assert version.tags["tune_trial"] == outcome.best.trial_id
-    assert float(version.tags["accuracy"]) == pytest.approx(outcome.best.metrics["val_accuracy"])
     trial_run = client.get_run(version.run_id)
+    # the gate evaluation (raw_rm.eval.gate) of the best model: its accuracy is what the promotion gate reads
+    assert float(version.tags["accuracy"]) == pytest.approx(trial_run.data.metrics["eval.accuracy"])
+    assert model.metadata.temperature == pytest.approx(trial_run.data.metrics["eval.temperature"])
     assert trial_run.data.tags["mlflow.parentRunId"] == outcome.mlflow_run_id
     assert trial_run.data.params["train.lr"] == "0.005"
-    assert [a.path for a in client.list_artifacts(version.run_id)] == ["model"]
+    assert [a.path for a in client.list_artifacts(version.run_id)] == ["eval_report", "model"]
     children = client.search_runs([trial_run.info.experiment_id], f"tags.mlflow.parentRunId = '{outcome.mlflow_run_id}'")
     assert sorted(r.data.tags["tune_status"] for r in children) == sorted(t.status for t in outcome.trials)
     history = client.get_metric_history(version.run_id, "val_nll")
@@ -142,7 +145,8 @@ SPACE = {
 def test_random_search_samples_loss_parameters_only_for_their_loss() -> None:
     from ray.tune.search.variant_generator import generate_variants
 
-    from raw_rm.tune import build_search, parse_space
+    from raw_rm.tune.driver import build_search
+    from raw_rm.tune.space import parse_space
 
     cfg = apply_overrides(load_config(TINY), {"tune.space": SPACE})
     space, _ = build_search(parse_space(SPACE, cfg), cfg, None)
@@ -156,7 +160,8 @@ def test_random_search_samples_loss_parameters_only_for_their_loss() -> None:
 
 
 def test_optuna_starts_with_the_baseline_and_asks_only_for_active_parameters() -> None:
-    from raw_rm.tune import baseline_point, build_search, parse_space
+    from raw_rm.tune.driver import build_search
+    from raw_rm.tune.space import baseline_point, parse_space
 
     cfg = apply_overrides(load_config(TINY), {"tune.space": SPACE, "tune.searcher": "optuna"})
     specs = parse_space(SPACE, cfg)
@@ -173,9 +178,9 @@ def test_asha_records_the_baseline_but_never_stops_it() -> None:
 
     from ray.tune.schedulers import TrialScheduler
 
-    import raw_rm.tune as raw_tune
+    from raw_rm.tune.scheduler import BaselineKeepingASHA
 
-    scheduler = raw_tune.BaselineKeepingASHA(
+    scheduler = BaselineKeepingASHA(
         baseline={"train.lr": 1.0e-4}, time_attr=ROUND_KEY, grace_period=1, reduction_factor=2, max_t=100
     )
     scheduler.set_search_properties("val_nll", "min")

@@ -1,4 +1,4 @@
-"""glibc mmap threshold pinning (raw_rm/train/allocator.py): freed blocks go back to the OS, user settings win."""
+"""glibc mmap threshold pinning (raw_rm/runtime.py): freed blocks go back to the OS, user settings win."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
+from raw_rm import runtime
 from raw_rm.config import TrainConfig
-from raw_rm.train import allocator
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc", reason="glibc malloc only"
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.skipif(
 # the last (it keeps the heap top from being trimmed) and report how many MiB stayed resident.
 _PROBE = """
 import ctypes, json, sys
-from raw_rm.train.allocator import pin_mmap_threshold
+from raw_rm.runtime import pin_mmap_threshold
 pinned = pin_mmap_threshold() if sys.argv[1] == "pin" else None
 libc = ctypes.CDLL(None)
 libc.malloc.restype = ctypes.c_void_p
@@ -67,7 +67,7 @@ def test_trainer_pins_the_threshold_unless_configured_off(tmp_path, monkeypatch)
     from raw_rm.train.loop import RewardModelTrainer
 
     calls = []
-    monkeypatch.setattr(allocator, "pin_mmap_threshold", lambda: calls.append(1) or True)
+    monkeypatch.setattr(runtime, "pin_mmap_threshold", lambda: calls.append(1) or True)
     records = [PreferencePair(prompt=f"q {i}", chosen="good answer", rejected="bad") for i in range(4)]
     model, tok = build_model(ModelConfig(arch="concat", backbone="tiny-bert"))
     for pin in (True, False):

@@ -60,7 +60,9 @@ def _shipped_yaml() -> list[Path]:
 
 @pytest.mark.parametrize("path", _shipped_yaml(), ids=lambda p: p.name)
 def test_every_shipped_training_config_loads(path: Path) -> None:
-    assert isinstance(load_config(path), Config)
+    from raw_rm.tune.space import check_space
+
+    assert isinstance(load_config(path, checks=[check_space]), Config)
 
 
 def test_exponent_without_dot_is_a_number_where_a_number_is_expected() -> None:
@@ -68,3 +70,28 @@ def test_exponent_without_dot_is_a_number_where_a_number_is_expected() -> None:
     cfg = load_config(None, ["train.lr=1e-3", "mlflow.experiment=1e-3"])
     assert cfg.train.lr == 0.001
     assert cfg.mlflow.experiment == "1e-3"
+
+
+def test_the_tune_section_and_its_space_are_checked_by_the_same_loader(tmp_path: Path) -> None:
+    from raw_rm.tune.space import check_space
+
+    path = tmp_path / "tune.yaml"
+    space = "  space:\n    loss.temprature: {loguniform: [0.05, 5]}\n    train.lr: {uniform: [0.1]}\n"
+
+    def load_errors(text: str) -> list[str]:
+        path.write_text(text)
+        with pytest.raises(ConfigError) as info:
+            load_config(path, checks=[check_space])
+        return str(info.value).splitlines()
+
+    assert load_errors("tune:\n  serch: optuna\n  num_samples: many\n" + space) == [
+        f'{path}: tune.serch: unknown key (did you mean "searcher"?)',
+        f"{path}: tune.num_samples: expected an integer, got 'many'",
+    ]
+    # with the section's own keys right, the space is checked too, naming the file and every bad path
+    assert load_errors("tune:\n  searcher: optuna\n" + space) == [
+        f'{path}: tune.space: loss.temprature: unknown config path (did you mean "loss.temperature"?)',
+        f"{path}: tune.space: train.lr: uniform expects [low, high] numbers, got [0.1]",
+    ]
+    space = "tune.space={train.lr: {loguniform: [1.0e-5, 1.0e-3]}}"
+    assert load_config(None, [space], checks=[check_space]).tune.space == {"train.lr": {"loguniform": [1.0e-5, 1.0e-3]}}

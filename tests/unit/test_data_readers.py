@@ -138,6 +138,61 @@ def test_hub_name_offline_gives_a_clear_error(monkeypatch: pytest.MonkeyPatch) -
     )
 
 
+def test_json_array_rows_named_by_index(tmp_path: Path) -> None:
+    path = tmp_path / "pairs.json"
+    path.write_text(json.dumps([{"prompt": "p0", "chosen": "a", "rejected": "b"}, {"prompt": "p1", "chosen": "c", "rejected": 5}]))
+    assert errors_of(path) == f'{path}[1]: field "rejected": expected a string or a list of messages, got int'
+    first = read_records(path, limit=1).records
+    assert first == [PreferencePair("p0", "a", "b", source=f"{path}[0]")]
+    broken = tmp_path / "broken.json"
+    broken.write_text('[\n{"prompt": "p", "chosen": "a",\n "rejected" "b"}]')
+    assert errors_of(broken) == f"{broken}:3: not valid JSON (Expecting ':' delimiter at column 13)"
+
+
+def test_json_file_holding_json_lines(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "hh.json", HH_ROWS)
+    result = read_records(path)
+    assert result.report.format == "hh" and [r.source for r in result.records] == [f"{path}:1", f"{path}:2"]
+
+
+def test_csv_with_numeric_columns(tmp_path: Path) -> None:
+    path = tmp_path / "prefs.csv"
+    path.write_text('prompt,chosen,rejected,margin\nWhat is 2+2?,4,"5, surely",0.5\nSay hi,hi,bye,2\n')
+    records = read_records(path).records
+    assert records == [
+        PreferencePair("What is 2+2?", "4", "5, surely", margin=0.5, source=f"{path}[0]"),
+        PreferencePair("Say hi", "hi", "bye", margin=2.0, source=f"{path}[1]"),
+    ]
+
+
+def test_keys_map_a_data_sets_own_field_names(tmp_path: Path) -> None:
+    rows = [{"question": "q", "better": "a", "worse": "b", "chosen": "ignored"}, {"question": "q2", "better": "c", "worse": 3}]
+    keys = {"prompt": "question", "chosen": "better", "rejected": "worse"}
+    first = read_records(rows, keys=keys, limit=1).records
+    assert first == [PreferencePair("q", "a", "b", source="<records>[0]")]
+    assert errors_of(rows, keys=keys) == (
+        '<records>[1]: field "worse" (data.rejected_key): expected a string or a list of messages, got int'
+    )
+    assert errors_of(rows, keys={"chosen": "pos"}) == (
+        "<records>[0]: data.chosen_key='pos': no such field in the row (fields: ['better', 'chosen', 'question', 'worse'])"
+    )
+    assert errors_of(rows, keys={"answer": "better"}).startswith("keys: unknown raw_rm field(s) ['answer']; known: prompt,")
+    groups = [{"q": "p", "outs": ["x", "y", "z"], "order": [2, 0, 1]}]
+    group = read_records(groups, keys={"prompt": "q", "responses": "outs", "ranks": "order"}).records[0]
+    assert (group.prompt, group.responses, group.ranks) == ("p", ["x", "y", "z"], [2, 0, 1])
+
+
+def test_data_config_keys_reach_the_reader(tmp_path: Path) -> None:
+    from raw_rm.config import load_config
+    from raw_rm.data import load_records
+
+    path = tmp_path / "pairs.json"
+    path.write_text(json.dumps([{"instruction": "p", "pos": "good", "neg": "bad"}]))
+    cfg = load_config(None, ["data.prompt_key=instruction", "data.chosen_key=pos", "data.rejected_key=neg"])
+    records, _ = load_records(str(path), cfg)
+    assert records == [PreferencePair("p", "good", "bad", source=f"{path}[0]")]
+
+
 def test_limit(tmp_path: Path) -> None:
     result = read_records(write_jsonl(tmp_path / "p.jsonl", HH_ROWS), limit=1)
     assert (result.report.n_read, len(result.records)) == (1, 1)
@@ -172,9 +227,9 @@ def test_empty_file(tmp_path: Path) -> None:
 
 def test_unknown_format_and_file_type_and_missing_file(tmp_path: Path) -> None:
     assert errors_of([], format="xml") == 'format "xml": unknown; known: auto, standard, conversational, hh, ranked, rated'
-    csv = tmp_path / "x.csv"
-    csv.write_text("a,b\n")
-    assert errors_of(csv).startswith(f"{csv}: unknown file type: expected .jsonl, .jsonl.gz, .parquet")
+    xml = tmp_path / "x.xml"
+    xml.write_text("<a/>\n")
+    assert errors_of(xml).startswith(f"{xml}: unknown file type: expected .jsonl, .jsonl.gz, .json, .csv, .parquet")
     assert errors_of(tmp_path / "nope.jsonl") == f"{tmp_path / 'nope.jsonl'}: no such file"
 
 

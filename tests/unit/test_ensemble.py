@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -113,6 +114,22 @@ def test_bad_member_folder_and_empty_list(tmp_path: Path) -> None:
         save_ensemble(tmp_path / "ens", [tmp_path / "empty"])
 
 
+def test_ensemble_json_has_no_aggregate_block_and_old_files_with_one_still_load(ensemble: Path, tmp_path: Path,
+                                                                                  expected: np.ndarray) -> None:
+    record = json.loads((ensemble / "ensemble.json").read_text())
+    assert sorted(record) == ["format_version", "members", "metadata"]
+    old = tmp_path / "old"
+    shutil.copytree(ensemble, old)
+    record["aggregate"] = {"reward": "lcb", "lam": 2.0, "k": 3.0}  # what older raw_rm wrote
+    (old / "ensemble.json").write_text(json.dumps(record))
+    model, tokenizer = load_model(old)
+    with torch.no_grad():
+        members = model(**encode_features(tokenizer, PROMPTS, RESPONSES, "concat")).members.numpy()
+    np.testing.assert_allclose(members, expected, atol=1e-5)
+    save_model(model, tokenizer, old)  # rewriting the record drops the unread block
+    assert "aggregate" not in json.loads((old / "ensemble.json").read_text())
+
+
 def test_member_configs_and_bootstrap_resamples(tmp_path: Path) -> None:
     from raw_rm.config import Config, apply_overrides
     from raw_rm.train.ensemble import bootstrap_resample, member_configs
@@ -131,6 +148,7 @@ def test_member_configs_and_bootstrap_resamples(tmp_path: Path) -> None:
 
 def test_member_comparison_fits_each_contender_on_one_half_and_measures_on_the_other() -> None:
     from raw_rm import metrics as M
+    from raw_rm.config import EvalConfig
     from raw_rm.data.records import PreferencePair
     from raw_rm.train.ensemble import member_comparison
 
@@ -145,12 +163,12 @@ def test_member_comparison_fits_each_contender_on_one_half_and_measures_on_the_o
             return np.array([truth[row[p]] + noise[row[p]] if r.startswith("good") else np.zeros(3)
                              for p, r in zip(prompts, responses, strict=True)])
 
-    out = member_comparison(Members(), pairs, salt="t")
+    out = member_comparison(Members(), pairs, EvalConfig(calibration_salt="t"))
     assert out["n_fit"] + out["n_eval"] == 400 and out["n_fit"] > 0 and out["n_eval"] > 0
     assert len(out["members"]) == 3 and 0 <= out["best_member"] < 3
     # independent member errors average out: the ensemble's NLL is below every member's
     assert out["ensemble"]["nll"] < min(m["nll"] for m in out["members"])
     assert out["ensemble_minus_best_nll"] == pytest.approx(out["ensemble"]["nll"] - out["members"][out["best_member"]]["nll"])
-    assert member_comparison(Members(), pairs[:10]) is None  # too few pairs to split
+    assert member_comparison(Members(), pairs[:10], EvalConfig()) is None  # too few pairs to split
     with pytest.raises(ValueError, match="same K"):
         M.compare_members(np.zeros((4, 2)), np.zeros((4, 3)))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import math
 
 import numpy as np
@@ -333,16 +335,18 @@ def test_multi_objective_aspects_combine_to_the_reward():
     assert out["spearman_aspect_head"] == pytest.approx(spearmanr(per_aspect[:3, 0], [0.0, 1.0, 2.0]).statistic)
 
 
-def test_evaluate_model_dir_feeds_the_gate_and_stores_temperature(tmp_path):
+def test_evaluate_for_gate_feeds_the_gate_and_stores_temperature(tmp_path):
     from raw_rm.config import Config, ModelConfig, apply_overrides
-    from raw_rm.eval import evaluate_model_dir
+    from raw_rm.eval import evaluate_for_gate
     from raw_rm.models import build_model, load_model, save_model
 
     model, tokenizer = build_model(ModelConfig(backbone="tiny-bert"))
     save_model(model, tokenizer, tmp_path / "m")
     cfg = apply_overrides(Config(), {"data.synthetic.n_prompts": 80, "data.val_fraction": 0.25,
                                      "data.max_len_tokens": 32})
-    report = evaluate_model_dir(cfg, tmp_path / "m")
+    report = evaluate_for_gate(cfg, tmp_path / "m", report_dir=tmp_path / "report")
+    written = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert written["sets"]["validation"]["accuracy"] == report.metrics["sets"]["validation"]["accuracy"]
     flat = report.flat_metrics()
     n = report.metrics["sets"]["validation"]["n_pairs"]
     assert flat["accuracy"] == report.metrics["sets"]["validation"]["accuracy"]

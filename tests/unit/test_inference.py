@@ -138,7 +138,7 @@ def test_loads_a_saved_directory_and_resolves_uris_with_an_explicit_resolver(mod
     assert asked == ["fake-registry://m"]
     with pytest.raises(ValueError, match=r"^s3://b/m: a URI needs a resolver; or pass a local model directory$"):
         resolve_model_uri("s3://b/m")
-    with pytest.raises(ValueError, match=r"^models:/rm@champion: a URI needs a resolver \(raw_rm\.registry\.uri_resolver"):
+    with pytest.raises(ValueError, match=r"^models:/rm@champion: a URI needs a resolver \(raw_rm\.tracking\.registry\.uri_resolver"):
         RewardModelInference("models:/rm@champion")
     with pytest.raises(ValueError, match="not a model directory"):
         resolve_model_uri(tmp_path / "absent")

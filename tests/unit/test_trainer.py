@@ -10,14 +10,10 @@ import torch
 from raw_rm.config import Config, ConfigError, DataConfig, LossConfig, ModelConfig, TrainConfig
 from raw_rm.data.records import PreferencePair, RankedGroup, RatedResponse
 from raw_rm.models import build_model
-from raw_rm.train.loop import (
-    RewardModelTrainer,
-    build_optimizer,
-    cpu_supports_bf16,
-    latest_checkpoint,
-    lr_lambda,
-    resolve_precision,
-)
+from raw_rm.runtime import cpu_supports_bf16, resolve_precision
+from raw_rm.train.checkpoint import latest_checkpoint
+from raw_rm.train.loop import RewardModelTrainer
+from raw_rm.train.optim import build_optimizer, lr_lambda
 
 GOOD = ["a kind and helpful answer", "a clear correct careful reply", "thanks, here is a helpful explanation"]
 BAD = ["rude nonsense", "go away idiot", "wrong wrong wrong"]
@@ -60,7 +56,7 @@ def fixed_batch_loss(trainer: RewardModelTrainer, batch) -> float:
     trainer.train_model.eval()
     with torch.no_grad():
         out = trainer.train_model(**trainer._features(batch))
-        return float(trainer.compute_loss(out, batch, training=False)[0])
+        return float(trainer.objective.loss(out, batch, training=False)[0])
 
 
 def trains_down(trainer: RewardModelTrainer, steps: int = 5) -> tuple[float, float]:
@@ -98,7 +94,7 @@ def test_multihead_bootstrap_and_uncertainty_weighting_train(tmp_path):
     cfg.model.bootstrap = True
     cfg.loss.uncertainty_weighting = True
     trainer = make_trainer(cfg, pairs(8))
-    assert trainer.bootstrap is not None and tuple(trainer.bootstrap.shape) == (8, 3)
+    assert trainer.objective.bootstrap is not None and tuple(trainer.objective.bootstrap.shape) == (8, 3)
     before, after = trains_down(trainer)
     assert after < before
 
@@ -130,7 +126,7 @@ def test_aspect_pairs_train_their_aspect_head(tmp_path):
     trainer.train_model.eval()
     with torch.no_grad():
         out = trainer.train_model(**trainer._features(batch))
-        _, parts = trainer.compute_loss(out, batch, training=False)
+        _, parts = trainer.objective.loss(out, batch, training=False)
     assert torch.allclose(parts["chosen"], out.aspects[:8, 1].float())
     with pytest.raises(ConfigError, match=r"pairs name aspects \['honesty'\]"):
         make_trainer(make_cfg(tmp_path, arch="multi_objective"), pairs(2, aspect="honesty"))
@@ -199,9 +195,12 @@ def test_resume_mid_epoch_gives_the_uninterrupted_weights(tmp_path):
     full_result = full.fit()
     assert full_result.steps == 12
 
-    broken_cfg = cfg("broken", fail_at_step=6)
-    with pytest.raises(RuntimeError, match="train.fail_at_step=6: injected failure"):
-        make_trainer(broken_cfg, data, val).fit()
+    from loop_hooks import FailOnceAtStep
+
+    broken_cfg = cfg("broken")
+    fail = FailOnceAtStep(6, tmp_path / "failed_once")
+    with pytest.raises(RuntimeError, match=r"^FailOnceAtStep\(6\): injected failure at step 6$"):
+        make_trainer(broken_cfg, data, val, callbacks=[fail]).fit()
     ckpt = latest_checkpoint(broken_cfg.train.output_dir)
     assert ckpt is not None and ckpt.name == "step_4"  # mid-epoch: 6 steps per epoch
     broken_cfg.train.resume = True

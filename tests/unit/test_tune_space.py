@@ -6,7 +6,7 @@ import optuna
 import pytest
 
 from raw_rm.config import Config, ConfigError, load_config
-from raw_rm.tune import DefineByRunSpace, ParamSpec, baseline_point, parse_space, trial_config
+from raw_rm.tune.space import DefineByRunSpace, ParamSpec, baseline_point, parse_space, trial_config
 
 KNOWN_LOSSES = "bt, margin, contrastive, focal, triplet, label_smoothing, kwise_adjacent, kwise_all_pairs, plackett_luce"
 
@@ -130,7 +130,7 @@ def test_run_tune_rejects_an_unknown_loss_before_any_trial_starts(tmp_path) -> N
     import sys
 
     from raw_rm.config import apply_overrides
-    from raw_rm.tune import run_tune
+    from raw_rm.tune.driver import run_tune
 
     cfg = apply_overrides(
         load_config(None, [f"train.output_dir={tmp_path}", "tune.name=bad"]),
@@ -154,7 +154,7 @@ def test_run_tune_rejects_an_unknown_loss_before_any_trial_starts(tmp_path) -> N
 )
 def test_run_tune_rejects_a_bad_selection_metric_or_resume(tmp_path, overrides: dict, message: str) -> None:
     from raw_rm.config import apply_overrides
-    from raw_rm.tune import run_tune
+    from raw_rm.tune.driver import run_tune
 
     cfg = load_config(None, [f"train.output_dir={tmp_path}", "tune.name=bad"])
     cfg = apply_overrides(cfg, {"tune.space": {"train.lr": {"loguniform": [1.0e-5, 1.0e-3]}}, **overrides})

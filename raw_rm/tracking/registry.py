@@ -3,12 +3,13 @@
 Every trained model becomes a version of a registered model with alias ``candidate``;
 ``promote`` moves ``champion`` only when the evaluation gate passes and records the previous champion on the
 new one, so ``rollback`` can move ``champion`` back, recording who and why. Runs, params, metrics, artifacts and
-lineage are ``raw_rm.tracking``'s; this module builds on it (``tracked_training``: track, evaluate, register).
+lineage are ``raw_rm.tracking.runs``'; this module builds on them (``tracked_training``: track, evaluate for the
+gate with ``raw_rm.eval.gate``, register).
 
-    with tracking(cfg) as run:                      # raw_rm.tracking
+    with tracking(cfg) as run:                      # raw_rm.tracking.runs
         result = train_local(cfg, callbacks=[run.callback()])
         run.log_model(result.model_dir)
-    version = register_model(run.run_id, "model", "raw_rm-reward", {"note": "first"}, tracking_uri=uri)
+    version = register_version(run.run_id, "model", "raw_rm-reward", {"note": "first"}, tracking_uri=uri)
     promote("raw_rm-reward", version, cfg.gate, tracking_uri=uri)
 
 Only the MlflowClient API is used, never the fluent globals, so tests and several stores can live in one process.
@@ -30,8 +31,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-# raw_rm.tracking first: it sets MLflow's environment (no progress bars, no telemetry) before mlflow is imported.
-from raw_rm.tracking import MODEL_ARTIFACT, TrackedRun, client_for, store_uri, tracking, user_name  # isort: skip
+# raw_rm.tracking.runs first: it sets MLflow's environment (no progress bars, no telemetry) before mlflow is imported.
+from raw_rm.tracking.runs import MODEL_ARTIFACT, TrackedRun, client_for, store_uri, tracking, user_name  # isort: skip
 
 import mlflow.artifacts  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
@@ -67,7 +68,7 @@ def tracked_training(cfg: Config, train_fn: Callable[..., Any], *, evaluate_fn: 
 
     ``train_fn`` is ``train_local`` or ``train_ray``; both return a result with ``model_dir``. With
     ``cfg.mlflow.enabled`` false this is just ``train_fn(cfg)``. ``evaluate_fn(cfg, model_dir, report_dir) ->
-    dict`` (default: ``evaluate_for_registry``) writes the eval report whose metrics feed the promotion gate.
+    dict`` (default: ``raw_rm.eval.gate.write_gate_report``) writes the eval report whose metrics feed the gate.
     The result gains ``mlflow_run_id`` and ``model_version`` (None when not registered) attributes.
     """
     if not cfg.mlflow.enabled:
@@ -90,13 +91,16 @@ def log_evaluate_register(
     evaluate_fn: Callable[[Config, Path, Path], dict[str, float]] | None = None,
     tags: dict[str, str] | None = None,
 ) -> tuple[dict[str, float], str | None]:
-    """Evaluate ``model_dir`` (``evaluate_fn``, default ``evaluate_for_registry``), log the report and the model on
-    ``run``, and with ``mlflow.register`` register the model (tags: the run's, then ``tags``, then the gate metrics).
+    """Evaluate ``model_dir`` (``evaluate_fn``, default ``raw_rm.eval.gate.write_gate_report``), log the report and
+    the model on ``run``, and with ``mlflow.register`` register the model (tags: the run's, then ``tags``, then the
+    gate metrics).
 
     Returns:
         (the evaluation's metrics, the new version or None when ``mlflow.register`` is off).
     """
-    evaluate_fn = evaluate_fn or evaluate_for_registry
+    from raw_rm.eval.gate import write_gate_report
+
+    evaluate_fn = evaluate_fn or write_gate_report
     with tempfile.TemporaryDirectory(prefix="raw_rm_eval_") as tmp:
         metrics = evaluate_fn(cfg, model_dir, Path(tmp))  # may save the fitted temperature into model_dir
         run.log_report(tmp, metrics)
@@ -104,7 +108,7 @@ def log_evaluate_register(
     if not cfg.mlflow.register:
         return metrics, None
     gate_tags = {k: str(metrics[k]) for k in GATE_METRICS if k in metrics}
-    version = register_model(
+    version = register_version(
         run.run_id, MODEL_ARTIFACT, cfg.mlflow.registered_model, {**run.tags, **(tags or {}), **gate_tags},
         tracking_uri=cfg.mlflow.tracking_uri,
     )
@@ -112,47 +116,8 @@ def log_evaluate_register(
     return metrics, version
 
 
-def evaluate_for_registry(cfg: Config, model_dir: Path, report_dir: Path) -> dict[str, float]:
-    """Evaluate the trained model on the validation split, write the eval report folder, return flat metrics.
-
-    Half of the validation prompts (by hash) fit the calibration temperature, which is saved into the model's
-    metadata before the model is logged; the other half is the evaluation set. Keys ``accuracy`` and ``ece``
-    (after temperature scaling) are what the promotion gate reads.
-    """
-    from raw_rm.data import load_train_val
-    from raw_rm.data.formats import group_to_pairs
-    from raw_rm.data.splits import split_by_prompt
-    from raw_rm.eval.evaluator import RewardModelEvaluator
-    from raw_rm.inference import RewardModelInference
-
-    rm = RewardModelInference(str(model_dir), max_len_tokens=cfg.data.max_len_tokens)
-    _, val, _ = load_train_val(cfg, tokenizer=rm.tokenizer)
-    if cfg.data.kind == "groups":
-        val = [p for g in val for p in group_to_pairs(g)]
-    elif cfg.data.kind != "pairs":
-        log.warning("data.kind=%s: no pairwise evaluation report; the gate will read val_* training metrics", cfg.data.kind)
-        return {}
-    if len(val) < 4:
-        log.warning("only %d validation pairs: no eval report; the gate will read val_* training metrics", len(val))
-        return {}
-    test, calibration = split_by_prompt(val, 0.5, cfg.data.split_seed + "/calibration")
-    if not test or not calibration:
-        log.warning("validation prompts did not split in two (%d/%d): calibrating and evaluating on the same pairs", len(test), len(calibration))
-        test = calibration = val
-    evaluator = RewardModelEvaluator(rm, n_boot=200, seed=cfg.train.seed)
-    report = evaluator.run(
-        test, name="validation", val_pairs=calibration, save_temperature=True,
-        model_info={"model_dir": str(model_dir), "base_model": cfg.model.backbone, "arch": cfg.model.arch},
-    )
-    report.write(report_dir)
-    head = report.headline()
-    metrics = dict(report.flat_metrics())
-    metrics.update(accuracy=float(head["accuracy"]), ece=float(head["ece_after"]), temperature=float(head["temperature"]))
-    return metrics
-
-
 # --------------------------------------------------------------------------------------- registry
-def register_model(
+def register_version(
     run_id: str, artifact_path: str, name: str, tags: dict[str, str] | None = None, *, tracking_uri: str | None = None
 ) -> str:
     """Register ``<run artifacts>/artifact_path`` as a new version of ``name`` with alias ``candidate``.

@@ -8,8 +8,8 @@ git commit, base model) and the eval report and trained model as artifacts:
         result = train_local(cfg, callbacks=[run.callback()])
         run.log_model(result.model_dir)
 
-The model registry (versions, aliases, promotion, ``models:/`` URIs) builds on this in ``raw_rm.registry``;
-this module never imports it. Only the MlflowClient API is used, never the fluent
+The model registry (versions, aliases, promotion, ``models:/`` URIs) builds on this in
+``raw_rm.tracking.registry``; this module never imports it. Only the MlflowClient API is used, never the fluent
 ``mlflow.start_run``/``set_tracking_uri`` globals, so tests and several stores can live in one process.
 """
 
@@ -104,8 +104,8 @@ def ensure_experiment(client: MlflowClient, cfg: MlflowConfig) -> str:
 
 
 # ---------------------------------------------------------------------------------------- lineage
-def data_fingerprint(data: DataConfig) -> str:
-    """A stable id of the training data: sha256 of the input files, the dataset name, or the synthetic config.
+def source_fingerprint(data: DataConfig) -> str:
+    """A stable id of the training data's source (the MLflow tag ``data_fingerprint``): sha256 of the input files, the dataset name, or the synthetic config.
 
     Files and ``datasets`` folders hash their bytes (a folder: every file, in path order, with its relative path).
     A name that is not a local path is a Hub dataset, fingerprinted by name (no revision is pinned in the config).
@@ -116,10 +116,10 @@ def data_fingerprint(data: DataConfig) -> str:
         blob = json.dumps(asdict(data.synthetic), sort_keys=True)
         return "synthetic:" + hashlib.sha256(blob.encode()).hexdigest()
     sources = [s for s in (data.train_path, data.eval_path) if s is not None]
-    return "+".join(_source_fingerprint(s) for s in sources)
+    return "+".join(_path_fingerprint(s) for s in sources)
 
 
-def _source_fingerprint(source: str) -> str:
+def _path_fingerprint(source: str) -> str:
     path = Path(source)
     if not path.exists():
         return f"hub:{source}"
@@ -141,7 +141,7 @@ def git_commit() -> str:
     """
     if os.environ.get("RAW_RM_GIT_COMMIT"):
         return os.environ["RAW_RM_GIT_COMMIT"]
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     try:
         head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
         if head.returncode != 0:
@@ -269,7 +269,7 @@ def tracking(cfg: Config, *, run_name: str | None = None) -> Iterator[TrackedRun
     client = client_for(cfg.mlflow.tracking_uri)
     experiment_id = ensure_experiment(client, cfg.mlflow)
     tags = {
-        "data_fingerprint": data_fingerprint(cfg.data),
+        "data_fingerprint": source_fingerprint(cfg.data),
         "data_source": cfg.data.train_path or "synthetic",
         "git_commit": git_commit(),
         "base_model": cfg.model.backbone,
