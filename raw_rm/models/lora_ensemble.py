@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from raw_rm.config import ModelConfig
-from raw_rm.models.backbones import pooled_hidden
+from raw_rm.models.backbones import load_backbone, pooled_hidden
 from raw_rm.models.base import RewardMetadata, RewardModelBase, RewardOutput
 from raw_rm.models.concat import RewardModel
 from raw_rm.models.ensemble import EnsembleRewardModel
@@ -91,10 +91,10 @@ def save_lora_ensemble(directory: str | Path, member_dirs: list[str | Path], *, 
         ValueError: a member that is not a LoRA concat model with a Hugging Face head, or whose weights differ from
             ``backbone``'s by more than its adapters (naming the member and the tensor).
     """
-    from raw_rm.models.registry import build_model  # registry imports io, which imports this module
-
     out = Path(directory)
-    base, tokenizer = build_model(ModelConfig(arch="concat", backbone=backbone, dropout=0.0))
+    base_cfg = ModelConfig(arch="concat", backbone=backbone, dropout=0.0)
+    hf, tokenizer = load_backbone(backbone, with_head=True, dropout=0.0)
+    base = RewardModel(base_cfg, hf, RewardMetadata(base_model=backbone))
     base_state = base.hf.base_model.state_dict()
     tensors: dict[str, torch.Tensor] = {}
     members = []
