@@ -17,7 +17,7 @@ In one run, on this machine, loopback only:
    precision, max length and HTTP front are raw_rm's own choices (printed from ``/v1/models``);
 4. tuned: ``raw_rm.serve.app.build_app`` with this script's explicit settings (``--precision``, ``--torch-threads``...);
    ``--device cuda`` puts the plain server, the ceiling and the Serve setups on the GPU;
-5. int8 (CPU): the model's int8 copy (``raw_rm.compression.write_quantized``) served with the defaults, and the
+5. int8 (CPU): the model's int8 copy (``raw_rm.quantization.write_quantized``) served with the defaults, and the
    accuracy of fp32, bf16 and int8 on the held-out pairs of ``--data`` with the reward drift from fp32;
 6. a 5-head shared-trunk ensemble on the tuned setup vs the single model (p50 latency; ``--no-ensemble`` skips it).
 
@@ -123,7 +123,7 @@ def heldout_accuracy(model_dir: str, int8_dir: str, data: Path) -> dict[str, flo
     import numpy as np
     import torch
 
-    from raw_rm.compression import load_for_inference
+    from raw_rm.quantization import load_for_inference
     from raw_rm.config import Config, apply_overrides
     from raw_rm.data import load_train_val
     from raw_rm.inference import RewardModelInference
@@ -258,7 +258,7 @@ def wait_healthy(url: str, timeout_s: float = 300.0) -> None:
 # ------------------------------------------------------------------------------------------------ main
 def ceiling_texts_per_s(model_dir: str, texts: list[tuple[str, str]], *, precision: str, device: str, max_len_tokens: int) -> tuple[float, str]:
     """One process, batches of 64 sorted by length: (texts/s, the precision that ran)."""
-    from raw_rm.compression import load_for_inference
+    from raw_rm.quantization import load_for_inference
 
     engine = load_for_inference(model_dir, cache_size=0, batch_size=64, precision=precision, device=device, max_len_tokens=max_len_tokens)
     engine.batch_predict([p for p, _ in texts[:64]], [r for _, r in texts[:64]])  # warm-up
@@ -271,7 +271,7 @@ def serve_setup(base: str, app: object, texts: list[tuple[str, str]], levels: li
     """Deploy ``app``, print what it chose (``/v1/models``), load it; (results per level, member stats, model info)."""
     from ray import serve
 
-    from raw_rm.serve.launch import describe_member
+    from raw_rm.serve.frontend import describe_member
 
     serve.run(app, name="bench", route_prefix="/")
     wait_healthy(f"{base}/healthz")
@@ -341,7 +341,7 @@ def main() -> int:
     root = Path(tempfile.mkdtemp(prefix="serve_load_"))
     untrained_single, multi_dir = build_models(root, args.backbone) if args.model is None or not args.no_ensemble else ("", "")
     single_dir = args.model or untrained_single
-    from raw_rm.compression import write_quantized
+    from raw_rm.quantization import write_quantized
     from raw_rm.inference import RewardModelInference
 
     max_len = RewardModelInference(single_dir, cache_size=0, max_len_tokens=args.max_len_tokens).max_len_tokens
@@ -377,7 +377,7 @@ def main() -> int:
         proc.wait(timeout=30)
 
     # 3. - 6. Serve setups on one Ray
-    from raw_rm.serve.launch import prepare_ray
+    from raw_rm.serve.frontend import prepare_ray
 
     frontend = prepare_ray(args.frontend, ray="start")  # before Ray (and Serve's constants) load: see launch.py
     import ray

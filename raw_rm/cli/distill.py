@@ -29,7 +29,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from raw_rm.cli.common import config_from_args, local_model_dir
-    from raw_rm.compression import distill
+    from raw_rm.train.distill import distill
     from raw_rm.data import load_train_val
     from raw_rm.data.formats import DataError
     from raw_rm.models import build_model, save_model

@@ -148,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         from raw_rm.cli.common import local_model_dir
-        from raw_rm.compression import load_for_inference
+        from raw_rm.quantization import load_for_inference
         from raw_rm.inference import resolve_model_uri
 
         model_dir = Path(resolve_model_uri(local_model_dir(args.model)))

@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
         if args.name in ood_paths:
             raise ValueError(f"--ood {args.name}=...: '{args.name}' is the name of --data (see --name)")
         from raw_rm.cli.common import explicitly_set, local_model_dir
-        from raw_rm.compression import load_for_inference
+        from raw_rm.quantization import load_for_inference
 
         # the model's training length unless data.max_len_tokens is given (raw_rm.models.base.effective_max_len)
         max_len = cfg.data.max_len_tokens if explicitly_set(args, "data.max_len_tokens") else None

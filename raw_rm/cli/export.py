@@ -20,7 +20,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from raw_rm.cli.common import local_model_dir
-    from raw_rm.compression import compare_quantized, write_quantized
+    from raw_rm.quantization import compare_quantized, write_quantized
     from raw_rm.data.formats import DataError
     from raw_rm.inference import resolve_model_uri
 

@@ -78,7 +78,7 @@ def _links(host: str, port: int, named: dict[str, str]) -> list[str]:
 def _score_items(store, model: str, tracking_uri: str | None) -> list[str]:
     """Score every item's responses with ``model``; returns the model's aspects."""
     from raw_rm.cli.common import local_model_dir
-    from raw_rm.compression import load_for_inference
+    from raw_rm.quantization import load_for_inference
 
     rm = load_for_inference(local_model_dir(model, tracking_uri=tracking_uri))
     items = store.items()

@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         if not rows:
             raise InputError(f"{args.input}: no rows to score")
         from raw_rm.cli.common import local_model_dir
-        from raw_rm.compression import load_for_inference
+        from raw_rm.quantization import load_for_inference
 
         rm = load_for_inference(local_model_dir(args.model), batch_size=args.batch_size, max_len_tokens=args.max_len_tokens)
     except (InputError, ValueError, OSError) as exc:

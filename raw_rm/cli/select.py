@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         if not 1 <= args.k <= len(rows):
             raise InputError(f"--k {args.k}: expected 1 <= k <= {len(rows)} (the pool size)")
         from raw_rm.cli.common import local_model_dir
-        from raw_rm.compression import load_for_inference
+        from raw_rm.quantization import load_for_inference
 
         rm = load_for_inference(local_model_dir(args.model), batch_size=args.batch_size, max_len_tokens=args.max_len_tokens)
         picked = select_pairs(rm, items, args.k, args.strategy, seed=args.seed)

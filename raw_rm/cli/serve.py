@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
 
 def print_choices(url: str, cfg: ServeConfig) -> None:
     """Print what each member runs with and why (threads, precision, max length, replicas), from ``/v1/models``."""
-    from raw_rm.serve.launch import describe_member
+    from raw_rm.serve.frontend import describe_member
 
     headers = {}
     key = resolve_api_key(cfg)

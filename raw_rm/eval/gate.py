@@ -133,7 +133,7 @@ def evaluate_for_gate(
         The report (``flat_metrics()`` holds ``accuracy``, ``ece`` after T and ``temperature``), or None with fewer
         than ``MIN_GATE_PAIRS`` validation pairs (logged).
     """
-    from raw_rm.compression import load_for_inference
+    from raw_rm.quantization import load_for_inference
     from raw_rm.data import load_train_val
     from raw_rm.eval import as_eval_sets, model_info
 

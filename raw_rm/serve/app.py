@@ -63,7 +63,7 @@ from raw_rm.config import ConfigError, ServeConfig, config_from_dict
 from raw_rm.cpu_threads import plan_threads
 from raw_rm.serve import scoring, security
 from raw_rm.serve.batcher import MicroBatcher
-from raw_rm.serve.launch import HAPROXY_ENV_TEXT, describe_member, environment_frontend
+from raw_rm.serve.frontend import HAPROXY_ENV_TEXT, describe_member, environment_frontend
 from raw_rm.serve.scoring import MemberInfo, RequestError
 from raw_rm.uncertainty import ReferenceDistribution, RollingDriftMonitor
 
@@ -89,7 +89,7 @@ class RewardMember:
     """One served model: raw member rewards (N, K) for (prompt, response) rows, batched across requests."""
 
     def __init__(self, source: str, cfg: dict[str, Any], display_source: str | None = None) -> None:
-        from raw_rm.compression import load_for_inference
+        from raw_rm.quantization import load_for_inference
 
         self.cfg = config_from_dict(cfg, root=ServeConfig, source="serve args")
         use_cuda = self.cfg.device == "cuda" or (self.cfg.device == "auto" and self.cfg.member_num_gpus > 0 and torch.cuda.is_available())

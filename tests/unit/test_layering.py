@@ -23,7 +23,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("raw_rm.models", "raw_rm.losses", "raw_rm.metrics", "raw_rm.uncertainty"),
     ("raw_rm.inference", "raw_rm.quantization", "raw_rm.plan"),
     ("raw_rm.eval", "raw_rm.reference", "raw_rm.serve", "raw_rm.label"),
-    ("raw_rm.train", "raw_rm.compression", "raw_rm.tune.space", "raw_rm.tune.results"),
+    ("raw_rm.train", "raw_rm.tune.space", "raw_rm.tune.results"),
     # edges: Ray, MLflow, HTTP
     ("raw_rm.tracking", "raw_rm.tune", "raw_rm.train.ray_train", "raw_rm.train.ensemble", "raw_rm.label.app"),
     ("raw_rm.serve.app", "raw_rm.serve.launch"),

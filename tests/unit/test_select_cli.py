@@ -54,9 +54,9 @@ def pool(tmp_path: Path) -> tuple[Path, FakeInference]:
 
 
 def run_cli(monkeypatch, pool_path: Path, rm: FakeInference, out: Path, strategy: str, k: int) -> int:
-    import raw_rm.compression
+    import raw_rm.quantization
 
-    monkeypatch.setattr(raw_rm.compression, "load_for_inference", lambda model, **kw: rm)
+    monkeypatch.setattr(raw_rm.quantization, "load_for_inference", lambda model, **kw: rm)
     args = argparse.Namespace(model="fake", pool=str(pool_path), k=k, strategy=strategy, out=str(out), a_field="response_a",
                               b_field="response_b", seed=0, batch_size=8, max_len_tokens=None)
     return select.run(args)

@@ -6,7 +6,7 @@ import pytest
 
 from raw_rm.config import ConfigError, ServeConfig, apply_overrides
 from raw_rm.cpu_threads import usable_cpus
-from raw_rm.serve import launch
+from raw_rm.serve import frontend as launch
 
 HAPROXY_ENV = launch.FRONTEND_ENV["haproxy"]
 

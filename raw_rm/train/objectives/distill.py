@@ -24,7 +24,7 @@ from raw_rm.train.objectives.pairs import PairsObjective
 
 
 class Teacher(Protocol):
-    """Normalised teacher rewards of (prompt, response) texts (``raw_rm.compression.TeacherScores``)."""
+    """Normalised teacher rewards of (prompt, response) texts (``raw_rm.train.distill.TeacherScores``)."""
 
     def score(self, items: Sequence[tuple[str, str]]) -> None: ...  # scores (and keeps) texts not yet scored
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from raw_rm.compression import compare_quantized, distill, load_for_inference, quantize_int8, write_quantized
+from raw_rm.quantization import compare_quantized, load_for_inference, quantize_int8, write_quantized
+from raw_rm.train.distill import distill
 from raw_rm.config import Config, DataConfig, ModelConfig, TrainConfig
 from raw_rm.data.records import PreferencePair
 from raw_rm.inference import RewardModelInference
