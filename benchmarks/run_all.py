@@ -190,7 +190,7 @@ def rows_serve(data: dict[str, Any]) -> list[Row]:
         _row("serve_load", f"req/s at concurrency {top}, raw_rm / plain server", f"{ratio:.2f}x ({served['rps']:.1f} vs {plain['rps']:.1f})", ">= 3x", ratio >= 3.0),
         _row("serve_load", f"req/s at concurrency {top} / model ceiling", f"{100 * share:.0f}% ({served['rps']:.1f} of {ceiling:.1f} texts/s)", ">= 50%", share >= 0.5),
     ]
-    if "defaults" in data:  # the Serve defaults, as a first run gets them (issue 23)
+    if "defaults" in data:  # the Serve defaults, as a first run gets them
         d, prec = data["defaults"][top], data["choices"]["defaults"]["precision"]
         d_ratio, d_share = d["rps"] / plain["rps"], d["rps"] / data["ceilings"][prec]
         rows += [

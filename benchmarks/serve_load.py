@@ -26,7 +26,7 @@ The model: ``--model DIR`` (a trained model folder, e.g. from ``raw-rm train``),
 
 Each request is one OpenRLHF ``/get_reward`` query (what the current OpenRLHF client sends) with a distinct
 HH dialogue. Prints requests/s, p50 and p99 per concurrency level for both servers and the ratios; targets
-(issue 9) are read from the printout, never asserted. The machine's load average is printed before and
+are read from the printout, never asserted. The machine's load average is printed before and
 after: other processes competing for the CPUs change every number.
 """
 
@@ -438,7 +438,7 @@ def main() -> int:
         print(f"5-head ensemble p50 at concurrency {c}: {ensemble[c]['p50']:.1f} ms vs single {setups['tuned'][c]['p50']:.1f} ms "
               f"({ensemble[c]['p50'] / setups['tuned'][c]['p50']:.2f}x; target <= 1.3x)")
     d = setups["defaults"][top]
-    print(f"targets (issue 23, 2-core CPU): defaults / plain = {d['rps'] / plain[top]['rps']:.2f}x (>= 1.3x); defaults = "
+    print(f"targets (2-core CPU): defaults / plain = {d['rps'] / plain[top]['rps']:.2f}x (>= 1.3x); defaults = "
           f"{100 * d['rps'] / ceilings[precision_of['defaults']]:.0f}% of the {precision_of['defaults']} ceiling (>= 90%); "
           f"p99 {d['p99']:.0f} ms vs plain {plain[top]['p99']:.0f} ms (<=)"
           + (f"; int8 / plain = {setups['int8'][top]['rps'] / plain[top]['rps']:.2f}x (>= 1.6x)" if do_int8 else ""))

@@ -4,8 +4,8 @@ Precedence: dataclass defaults < YAML file < ``key.sub=value`` overrides. Unknow
 types fail naming the file and the dotted key, suggesting the closest known name, with every problem
 of one load reported in a single error.
 
-    cfg = load_config("raw_rm/configs/default.yaml", ["loss.temperature=0.5"])
-    cfg.loss.temperature  # 0.5
+    cfg = load_config("raw_rm/configs/default.yaml", ["loss.contrastive_tau=0.5"])
+    cfg.loss.contrastive_tau  # 0.5
 
 The same object reaches every consumer: Ray Train workers rebuild it with ``config_from_dict(asdict(cfg))``;
 Tune applies its sampled points as dotted overrides with ``apply_overrides``.
@@ -38,7 +38,7 @@ class ConfigError(ValueError):
 class SyntheticConfig:
     n_prompts: int = 1200  # number of synthetic prompts (each yields one pair, one group, ratings)
     group_size: int = 4  # responses per prompt in the k-wise groups
-    noise: float = 1.0  # Bradley-Terry temperature of label sampling; 0 = labels always follow the latent reward
+    noise: float = 1.0  # label noise: the scale dividing latent reward gaps when labels are sampled (Bradley-Terry); 0 = labels always follow the latent reward
     seed: int = 0  # generator seed: the same seed gives the same data set
     annotators: int = 0  # > 0: each pair's weight = share of this many simulated annotators (Bradley-Terry votes on the latent reward, own RNG) agreeing with its label; 0 = no weights
 
@@ -122,7 +122,7 @@ class ModelConfig:
 @dataclass
 class LossConfig:
     name: str = "bt"  # bt | margin | contrastive | focal | triplet | label_smoothing | kwise_adjacent | kwise_all_pairs | plackett_luce
-    temperature: float = 1.0  # contrastive: divides reward differences; searched by Tune
+    contrastive_tau: float = 1.0  # contrastive loss: tau dividing reward differences, -log sigmoid(D / tau); searched by Tune
     margin: float = 1.0  # margin / triplet: required reward gap
     gamma: float = 2.0  # focal: focusing exponent (0 = Bradley-Terry)
     epsilon: float = 0.1  # label_smoothing: probability mass on the flipped label (0 = Bradley-Terry)
@@ -133,8 +133,8 @@ class LossConfig:
     uncertainty_weighting: bool = False  # down-weight pairs on which the ensemble heads disagree
 
     def __post_init__(self) -> None:
-        if self.temperature <= 0:
-            raise ConfigError(f"loss.temperature: expected > 0, got {self.temperature}")
+        if self.contrastive_tau <= 0:
+            raise ConfigError(f"loss.contrastive_tau: expected > 0, got {self.contrastive_tau}")
         if not 0.0 <= self.epsilon < 0.5:
             raise ConfigError(f"loss.epsilon: expected 0 <= value < 0.5, got {self.epsilon}")
 
@@ -327,6 +327,20 @@ class ServeConfig:
                 raise ConfigError(f"{name}: expected >= 0, got {getattr(self, name)}")
 
 
+# Keys whose meaning got a name of its own; the old spelling is refused, naming the new key (never silently mapped:
+# a config that sets "temperature" meant one of several things).
+RENAMED_KEYS: dict[str, tuple[str, str]] = {
+    "loss.temperature": ("loss.contrastive_tau", "the contrastive loss's tau; the calibration temperature is fitted by "
+                         "raw-rm eval and stored in the model"),
+}
+
+
+def renamed_key_message(path: str) -> str:
+    """``loss.temperature: renamed to loss.contrastive_tau (...)`` for a key in :data:`RENAMED_KEYS`."""
+    new, meaning = RENAMED_KEYS[path]
+    return f"{path}: renamed to {new} ({meaning})"
+
+
 # ----------------------------------------------------------------------------------------- loader
 def load_config(
     path: str | Path | None = None,
@@ -397,7 +411,7 @@ def apply_overrides(cfg: Any, overrides: dict[str, Any] | list[str]) -> Any:
 
 
 def parse_override(item: str) -> tuple[str, Any]:
-    """``"loss.temperature=0.5"`` -> ``("loss.temperature", 0.5)``; the value is parsed as YAML."""
+    """``"loss.contrastive_tau=0.5"`` -> ``("loss.contrastive_tau", 0.5)``; the value is parsed as YAML."""
     if "=" not in item:
         raise ConfigError(f"override {item!r}: expected key.sub=value")
     key, _, text = item.partition("=")
@@ -435,6 +449,9 @@ def _build(cls: type, raw: Any, *, prefix: str, source: str, errors: list[str]) 
     kwargs: dict[str, Any] = {}
     for key, value in raw.items():
         if key not in fields:
+            if f"{prefix}{key}" in RENAMED_KEYS:
+                errors.append(f"{source}: {renamed_key_message(f'{prefix}{key}')}")
+                continue
             close = difflib.get_close_matches(str(key), list(fields), n=1)
             hint = f' (did you mean "{close[0]}"?)' if close else f" (known: {', '.join(fields)})"
             errors.append(f"{source}: {prefix}{key}: unknown key{hint}")

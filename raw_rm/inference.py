@@ -286,8 +286,8 @@ class RewardModelInference:
         """Consecutive runs of the length-sorted ``order``, at most ``batch_size`` items each, one forward per run.
 
         On a CPU a run also ends where the text grows by more than a quarter (plus 64 characters): CPU time is
-        proportional to padded tokens (MiniLM, HH texts: sorted batches of 64 scored 63 texts/s, unsorted ones 33,
-        batch 1 54; STACK_NOTES), and a served batch of a few dozen random texts is mostly padding when it runs as
+        proportional to padded tokens (unsorted batches of HH texts scored about half as fast as length-sorted ones;
+        benchmarks/README.md), and a served batch of a few dozen random texts is mostly padding when it runs as
         one forward. A GPU has compute to spare for padding and wants few large forwards, so there runs only
         split at ``batch_size``. Characters stand in for tokens (about 4 per token, capped where truncation makes
         every text ``max_len_tokens`` long): a poor guess costs speed, never changes a reward.

@@ -11,7 +11,7 @@ constant to every reward changes nothing.
     name             ℓ(Δ)                                          parameter (LossConfig field)
     bt               −log σ(Δ)                                     -
     margin           −log σ(Δ − margin)                            margin
-    contrastive      −log σ(Δ / temperature)                       temperature
+    contrastive      −log σ(Δ / τ)                                  contrastive_tau
     focal            −σ(−Δ)^γ · log σ(Δ)   (= −(1 − p)^γ log p)    gamma
     triplet          max(0, margin − Δ)                            margin
     label_smoothing  −(1 − ε) log σ(Δ) − ε log σ(−Δ)               epsilon
@@ -112,9 +112,9 @@ def margin_loss(delta: Tensor, *, margin: float) -> Tensor:
     return F.softplus(margin - delta)
 
 
-@register_loss("contrastive", params=("temperature",), formula="-log sigmoid(D / temperature)")
-def contrastive_loss(delta: Tensor, *, temperature: float) -> Tensor:
-    return F.softplus(-delta / temperature)
+@register_loss("contrastive", params=("contrastive_tau",), formula="-log sigmoid(D / tau)")
+def contrastive_loss(delta: Tensor, *, contrastive_tau: float) -> Tensor:
+    return F.softplus(-delta / contrastive_tau)
 
 
 @register_loss("focal", params=("gamma",), formula="-(1 - sigmoid(D))^gamma * log sigmoid(D)")

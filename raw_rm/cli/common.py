@@ -31,7 +31,7 @@ SHORTHANDS = {
 def add_config_args(parser: argparse.ArgumentParser, *, flags: tuple[str, ...] = tuple(SHORTHANDS)) -> None:
     """Add ``--config``, positional ``key.sub=value`` overrides and the chosen shorthand flags."""
     parser.add_argument("--config", default=None, help=f"YAML config (default: the packaged {DEFAULT_CONFIG.name})")
-    parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides, e.g. loss.temperature=0.5")
+    parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides, e.g. loss.contrastive_tau=0.5")
     for flag in flags:
         parser.add_argument(f"--{flag.replace('_', '-')}", dest=flag, default=None, help=f"shorthand for {SHORTHANDS[flag]}=...")
     if "workers" in flags:

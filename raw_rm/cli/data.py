@@ -1,7 +1,7 @@
 """`raw-rm data`: inspect a data set the way training will read it.
 
     raw-rm data                                                    # the synthetic default (prints Bayes accuracy)
-    raw-rm data --data ../shared/data/hh-rlhf-harmless/pairs.jsonl.gz
+    raw-rm data --data harmless.jsonl.gz
     raw-rm data --data groups.jsonl data.kind=groups
 
 Prints the format, kind, counts, dropped records by reason (with example file:line), the train/validation

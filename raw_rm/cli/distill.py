@@ -18,13 +18,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.epilog = (
         "examples:\n"
         "  raw-rm distill --teacher runs/big/model --model tiny-bert --output runs/student\n"
-        "  raw-rm distill --teacher m1/model --teacher m2/model --mode preference --temperature 2"
+        "  raw-rm distill --teacher m1/model --teacher m2/model --mode preference --distill-temperature 2"
     )
     add_config_args(parser, flags=("data", "eval_data", "model", "epochs", "max_steps", "batch_size", "lr", "output"))
     parser.add_argument("--teacher", action="append", required=True, help="teacher model directory or URI; repeat for an ensemble")
     parser.add_argument("--mode", choices=["reward", "preference", "both"], default="both",
                         help="reward: MSE to normalised teacher rewards; preference: BCE to sigmoid(delta_teacher/T); both: half each")
-    parser.add_argument("--temperature", type=float, default=1.0, help="softens the teacher's preferences (mode preference/both)")
+    parser.add_argument("--distill-temperature", type=float, default=None,
+                        help="softens the teacher's preferences (mode preference/both; default 1)")
+    parser.add_argument("--temperature", type=float, default=None, help=argparse.SUPPRESS)  # the old spelling
 
 
 def run(args: argparse.Namespace) -> int:
@@ -36,8 +38,14 @@ def run(args: argparse.Namespace) -> int:
     from raw_rm.train.recipe import summarise_fit, write_run_files
 
     cfg = config_from_args(args)
-    if args.temperature <= 0:
-        print(f"raw-rm distill: error: --temperature must be > 0, got {args.temperature}", file=sys.stderr)
+    if args.temperature is not None:
+        print("raw-rm distill: --temperature is deprecated: use --distill-temperature", file=sys.stderr)
+        if args.distill_temperature is None:
+            args.distill_temperature = args.temperature
+    if args.distill_temperature is None:
+        args.distill_temperature = 1.0
+    if args.distill_temperature <= 0:
+        print(f"raw-rm distill: error: --distill-temperature must be > 0, got {args.distill_temperature}", file=sys.stderr)
         return 2
     try:
         for teacher in args.teacher:
@@ -47,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         train, val, report = load_train_val(cfg, tokenizer=tokenizer)
         print(f"data: {report.summary()}", file=sys.stderr)
         teachers = [local_model_dir(teacher) for teacher in args.teacher]
-        result = distill(teachers, cfg, train, val_records=val, mode=args.mode, temperature=args.temperature)
+        result = distill(teachers, cfg, train, val_records=val, mode=args.mode, distill_temperature=args.distill_temperature)
     except (DataError, ValueError, OSError) as exc:
         print(f"raw-rm distill: error: {exc}", file=sys.stderr)
         return 2

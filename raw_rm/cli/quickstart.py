@@ -1,7 +1,7 @@
 """`raw-rm quickstart`: from nothing to a served, uncertainty-aware reward model in one command (edge).
 
     raw-rm quickstart                                   # synthetic default, packaged MiniLM, local Ray + SQLite MLflow
-    raw-rm quickstart --data ../shared/data/hh-rlhf-harmless/pairs.jsonl.gz
+    raw-rm quickstart --data harmless.jsonl.gz
     raw-rm quickstart --address auto --tracking-uri http://mlflow:5000 --gpu   # the same on a cluster
 
 Stages, each timed: data -> Tune search -> ensemble of the best config (members trained side by side on Ray)

@@ -16,7 +16,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         f"--config defaults to the packaged {TUNE_DEFAULT.name} (MiniLM on the synthetic default).\n\n"
         "examples:\n"
         "  raw-rm tune --config raw_rm/configs/tune_default.yaml            # MiniLM on the synthetic default\n"
-        "  raw-rm tune --config raw_rm/configs/tune_default.yaml --data ../shared/data/hh-rlhf-harmless/pairs.jsonl.gz\n"
+        "  raw-rm tune --config raw_rm/configs/tune_default.yaml --data harmless.jsonl.gz\n"
         "  raw-rm tune --config raw_rm/configs/tune_tiny.yaml tune.searcher=optuna tune.metric=val_ece tune.mode=min\n"
         "  raw-rm tune --config raw_rm/configs/tune_default.yaml --name hh1 --resume   # continue an interrupted search"
     )

@@ -123,7 +123,7 @@ def register_version(
     """Register ``<run artifacts>/artifact_path`` as a new version of ``name`` with alias ``candidate``.
 
     Uses create_registered_model + create_model_version(source=artifact URI): ``mlflow.register_model`` on a
-    plain model folder fails with "Unable to find a logged_model" (STACK_NOTES).
+    plain model folder fails with "Unable to find a logged_model" (docs/development.md, "MLflow").
 
     Returns:
         The new version number, as a string ("1", "2", ...).

@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-# Silence per-file download bars before mlflow is imported (STACK_NOTES); setdefault leaves a user's choice.
+# Silence per-file download bars before mlflow is imported; setdefault leaves a user's choice.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
@@ -79,7 +79,7 @@ def artifact_location(cfg: MlflowConfig) -> str | None:
     """The experiment's artifact root: explicit, or ``<folder of the SQLite file>/artifacts`` (absolute).
 
     Set explicitly because MLflow's default is relative to the working directory at creation time, which
-    differs between the CLI, Ray workers and `ray job submit` (STACK_NOTES). A server URI keeps its own default.
+    differs between the CLI, Ray workers and `ray job submit` (docs/development.md). A server URI keeps its own default.
     """
     if cfg.artifact_location:
         loc = cfg.artifact_location

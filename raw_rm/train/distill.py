@@ -23,8 +23,9 @@ from raw_rm.config import Config
 from raw_rm.data.records import PreferencePair
 from raw_rm.inference import RewardModelInference
 from raw_rm.quantization import load_for_inference
-from raw_rm.train.loop import FitResult, RewardModelTrainer
+from raw_rm.train.loop import RewardModelTrainer
 from raw_rm.train.objectives import Distillation, build_objective
+from raw_rm.train.results import FitResult
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ def distill(
     val_records: Sequence[PreferencePair] = (),
     teacher_tokenizer: Any = None,
     mode: DistillMode = "both",
-    temperature: float = 1.0,
+    distill_temperature: float = 1.0,
     callbacks: Iterable[Any] = (),
 ) -> DistillResult:
     """Train a student (``raw_rm.models.build_model(student_cfg.model)``) to reproduce a teacher.
@@ -103,8 +104,9 @@ def distill(
         student_cfg: the student's config (model, train settings; loss.* is replaced by the distillation loss).
         records: training pairs (the teacher scores both sides; the human labels are not used for the loss).
         val_records: pairs for the student's validation metrics (val_accuracy is against the human labels).
-        mode: "reward" (MSE on normalised rewards), "preference" (BCE to σ(Δ_teacher / temperature)) or "both".
-        temperature: softens the teacher's preferences.
+        mode: "reward" (MSE on normalised rewards), "preference" (BCE to σ(Δ_teacher / distill_temperature)) or
+            "both".
+        distill_temperature: softens the teacher's preferences.
     """
     from raw_rm.models import build_model
 
@@ -116,7 +118,7 @@ def distill(
     records, val_records = list(records), list(val_records)
     objective = build_objective(
         student_cfg, student, tokenizer, records, val_records,
-        distillation=Distillation(teachers, alpha=alpha, temperature=temperature),
+        distillation=Distillation(teachers, alpha=alpha, distill_temperature=distill_temperature),
     )
     # every text the fit will see, scored up front in the teachers' own batches rather than a batch at a time
     teachers.score([text for rec in records + val_records for text in objective.record_texts(rec)])

@@ -19,7 +19,7 @@ member, so registration and serving are the same.
 How members run: with ``parallel=True`` (the default when ``ray.address`` is set or Ray is running) each member
 is one trial of a Ray Tune *function trainable* that runs the same recipe (``raw_rm.train.recipe``) with
 ``tune.cpus_per_trial`` CPUs, at most ``tune.max_concurrent`` at once. Why Tune trials and not Ray Train runs
-(STACK_NOTES, ray 2.60): Train V2 refuses ``Tuner(TorchTrainer)``, and separate ``TorchTrainer.fit()`` calls run
+(ray 2.60, docs/development.md): Train V2 refuses ``Tuner(TorchTrainer)``, and separate ``TorchTrainer.fit()`` calls run
 one after another, so K members would take K times as long even with free CPUs. A member needs no data
 parallelism at these sizes; a trial per member gets the members trained side by side with per-trial resources,
 and Tune records each member's metrics and final model as a checkpoint (copied out by the driver, so it also
@@ -237,7 +237,7 @@ def _train_with_tune(cfg: Config, configs: list[Config]) -> list[dict[str, Any]]
         run_config=tune.RunConfig(name=name, storage_path=str(storage), failure_config=tune.FailureConfig(max_failures=cfg.ray.max_failures)),
     )
     grid = tuner.fit()
-    if grid.num_errors:  # Tuner.fit does not raise for failed trials (STACK_NOTES)
+    if grid.num_errors:  # Tuner.fit does not raise for failed trials
         errors = [str(r.error) for r in grid if r.error is not None]
         raise RuntimeError(f"{grid.num_errors} of {len(configs)} ensemble members failed; first error:\n{errors[0]}")
     members: list[dict[str, Any] | None] = [None] * len(configs)

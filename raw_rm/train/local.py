@@ -17,7 +17,7 @@ from dataclasses import asdict
 from typing import Any
 
 from raw_rm.config import Config
-from raw_rm.train.loop import TrainResult
+from raw_rm.train.results import TrainResult
 from raw_rm.train.recipe import ModelFactory, run_recipe
 
 __all__ = ["TrainResult", "train_local"]

@@ -16,86 +16,30 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from raw_rm.config import Config, ConfigError
 from raw_rm.runtime import (
-    cpu_supports_bf16,
     prepare_process,
     resolve_precision,
-    seed_everything,
 )
 from raw_rm.train import checkpoint as ckpt
 from raw_rm.train import fsdp, validation
-from raw_rm.train.checkpoint import latest_checkpoint
-from raw_rm.train.objectives import Objective, build_objective, record_kind
+from raw_rm.train.objectives import Objective, build_objective
 from raw_rm.train.optim import build_optimizer, lr_lambda
+from raw_rm.train.progress import postfix, progress_bar, step_line, step_rates, window_mean
+from raw_rm.train.results import FitResult, StopTraining
 
-# Names this module has always offered, now defined where they belong (runtime, checkpoint, objectives, optim).
-__all__ = [
-    "Callback", "FitResult", "RewardModelTrainer", "StopTraining", "TrainResult", "build_optimizer",
-    "cpu_supports_bf16", "latest_checkpoint", "lr_lambda", "record_kind", "resolve_precision", "seed_everything",
-]
+__all__ = ["RewardModelTrainer"]
 
 logger = logging.getLogger(__name__)
-
-
-# ------------------------------------------------------------------------------------------ results
-@dataclass
-class FitResult:
-    """What ``fit()`` returns; ``final_metrics`` are the validation metrics of the weights left in the model."""
-
-    steps: int  # optimiser steps taken in total (including those before a resume)
-    epochs: float  # epochs completed (fractional when max_steps or early stopping cut one short)
-    stopped_early: bool
-    best_metric: float | None  # best value of cfg.train.early_stopping_metric seen
-    best_step: int | None
-    final_metrics: dict[str, float]
-    history: list[dict[str, float]]  # one entry per evaluation (with "step")
-    train_time_s: float  # wall time inside training steps (excludes evaluation and checkpoints)
-    pairs_per_s: float  # training items (pairs, groups or rated responses) per second of train_time_s
-    tokens_per_s: float  # real (non-pad) tokens per second of train_time_s
-    padding_fraction: float  # pad positions / all positions over training batches
-    n_truncated: int  # sequences truncated to max_len_tokens over this fit (all epochs)
-    last_checkpoint: str | None = None
-    resumed_from: str | None = None
-    train_cpu_s: float = 0.0  # process CPU time inside training steps (all threads): a contention-robust cost
-
-
-@dataclass
-class TrainResult:
-    """What ``train_local`` (and ``train_ray``) return."""
-
-    model_dir: str  # the saved model (``load_model`` / ``RewardModelInference`` open it)
-    metrics: dict[str, float]  # final validation metrics plus throughput
-    fit: FitResult | None = None
-    config: dict[str, Any] = field(default_factory=dict)  # asdict(cfg) of the run
-    data_report: str = ""  # the loader's summary (kept / dropped records)
-
-
-class Callback(Protocol):
-    """Everything outside the loop (MLflow, Ray Train, Tune) plugs in here. Methods are optional."""
-
-    def on_step(self, step: int, metrics: dict[str, float]) -> None: ...
-
-    def on_eval(self, step: int, metrics: dict[str, float]) -> None: ...
-
-    def on_checkpoint(self, step: int, path: str | None, metrics: dict[str, float]) -> None: ...  # None: rank > 0
-
-    def on_fit_end(self, result: FitResult) -> None: ...
-
-
-class StopTraining(Exception):
-    """A callback may raise this (e.g. a Tune scheduler decision) to end ``fit`` cleanly after the current step."""
 
 
 # --------------------------------------------------------------------------------------- trainer
@@ -347,11 +291,11 @@ class RewardModelTrainer:
                     for total, key in (("items", "n_items"), ("tokens", "n_tokens"), ("padded", "n_padded"),
                                        ("truncated", "n_truncated")):
                         totals[total] += metrics[key]
-                    metrics.update(_rates(metrics, dt))
+                    metrics.update(step_rates(metrics, dt))
                     window.append(metrics)
                     if bar is not None:
                         bar.update(1)
-                        bar.set_postfix(_postfix(metrics), refresh=False)
+                        bar.set_postfix(postfix(metrics), refresh=False)
                     if self.step % tc.log_every_steps == 0 or self.step == self.total_steps:
                         self._report_steps(window)
                         window = []
@@ -463,18 +407,9 @@ class RewardModelTrainer:
         return False
 
     def _report_steps(self, window: list[dict[str, float]]) -> None:
-        mean = {}
-        for k in window[0]:
-            values = [m[k] for m in window]
-            mean[k] = float("nan") if all(math.isnan(v) for v in values) else float(np.nanmean(values))
-        mean["n_truncated"] = float(sum(m["n_truncated"] for m in window))
-        mean["lr"] = window[-1]["lr"]
+        mean = window_mean(window)
         if self.is_main:
-            logger.info(
-                "step %d/%d: loss %.4f acc %.3f grad_norm %.3f lr %.2e | %.1f pairs/s %.0f tokens/s padding %.1f%%",
-                self.step, self.total_steps, mean["loss"], mean["accuracy"], mean["grad_norm"], mean["lr"],
-                mean["pairs_per_s"], mean["tokens_per_s"], 100 * mean["padding_fraction"],
-            )
+            logger.info(step_line(self.step, self.total_steps, mean))
         self._emit("on_step", self.step, mean)
 
     def _emit(self, name: str, *args: Any) -> None:
@@ -484,11 +419,7 @@ class RewardModelTrainer:
                 fn(*args)
 
     def _progress_bar(self) -> Any:
-        if not (self.is_main and self.cfg.train.progress and sys.stderr.isatty()):
-            return None
-        from tqdm.auto import tqdm
-
-        return tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
+        return progress_bar(self.total_steps, self.step, enabled=self.is_main and self.cfg.train.progress)
 
     # ------------------------------------------------------------------------------- after training
     def store_reward_stats(self, max_sequences: int = 1024) -> None:
@@ -521,19 +452,3 @@ def _epoch_limit(tc: Any, steps_per_epoch: int) -> int:
     if tc.max_steps is not None:
         return math.ceil(tc.max_steps / max(1, steps_per_epoch)) + 1
     return tc.epochs
-
-
-def _rates(metrics: dict[str, float], dt: float) -> dict[str, float]:
-    positions = metrics["n_tokens"] + metrics["n_padded"]
-    return {
-        "pairs_per_s": metrics["n_items"] / dt if dt > 0 else float("nan"),
-        "tokens_per_s": metrics["n_tokens"] / dt if dt > 0 else float("nan"),
-        "padding_fraction": metrics["n_padded"] / positions if positions else 0.0,
-    }
-
-
-def _postfix(metrics: dict[str, float]) -> dict[str, str]:
-    return {
-        "pairs/s": f"{metrics['pairs_per_s']:.1f}", "tok/s": f"{metrics['tokens_per_s']:.0f}",
-        "loss": f"{metrics['loss']:.3f}", "acc": f"{metrics['accuracy']:.2f}",
-    }

@@ -44,7 +44,7 @@ from ray.train.torch import TorchTrainer
 from raw_rm.config import Config, ConfigError, apply_overrides, config_from_dict
 from raw_rm.cpu_threads import plan_threads
 from raw_rm.models.backbones import TINY_BACKBONES
-from raw_rm.train.loop import FitResult, TrainResult
+from raw_rm.train.results import FitResult, TrainResult
 from raw_rm.train.recipe import RecipeResult, run_recipe
 
 log = logging.getLogger(__name__)
@@ -165,7 +165,7 @@ def _storage_path(cfg: Config, out: Path) -> str:
 def _run_name(cfg: Config, storage: str) -> str:
     """A fresh unique name, the given one (refusing to silently reload a finished run), or the one to resume.
 
-    Reusing the name of a finished run makes Ray reload it and return the old result (STACK_NOTES), hence the checks.
+    Reusing the name of a finished run makes Ray reload it and return the old result without training, hence the checks.
     """
     name, local = cfg.ray.run_name, "://" not in storage
     if cfg.train.resume:

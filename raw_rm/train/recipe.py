@@ -31,8 +31,9 @@ import yaml
 
 from raw_rm.config import Config
 from raw_rm.runtime import seed_everything
-from raw_rm.train.loop import FitResult, RewardModelTrainer
+from raw_rm.train.loop import RewardModelTrainer
 from raw_rm.train.objectives import record_kind
+from raw_rm.train.results import FitResult
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ def run_recipe(
 
     Args:
         cfg: the run's config.
-        callbacks: loop callbacks (``raw_rm.train.loop.Callback``; optionally ``attach(trainer)``).
+        callbacks: loop callbacks (``raw_rm.train.results.Callback``; optionally ``attach(trainer)``).
         records: (train, validation) records instead of loading ``cfg.data``.
         model_factory: builds (model, tokenizer) from cfg; default ``raw_rm.models.build_model(cfg.model)``.
         prepare_model, rank, world_size: as ``RewardModelTrainer`` (Ray Train's DDP/FSDP wrapping and data shard).

@@ -119,7 +119,7 @@ def build_search(specs: list[ParamSpec], cfg: Config, baseline: dict[str, Any] |
 # ----------------------------------------------------------------------------------------- trials
 # Why a function trainable: under Ray Train V2 (the default in ray 2.60) `Tuner(TorchTrainer(...))` fails, and
 # Ray's recommended Tune integration is a function trainable that reports with `ray.tune.report` and saves
-# `tune.Checkpoint`s (shared/STACK_NOTES.md, "Ray Train"). Each trial therefore runs THE loop
+# `tune.Checkpoint`s (docs/development.md, "Ray Train"). Each trial therefore runs THE loop
 # (RewardModelTrainer) in one process with `tune.with_resources` (CPU/GPU fractions per trial) and Tune bounds the
 # concurrency. A multi-worker trial would instead call `raw_rm.train.ray_train.train_ray` from this function
 # with the trial's config: its TorchTrainer gets the workers' resources, the trial itself only ~0.1 CPU

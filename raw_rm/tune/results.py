@@ -215,7 +215,7 @@ def plot_results(outcome: TuneOutcome, specs: list[ParamSpec], out_dir: Path) ->
     out_dir.mkdir(parents=True, exist_ok=True)
     scored = [t for t in outcome.trials if t.value is not None and not math.isnan(t.value)]
     written = []
-    for path, name in (("loss.temperature", "metric_vs_temperature.png"), ("train.lr", "metric_vs_lr.png")):
+    for path, name in (("loss.contrastive_tau", "metric_vs_contrastive_tau.png"), ("train.lr", "metric_vs_lr.png")):
         points = [(t.params.get(path), t.value, t.status) for t in scored if is_number(t.params.get(path))]
         if not points:
             logger.info("plot %s skipped: %s was not searched (or never sampled)", name, path)
@@ -232,7 +232,7 @@ def plot_results(outcome: TuneOutcome, specs: list[ParamSpec], out_dir: Path) ->
         spec = next((s for s in specs if s.path == path), None)
         if spec is not None and spec.kind == "loguniform":
             ax.set_xscale("log")
-        ax.set_xlabel("τ (loss.temperature)" if path == "loss.temperature" else "learning rate (train.lr)")
+        ax.set_xlabel("τ (loss.contrastive_tau)" if path == "loss.contrastive_tau" else "learning rate (train.lr)")
         ax.set_ylabel(f"{outcome.metric} ({outcome.mode} is better)")
         ax.set_title(f"{outcome.metric} against {path}")
         ax.legend()

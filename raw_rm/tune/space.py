@@ -6,7 +6,7 @@ trial's copy of the config as overrides, so every trial runs THE training recipe
     tune:
       space:
         loss.name: {choice: [bt, contrastive, focal]}
-        loss.temperature: {loguniform: [0.05, 5], when: {loss.name: contrastive}}
+        loss.contrastive_tau: {loguniform: [0.05, 5], when: {loss.name: contrastive}}
         loss.gamma: {uniform: [0.5, 4]}          # `when` inferred: only losses that read gamma (focal)
         train.lr: {loguniform: [1.0e-5, 3.0e-4]}
 
@@ -27,7 +27,7 @@ import typing
 from dataclasses import asdict, dataclass, fields, is_dataclass
 from typing import Any, Literal
 
-from raw_rm.config import Config, ConfigError, apply_overrides, config_from_dict
+from raw_rm.config import RENAMED_KEYS, Config, ConfigError, apply_overrides, config_from_dict, renamed_key_message
 
 DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint")
 
@@ -47,7 +47,7 @@ class ParamSpec:
 
 
 def leaf_paths(cls: type = Config, prefix: str = "") -> list[str]:
-    """Every settable dotted path of the config tree (``loss.temperature``, ``data.synthetic.seed``, ...)."""
+    """Every settable dotted path of the config tree (``loss.contrastive_tau``, ``data.synthetic.seed``, ...)."""
     hints = typing.get_type_hints(cls)
     out: list[str] = []
     for f in fields(cls):
@@ -80,6 +80,9 @@ def parse_space(space: dict[str, Any], base: Config) -> list[ParamSpec]:
     specs: dict[str, ParamSpec] = {}
     for path, raw in (space or {}).items():
         where = f"tune.space: {path}"
+        if path in RENAMED_KEYS:
+            errors.append(f"tune.space: {renamed_key_message(path)}")
+            continue
         if path not in known:
             close = difflib.get_close_matches(str(path), known, n=1, cutoff=0.6)
             hint = f' (did you mean "{close[0]}"?)' if close else ""

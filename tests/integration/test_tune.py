@@ -136,7 +136,7 @@ def test_an_interrupted_search_resumes_without_redoing_finished_trials(ray_sessi
 
 SPACE = {
     "loss.name": {"choice": ["bt", "contrastive", "focal"]},
-    "loss.temperature": {"loguniform": [0.05, 5]},
+    "loss.contrastive_tau": {"loguniform": [0.05, 5]},
     "loss.gamma": {"uniform": [0.5, 4]},
     "train.lr": {"loguniform": [1.0e-5, 1.0e-3]},
 }
@@ -153,9 +153,9 @@ def test_random_search_samples_loss_parameters_only_for_their_loss() -> None:
     points = [spec for _ in range(40) for _, spec in generate_variants(space)]
     assert {p["loss.name"] for p in points} == {"bt", "contrastive", "focal"}
     for p in points:
-        assert (p["loss.temperature"] is not None) == (p["loss.name"] == "contrastive")
+        assert (p["loss.contrastive_tau"] is not None) == (p["loss.name"] == "contrastive")
         assert (p["loss.gamma"] is not None) == (p["loss.name"] == "focal")
-    temperatures = [p["loss.temperature"] for p in points if p["loss.temperature"] is not None]
+    temperatures = [p["loss.contrastive_tau"] for p in points if p["loss.contrastive_tau"] is not None]
     assert all(0.05 <= t <= 5 for t in temperatures) and len(set(temperatures)) == len(temperatures)
 
 
@@ -169,7 +169,7 @@ def test_optuna_starts_with_the_baseline_and_asks_only_for_active_parameters() -
     suggestions = [search.suggest(f"t{i}") for i in range(12)]
     assert suggestions[0] == {"loss.name": "bt", "train.lr": 5.0e-3}  # tune_tiny.yaml's own values
     for s in suggestions:
-        expected = {"loss.name", "train.lr"} | {"contrastive": {"loss.temperature"}, "focal": {"loss.gamma"}}.get(s["loss.name"], set())
+        expected = {"loss.name", "train.lr"} | {"contrastive": {"loss.contrastive_tau"}, "focal": {"loss.gamma"}}.get(s["loss.name"], set())
         assert set(s) == expected
 
 
@@ -185,7 +185,7 @@ def test_asha_records_the_baseline_but_never_stops_it() -> None:
     )
     scheduler.set_search_properties("val_nll", "min")
     good = SimpleNamespace(trial_id="good", config={"train.lr": 1.0e-3})
-    baseline = SimpleNamespace(trial_id="base", config={"train.lr": 1.0e-4, "loss.temperature": None})
+    baseline = SimpleNamespace(trial_id="base", config={"train.lr": 1.0e-4, "loss.contrastive_tau": None})
     worse = SimpleNamespace(trial_id="worse", config={"train.lr": 1.0e-5})
     for trial in (good, baseline, worse):
         scheduler.on_trial_add(None, trial)

@@ -20,3 +20,13 @@ def test_every_config_field_is_documented() -> None:
     text = (REPO / "docs" / "config.md").read_text()
     undocumented = [line for line in text.splitlines() if line.startswith("| `") and line.rstrip().endswith("|  |")]
     assert undocumented == [], "fields without a comment in raw_rm/config.py:\n" + "\n".join(undocumented)
+
+
+def test_ci_runs_exactly_the_readme_test_command() -> None:
+    import re
+
+    blocks = re.findall(r"```bash\n(.*?)```", (REPO / "README.md").read_text(), flags=re.S)
+    two_commands = [b.strip() for b in blocks[:2]]
+    assert two_commands[0].startswith("pip install -e . && raw-rm quickstart"), two_commands
+    ci_lines = (REPO / ".ci" / "run").read_text().strip().splitlines()
+    assert ci_lines[-1] == two_commands[1]

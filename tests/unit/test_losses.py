@@ -61,8 +61,8 @@ def test_per_example_margin_shifts_delta_and_nan_means_none() -> None:
         ("bt", {}, 1.0, BT_1),
         ("margin", {"margin": 1.0}, 1.0, LOG2),  # -log σ(1 − 1)
         ("margin", {"margin": 1.0}, 2.0, BT_1),
-        ("contrastive", {"temperature": 0.5}, 1.0, BT_2),  # -log σ(1 / 0.5)
-        ("contrastive", {"temperature": 2.0}, 1.0, 0.4740769841801067),  # log(1 + e^-0.5)
+        ("contrastive", {"contrastive_tau": 0.5}, 1.0, BT_2),  # -log σ(1 / 0.5)
+        ("contrastive", {"contrastive_tau": 2.0}, 1.0, 0.4740769841801067),  # log(1 + e^-0.5)
         ("focal", {"gamma": 2.0}, 0.0, 0.17328679513998632),  # 0.5^2 · log 2
         ("focal", {"gamma": 2.0}, 1.0, 0.02265805750846733),  # σ(-1)^2 · log(1 + e^-1)
         ("focal", {"gamma": 0.5}, -1.0, 1.1228645305602014),  # σ(1)^0.5 · log(1 + e)
@@ -110,7 +110,7 @@ def test_bt_gradient_is_one_minus_sigma_times_grad_delta() -> None:
 
 @pytest.mark.parametrize("name", PAIR_LOSSES)
 def test_gradcheck_pair_losses(name: str) -> None:
-    loss = pair_loss(name, gamma=1.5, epsilon=0.2, temperature=0.7, margin=1.0)
+    loss = pair_loss(name, gamma=1.5, epsilon=0.2, contrastive_tau=0.7, margin=1.0)
     # Δ values away from the triplet hinge's kink at Δ = margin.
     chosen = t(0.3, -1.2, 2.9, 0.1).requires_grad_()
     rejected = t(0.9, 0.4, -0.5, 1.3).requires_grad_()
@@ -130,7 +130,7 @@ def test_gradcheck_group_losses(name: str) -> None:
 
 # ------------------------------------------------------------------------------------------ identities
 @pytest.mark.parametrize(
-    ("name", "params"), [("contrastive", {"temperature": 1.0}), ("label_smoothing", {"epsilon": 0.0}), ("focal", {"gamma": 0.0})]
+    ("name", "params"), [("contrastive", {"contrastive_tau": 1.0}), ("label_smoothing", {"epsilon": 0.0}), ("focal", {"gamma": 0.0})]
 )
 def test_special_cases_equal_bt(name: str, params: dict) -> None:
     chosen, rejected = t(0.5, -2.0, 3.0, 0.0, 40.0), t(0.0, 1.0, -1.0, 0.0, -40.0)

@@ -78,7 +78,7 @@ KINDS = {
     "pairs_multihead": ("multihead", pairs, None),
     "groups": ("concat", groups, None),
     "ratings": ("multi_objective", ratings, None),
-    "distill": ("concat", pairs, lambda: Distillation(FixedTeacher(), alpha=0.5, temperature=2.0)),
+    "distill": ("concat", pairs, lambda: Distillation(FixedTeacher(), alpha=0.5, distill_temperature=2.0)),
 }
 
 
@@ -149,7 +149,7 @@ def test_distill_loss_is_mse_plus_bce_to_the_softened_teacher(tmp_path, temperat
     model, tok = model_for(cfg)
     teacher = FixedTeacher()
     objective = build_objective(cfg, model, tok, pairs(2),
-                                distillation=Distillation(teacher, alpha=0.25, temperature=temperature))
+                                distillation=Distillation(teacher, alpha=0.25, distill_temperature=temperature))
     assert isinstance(objective, DistillObjective)
     batch = {"n_pairs": 1, "teacher": torch.tensor([3.0, 1.0]), "weight": torch.tensor([0.5]),
              "index": torch.tensor([0])}
@@ -169,7 +169,7 @@ def test_distill_collate_adds_the_teachers_rewards_in_feature_order(tmp_path):
     model, tok = model_for(cfg)
     teacher = FixedTeacher()
     data = pairs(3)
-    objective = build_objective(cfg, model, tok, data, distillation=Distillation(teacher, alpha=0.5, temperature=1.0))
+    objective = build_objective(cfg, model, tok, data, distillation=Distillation(teacher, alpha=0.5, distill_temperature=1.0))
     batch = objective.collate(data, [2, 0])
     expected = [len(data[2].chosen.split()), len(data[0].chosen.split()), len(data[2].rejected.split()),
                 len(data[0].rejected.split())]
@@ -182,12 +182,12 @@ def test_build_objective_refuses_what_cannot_train(tmp_path):
     model, tok = model_for(cfg)
     with pytest.raises(ConfigError) as exc:
         build_objective(cfg, model, tok, groups(2),
-                        distillation=Distillation(FixedTeacher(), alpha=0.5, temperature=1.0))
+                        distillation=Distillation(FixedTeacher(), alpha=0.5, distill_temperature=1.0))
     assert str(exc.value) == (
         "distillation trains on pairs; got groups (convert groups with raw_rm.data.formats.group_to_pairs)"
     )
-    with pytest.raises(ValueError, match=r"expected 0 <= alpha <= 1 and temperature > 0, got alpha=0.5, temperature=0"):
-        build_objective(cfg, model, tok, pairs(2), distillation=Distillation(FixedTeacher(), alpha=0.5, temperature=0))
+    with pytest.raises(ValueError, match=r"expected 0 <= alpha <= 1 and distill_temperature > 0, got alpha=0.5, distill_temperature=0"):
+        build_objective(cfg, model, tok, pairs(2), distillation=Distillation(FixedTeacher(), alpha=0.5, distill_temperature=0))
     with pytest.raises(TypeError, match="train records are pairs but validation records are groups"):
         build_objective(cfg, model, tok, pairs(2), groups(1))
     cfg.loss.uncertainty_weighting = True

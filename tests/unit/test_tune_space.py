@@ -25,7 +25,7 @@ def test_unknown_loss_name_fails_listing_the_known_ones(base: Config) -> None:
 
 def test_every_problem_is_reported_at_once_with_the_closest_path(base: Config) -> None:
     space = {
-        "loss.temprature": {"loguniform": [0.05, 5]},
+        "loss.contrastive_ta": {"loguniform": [0.05, 5]},
         "train.lr": {"loguniform": [0, 1.0e-3]},
         "train.weight_decay": {"normal": [0, 1]},
         "train.batch_size": {"choice": [8, "big"]},
@@ -34,7 +34,7 @@ def test_every_problem_is_reported_at_once_with_the_closest_path(base: Config) -
     with pytest.raises(ConfigError) as info:
         parse_space(space, base)
     assert str(info.value).splitlines() == [
-        'tune.space: loss.temprature: unknown config path (did you mean "loss.temperature"?)',
+        'tune.space: loss.contrastive_ta: unknown config path (did you mean "loss.contrastive_tau"?)',
         "tune.space: train.lr: loguniform expects low > 0, got 0",
         'tune.space: train.weight_decay: unknown distribution "normal"; valid: choice, grid, uniform, loguniform, '
         "randint (plus an optional when)",
@@ -46,49 +46,49 @@ def test_every_problem_is_reported_at_once_with_the_closest_path(base: Config) -
 
 def test_values_are_checked_against_the_config_rules(base: Config) -> None:
     with pytest.raises(ConfigError) as info:
-        parse_space({"train.batch_size": {"choice": [8, "big"]}, "loss.temperature": {"uniform": [-1, 2]}}, base)
+        parse_space({"train.batch_size": {"choice": [8, "big"]}, "loss.contrastive_tau": {"uniform": [-1, 2]}}, base)
     assert str(info.value).splitlines() == [
         "tune.space: train.batch_size: value 'big' is not valid here: train.batch_size: expected an integer, got 'big'",
-        "tune.space: loss.temperature: value -1 is not valid here: loss.temperature: expected > 0, got -1.0",
+        "tune.space: loss.contrastive_tau: value -1 is not valid here: loss.contrastive_tau: expected > 0, got -1.0",
     ]
 
 
 def test_group_loss_on_pairs_and_a_condition_on_a_loss_that_ignores_the_parameter(base: Config) -> None:
     space = {
         "loss.name": {"choice": ["bt", "focal", "plackett_luce"]},
-        "loss.temperature": {"uniform": [0.1, 2], "when": {"loss.name": "focal"}},
+        "loss.contrastive_tau": {"uniform": [0.1, 2], "when": {"loss.name": "focal"}},
     }
     with pytest.raises(ConfigError) as info:
         parse_space(space, base)
     assert str(info.value).splitlines() == [
         'tune.space: loss.name: loss "plackett_luce" is a ranking loss for k-wise groups (data.kind=groups); '
         "pairwise losses: bt, margin, contrastive, focal, triplet, label_smoothing",
-        'tune.space: loss.temperature: when: loss "focal" does not read temperature (losses that do: contrastive)',
+        'tune.space: loss.contrastive_tau: when: loss "focal" does not read contrastive_tau (losses that do: contrastive)',
     ]
     with pytest.raises(ConfigError) as info:
         parse_space({**space, "loss.name": {"choice": ["bt", "focal"]}}, base)
-    assert str(info.value) == 'tune.space: loss.temperature: when: loss "focal" does not read temperature (losses that do: contrastive)'
+    assert str(info.value) == 'tune.space: loss.contrastive_tau: when: loss "focal" does not read contrastive_tau (losses that do: contrastive)'
 
 
 def test_loss_parameters_are_conditioned_on_the_losses_that_read_them(base: Config) -> None:
     space = {
-        "loss.temperature": {"loguniform": [0.05, 5]},  # listed first: sampling order still puts loss.name first
+        "loss.contrastive_tau": {"loguniform": [0.05, 5]},  # listed first: sampling order still puts loss.name first
         "loss.name": {"choice": ["bt", "contrastive", "focal"]},
         "loss.gamma": {"uniform": [0.5, 4]},
         "train.lr": {"loguniform": [1.0e-5, 1.0e-3]},
     }
     specs = parse_space(space, base)
-    assert [s.path for s in specs] == ["loss.name", "train.lr", "loss.temperature", "loss.gamma"]
-    assert specs[2] == ParamSpec("loss.temperature", "loguniform", (0.05, 5), (("loss.name", ("contrastive",)),))
+    assert [s.path for s in specs] == ["loss.name", "train.lr", "loss.contrastive_tau", "loss.gamma"]
+    assert specs[2] == ParamSpec("loss.contrastive_tau", "loguniform", (0.05, 5), (("loss.name", ("contrastive",)),))
     assert specs[3].when == (("loss.name", ("focal",)),)
-    assert baseline_point(specs, base) == {"loss.name": "bt", "train.lr": 1.0e-4, "loss.temperature": None, "loss.gamma": None}
+    assert baseline_point(specs, base) == {"loss.name": "bt", "train.lr": 1.0e-4, "loss.contrastive_tau": None, "loss.gamma": None}
 
 
 @pytest.mark.parametrize(
     ("fixed", "asked"),
     [
         ({"loss.name": "bt", "train.lr": 2.0e-4}, {"loss.name", "train.lr"}),
-        ({"loss.name": "contrastive", "train.lr": 2.0e-4, "loss.temperature": 0.3}, {"loss.name", "train.lr", "loss.temperature"}),
+        ({"loss.name": "contrastive", "train.lr": 2.0e-4, "loss.contrastive_tau": 0.3}, {"loss.name", "train.lr", "loss.contrastive_tau"}),
         ({"loss.name": "focal", "train.lr": 2.0e-4, "loss.gamma": 3.0}, {"loss.name", "train.lr", "loss.gamma"}),
     ],
 )
@@ -96,7 +96,7 @@ def test_define_by_run_asks_optuna_only_for_the_active_parameters(base: Config, 
     specs = parse_space(
         {
             "loss.name": {"choice": ["bt", "contrastive", "focal"]},
-            "loss.temperature": {"loguniform": [0.05, 5]},
+            "loss.contrastive_tau": {"loguniform": [0.05, 5]},
             "loss.gamma": {"uniform": [0.5, 4]},
             "train.lr": {"loguniform": [1.0e-5, 1.0e-3]},
         },
@@ -122,8 +122,8 @@ def test_randint_high_is_exclusive_for_optuna_too(base: Config) -> None:
 
 
 def test_trial_config_skips_unsampled_parameters(base: Config) -> None:
-    cfg = trial_config(base, {"loss.name": "contrastive", "loss.temperature": 0.25, "loss.gamma": None})
-    assert (cfg.loss.name, cfg.loss.temperature, cfg.loss.gamma, cfg.train.lr) == ("contrastive", 0.25, 2.0, 1.0e-4)
+    cfg = trial_config(base, {"loss.name": "contrastive", "loss.contrastive_tau": 0.25, "loss.gamma": None})
+    assert (cfg.loss.name, cfg.loss.contrastive_tau, cfg.loss.gamma, cfg.train.lr) == ("contrastive", 0.25, 2.0, 1.0e-4)
 
 
 def test_run_tune_rejects_an_unknown_loss_before_any_trial_starts(tmp_path) -> None:

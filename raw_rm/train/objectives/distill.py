@@ -1,7 +1,7 @@
 """Distillation: a student learns a teacher's normalised rewards (MSE) and/or its soft preferences (BCE).
 
     objective = build_objective(cfg, student, tokenizer, pairs, distillation=Distillation(teacher, alpha=0.5,
-                                                                                          temperature=2.0))
+                                                                                          distill_temperature=2.0))
 
 The loss is ``alpha · MSE(r_student, r_teacher) + (1 − alpha) · BCE(σ(Δ_student), σ(Δ_teacher / T))`` over both
 sides of every pair; the human labels only enter the validation metrics.
@@ -37,7 +37,7 @@ class Distillation:
 
     teacher: Teacher
     alpha: float  # weight of the reward (MSE) term: 1 = rewards only, 0 = preferences only
-    temperature: float  # softens the teacher's preference σ(Δ_teacher / temperature)
+    distill_temperature: float  # softens the teacher's preference σ(Δ_teacher / distill_temperature)
 
 
 class DistillObjective(PairsObjective):
@@ -48,10 +48,11 @@ class DistillObjective(PairsObjective):
         *, distillation: Distillation,
     ) -> None:
         super().__init__(cfg, model, tokenizer, train_records)
-        alpha, temperature = distillation.alpha, distillation.temperature
+        alpha, temperature = distillation.alpha, distillation.distill_temperature
         if not 0.0 <= alpha <= 1.0 or temperature <= 0:
             raise ValueError(
-                f"distill: expected 0 <= alpha <= 1 and temperature > 0, got alpha={alpha}, temperature={temperature}"
+                f"distill: expected 0 <= alpha <= 1 and distill_temperature > 0, got alpha={alpha}, "
+                f"distill_temperature={temperature}"
             )
         self.teacher, self.alpha, self.temperature = distillation.teacher, alpha, temperature
 
