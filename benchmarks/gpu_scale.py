@@ -79,8 +79,8 @@ def make_batches(lengths, *, batch: int, max_len: int, vocab: int, pad_id: int, 
     gen = torch.Generator().manual_seed(seed)
     batches = []
     for start in range(0, len(lengths) - batch + 1, batch):
-        rows = [min(c, max_len) for c, _ in lengths[start:start + batch]]
-        rows += [min(r, max_len) for _, r in lengths[start:start + batch]]
+        rows = [min(c, max_len) for c, _ in lengths[start : start + batch]]
+        rows += [min(r, max_len) for _, r in lengths[start : start + batch]]
         width = max(rows)
         ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -95,8 +95,13 @@ def build(shape_name: str, combo: str, *, vocab: int, pad_id: int, attn: str, de
     config = KNOWN_SHAPES[shape_name] if shape_name in KNOWN_SHAPES else tiny_config()
     fields = {k: v for k, v in config.to_dict().items() if k not in ("id2label", "label2id")}
     config = config.__class__(**{**fields, "vocab_size": vocab, "pad_token_id": pad_id, "num_labels": 1})
-    cfg = ModelConfig(backbone=shape_name, dropout=0.0, attn_implementation=attn,
-                      lora_rank=16 if "lora" in combo else 0, gradient_checkpointing="ckpt" in combo)
+    cfg = ModelConfig(
+        backbone=shape_name,
+        dropout=0.0,
+        attn_implementation=attn,
+        lora_rank=16 if "lora" in combo else 0,
+        gradient_checkpointing="ckpt" in combo,
+    )
     from transformers import AutoModelForSequenceClassification
 
     with torch.device(device):
@@ -109,8 +114,14 @@ def build(shape_name: str, combo: str, *, vocab: int, pad_id: int, attn: str, de
 def tiny_config():
     from transformers import Qwen2Config
 
-    return Qwen2Config(hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4,
-                       num_key_value_heads=2, max_position_embeddings=4096)
+    return Qwen2Config(
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+    )
 
 
 def train_flops_per_token(shape, seq_len: float, *, lora: bool) -> float:
@@ -130,8 +141,7 @@ def run_combo(shape_name, combo, batches, *, args, vocab, pad_id, device, dtype)
     times, tokens, seq = [], [], []
     for step, batch in enumerate(batches[: args.warmup + args.steps]):
         if packed:
-            feats = pack_sequences(batch["input_ids"], batch["attention_mask"], pad_id=pad_id,
-                                   row_tokens=args.max_len)
+            feats = pack_sequences(batch["input_ids"], batch["attention_mask"], pad_id=pad_id, row_tokens=args.max_len)
         else:
             feats = dict(batch)
         feats = {k: v.to(device, non_blocking=True) for k, v in feats.items()}
@@ -158,15 +168,29 @@ def run_combo(shape_name, combo, batches, *, args, vocab, pad_id, device, dtype)
     flops = train_flops_per_token(shape, statistics.mean(seq), lora="lora" in combo) * tok_s
     gpu_name = torch.cuda.get_device_name(0) if device.type == "cuda" else ""
     peak_flops = next((v for k, v in PEAK_BF16.items() if k in gpu_name), None)
-    planned = plan_one(shape, strategy="ddp", tuning="lora" if "lora" in combo else "full",
-                       checkpointing="ckpt" in combo, gpus=1, max_len_tokens=args.max_len, batch_size=args.batch,
-                       reserve_gib=0.0)
+    planned = plan_one(
+        shape,
+        strategy="ddp",
+        tuning="lora" if "lora" in combo else "full",
+        checkpointing="ckpt" in combo,
+        gpus=1,
+        max_len_tokens=args.max_len,
+        batch_size=args.batch,
+        reserve_gib=0.0,
+    )
     del model, optim
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return {"size": shape_name, "combo": combo, "params": shape.params, "tokens_per_s": tok_s,
-            "median_step_s": statistics.median(times), "mfu": flops / peak_flops if peak_flops else None,
-            "peak_gib": peak, "planned_gib": planned.total / GIB}
+    return {
+        "size": shape_name,
+        "combo": combo,
+        "params": shape.params,
+        "tokens_per_s": tok_s,
+        "median_step_s": statistics.median(times),
+        "mfu": flops / peak_flops if peak_flops else None,
+        "peak_gib": peak,
+        "planned_gib": planned.total / GIB,
+    }
 
 
 def run_trl(shape_name, batches, *, args, vocab, pad_id, device):
@@ -184,17 +208,28 @@ def run_trl(shape_name, batches, *, args, vocab, pad_id, device):
         ids, mask = batch["input_ids"], batch["attention_mask"]
         half = ids.shape[0] // 2
         for i in range(half):
-            rows.append({"chosen_input_ids": ids[i][mask[i].bool()].tolist(),
-                         "rejected_input_ids": ids[half + i][mask[half + i].bool()].tolist()})
+            rows.append(
+                {
+                    "chosen_input_ids": ids[i][mask[i].bool()].tolist(),
+                    "rejected_input_ids": ids[half + i][mask[half + i].bool()].tolist(),
+                }
+            )
     hf = AutoModelForSequenceClassification.from_config(config).to(device)
     hf.load_state_dict(model.hf.state_dict())
     tokenizer = load_tokenizer("tiny-gpt2")
-    trl_cfg = RewardConfig(output_dir="/tmp/trl_gpu_scale", per_device_train_batch_size=args.batch,
-                           max_steps=args.warmup + args.steps, bf16=device.type == "cuda", logging_steps=10 ** 6,
-                           save_strategy="no", report_to=[], max_length=args.max_len,
-                           gradient_checkpointing=False, disable_dropout=True)
-    trainer = RewardTrainer(model=hf, args=trl_cfg, train_dataset=Dataset.from_list(rows),
-                            processing_class=tokenizer)
+    trl_cfg = RewardConfig(
+        output_dir="/tmp/trl_gpu_scale",
+        per_device_train_batch_size=args.batch,
+        max_steps=args.warmup + args.steps,
+        bf16=device.type == "cuda",
+        logging_steps=10**6,
+        save_strategy="no",
+        report_to=[],
+        max_length=args.max_len,
+        gradient_checkpointing=False,
+        disable_dropout=True,
+    )
+    trainer = RewardTrainer(model=hf, args=trl_cfg, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
@@ -202,8 +237,13 @@ def run_trl(shape_name, batches, *, args, vocab, pad_id, device):
     elapsed = time.perf_counter() - start
     tokens = sum(len(r["chosen_input_ids"]) + len(r["rejected_input_ids"]) for r in rows)
     peak = torch.cuda.max_memory_allocated() / GIB if device.type == "cuda" else float("nan")
-    return {"size": shape_name, "combo": "TRL RewardTrainer (padded)", "tokens_per_s": tokens / elapsed,
-            "peak_gib": peak, "note": "includes warm-up steps and TRL's collation"}
+    return {
+        "size": shape_name,
+        "combo": "TRL RewardTrainer (padded)",
+        "tokens_per_s": tokens / elapsed,
+        "peak_gib": peak,
+        "note": "includes warm-up steps and TRL's collation",
+    }
 
 
 def main() -> int:
@@ -231,19 +271,28 @@ def main() -> int:
     n_pairs = args.batch * (args.warmup + args.steps)
     lengths = text_lengths(tokenizer, hh=args.data, long=args.long_data, n=n_pairs, seed=0)
     batches = make_batches(lengths, batch=args.batch, max_len=args.max_len, vocab=vocab, pad_id=pad_id, seed=0)
-    facts = machine_facts(device=device.type, dtype=str(dtype).removeprefix("torch."), max_len=args.max_len,
-                          batch_pairs=args.batch, steps=args.steps, attn=args.attn)
+    facts = machine_facts(
+        device=device.type,
+        dtype=str(dtype).removeprefix("torch."),
+        max_len=args.max_len,
+        batch_pairs=args.batch,
+        steps=args.steps,
+        attn=args.attn,
+    )
     print("\n".join(f"{k}: {v}" for k, v in facts.items()))
     all_lengths = [min(x, args.max_len) for pair in lengths for x in pair]
-    print(f"token lengths (cut at {args.max_len}): mean {statistics.mean(all_lengths):.0f}, "
-          f"max {max(all_lengths)}; padding share of a padded batch: "
-          f"{1 - sum(all_lengths) / sum(b['attention_mask'].numel() for b in batches):.0%}")
+    print(
+        f"token lengths (cut at {args.max_len}): mean {statistics.mean(all_lengths):.0f}, "
+        f"max {max(all_lengths)}; padding share of a padded batch: "
+        f"{1 - sum(all_lengths) / sum(b['attention_mask'].numel() for b in batches):.0%}"
+    )
     results = []
     for size in args.sizes:
         for combo in args.combos:
             try:
-                results.append(run_combo(size, combo, batches, args=args, vocab=vocab, pad_id=pad_id, device=device,
-                                         dtype=dtype))
+                results.append(
+                    run_combo(size, combo, batches, args=args, vocab=vocab, pad_id=pad_id, device=device, dtype=dtype)
+                )
             except torch.OutOfMemoryError:
                 results.append({"size": size, "combo": combo, "error": "out of memory"})
                 torch.cuda.empty_cache()
@@ -259,8 +308,10 @@ def main() -> int:
             print(f"{r['size']:<14} {r['combo']:<28} {r['error']}")
             continue
         mfu = f"{r['mfu']:.0%}" if r.get("mfu") else "-"
-        print(f"{r['size']:<14} {r['combo']:<28} {r['tokens_per_s']:>10.0f} {mfu:>6} {r['peak_gib']:>9.2f} "
-              f"{r.get('planned_gib', float('nan')):>9.2f}")
+        print(
+            f"{r['size']:<14} {r['combo']:<28} {r['tokens_per_s']:>10.0f} {mfu:>6} {r['peak_gib']:>9.2f} "
+            f"{r.get('planned_gib', float('nan')):>9.2f}"
+        )
     if args.json:
         args.json.write_text(json.dumps({"machine": facts, "results": results}, indent=2))
     return 0

@@ -162,6 +162,7 @@ class TrainConfig:
     resume: bool = False  # continue from the latest checkpoint in output_dir
     log_every_steps: int = 10  # step-metric reporting interval
     progress: bool = True  # show a progress bar (never on non-zero ranks or without a TTY)
+    packing: bool = False  # decoder concat models: several sequences per row (position ids restart) up to data.max_len_tokens, so no pad tokens are computed; the same rewards as padded batches (raw_rm/data/packing.py)
     num_threads: int | None = None  # torch intra-op threads on CPU (None = torch default; a Ray Train worker: the usable CPUs split among the workers on its node, at least ray.cpus_per_worker, not Ray's OMP_NUM_THREADS)
     pin_malloc_threshold: bool = True  # Linux/glibc: fix malloc's mmap threshold at 128 KiB so freed activations go back to the OS instead of fragmenting the heap (peak RSS grew with run length without it; see raw_rm/runtime.py)
 

@@ -59,47 +59,93 @@ DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up
 # no download. Keys are what ``raw-rm plan --model`` accepts besides a local folder.
 KNOWN_SHAPES: dict[str, PretrainedConfig] = {
     "qwen2.5-0.5b": Qwen2Config(
-        vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-        num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768, tie_word_embeddings=True,
+        vocab_size=151936,
+        hidden_size=896,
+        intermediate_size=4864,
+        num_hidden_layers=24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        max_position_embeddings=32768,
+        tie_word_embeddings=True,
     ),
     "qwen2.5-1.5b": Qwen2Config(
-        vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
-        num_attention_heads=12, num_key_value_heads=2, max_position_embeddings=32768, tie_word_embeddings=True,
+        vocab_size=151936,
+        hidden_size=1536,
+        intermediate_size=8960,
+        num_hidden_layers=28,
+        num_attention_heads=12,
+        num_key_value_heads=2,
+        max_position_embeddings=32768,
+        tie_word_embeddings=True,
     ),
     "qwen2.5-7b": Qwen2Config(
-        vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
-        num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=32768,
+        vocab_size=152064,
+        hidden_size=3584,
+        intermediate_size=18944,
+        num_hidden_layers=28,
+        num_attention_heads=28,
+        num_key_value_heads=4,
+        max_position_embeddings=32768,
     ),
     "qwen2.5-72b": Qwen2Config(
-        vocab_size=152064, hidden_size=8192, intermediate_size=29568, num_hidden_layers=80,
-        num_attention_heads=64, num_key_value_heads=8, max_position_embeddings=32768,
+        vocab_size=152064,
+        hidden_size=8192,
+        intermediate_size=29568,
+        num_hidden_layers=80,
+        num_attention_heads=64,
+        num_key_value_heads=8,
+        max_position_embeddings=32768,
     ),
     "llama-3-8b": LlamaConfig(
-        vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-        num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=8192,
+        vocab_size=128256,
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        max_position_embeddings=8192,
     ),
     "llama-3-70b": LlamaConfig(
-        vocab_size=128256, hidden_size=8192, intermediate_size=28672, num_hidden_layers=80,
-        num_attention_heads=64, num_key_value_heads=8, max_position_embeddings=8192,
+        vocab_size=128256,
+        hidden_size=8192,
+        intermediate_size=28672,
+        num_hidden_layers=80,
+        num_attention_heads=64,
+        num_key_value_heads=8,
+        max_position_embeddings=8192,
     ),
     "mistral-7b": MistralConfig(
-        vocab_size=32768, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-        num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=32768,
+        vocab_size=32768,
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        max_position_embeddings=32768,
     ),
 }
 
 
 # Hub ids of the same models (and their instruct variants), so that a training config's model.backbone plans as is.
 HUB_IDS = {
-    "qwen/qwen2.5-0.5b": "qwen2.5-0.5b", "qwen/qwen2.5-0.5b-instruct": "qwen2.5-0.5b",
-    "qwen/qwen2.5-1.5b": "qwen2.5-1.5b", "qwen/qwen2.5-1.5b-instruct": "qwen2.5-1.5b",
-    "qwen/qwen2.5-7b": "qwen2.5-7b", "qwen/qwen2.5-7b-instruct": "qwen2.5-7b",
-    "qwen/qwen2.5-72b": "qwen2.5-72b", "qwen/qwen2.5-72b-instruct": "qwen2.5-72b",
-    "meta-llama/meta-llama-3-8b": "llama-3-8b", "meta-llama/meta-llama-3-8b-instruct": "llama-3-8b",
-    "meta-llama/llama-3.1-8b": "llama-3-8b", "meta-llama/llama-3.1-8b-instruct": "llama-3-8b",
-    "meta-llama/meta-llama-3-70b": "llama-3-70b", "meta-llama/meta-llama-3-70b-instruct": "llama-3-70b",
-    "meta-llama/llama-3.1-70b": "llama-3-70b", "meta-llama/llama-3.1-70b-instruct": "llama-3-70b",
-    "mistralai/mistral-7b-v0.3": "mistral-7b", "mistralai/mistral-7b-instruct-v0.3": "mistral-7b",
+    "qwen/qwen2.5-0.5b": "qwen2.5-0.5b",
+    "qwen/qwen2.5-0.5b-instruct": "qwen2.5-0.5b",
+    "qwen/qwen2.5-1.5b": "qwen2.5-1.5b",
+    "qwen/qwen2.5-1.5b-instruct": "qwen2.5-1.5b",
+    "qwen/qwen2.5-7b": "qwen2.5-7b",
+    "qwen/qwen2.5-7b-instruct": "qwen2.5-7b",
+    "qwen/qwen2.5-72b": "qwen2.5-72b",
+    "qwen/qwen2.5-72b-instruct": "qwen2.5-72b",
+    "meta-llama/meta-llama-3-8b": "llama-3-8b",
+    "meta-llama/meta-llama-3-8b-instruct": "llama-3-8b",
+    "meta-llama/llama-3.1-8b": "llama-3-8b",
+    "meta-llama/llama-3.1-8b-instruct": "llama-3-8b",
+    "meta-llama/meta-llama-3-70b": "llama-3-70b",
+    "meta-llama/meta-llama-3-70b-instruct": "llama-3-70b",
+    "meta-llama/llama-3.1-70b": "llama-3-70b",
+    "meta-llama/llama-3.1-70b-instruct": "llama-3-70b",
+    "mistralai/mistral-7b-v0.3": "mistral-7b",
+    "mistralai/mistral-7b-instruct-v0.3": "mistral-7b",
 }
 
 
@@ -171,8 +217,9 @@ def model_shape(name_or_config: str | PretrainedConfig, *, lora_targets=DEFAULT_
         lora_params_per_rank=lora_rank_one_params(trunk, lora_targets),
         lora_targets=tuple(lora_targets),
         hidden_size=hidden,
-        intermediate_size=int(getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None)
-                              or 4 * hidden),
+        intermediate_size=int(
+            getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None) or 4 * hidden
+        ),
         num_layers=len(blocks),
         num_heads=heads,
         q_dim=heads * head_dim,
@@ -216,14 +263,24 @@ class MemoryPlan:
 
     def keys(self) -> str:
         """The config keys that choose this combination."""
-        strategy = {"ddp": "ray.strategy=ddp", "fsdp": "ray.strategy=fsdp",
-                    "fsdp_offload": "ray.strategy=fsdp ray.cpu_offload=true"}[self.strategy]
+        strategy = {
+            "ddp": "ray.strategy=ddp",
+            "fsdp": "ray.strategy=fsdp",
+            "fsdp_offload": "ray.strategy=fsdp ray.cpu_offload=true",
+        }[self.strategy]
         lora = f"model.lora_rank={self.lora_rank if self.tuning == 'lora' else 0}"
         return f"{strategy} {lora} model.gradient_checkpointing={str(self.checkpointing).lower()}"
 
 
-def activation_bytes(shape: ModelShape, *, tokens: int, seq_len: int, checkpointing: bool,
-                     attn_implementation: str = "sdpa", bytes_per_value: int = 2) -> int:
+def activation_bytes(
+    shape: ModelShape,
+    *,
+    tokens: int,
+    seq_len: int,
+    checkpointing: bool,
+    attn_implementation: str = "sdpa",
+    bytes_per_value: int = 2,
+) -> int:
     """Saved activations of one micro-batch of ``tokens`` tokens in rows of ``seq_len`` (module docstring)."""
     per_token_layer = 4 * shape.hidden_size + 2 * shape.q_dim + 2 * shape.kv_dim + 4 * shape.intermediate_size
     if attn_implementation == "eager":
@@ -236,9 +293,19 @@ def activation_bytes(shape: ModelShape, *, tokens: int, seq_len: int, checkpoint
     return tokens * per_token * bytes_per_value
 
 
-def plan_one(shape: ModelShape, *, strategy: Strategy, tuning: Tuning, checkpointing: bool, gpus: int,
-             max_len_tokens: int, batch_size: int, lora_rank: int = 16, attn_implementation: str = "sdpa",
-             reserve_gib: float = 2.0) -> MemoryPlan:
+def plan_one(
+    shape: ModelShape,
+    *,
+    strategy: Strategy,
+    tuning: Tuning,
+    checkpointing: bool,
+    gpus: int,
+    max_len_tokens: int,
+    batch_size: int,
+    lora_rank: int = 16,
+    attn_implementation: str = "sdpa",
+    reserve_gib: float = 2.0,
+) -> MemoryPlan:
     """The memory of one combination per GPU (module docstring)."""
     if tuning == "lora":
         adapters = lora_rank * shape.lora_params_per_rank
@@ -259,14 +326,39 @@ def plan_one(shape: ModelShape, *, strategy: Strategy, tuning: Tuning, checkpoin
         host = weights + grads + optimizer
         weights = grads = optimizer = 0
     rows = 2 * batch_size
-    acts = activation_bytes(shape, tokens=rows * max_len_tokens, seq_len=max_len_tokens,
-                            checkpointing=checkpointing, attn_implementation=attn_implementation)
-    return MemoryPlan(strategy, tuning, checkpointing, trainable, weights, grads, optimizer, working, acts,
-                      int(reserve_gib * GIB), host, lora_rank)
+    acts = activation_bytes(
+        shape,
+        tokens=rows * max_len_tokens,
+        seq_len=max_len_tokens,
+        checkpointing=checkpointing,
+        attn_implementation=attn_implementation,
+    )
+    return MemoryPlan(
+        strategy,
+        tuning,
+        checkpointing,
+        trainable,
+        weights,
+        grads,
+        optimizer,
+        working,
+        acts,
+        int(reserve_gib * GIB),
+        host,
+        lora_rank,
+    )
 
 
-def plan_memory(shape: ModelShape, *, gpus: int, max_len_tokens: int, batch_size: int, lora_rank: int = 16,
-                attn_implementation: str = "sdpa", reserve_gib: float = 2.0) -> list[MemoryPlan]:
+def plan_memory(
+    shape: ModelShape,
+    *,
+    gpus: int,
+    max_len_tokens: int,
+    batch_size: int,
+    lora_rank: int = 16,
+    attn_implementation: str = "sdpa",
+    reserve_gib: float = 2.0,
+) -> list[MemoryPlan]:
     """Every strategy x tuning x checkpointing combination (DDP on one GPU is plain single-GPU training)."""
     if gpus < 1:
         raise PlanError(f"--gpus: expected >= 1, got {gpus}")
@@ -276,10 +368,21 @@ def plan_memory(shape: ModelShape, *, gpus: int, max_len_tokens: int, batch_size
             "positions (max_position_embeddings)"
         )
     return [
-        plan_one(shape, strategy=s, tuning=t, checkpointing=c, gpus=gpus, max_len_tokens=max_len_tokens,
-                 batch_size=batch_size, lora_rank=lora_rank, attn_implementation=attn_implementation,
-                 reserve_gib=reserve_gib)
-        for s in STRATEGIES for t in TUNINGS for c in (False, True)
+        plan_one(
+            shape,
+            strategy=s,
+            tuning=t,
+            checkpointing=c,
+            gpus=gpus,
+            max_len_tokens=max_len_tokens,
+            batch_size=batch_size,
+            lora_rank=lora_rank,
+            attn_implementation=attn_implementation,
+            reserve_gib=reserve_gib,
+        )
+        for s in STRATEGIES
+        for t in TUNINGS
+        for c in (False, True)
     ]
 
 
@@ -291,15 +394,20 @@ def require_fit(plans: list[MemoryPlan], chosen: MemoryPlan, *, gpu_mem_gib: flo
     alternatives = "; ".join(f"{p.keys()} ({p.total / GIB:.1f} GiB)" for p in fitting[:4])
     raise PlanError(
         f"{chosen.keys()}: needs {chosen.total / GIB:.1f} GiB per GPU, more than the {gpu_mem_gib:g} GiB given; "
-        + (f"these fit: {alternatives}" if fitting else
-           "no combination fits: add GPUs, or lower train.batch_size or data.max_len_tokens")
+        + (
+            f"these fit: {alternatives}"
+            if fitting
+            else "no combination fits: add GPUs, or lower train.batch_size or data.max_len_tokens"
+        )
     )
 
 
 def format_plan(plans: list[MemoryPlan], *, gpu_mem_gib: float) -> str:
     """A table in GiB per GPU, one row per combination."""
-    head = (f"{'strategy':<13} {'tuning':<5} {'ckpt':<4} {'trainable':>14} {'weights':>8} {'grads':>8} "
-            f"{'optim':>8} {'working':>8} {'activ':>8} {'total':>8} {'host':>8}  fits {gpu_mem_gib:g} GiB")
+    head = (
+        f"{'strategy':<13} {'tuning':<5} {'ckpt':<4} {'trainable':>14} {'weights':>8} {'grads':>8} "
+        f"{'optim':>8} {'working':>8} {'activ':>8} {'total':>8} {'host':>8}  fits {gpu_mem_gib:g} GiB"
+    )
     rows = [head]
     for p in plans:
         cells = [p.weights, p.grads, p.optimizer, p.working, p.activations, p.total, p.host_bytes]
@@ -313,25 +421,36 @@ def format_plan(plans: list[MemoryPlan], *, gpu_mem_gib: float) -> str:
 
 def plan_as_json(shape: ModelShape, plans: list[MemoryPlan], *, gpu_mem_gib: float) -> str:
     return json.dumps(
-        {"model": dataclasses.asdict(shape), "gpu_mem_gib": gpu_mem_gib,
-         "plans": [dict(dataclasses.asdict(p), total=p.total, fits=p.fits(gpu_mem_gib)) for p in plans]},
+        {
+            "model": dataclasses.asdict(shape),
+            "gpu_mem_gib": gpu_mem_gib,
+            "plans": [dict(dataclasses.asdict(p), total=p.total, fits=p.fits(gpu_mem_gib)) for p in plans],
+        },
         indent=2,
     )
 
 
-def plan_for_config(cfg, *, gpu_mem_gib: float, gpus: int | None = None,
-                    reserve_gib: float = 2.0) -> tuple[ModelShape, list[MemoryPlan], MemoryPlan]:
+def plan_for_config(
+    cfg, *, gpu_mem_gib: float, gpus: int | None = None, reserve_gib: float = 2.0
+) -> tuple[ModelShape, list[MemoryPlan], MemoryPlan]:
     """The plan of a training ``Config`` (backbone, workers, batch, length, LoRA, checkpointing, strategy) and
     the combination it chose; ``gpus`` defaults to ``ray.num_workers``."""
     model = cfg.model
     targets = tuple(model.lora_targets) if model.lora_rank else DEFAULT_LORA_TARGETS
     shape = model_shape(model.backbone, lora_targets=targets)
     world = gpus if gpus is not None else cfg.ray.num_workers
-    plans = plan_memory(shape, gpus=world, max_len_tokens=cfg.data.max_len_tokens, batch_size=cfg.train.batch_size,
-                        lora_rank=model.lora_rank or 16, attn_implementation=model.attn_implementation,
-                        reserve_gib=reserve_gib)
+    plans = plan_memory(
+        shape,
+        gpus=world,
+        max_len_tokens=cfg.data.max_len_tokens,
+        batch_size=cfg.train.batch_size,
+        lora_rank=model.lora_rank or 16,
+        attn_implementation=model.attn_implementation,
+        reserve_gib=reserve_gib,
+    )
     strategy = "ddp" if cfg.ray.strategy == "ddp" else ("fsdp_offload" if cfg.ray.cpu_offload else "fsdp")
     tuning = "lora" if model.lora_rank else "full"
-    chosen = next(p for p in plans if (p.strategy, p.tuning, p.checkpointing)
-                  == (strategy, tuning, model.gradient_checkpointing))
+    chosen = next(
+        p for p in plans if (p.strategy, p.tuning, p.checkpointing) == (strategy, tuning, model.gradient_checkpointing)
+    )
     return shape, plans, chosen

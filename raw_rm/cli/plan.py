@@ -18,13 +18,15 @@ from raw_rm.cli.common import add_config_args
 
 def configure(parser: argparse.ArgumentParser) -> None:
     add_config_args(parser, flags=("model", "workers"))
-    parser.add_argument("--gpus", type=int, default=None,
-                        help="GPUs in the job, all nodes together (default: ray.num_workers)")
+    parser.add_argument(
+        "--gpus", type=int, default=None, help="GPUs in the job, all nodes together (default: ray.num_workers)"
+    )
     parser.add_argument("--gpu-mem", type=float, required=True, help="memory of one GPU in GiB (H100 80, H200 141)")
     parser.add_argument("--max-len", type=int, default=None, help="tokens per sequence (default: data.max_len_tokens)")
     parser.add_argument("--batch", type=int, default=None, help="pairs per GPU micro-batch (default: train.batch_size)")
-    parser.add_argument("--reserve", type=float, default=2.0,
-                        help="GiB per GPU for CUDA context, workspaces, fragmentation")
+    parser.add_argument(
+        "--reserve", type=float, default=2.0, help="GiB per GPU for CUDA context, workspaces, fragmentation"
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
@@ -43,12 +45,25 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"raw-rm plan: error: {exc}", file=sys.stderr)
         return 2
-    return print_plan(cfg, gpu_mem_gib=args.gpu_mem, gpus=args.gpus, reserve_gib=args.reserve, as_json=args.json,
-                      check=args.config is not None)
+    return print_plan(
+        cfg,
+        gpu_mem_gib=args.gpu_mem,
+        gpus=args.gpus,
+        reserve_gib=args.reserve,
+        as_json=args.json,
+        check=args.config is not None,
+    )
 
 
-def print_plan(cfg, *, gpu_mem_gib: float, gpus: int | None = None, reserve_gib: float = 2.0, as_json: bool = False,
-               check: bool = True) -> int:
+def print_plan(
+    cfg,
+    *,
+    gpu_mem_gib: float,
+    gpus: int | None = None,
+    reserve_gib: float = 2.0,
+    as_json: bool = False,
+    check: bool = True,
+) -> int:
     """Print ``cfg``'s memory plan; with ``check``, exit status 2 and the error when its combination does not fit.
     Also what ``jobs/train.py --gpu-mem`` prints at submission."""
     from raw_rm.plan import GIB, PlanError, format_plan, plan_as_json, plan_for_config, require_fit
@@ -62,9 +77,11 @@ def print_plan(cfg, *, gpu_mem_gib: float, gpus: int | None = None, reserve_gib:
         print(plan_as_json(shape, plans, gpu_mem_gib=gpu_mem_gib))
     else:
         world = gpus if gpus is not None else cfg.ray.num_workers
-        print(f"{shape.name}: {shape.params:,} parameters ({shape.params / 1e9:.2f} B), {shape.num_layers} layers; "
-              f"{world} GPU(s) of {gpu_mem_gib:g} GiB; {cfg.train.batch_size} pairs x {cfg.data.max_len_tokens} "
-              f"tokens per GPU micro-batch; LoRA rank {cfg.model.lora_rank or 16} on {', '.join(shape.lora_targets)}")
+        print(
+            f"{shape.name}: {shape.params:,} parameters ({shape.params / 1e9:.2f} B), {shape.num_layers} layers; "
+            f"{world} GPU(s) of {gpu_mem_gib:g} GiB; {cfg.train.batch_size} pairs x {cfg.data.max_len_tokens} "
+            f"tokens per GPU micro-batch; LoRA rank {cfg.model.lora_rank or 16} on {', '.join(shape.lora_targets)}"
+        )
         print(format_plan(plans, gpu_mem_gib=gpu_mem_gib))
         print(f"config: {chosen.keys()} -> {chosen.total / GIB:.2f} GiB per GPU")
     if check:

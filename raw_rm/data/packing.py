@@ -29,8 +29,9 @@ def pack_order(lengths: list[int], row_tokens: int) -> list[list[int]]:
     """
     too_long = [n for n, length in enumerate(lengths) if length > row_tokens]
     if too_long:
-        raise ValueError(f"packing: sequence {too_long[0]} has {lengths[too_long[0]]} tokens, over row_tokens="
-                         f"{row_tokens}")
+        raise ValueError(
+            f"packing: sequence {too_long[0]} has {lengths[too_long[0]]} tokens, over row_tokens={row_tokens}"
+        )
     rows: list[list[int]] = []
     free: list[int] = []
     for n in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
@@ -67,10 +68,19 @@ def pack_sequences(
         start = 0
         for n in row:
             length = lengths[n]
-            ids[r, start:start + length] = input_ids[n][mask[n]]
-            positions[r, start:start + length] = torch.arange(length)
+            ids[r, start : start + length] = input_ids[n][mask[n]]
+            positions[r, start : start + length] = torch.arange(length)
             index[n] = torch.tensor([r, start + length - 1])
             start += length
         positions[r, start:] = torch.arange(width - start)
-    return {"input_ids": ids.to(input_ids.device), "position_ids": positions.to(input_ids.device),
-            "pack_index": index.to(input_ids.device)}
+    return {
+        "input_ids": ids.to(input_ids.device),
+        "position_ids": positions.to(input_ids.device),
+        "pack_index": index.to(input_ids.device),
+    }
+
+
+def pack_features(features: dict[str, torch.Tensor], *, pad_id: int, row_tokens: int) -> dict[str, torch.Tensor]:
+    """A padded concat batch's features (``input_ids``, ``attention_mask``; decoders ignore ``token_type_ids``)
+    as packed rows of at most ``row_tokens`` tokens (:func:`pack_sequences`)."""
+    return pack_sequences(features["input_ids"], features["attention_mask"], pad_id=pad_id, row_tokens=row_tokens)

@@ -31,16 +31,16 @@ import transformers
 from torch import nn
 from transformers import (
     AutoConfig,
-    LlamaConfig,
-    Qwen2Config,
     AutoModel,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     BertConfig,
     GPT2Config,
+    LlamaConfig,
     PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
+    Qwen2Config,
 )
 from transformers.models.auto.modeling_auto import (
     MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,

@@ -75,7 +75,10 @@ def apply_levers(model: nn.Module, cfg: ModelConfig) -> nn.Module:
         )
         logger.info(
             "model.lora_rank=%d on %s: training %s of %s parameters (adapters and reward head)",
-            cfg.lora_rank, ", ".join(cfg.lora_targets), f"{trainable:,}", f"{total:,}",
+            cfg.lora_rank,
+            ", ".join(cfg.lora_targets),
+            f"{trainable:,}",
+            f"{total:,}",
         )
     return model
 
@@ -143,9 +146,9 @@ def merged_state_dict(model: nn.Module, *, adapter: str = ADAPTER) -> dict[str, 
         prefix = f"{name}." if name else ""
         base_prefix = prefix + "base_layer."
         for key in [k for k in state if k.startswith(prefix)]:
-            rest = key[len(prefix):]
+            rest = key[len(prefix) :]
             if key.startswith(base_prefix):
-                state[prefix + key[len(base_prefix):]] = state.pop(key)
+                state[prefix + key[len(base_prefix) :]] = state.pop(key)
             elif rest.startswith("lora_"):
                 del state[key]
         weight = state[prefix + "weight"]

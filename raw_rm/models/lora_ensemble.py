@@ -62,13 +62,15 @@ class LoraMember(RewardModelBase):
     def backbone_config(self):
         return self.base.backbone_config
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                token_type_ids: torch.Tensor | None = None) -> RewardOutput:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None
+    ) -> RewardOutput:
         for layer in lora_layers(self.base).values():
             layer.set_adapter(self.name)
         trunk = self.base.hf.base_model
-        _, pooled = pooled_hidden(trunk, input_ids, attention_mask, token_type_ids, decoder=self.base.decoder,
-                                  pooling=self.base.pooling)  # (N, H)
+        _, pooled = pooled_hidden(
+            trunk, input_ids, attention_mask, token_type_ids, decoder=self.base.decoder, pooling=self.base.pooling
+        )  # (N, H)
         return RewardOutput(rewards=self.head(pooled)[:, 0])
 
 
@@ -78,13 +80,16 @@ def _low_rank(delta: torch.Tensor, rank: int, where: str) -> tuple[torch.Tensor,
     b, a = u[:, :rank] * s[:rank], vh[:rank]
     residual = float((delta.double() - b @ a).abs().max())
     if residual > RESIDUAL_TOLERANCE:
-        raise ValueError(f"{where}: differs from the base by more than a rank-{rank} update (residual {residual:.2e}):"
-                         " not a LoRA member of this base")
+        raise ValueError(
+            f"{where}: differs from the base by more than a rank-{rank} update (residual {residual:.2e}):"
+            " not a LoRA member of this base"
+        )
     return a.float().contiguous(), b.float().contiguous()
 
 
-def save_lora_ensemble(directory: str | Path, member_dirs: list[str | Path], *, backbone: str,
-                       metadata: RewardMetadata | None = None) -> Path:
+def save_lora_ensemble(
+    directory: str | Path, member_dirs: list[str | Path], *, backbone: str, metadata: RewardMetadata | None = None
+) -> Path:
     """Write the LoRA ensemble of ``member_dirs`` (saved LoRA members of ``backbone``) to ``directory``.
 
     Raises:
@@ -102,8 +107,10 @@ def save_lora_ensemble(directory: str | Path, member_dirs: list[str | Path], *, 
         member, _ = load_single_model(member_dir)
         cfg = member.model_cfg
         if not isinstance(member, RewardModel) or member.hf is None or not member.decoder or not cfg.lora_rank:
-            raise ValueError(f"{member_dir}: member {k} is not a LoRA concat decoder (model.arch=concat, "
-                             "model.lora_rank > 0, model.pooling=auto)")
+            raise ValueError(
+                f"{member_dir}: member {k} is not a LoRA concat decoder (model.arch=concat, "
+                "model.lora_rank > 0, model.pooling=auto)"
+            )
         targets = lora_target_linears(member.hf.base_model, cfg.lora_targets)
         for key, value in member.hf.base_model.state_dict().items():
             module = key.rsplit(".", 1)[0]
@@ -112,16 +119,28 @@ def save_lora_ensemble(directory: str | Path, member_dirs: list[str | Path], *, 
                 a, b = _low_rank(delta, cfg.lora_rank, f"{member_dir}: {key}")
                 tensors[f"member_{k}.{module}.lora_A"], tensors[f"member_{k}.{module}.lora_B"] = a, b
             elif delta.abs().max() > 0:
-                raise ValueError(f"{member_dir}: {key} differs from {backbone}'s and is not a LoRA target: "
-                                 "not a LoRA member of this base")
+                raise ValueError(
+                    f"{member_dir}: {key} differs from {backbone}'s and is not a LoRA target: "
+                    "not a LoRA member of this base"
+                )
         tensors[f"member_{k}.head.weight"] = member.hf.score.weight.detach().clone()
-        members.append({"source": str(member_dir), "rank": cfg.lora_rank, "targets": sorted(targets),
-                        "metadata": member.metadata.to_dict()})
+        members.append(
+            {
+                "source": str(member_dir),
+                "rank": cfg.lora_rank,
+                "targets": sorted(targets),
+                "metadata": member.metadata.to_dict(),
+            }
+        )
     out.mkdir(parents=True, exist_ok=True)
     save_single_model(base, tokenizer, out / "base")
     safetensors.torch.save_file(tensors, str(out / ADAPTERS_FILE))
-    record = {"format_version": FORMAT_VERSION, "backbone": backbone, "members": members,
-              "metadata": (metadata or RewardMetadata(base_model=backbone)).to_dict()}
+    record = {
+        "format_version": FORMAT_VERSION,
+        "backbone": backbone,
+        "members": members,
+        "metadata": (metadata or RewardMetadata(base_model=backbone)).to_dict(),
+    }
     (out / LORA_ENSEMBLE_FILE).write_text(json.dumps(record, indent=2) + "\n")
     logger.info("saved a LoRA ensemble of %d members over one %s base to %s", len(members), backbone, out)
     return out
@@ -134,8 +153,10 @@ def load_lora_ensemble(directory: str | Path) -> tuple[EnsembleRewardModel, Any]
     path = Path(directory)
     record = json.loads((path / LORA_ENSEMBLE_FILE).read_text())
     if record.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path / LORA_ENSEMBLE_FILE}: format_version {record.get('format_version')!r} is not "
-                         f"supported (this raw_rm reads {FORMAT_VERSION})")
+        raise ValueError(
+            f"{path / LORA_ENSEMBLE_FILE}: format_version {record.get('format_version')!r} is not "
+            f"supported (this raw_rm reads {FORMAT_VERSION})"
+        )
     base, tokenizer = load_single_model(path / "base")
     tensors = safetensors.torch.load_file(str(path / ADAPTERS_FILE))
     trunk = base.hf.base_model

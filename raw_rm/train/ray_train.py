@@ -44,8 +44,8 @@ from ray.train.torch import TorchTrainer
 from raw_rm.config import Config, ConfigError, apply_overrides, config_from_dict
 from raw_rm.cpu_threads import plan_threads
 from raw_rm.models.backbones import TINY_BACKBONES
-from raw_rm.train.results import FitResult, TrainResult
 from raw_rm.train.recipe import RecipeResult, run_recipe
+from raw_rm.train.results import FitResult, TrainResult
 
 log = logging.getLogger(__name__)
 

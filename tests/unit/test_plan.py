@@ -9,8 +9,15 @@ from raw_rm.cli import main
 from raw_rm.plan import GIB, PlanError, model_shape, plan_memory, plan_one, require_fit
 
 # V=100, H=16, I=32, 2 layers, 4 query heads and 2 key-value heads of width 4, q/k/v biases (Qwen2).
-TINY = Qwen2Config(vocab_size=100, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+TINY = Qwen2Config(
+    vocab_size=100,
+    hidden_size=16,
+    intermediate_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=64,
+)
 # By hand: embeddings 100*16 = 1600. A layer: q 16*16+16 = 272, k and v 16*8+8 = 136 each, o 16*16 = 256,
 # gate/up/down 3*16*32 = 1536, two RMSNorms 32: 2368. Final norm 16, score head 16.
 P = 1600 + 2 * 2368 + 16 + 16  # 6368
@@ -43,7 +50,12 @@ def test_plan_bytes_match_the_hand_computation() -> None:
     lora = plan_one(shape, strategy="ddp", tuning="lora", checkpointing=False, gpus=1, lora_rank=4, **kw)
     trainable = 4 * LORA_R1 + 16
     assert (lora.trainable_params, lora.weights, lora.grads, lora.optimizer, lora.working) == (
-        trainable, 4 * (P + 4 * LORA_R1), 4 * trainable, 8 * trainable, 2 * P)
+        trainable,
+        4 * (P + 4 * LORA_R1),
+        4 * trainable,
+        8 * trainable,
+        2 * P,
+    )
     off = plan_one(shape, strategy="fsdp_offload", tuning="full", checkpointing=True, gpus=2, **kw)
     assert (off.weights, off.grads, off.optimizer, off.host_bytes) == (0, 0, 0, 8 * P)
     assert len(plan_memory(shape, gpus=2, max_len_tokens=8, batch_size=2)) == 12
@@ -76,8 +88,10 @@ def test_a_plan_that_does_not_fit_names_the_keys_and_what_fits() -> None:
 
 
 def test_cli_prints_the_plan_and_refuses_a_config_that_does_not_fit(tmp_path, capsys) -> None:
-    assert main(["plan", "--model", "llama-3-70b", "--gpus", "16", "--gpu-mem", "80", "--max-len", "2048",
-                 "--batch", "1"]) == 0
+    assert (
+        main(["plan", "--model", "llama-3-70b", "--gpus", "16", "--gpu-mem", "80", "--max-len", "2048", "--batch", "1"])
+        == 0
+    )
     out = capsys.readouterr().out
     # Llama 3 70B by hand: embeddings 128256*8192 = 1,050,673,152; a layer: q and o 8192^2 each, k and v 8192*1024
     # each, MLP 3*8192*28672, norms 2*8192 = 855,654,400; 80 layers; final norm and score head 8192 each.
@@ -90,8 +104,9 @@ def test_cli_prints_the_plan_and_refuses_a_config_that_does_not_fit(tmp_path, ca
     )
     assert main(["plan", "--config", str(tmp_path / "c.yaml"), "--gpu-mem", "80"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("raw-rm plan: error: ray.strategy=ddp model.lora_rank=0 model.gradient_checkpointing=false:"
-                          " needs ")
+    assert err.startswith(
+        "raw-rm plan: error: ray.strategy=ddp model.lora_rank=0 model.gradient_checkpointing=false: needs "
+    )
     assert "these fit: ray.strategy=fsdp" in err
     assert main(["plan", "--model", "nope", "--gpu-mem", "80"]) == 2
     assert "model.backbone=nope: neither a folder with config.json nor a known shape" in capsys.readouterr().err
@@ -107,8 +122,11 @@ def test_job_submission_prints_the_plan_and_stops_on_a_misfit(capsys) -> None:
     spec.loader.exec_module(job)
     assert job.main(["--gpu-mem", "10", "--config", str(repo / "raw_rm" / "configs" / "scale_8b.yaml")]) == 2
     captured = capsys.readouterr()
-    assert captured.out.startswith("meta-llama/Meta-Llama-3-8B: 7,504,928,768 parameters (7.50 B), 32 layers; "
-                                   "16 GPU(s) of 10 GiB; 4 pairs x 2048 tokens")
+    assert captured.out.startswith(
+        "meta-llama/Meta-Llama-3-8B: 7,504,928,768 parameters (7.50 B), 32 layers; "
+        "16 GPU(s) of 10 GiB; 4 pairs x 2048 tokens"
+    )
     assert captured.out.rstrip().endswith(
-        "config: ray.strategy=fsdp model.lora_rank=0 model.gradient_checkpointing=true -> 18.00 GiB per GPU")
+        "config: ray.strategy=fsdp model.lora_rank=0 model.gradient_checkpointing=true -> 18.00 GiB per GPU"
+    )
     assert "no combination fits: add GPUs, or lower train.batch_size or data.max_len_tokens" in captured.err

@@ -47,8 +47,10 @@ def bt_loss(rewards: torch.Tensor) -> torch.Tensor:
     return -F.logsigmoid(rewards[:half] - rewards[half:]).mean()
 
 
-@pytest.mark.parametrize("backbone,hf_class", [("tiny-qwen2", "Qwen2ForSequenceClassification"),
-                                               ("tiny-llama", "LlamaForSequenceClassification")])
+@pytest.mark.parametrize(
+    "backbone,hf_class",
+    [("tiny-qwen2", "Qwen2ForSequenceClassification"), ("tiny-llama", "LlamaForSequenceClassification")],
+)
 def test_decoder_saves_as_a_transformers_seqcls_model_with_the_same_scores(backbone, hf_class, tmp_path) -> None:
     model, tokenizer = make(backbone)
     sharpen(model)
@@ -60,8 +62,9 @@ def test_decoder_saves_as_a_transformers_seqcls_model_with_the_same_scores(backb
     hf = AutoModelForSequenceClassification.from_pretrained(tmp_path / "m").eval()
     assert type(hf).__name__ == hf_class
     loaded, loaded_tokenizer = load_model(tmp_path / "m")
-    assert torch.equal(encode_features(loaded_tokenizer, PROMPTS, RESPONSES, "concat")["input_ids"],
-                       features["input_ids"])
+    assert torch.equal(
+        encode_features(loaded_tokenizer, PROMPTS, RESPONSES, "concat")["input_ids"], features["input_ids"]
+    )
     with torch.no_grad():
         torch.testing.assert_close(hf(**features).logits[:, 0], expected, atol=1e-5, rtol=0)
         torch.testing.assert_close(loaded(**features).rewards, expected, atol=1e-5, rtol=0)
@@ -70,8 +73,15 @@ def test_decoder_saves_as_a_transformers_seqcls_model_with_the_same_scores(backb
 
 def test_a_local_causal_lm_checkpoint_is_a_backbone(tmp_path) -> None:
     tokenizer = load_tokenizer("tiny-gpt2")
-    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, pad_token_id=tokenizer.pad_token_id)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     torch.manual_seed(1)
     lm = Qwen2ForCausalLM(config)
     lm.save_pretrained(tmp_path / "lm")
@@ -99,8 +109,11 @@ def test_a_backbone_that_is_not_a_sequence_model_is_refused(tmp_path) -> None:
 
 def test_conversations_render_through_the_decoder_chat_template() -> None:
     tokenizer = load_tokenizer("tiny-qwen2")
-    row = {"prompt": [{"role": "user", "content": "Hi?"}], "chosen": [{"role": "assistant", "content": "Hello."}],
-           "rejected": [{"role": "assistant", "content": "No."}]}
+    row = {
+        "prompt": [{"role": "user", "content": "Hi?"}],
+        "chosen": [{"role": "assistant", "content": "Hello."}],
+        "rejected": [{"role": "assistant", "content": "No."}],
+    }
     pair = read_records([row], tokenizer=tokenizer).records[0]
     assert pair.prompt == "<|im_start|>user\nHi?<|im_end|>\n<|im_start|>assistant\n"
     assert (pair.chosen, pair.rejected) == ("Hello.", "No.")
@@ -144,8 +157,12 @@ def test_lora_trains_only_adapters_and_head_and_the_merged_export_scores_the_sam
     model, tokenizer = make("tiny-qwen2", lora_rank=4, lora_targets=["q_proj", "v_proj", "down_proj"])
     trainable = sorted(n for n, p in model.named_parameters() if p.requires_grad)
     assert trainable == sorted(
-        [f"hf.model.layers.{i}.{m}.lora_{ab}.default.weight" for i in range(2)
-         for m in ("self_attn.q_proj", "self_attn.v_proj", "mlp.down_proj") for ab in "AB"]
+        [
+            f"hf.model.layers.{i}.{m}.lora_{ab}.default.weight"
+            for i in range(2)
+            for m in ("self_attn.q_proj", "self_attn.v_proj", "mlp.down_proj")
+            for ab in "AB"
+        ]
         + ["hf.score.weight"]
     )
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -200,8 +217,15 @@ def test_pack_sequences_worked_example() -> None:
 
 def _tiny_mistral(tmp_path: Path) -> str:
     tokenizer = load_tokenizer("tiny-gpt2")
-    config = MistralConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                           num_attention_heads=4, num_key_value_heads=2, pad_token_id=tokenizer.pad_token_id)
+    config = MistralConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     torch.manual_seed(2)
     MistralForCausalLM(config).save_pretrained(tmp_path / "mistral")
     tokenizer.save_pretrained(tmp_path / "mistral")
@@ -215,8 +239,12 @@ def test_packing_gives_the_padded_rewards_loss_and_gradients(backbone, tmp_path)
     model.train()
     padded = encode_features(tokenizer, MORE_PROMPTS, MORE_RESPONSES, "concat")
     padded.pop("token_type_ids", None)
-    packed = pack_sequences(padded["input_ids"], padded["attention_mask"], pad_id=tokenizer.pad_token_id,
-                            row_tokens=2 * padded["input_ids"].shape[1])
+    packed = pack_sequences(
+        padded["input_ids"],
+        padded["attention_mask"],
+        pad_id=tokenizer.pad_token_id,
+        row_tokens=2 * padded["input_ids"].shape[1],
+    )
     assert packed["input_ids"].numel() < padded["input_ids"].numel()
     results = []
     for features in (padded, packed):
@@ -250,10 +278,11 @@ def test_a_lora_ensemble_stores_one_base_and_scores_like_its_members(tmp_path) -
     features = None
     for k in range(3):
         torch.manual_seed(10 + k)
-        model, tokenizer = build_model(ModelConfig(backbone="tiny-qwen2", dropout=0.0, lora_rank=2,
-                                                   lora_targets=["q_proj", "v_proj"]))
+        model, tokenizer = build_model(
+            ModelConfig(backbone="tiny-qwen2", dropout=0.0, lora_rank=2, lora_targets=["q_proj", "v_proj"])
+        )
         with torch.no_grad():
-            for name, p in model.named_parameters():
+            for p in model.parameters():
                 if p.requires_grad:  # stands in for training: adapters and head moved away from their start
                     p.normal_(0.0, 0.3)
         model.metadata.reward_mean, model.metadata.reward_std = 0.1 * k, 1.0 + k
@@ -286,3 +315,65 @@ def test_a_lora_ensemble_stores_one_base_and_scores_like_its_members(tmp_path) -
         save_lora_ensemble(tmp_path / "bad", [tmp_path / "full"], backbone="tiny-qwen2")
     with pytest.raises(ValueError, match="differs from tiny-llama's and is not a LoRA target"):
         save_lora_ensemble(tmp_path / "bad", member_dirs[:1], backbone="tiny-llama")
+
+
+def _trainer(tmp_path, backbone: str, packing: bool):
+    from raw_rm.config import Config, DataConfig, TrainConfig
+    from raw_rm.data.records import PreferencePair
+    from raw_rm.train.loop import RewardModelTrainer
+
+    cfg = Config(
+        data=DataConfig(max_len_tokens=48),
+        model=ModelConfig(backbone=backbone, dropout=0.0, backbone_dropout=0.0),
+        train=TrainConfig(
+            batch_size=6,
+            lr=3e-3,
+            warmup_ratio=0.0,
+            schedule="constant",
+            precision="fp32",
+            progress=False,
+            output_dir=str(tmp_path / f"run{packing}"),
+            packing=packing,
+        ),
+    )
+    records = [
+        PreferencePair(
+            prompt=f"question {i} " + "word " * (i % 5), chosen="a helpful answer " * (1 + i % 3), rejected="no"
+        )
+        for i in range(6)
+    ]
+    torch.manual_seed(0)
+    model, tokenizer = build_model(cfg.model)
+    return RewardModelTrainer(cfg, model, tokenizer, records, [])
+
+
+def record_gradients(trainer, into: list) -> None:
+    """Make ``trainer``'s optimiser append the gradients to ``into`` before each step."""
+    step = trainer.optimizer.step
+
+    def recording_step(*args, **kwargs):
+        into.append([p.grad.clone() for p in trainer.model.parameters()])
+        return step(*args, **kwargs)
+
+    trainer.optimizer.step = recording_step
+
+
+def test_training_with_packing_repeats_the_padded_run(tmp_path) -> None:
+    padded, packed = _trainer(tmp_path, "tiny-qwen2", False), _trainer(tmp_path, "tiny-qwen2", True)
+    batches = [t.collate(list(range(6))) for t in (padded, packed)]
+    assert "position_ids" in batches[1]["features"] and "position_ids" not in batches[0]["features"]
+    assert batches[1]["n_padded"] < batches[0]["n_padded"] and batches[1]["n_tokens"] == batches[0]["n_tokens"]
+    # The gradients the optimiser sees are compared, not the weights after it: Adam's first step is about
+    # lr * sign(g), which turns float noise in near-zero gradients into visible weight differences.
+    grads: list[list[torch.Tensor]] = []
+    for trainer in (padded, packed):
+        record_gradients(trainer, grads)
+    for _ in range(3):
+        losses = [t.train_step(b)["loss"] for t, b in zip((padded, packed), batches)]
+        assert losses[1] == pytest.approx(losses[0], abs=1e-5)
+    names = [n for n, _ in padded.model.named_parameters()]
+    for name, g, h in zip(names, grads[0], grads[1], strict=True):
+        torch.testing.assert_close(h, g, atol=1e-6, rtol=1e-4, msg=name)
+    with pytest.raises(ConfigError) as err:
+        _trainer(tmp_path, "tiny-bert", True)
+    assert str(err.value).startswith("train.packing=true: packing: backbone model_type 'bert' cannot take packed rows")
