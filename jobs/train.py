@@ -1,8 +1,7 @@
 """Ray job entry point: `ray job submit --working-dir . -- python jobs/train.py --config FILE [key.sub=value ...]`.
 
-Same calls as `raw-rm train --ray`: config in, Ray Train, tracked and registered in MLflow when mlflow.enabled.
-Inside `ray job submit` $RAY_ADDRESS points at the cluster; run directly, Ray finds a local `ray start` cluster
-or starts one in this process.
+Same calls as `raw-rm train --ray`, after the memory plan (`raw-rm plan`) when --gpu-mem is given (a misfit stops
+here). Inside `ray job submit` $RAY_ADDRESS points at the cluster; run directly, Ray finds a local cluster or starts one.
 """
 
 from __future__ import annotations
@@ -12,12 +11,17 @@ import logging
 import sys
 
 from raw_rm.cli.common import add_config_args, config_from_args
+from raw_rm.cli.plan import print_plan
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="jobs/train.py", description=__doc__.splitlines()[0])
     add_config_args(parser)
-    cfg = config_from_args(parser.parse_args(argv))
+    parser.add_argument("--gpu-mem", type=float, default=None, help="GiB per GPU: print the plan, refuse a misfit")
+    args = parser.parse_args(argv)
+    cfg = config_from_args(args)
+    if args.gpu_mem is not None and print_plan(cfg, gpu_mem_gib=args.gpu_mem) != 0:
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from raw_rm.tracking.registry import tracked_training
     from raw_rm.train.ray_train import init_ray, train_ray

@@ -77,7 +77,7 @@ class ModelConfig:
     arch: Literal[
         "concat", "separate", "cross_attention", "multi_objective", "hierarchical", "multihead"
     ] = "concat"  # architecture: prompt+response concatenated, separate encoders, cross-attention, aspect heads, segment heads, K-head ensemble
-    backbone: str = "minilm"  # "minilm" (packaged all-MiniLM-L6-v2), "tiny-bert", "tiny-gpt2", or any HF path/name
+    backbone: str = "minilm"  # "minilm" (packaged all-MiniLM-L6-v2), "tiny-bert", "tiny-gpt2", "tiny-qwen2", "tiny-llama", or any HF path/name (encoders; decoders such as Qwen2, Llama, Mistral, Gemma, GPT-2)
     pooling: Literal["auto", "cls", "mean", "last"] = "auto"  # auto: HF head (CLS for encoders, last token for decoders)
     dropout: float = 0.1  # dropout before the reward head(s)
     backbone_dropout: float | None = None  # dropout inside the backbone (None = its own config; 0 = off, as TRL's disable_dropout)
@@ -92,6 +92,12 @@ class ModelConfig:
     cross_attention_layers: int = 1  # cross_attention: layers of response->prompt attention
     length_head: bool = False  # ODIN (Chen et al. 2024): a second head trained to absorb response length (loss.length_corr_coef), dropped when saved; arch=concat
     init_from: str | None = None  # a saved raw_rm model directory to start from (fine-tuning, distillation)
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"  # attention kernel of the backbone: torch SDPA, the plain matmul (keeps T x T scores), or FlashAttention 2 (needs the flash-attn package and a GPU)
+    gradient_checkpointing: bool = False  # recompute each transformer block's activations in backward: activation memory of one block instead of all, about 1/3 more compute
+    lora_rank: int = 0  # LoRA (peft) adapters of this rank on model.lora_targets, base frozen, reward head trained in full; merged into a plain model on save. 0 = full fine-tuning
+    lora_alpha: float = 16.0  # LoRA scaling numerator: adapter output x lora_alpha / lora_rank
+    lora_dropout: float = 0.0  # dropout on the LoRA adapters' input
+    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])  # Linear module names (suffixes) that get adapters; Llama/Qwen2/Mistral names by default, GPT-2 uses c_attn, c_proj, c_fc; BERT query, key, value, dense
 
     def __post_init__(self) -> None:
         if self.aspect_weights is not None and len(self.aspect_weights) != len(self.aspects):
@@ -105,6 +111,15 @@ class ModelConfig:
             raise ConfigError(f"model.train_layers: expected >= 0 or null, got {self.train_layers}")
         if self.length_head and self.arch != "concat":
             raise ConfigError(f"model.length_head: implemented for arch=concat only, got arch={self.arch}")
+        if self.lora_rank < 0:
+            raise ConfigError(f"model.lora_rank: expected >= 0 (0 = full fine-tuning), got {self.lora_rank}")
+        if self.lora_rank and not self.lora_targets:
+            raise ConfigError("model.lora_targets: empty, but model.lora_rank > 0 needs at least one module name")
+        if self.lora_rank and self.train_layers is not None:
+            raise ConfigError(
+                f"model.lora_rank={self.lora_rank} and model.train_layers={self.train_layers}: choose one way to "
+                "limit what trains (LoRA adapters, or the top layers)"
+            )
 
 
 @dataclass
@@ -171,6 +186,7 @@ class TrainConfig:
     resume: bool = False  # continue from the latest checkpoint in output_dir
     log_every_steps: int = 10  # step-metric reporting interval
     progress: bool = True  # show a progress bar (never on non-zero ranks or without a TTY)
+    packing: bool = False  # decoder concat models: several sequences per row (position ids restart) up to data.max_len_tokens, so no pad tokens are computed; the same rewards as padded batches (raw_rm/data/packing.py)
     num_threads: int | None = None  # torch intra-op threads on CPU (None = torch default; a Ray Train worker: the usable CPUs split among the workers on its node, at least ray.cpus_per_worker, not Ray's OMP_NUM_THREADS)
     pin_malloc_threshold: bool = True  # Linux/glibc: fix malloc's mmap threshold at 128 KiB so freed activations go back to the OS instead of fragmenting the heap (peak RSS grew with run length without it; see raw_rm/runtime.py)
 
@@ -190,10 +206,15 @@ class RayConfig:
     use_gpu: bool = False  # one GPU per worker
     cpus_per_worker: float = 1.0  # CPUs reserved per worker
     strategy: Literal["ddp", "fsdp"] = "ddp"  # ddp: a full model copy per worker; fsdp: torch FSDP2 shards weights, gradients and AdamW state over the workers, for models too big for one GPU (docs/operations.md)
+    cpu_offload: bool = False  # fsdp: keep the sharded weights, gradients and AdamW state in host memory (FSDP2 CPUOffloadPolicy); the GPU holds the blocks being computed. `raw-rm plan` shows what it saves
     max_failures: int = 1  # worker-group restarts from the last checkpoint before the run fails
     storage_path: str | None = None  # Ray Train storage (None = <train.output_dir>/ray)
     run_name: str | None = None  # Ray Train run name; reuse one to resume (None = unique per run)
     keep_checkpoints: int = 2  # best checkpoints kept, ranked by train.early_stopping_metric
+
+    def __post_init__(self) -> None:
+        if self.cpu_offload and self.strategy != "fsdp":
+            raise ConfigError(f"ray.cpu_offload=true offloads FSDP shards: it needs ray.strategy=fsdp, got {self.strategy}")
 
 
 @dataclass

@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ensemble": ("raw_rm.cli.ensemble", "train an ensemble of reward models"),
     "select": ("raw_rm.cli.select", "pick the most informative unlabelled pairs by ensemble uncertainty"),
     "drift": ("raw_rm.cli.drift", "compare new data's reward/length distributions with the model's reference"),
+    "plan": ("raw_rm.cli.plan", "per-GPU memory of full/LoRA, DDP/FSDP2, checkpointing from a model config alone"),
     "data": ("raw_rm.cli.data", "inspect a data file: format, counts, dropped records, lengths"),
     "label": ("raw_rm.cli.label", "people judge pairs in a web app; annotator agreement; export to training data"),
 }

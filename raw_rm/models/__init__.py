@@ -18,12 +18,12 @@ from raw_rm.models.base import (
 from raw_rm.models.concat import RewardModel
 from raw_rm.models.cross_attention import CrossAttentionRewardModel
 from raw_rm.models.hierarchical import HierarchicalRewardModel
+from raw_rm.models.io import load_model, save_model
 from raw_rm.models.multi_objective import MultiObjectiveRewardModel
 from raw_rm.models.multihead import MultiHeadRewardModel
-from raw_rm.models.separate import SeparateEncoderRewardModel
-from raw_rm.models.io import load_model, save_model
 from raw_rm.models.predict import predict_reward
 from raw_rm.models.registry import build_model
+from raw_rm.models.separate import SeparateEncoderRewardModel
 
 __all__ = [
     "MODEL_CLASSES",

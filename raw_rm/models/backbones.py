@@ -6,6 +6,9 @@ Backbone names (``ModelConfig.backbone``):
   intermediate_size=128)`` seeded with ``TINY_SEED``, with the packaged MiniLM tokenizer (for tests).
 - ``"tiny-gpt2"``: a random GPT-2 of the same size seeded with ``TINY_SEED``, with the packaged tokenizer;
   ``[CLS]`` plays BOS, ``[SEP]`` plays EOS and ``[PAD]`` pads. Its tokenizer returns no ``token_type_ids``.
+- ``"tiny-qwen2"`` / ``"tiny-llama"``: random Qwen2 / Llama decoders of the same size (4 query heads, 2 key-value
+  heads: grouped-query attention, rotary positions, gated MLP) seeded with ``TINY_SEED``, with the tiny-gpt2
+  tokenizer plus a ChatML chat template (as Qwen2.5's), so conversational data renders through a template.
 - anything else: a Hugging Face directory or hub name, loaded with ``from_pretrained``.
 
 Decoders (GPT-2, Llama, Qwen, ...) are pooled at the last real token, found from ``attention_mask``
@@ -18,10 +21,13 @@ so with pad == EOS it would skip a real trailing EOS and disagree with raw_rm.
 
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
 from typing import Literal
 
 import torch
+import transformers
 from torch import nn
 from transformers import (
     AutoConfig,
@@ -30,19 +36,28 @@ from transformers import (
     AutoTokenizer,
     BertConfig,
     GPT2Config,
+    LlamaConfig,
     PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
+    Qwen2Config,
 )
 from transformers.models.auto.modeling_auto import (
     MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
     MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
 )
 
 logger = logging.getLogger(__name__)
 
 TINY_SEED = 0  # seed of the random tiny backbones: the same weights in every process
-TINY_BACKBONES = ("tiny-bert", "tiny-gpt2")
+TINY_BACKBONES = ("tiny-bert", "tiny-gpt2", "tiny-qwen2", "tiny-llama")
+TINY_DECODERS = {"tiny-qwen2": Qwen2Config, "tiny-llama": LlamaConfig}  # Hugging Face config class of each
+# ChatML, the template of Qwen2.5's tokenizer (without its tool-calling branches), for the tiny decoders.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
 PAD_TOKEN = "<|pad|>"  # added to decoders whose pad token is missing or shared with another special token
 Pooling = Literal["cls", "mean", "last"]
 
@@ -56,13 +71,30 @@ def packaged_minilm_path() -> str:
 
 def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
     """The tokenizer of backbone ``name`` (see the module docstring for the names)."""
-    if name == "tiny-gpt2":
+    if name == "tiny-gpt2" or name in TINY_DECODERS:
         tok = AutoTokenizer.from_pretrained(packaged_minilm_path(), model_input_names=["input_ids", "attention_mask"])
         tok.bos_token, tok.eos_token = "[CLS]", "[SEP]"
+        if name in TINY_DECODERS:
+            tok.chat_template = CHATML_TEMPLATE
         return tok
     if name in ("minilm", "tiny-bert"):
         return AutoTokenizer.from_pretrained(packaged_minilm_path())
     return AutoTokenizer.from_pretrained(name)
+
+
+def load_saved_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
+    """The tokenizer saved in ``path``, of the class its ``tokenizer_config.json`` names.
+
+    ``AutoTokenizer`` overrides that class for some model types (transformers 5 loads ``Qwen2Tokenizer`` for any
+    ``model_type: qwen2`` folder), which would retokenise a Qwen2 model saved with another tokenizer, as the
+    ``tiny-qwen2`` backbone is. Without a ``tokenizer_class`` this is ``AutoTokenizer``.
+    """
+    config_file = Path(path) / "tokenizer_config.json"
+    name = json.loads(config_file.read_text()).get("tokenizer_class") if config_file.is_file() else None
+    cls = getattr(transformers, name, None) if isinstance(name, str) else None
+    if cls is None:
+        return AutoTokenizer.from_pretrained(path)
+    return cls.from_pretrained(path)
 
 
 def backbone_config(name: str, tokenizer: PreTrainedTokenizerBase) -> PretrainedConfig:
@@ -77,20 +109,29 @@ def backbone_config(name: str, tokenizer: PreTrainedTokenizerBase) -> Pretrained
             max_position_embeddings=512,
             pad_token_id=tokenizer.pad_token_id,
         )
+    special = {"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id,
+               "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
     if name == "tiny-gpt2":
-        return GPT2Config(
-            vocab_size=len(tokenizer),
-            n_embd=64,
-            n_layer=2,
-            n_head=2,
-            n_inner=128,
-            n_positions=512,
-            pad_token_id=tokenizer.pad_token_id,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
+        return GPT2Config(n_embd=64, n_layer=2, n_head=2, n_inner=128, n_positions=512, **special)
+    if name in TINY_DECODERS:
+        return TINY_DECODERS[name](
+            hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+            max_position_embeddings=512, tie_word_embeddings=False, **special,
         )
-    return AutoConfig.from_pretrained(packaged_minilm_path() if name == "minilm" else name)
+    config = AutoConfig.from_pretrained(packaged_minilm_path() if name == "minilm" else name)
+    check_sequence_model(config, name)
+    return config
 
+
+def check_sequence_model(config: PretrainedConfig, name: str) -> None:
+    """Raise unless transformers has a sequence-classification head for ``config``'s model type (a text
+    encoder or decoder), naming the backbone and what is expected."""
+    if config.model_type not in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES:
+        raise ValueError(
+            f"model.backbone={name}: model_type {config.model_type!r} is not a text sequence model "
+            "(transformers has no AutoModelForSequenceClassification for it); expected an encoder (BERT, DeBERTa, "
+            "MiniLM) or a decoder (GPT-2, Llama, Qwen2, Mistral, Gemma)"
+        )
 
 def is_decoder(config: PretrainedConfig) -> bool:
     """True for causal decoders (pooled at the last token), False for bidirectional encoders.
@@ -253,6 +294,31 @@ def pooled_hidden(
     pooling (N, H) by ``pooling`` (for "last": the last real token, found from ``attention_mask``)."""
     hidden = trunk_hidden(trunk, input_ids, attention_mask, token_type_ids, decoder=decoder)  # (N, T, H)
     return hidden, pool(hidden, attention_mask, pooling)
+
+
+# Decoder families whose transformers forward turns ``position_ids`` without an ``attention_mask`` into a
+# per-sequence causal mask (``masking_utils.create_causal_mask``), checked by tests/unit/test_scale.py.
+PACKABLE_MODEL_TYPES = ("gpt2", "llama", "mistral", "qwen2")
+
+
+def check_packable(config: PretrainedConfig, pooling: str) -> None:
+    """Raise unless a model on ``config`` with ``pooling`` can take packed rows (see ``raw_rm/data/packing.py``)."""
+    if not is_decoder(config) or config.model_type not in PACKABLE_MODEL_TYPES:
+        raise ValueError(
+            f"packing: backbone model_type {config.model_type!r} cannot take packed rows (sequences attending only "
+            f"within themselves needs a decoder that reads position_ids: {', '.join(PACKABLE_MODEL_TYPES)}); "
+            "train it padded"
+        )
+    if pooling != "last":
+        raise ValueError(f'packing: pooling "{pooling}" on packed rows; packing reads the last token (pooling=auto)')
+
+
+def packed_pooled(
+    trunk: PreTrainedModel, input_ids: torch.Tensor, position_ids: torch.Tensor, pack_index: torch.Tensor
+) -> torch.Tensor:
+    """(R, L) packed rows -> (N, H) last hidden state at each sequence's last token ``pack_index`` (N, 2)."""
+    hidden = trunk(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state  # (R, L, H)
+    return hidden[pack_index[:, 0], pack_index[:, 1]]
 
 
 def resolve_pooling(pooling: str, *, decoder: bool) -> Pooling:

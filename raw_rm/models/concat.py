@@ -23,7 +23,14 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from raw_rm.config import ModelConfig
-from raw_rm.models.backbones import hidden_size, is_decoder, pooled_hidden, resolve_pooling
+from raw_rm.models.backbones import (
+    check_packable,
+    hidden_size,
+    is_decoder,
+    packed_pooled,
+    pooled_hidden,
+    resolve_pooling,
+)
 from raw_rm.models.base import RewardMetadata, RewardModelBase, RewardOutput, register_model
 
 
@@ -91,10 +98,24 @@ class RewardModel(RewardModelBase):
     def forward(
         self,
         input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        pack_index: torch.Tensor | None = None,
     ) -> RewardOutput:
-        """(N, T) concatenated prompt + response ids -> rewards (N,) (+ ``length_rewards`` with a length head)."""
+        """(N, T) concatenated prompt + response ids -> rewards (N,) (+ ``length_rewards`` with a length head).
+
+        Packed rows (``raw_rm.data.packing.pack_sequences``: ``input_ids`` and ``position_ids`` (R, L),
+        ``pack_index`` (N, 2), no ``attention_mask``) give the same N rewards without computing pad tokens.
+        """
+        if pack_index is not None:
+            check_packable(self.backbone_config, self.pooling)
+            if self.length_head is not None:
+                raise ValueError("train.packing: not with model.length_head (its length reward is read on padded rows)")
+            trunk = self.hf.base_model if self.hf is not None else self.trunk
+            pooled = self.dropout(packed_pooled(trunk, input_ids, position_ids, pack_index))  # (N, H)
+            head = self.hf.score if self.hf is not None else self.head
+            return RewardOutput(rewards=head(pooled)[:, 0])
         if self.hf is not None and not self.decoder:
             # Hugging Face's own forward: pooler/CLS, classifier dropout, classifier. The length head reads the
             # classifier's input, caught by a hook for this call only.

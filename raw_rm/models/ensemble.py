@@ -34,9 +34,9 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoTokenizer
 
 from raw_rm.config import ModelConfig
+from raw_rm.models.backbones import load_saved_tokenizer
 from raw_rm.models.base import RewardMetadata, RewardModelBase, RewardOutput, model_class
 from raw_rm.models.persistence import RAW_RM_FILE, RAW_RM_KEY, load_single_model, save_single_model
 
@@ -209,7 +209,7 @@ def _member_facts(member_dir: Path) -> tuple[str, str, str]:
     else:
         record = json.loads((member_dir / "config.json").read_text()).get(RAW_RM_KEY) or {"arch": "concat", "metadata": {}}
     kind = model_class(record["arch"]).input_kind
-    tokenizer = AutoTokenizer.from_pretrained(member_dir)
+    tokenizer = load_saved_tokenizer(member_dir)
     return kind, tokenizer_fingerprint(tokenizer), str(record.get("metadata", {}).get("base_model", ""))
 
 

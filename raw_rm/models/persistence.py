@@ -29,12 +29,13 @@ from typing import Any
 
 import safetensors.torch
 import torch
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedTokenizerBase
 
 from raw_rm.config import ModelConfig, config_from_dict
-from raw_rm.models.backbones import ensure_pad_token, is_decoder, trunk_from_config
+from raw_rm.models.backbones import ensure_pad_token, is_decoder, load_saved_tokenizer, trunk_from_config
 from raw_rm.models.base import RewardMetadata, RewardModelBase, model_class
 from raw_rm.models.concat import RewardModel
+from raw_rm.models.levers import lora_layers, merged_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +67,9 @@ def save_single_model(model: RewardModelBase, tokenizer: PreTrainedTokenizerBase
         config = model.hf.config
         setattr(config, RAW_RM_KEY, record)
         try:
-            model.hf.save_pretrained(path)
+            # LoRA adapters are folded into plain Linear weights: the folder is an ordinary SeqCls model.
+            state = merged_state_dict(model.hf) if lora_layers(model.hf) else None
+            model.hf.save_pretrained(path, state_dict=state)
         finally:
             delattr(config, RAW_RM_KEY)  # keep the in-memory config free of a stale copy
     else:
@@ -74,9 +77,12 @@ def save_single_model(model: RewardModelBase, tokenizer: PreTrainedTokenizerBase
         model.backbone_config.save_pretrained(path / BACKBONE_DIR)
         length_head = getattr(model, "length_head", None)
         if length_head is not None:
-            model.length_head = None  # left out of the state dict; put back below
+            model.length_head = None  # left out of the saved weights (dropped at inference); put back below
         try:
-            safetensors.torch.save_model(model, str(path / RAW_RM_WEIGHTS))
+            if lora_layers(model):  # adapters merged into the base weights: a plain model on disk
+                safetensors.torch.save_file(merged_state_dict(model), str(path / RAW_RM_WEIGHTS))
+            else:
+                safetensors.torch.save_model(model, str(path / RAW_RM_WEIGHTS))
         finally:
             if length_head is not None:
                 model.length_head = length_head
@@ -120,7 +126,7 @@ def _load_hf(path: Path) -> tuple[RewardModelBase, PreTrainedTokenizerBase]:
     if config.num_labels != 1:
         raise ValueError(f"{path / 'config.json'}: a reward model has num_labels=1, got {config.num_labels}")
     hf = AutoModelForSequenceClassification.from_pretrained(path, config=config)
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer = load_saved_tokenizer(path)
     if is_decoder(config):
         ensure_pad_token(hf, tokenizer)
     return RewardModel(model_cfg, hf, metadata), tokenizer
@@ -140,7 +146,7 @@ def _load_raw(path: Path) -> tuple[RewardModelBase, PreTrainedTokenizerBase]:
     with torch.random.fork_rng(devices=[]):  # fresh heads are overwritten: leave the caller's RNG alone
         model = cls(model_cfg, trunk_from_config(config), metadata)
     safetensors.torch.load_model(model, str(path / RAW_RM_WEIGHTS), strict=True)
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer = load_saved_tokenizer(path)
     return model, tokenizer
 
 

@@ -18,10 +18,17 @@ from raw_rm.models.backbones import (
 )
 from raw_rm.models.base import MODEL_CLASSES, RewardMetadata, RewardModelBase, model_class
 from raw_rm.models.io import load_model
+from raw_rm.models.levers import apply_levers
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["MODEL_CLASSES", "build_model"]
+
+# ModelConfig fields an init_from run chooses for itself rather than inheriting from the saved model.
+RUN_CHOICES = (
+    "init_from", "train_layers", "attn_implementation", "gradient_checkpointing", "lora_rank", "lora_alpha",
+    "lora_dropout", "lora_targets",
+)
 
 
 def build_model(cfg: ModelConfig) -> tuple[RewardModelBase, PreTrainedTokenizerBase]:
@@ -29,7 +36,8 @@ def build_model(cfg: ModelConfig) -> tuple[RewardModelBase, PreTrainedTokenizerB
 
     ``cfg.init_from`` (a directory written by ``save_model``) loads that model instead of a fresh backbone;
     its saved ModelConfig wins, and fields of ``cfg`` that differ from it are named in a warning, except
-    ``train_layers``: how much of the model to train is this run's choice (:func:`freeze_lower_layers`).
+    ``train_layers`` and the memory levers (:data:`RUN_CHOICES`): how much of the model to train and how is this
+    run's choice (:func:`freeze_lower_layers`, :func:`raw_rm.models.levers.apply_levers`).
 
     Raises:
         ValueError: unknown ``cfg.arch`` (the message lists the known ones) or an invalid combination.
@@ -37,7 +45,7 @@ def build_model(cfg: ModelConfig) -> tuple[RewardModelBase, PreTrainedTokenizerB
     cls = model_class(cfg.arch)
     if cfg.init_from is not None:
         model, tokenizer = _build_from_saved(cfg)
-        return _freeze(model, cfg.train_layers), tokenizer
+        return apply_levers(_freeze(model, cfg.train_layers), model.model_cfg), tokenizer
     tokenizer = load_tokenizer(cfg.backbone)
     config = backbone_config(cfg.backbone, tokenizer)
     if cfg.backbone_dropout is not None:
@@ -48,7 +56,7 @@ def build_model(cfg: ModelConfig) -> tuple[RewardModelBase, PreTrainedTokenizerB
     )
     model = cls(cfg, backbone, RewardMetadata(base_model=cfg.backbone))
     model.train()
-    return _freeze(model, cfg.train_layers), tokenizer
+    return apply_levers(_freeze(model, cfg.train_layers), cfg), tokenizer
 
 
 def _freeze(model: RewardModelBase, train_layers: int | None) -> RewardModelBase:
@@ -71,7 +79,7 @@ def _build_from_saved(cfg: ModelConfig) -> tuple[RewardModelBase, PreTrainedToke
     differing = [
         f.name
         for f in dataclasses.fields(cfg)
-        if f.name not in ("init_from", "train_layers") and getattr(cfg, f.name) != getattr(saved, f.name)
+        if f.name not in RUN_CHOICES and getattr(cfg, f.name) != getattr(saved, f.name)
     ]
     if differing:
         logger.warning(
@@ -80,6 +88,6 @@ def _build_from_saved(cfg: ModelConfig) -> tuple[RewardModelBase, PreTrainedToke
             ", ".join(f"{name}={getattr(saved, name)!r}" for name in differing),
             ", ".join(f"{name}={getattr(cfg, name)!r}" for name in differing),
         )
-    model.model_cfg = dataclasses.replace(saved, init_from=cfg.init_from, train_layers=cfg.train_layers)
+    model.model_cfg = dataclasses.replace(saved, **{name: getattr(cfg, name) for name in RUN_CHOICES})
     model.train()
     return model, tokenizer

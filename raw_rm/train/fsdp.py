@@ -59,7 +59,7 @@ def block_modules(model: nn.Module) -> list[nn.Module]:
     return list(max(lists, key=len)) if lists else []
 
 
-def shard_model(model: nn.Module, *, mp_dtype: torch.dtype | None = None) -> nn.Module:
+def shard_model(model: nn.Module, *, mp_dtype: torch.dtype | None = None, cpu_offload: bool = False) -> nn.Module:
     """Shard ``model`` in place with ``fully_shard``: each block, then the root. Needs an initialised process group.
 
     Args:
@@ -68,22 +68,29 @@ def shard_model(model: nn.Module, *, mp_dtype: torch.dtype | None = None) -> nn.
             and computes them in it, reduces gradients in fp32, and returns fp32 activations; the root (embeddings,
             reward head) keeps fp32, so rewards are not rounded to bf16. None = fp32 everywhere (the loop's
             autocast still applies).
+        cpu_offload: keep the shards, their gradients and so AdamW's state in host memory (``CPUOffloadPolicy``);
+            each unit's parameters are copied to the device for its forward and backward only.
 
     Returns:
         the same module object, now sharded.
     """
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
     blocks = block_modules(model)
     if not blocks:
         logger.warning("FSDP: no transformer blocks found in %s: sharding the whole model as one unit", type(model).__name__)
     policy = MixedPrecisionPolicy(param_dtype=mp_dtype, reduce_dtype=torch.float32, output_dtype=torch.float32) if mp_dtype else MixedPrecisionPolicy()
+    if cpu_offload and not torch.accelerator.is_available():
+        raise ValueError("ray.cpu_offload=true: FSDP2 offloads shards from a GPU to host memory, and this worker has "
+                         "no GPU (ray.use_gpu=true); without one the shards are in host memory already")
+    offload = CPUOffloadPolicy() if cpu_offload else OffloadPolicy()
     for block in blocks:
-        fully_shard(block, mp_policy=policy)
-    fully_shard(model)
+        fully_shard(block, mp_policy=policy, offload_policy=offload)
+    fully_shard(model, offload_policy=offload)
     n_params = sum(p.numel() for p in model.parameters())
-    logger.info("FSDP: sharded %d blocks (%s) + root, %.1fM parameters, block compute dtype %s",
-                len(blocks), type(blocks[0]).__name__ if blocks else "-", n_params / 1e6, mp_dtype or torch.float32)
+    logger.info("FSDP: sharded %d blocks (%s) + root, %.1fM parameters, block compute dtype %s%s",
+                len(blocks), type(blocks[0]).__name__ if blocks else "-", n_params / 1e6, mp_dtype or torch.float32,
+                ", shards offloaded to CPU" if cpu_offload else "")
     return model
 
 
@@ -142,8 +149,10 @@ def model_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def cpu_model_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """A detached CPU copy of the model's full state (the best weights so far); sharded: on rank 0, ``{}`` elsewhere."""
-    if not is_sharded(model):
-        return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    if not is_sharded(model) or torch.distributed.get_world_size() == 1:
+        # One rank on CPU: the "gathered" full state is the live parameters themselves (measured on torch 2.13:
+        # the next optimiser step changed it), so a snapshot must be copied.
+        return {k: v.detach().to("cpu", copy=True) for k, v in model_state_dict(model).items()}
     return model_state_dict(model)
 
 
@@ -184,6 +193,29 @@ def load_optimizer_file(model: nn.Module, optimizer: torch.optim.Optimizer, path
 
     state = torch.load(path, map_location="cpu", weights_only=True) if _rank() == 0 else {}
     set_optimizer_state_dict(model, optimizer, state, options=_options(broadcast_from_rank0=True))
+
+
+def save_sharded(model: nn.Module, optimizer: torch.optim.Optimizer, directory: str | Path) -> None:
+    """Write a distributed checkpoint (``torch.distributed.checkpoint``): every rank writes its own shards of the
+    weights and the AdamW state, nothing is gathered, so a 70B model saves at the speed of all ranks' disks
+    (collective). :func:`load_sharded` reads it back under any worker count."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model_state, optimizer_state = get_state_dict(model, optimizer)
+    dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=str(directory))
+
+
+def load_sharded(model: nn.Module, optimizer: torch.optim.Optimizer, directory: str | Path) -> None:
+    """Load a :func:`save_sharded` checkpoint into this run's shards; the run may have another number of workers
+    than the one that wrote it (DCP reads each rank's slices of the saved tensors) (collective)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    model_state, optimizer_state = get_state_dict(model, optimizer)  # the layout to fill (AdamW state initialised)
+    state = {"model": model_state, "optimizer": optimizer_state}
+    dcp.load(state, checkpoint_id=str(directory))
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
 
 
 def unsharded_copy(model: nn.Module, build: Callable[[], nn.Module]) -> nn.Module | None:

@@ -17,8 +17,8 @@ from dataclasses import asdict
 from typing import Any
 
 from raw_rm.config import Config
-from raw_rm.train.results import TrainResult
 from raw_rm.train.recipe import ModelFactory, run_recipe
+from raw_rm.train.results import TrainResult
 
 __all__ = ["TrainResult", "train_local"]
 

@@ -44,6 +44,7 @@ from ray.train.torch import TorchTrainer
 
 from raw_rm.config import Config, ConfigError, apply_overrides, config_from_dict
 from raw_rm.cpu_threads import plan_threads
+from raw_rm.models.backbones import TINY_BACKBONES
 from raw_rm.runtime import resolve_precision
 from raw_rm.train.fsdp import shard_model
 from raw_rm.train.recipe import RecipeResult, run_recipe, summarise_fit, write_run_files
@@ -150,7 +151,7 @@ def _absolute_local_paths(cfg: Config) -> dict[str, str]:
     found = {}
     for key, value in (("data.train_path", cfg.data.train_path), ("data.eval_path", cfg.data.eval_path),
                        ("model.backbone", cfg.model.backbone)):
-        if key == "model.backbone" and value in ("minilm", "tiny-bert", "tiny-gpt2"):  # packaged names, not paths
+        if key == "model.backbone" and value in ("minilm", *TINY_BACKBONES):  # packaged names, not paths
             continue
         if isinstance(value, str) and "://" not in value and not Path(value).is_absolute() and Path(value).exists():
             found[key] = str(Path(value).resolve())
@@ -281,7 +282,7 @@ def _prepare(model: Any, cfg: Config) -> Any:
     model.to(device)
     # bf16 blocks through FSDP's MixedPrecisionPolicy on GPU; on CPU the loop's autocast alone (as under DDP).
     is_bf16 = device.type == "cuda" and resolve_precision(cfg.train.precision, device) == "bf16"
-    return shard_model(model, mp_dtype=torch.bfloat16 if is_bf16 else None)
+    return shard_model(model, mp_dtype=torch.bfloat16 if is_bf16 else None, cpu_offload=cfg.ray.cpu_offload)
 
 
 def _report_final(cfg: Config, run: RecipeResult, final: Path) -> None:

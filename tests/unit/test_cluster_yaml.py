@@ -31,7 +31,9 @@ def test_cluster_yaml_is_valid_ray_cluster_config() -> None:
     assert (workers["min_workers"], workers["max_workers"]) == (0, 4)
     setup = "\n".join(prepared["setup_commands"])
     assert "download.pytorch.org/whl/cu" in setup  # a CUDA torch, not the CPU/PyPI default
-    assert "pip install -q -e /home/ubuntu/raw_rm" in setup
+    assert 'pip install -q -e "/home/ubuntu/raw_rm[scale]"' in setup  # peft for model.lora_rank
+    big = prepared["available_node_types"]["gpu8_worker"]
+    assert big["resources"]["GPU"] == 8 and big["max_workers"] * 8 >= 16  # scale_8b.yaml's 16 FSDP workers
 
 
 def test_validation_rejects_a_broken_variant() -> None:

@@ -118,3 +118,99 @@ def test_a_checkpoint_resumes_only_under_the_strategy_that_wrote_it(tmp_path) ->
     (path / "trainer_state.json").write_text(json.dumps(state))
     with pytest.raises(ValueError, match=r"checkpoint written under ray.strategy=fsdp cannot resume under ray.strategy=ddp \(or a local run\)"):
         trainer.load_checkpoint(path)
+
+
+def test_levers_compose_with_fsdp2(process_group) -> None:
+    """LoRA + activation checkpointing on a Qwen2-shaped decoder, sharded: the same rewards and gradients as the
+    plain module, and only adapters and head get gradients. (CPU offload needs a GPU: benchmarks/gpu_scale.py.)"""
+    cfg = load_config(None, ["model.backbone=tiny-qwen2", "model.dropout=0.0", "model.backbone_dropout=0.0",
+                             "model.lora_rank=4", "model.gradient_checkpointing=true"]).model
+    torch.manual_seed(0)
+    plain, tokenizer = build_model(cfg)
+    with torch.no_grad():  # adapters start at B = 0: move them so their gradients are not trivially structured
+        for name, p in plain.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.5)
+    pairs = [PreferencePair(prompt=f"q {i}?", chosen=f"a helpful answer {i}", rejected="no " * (i + 1)) for i in range(3)]
+    features = PairCollator(tokenizer, max_len_tokens=32, input_kind="concat")(pairs)["features"]
+    if not torch.accelerator.is_available():
+        with pytest.raises(ValueError, match=r"ray.cpu_offload=true: FSDP2 offloads shards from a GPU to host memory"):
+            fsdp.shard_model(copy.deepcopy(plain), cpu_offload=True)
+    sharded = fsdp.shard_model(copy.deepcopy(plain))
+    plain.train()
+    sharded.train()
+    rewards = sharded(**features).rewards
+    expected = plain(**features).rewards
+    torch.testing.assert_close(rewards, expected, atol=1e-6, rtol=0)
+    rewards.pow(2).sum().backward()
+    expected.pow(2).sum().backward()
+    with_grad = [name for name, p in sharded.named_parameters() if p.grad is not None]
+    assert with_grad == [name for name, p in plain.named_parameters() if p.requires_grad]
+    assert all(".lora_" in name or name == "hf.score.weight" for name in with_grad) and len(with_grad) == 29
+    for (name, a), b in zip(sharded.named_parameters(), plain.parameters(), strict=True):
+        if a.grad is not None:
+            torch.testing.assert_close(a.grad.full_tensor(), b.grad, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def _resharding_worker(rank: int, world: int, port: int, tmp: str, phase: str) -> None:
+    """One rank: train 2 steps and write a sharded checkpoint (phase "train"), or load it (phase "resume"); both
+    then take one more step. Rank 0 writes the full weights after loading/saving and after the extra step."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        cfg = load_config(None, ["model.backbone=tiny-qwen2", "model.dropout=0.0", "model.backbone_dropout=0.0"])
+        torch.manual_seed(0)
+        model, tokenizer = build_model(cfg.model)
+        model = fsdp.shard_model(model)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        pairs = [PreferencePair(prompt=f"q {i}?", chosen=f"a helpful answer {i}", rejected="no " * (i + 1))
+                 for i in range(4)]
+        features = PairCollator(tokenizer, max_len_tokens=32, input_kind="concat")(pairs[rank::world])["features"]
+
+        def step() -> None:
+            rewards = model(**features).rewards
+            half = rewards.shape[0] // 2
+            loss = -torch.nn.functional.logsigmoid(rewards[:half] - rewards[half:]).mean()
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+
+        if phase == "train":
+            step()
+            step()
+            fsdp.save_sharded(model, optimizer, Path(tmp) / "ckpt")
+        else:
+            fsdp.load_sharded(model, optimizer, Path(tmp) / "ckpt")
+        state = fsdp.cpu_model_state_dict(model)  # a copy: under one rank the full state is the live weights
+        step()
+        after = fsdp.cpu_model_state_dict(model)
+        if rank == 0:
+            torch.save({"at_checkpoint": state, "after_step": after}, Path(tmp) / f"{phase}_{world}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def _run_ranks(world: int, tmp: Path, phase: str) -> dict:
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_resharding_worker, args=(world, port, str(tmp), phase), nprocs=world, join=True)
+    return torch.load(tmp / f"{phase}_{world}.pt", weights_only=True)
+
+
+def test_a_sharded_checkpoint_resumes_under_one_and_two_workers_to_the_same_weights(tmp_path) -> None:
+    written = _run_ranks(2, tmp_path, "train")
+    assert (tmp_path / "ckpt" / ".metadata").is_file()
+    for world in (1, 2):
+        resumed = _run_ranks(world, tmp_path, "resume")
+        assert resumed["at_checkpoint"].keys() == written["at_checkpoint"].keys()
+        for key, value in written["at_checkpoint"].items():
+            assert torch.equal(resumed["at_checkpoint"][key], value), (world, key)
+        # The optimiser state came back too: the next step lands on the same weights as the uninterrupted run.
+        for key, value in written["after_step"].items():
+            torch.testing.assert_close(resumed["after_step"][key], value, atol=1e-6, rtol=1e-5, msg=f"{world} {key}")
+        moved = max((written["after_step"][k] - written["at_checkpoint"][k]).abs().max() for k in written["after_step"])
+        assert moved > 1e-4  # the step changed the weights, so equality after it is a check of AdamW's state

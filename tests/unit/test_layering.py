@@ -21,7 +21,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("raw_rm", "raw_rm.config", "raw_rm.runtime", "raw_rm.cpu_threads"),
     ("raw_rm.data",),
     ("raw_rm.models", "raw_rm.losses", "raw_rm.metrics", "raw_rm.uncertainty"),
-    ("raw_rm.inference", "raw_rm.quantization"),
+    ("raw_rm.inference", "raw_rm.quantization", "raw_rm.plan"),
     ("raw_rm.eval", "raw_rm.reference", "raw_rm.serve", "raw_rm.label"),
     ("raw_rm.train", "raw_rm.tune.space", "raw_rm.tune.results"),
     # edges: Ray, MLflow, HTTP

@@ -10,13 +10,28 @@ import torch
 from torch import nn
 
 from raw_rm import metrics as M
-from raw_rm.config import Config
+from raw_rm.config import Config, ConfigError
+from raw_rm.data.packing import pack_features
 from raw_rm.data.records import PreferencePair, RankedGroup, RatedResponse
+from raw_rm.models.backbones import check_packable
+from raw_rm.models.concat import RewardModel
 
 Batch = dict[str, Any]
 Parts = dict[str, torch.Tensor]
 
 _KINDS = {PreferencePair: "pairs", RankedGroup: "groups", RatedResponse: "ratings"}
+
+
+def packing_pad_id(model: nn.Module, tokenizer: Any) -> int:
+    """The pad id for ``train.packing``, once the model is known to take packed rows; else a ConfigError."""
+    if not isinstance(model, RewardModel):
+        raise ConfigError(f"train.packing=true needs model.arch=concat (one sequence per reward), got "
+                          f"{getattr(model, 'arch', type(model).__name__)}")
+    try:
+        check_packable(model.backbone_config, model.pooling)
+    except ValueError as exc:
+        raise ConfigError(f"train.packing=true: {exc}") from exc
+    return int(tokenizer.pad_token_id)
 
 
 def record_kind(records: Sequence[Any]) -> str:
@@ -51,6 +66,7 @@ class Objective(ABC):
         self.model = model
         self.collator = self.build_collator(tokenizer, max_len_tokens=cfg.data.max_len_tokens,
                                             input_kind=model.input_kind)
+        self.pack_pad_id = packing_pad_id(model, tokenizer) if cfg.train.packing else None
 
     # -------------------------------------------------------------------------------- kind-specific
     @abstractmethod
@@ -85,6 +101,10 @@ class Objective(ABC):
         """The collator's batch for ``records[indices]`` plus ``index`` (the indices, long)."""
         batch = dict(self.collator([records[i] for i in indices]))
         batch["index"] = torch.as_tensor(list(indices), dtype=torch.long)
+        if self.pack_pad_id is not None:  # train.packing: rows as before for the loss, no pad tokens computed
+            batch["features"] = pack_features(batch["features"], pad_id=self.pack_pad_id,
+                                              row_tokens=self.cfg.data.max_len_tokens)
+            batch["n_padded"] = batch["features"]["input_ids"].numel() - int(batch["n_tokens"])
         return batch
 
     def share(self, batch: Batch) -> float:
