@@ -345,7 +345,7 @@ def print_table(results: dict[str, dict[str, Any]], baseline: str = "trl") -> No
             continue
         print(
             f"  {name:<{width}} pairs/s x{r['pairs_per_s'] / base['pairs_per_s']:.2f}  "
-            + (f"pairs/cpu-s x{r['pairs_per_cpu_s'] / base['pairs_per_cpu_s']:.2f}  " if "pairs_per_cpu_s" in r else "")
+            + (f"pairs/cpu-s x{r['pairs_per_cpu_s'] / base['pairs_per_cpu_s']:.2f}  " if "pairs_per_cpu_s" in r and "pairs_per_cpu_s" in base else "")
             + f"tokens/s x{r['tokens_per_s'] / base['tokens_per_s']:.2f}  RSS x{r['peak_rss_mb'] / base['peak_rss_mb']:.2f}  "
             f"accuracy {100 * (r['accuracy'] - base['accuracy']):+.1f} points"
         )
