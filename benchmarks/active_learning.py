@@ -55,7 +55,12 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n-prompts", type=int, default=1200)
     p.add_argument("--noise", type=float, default=1.0, help="Bradley-Terry label noise of the generator")
-    p.add_argument("--oracle", choices=["sampled", "latent"], default="sampled", help="labels: the generator's sampled label, or the latent order")
+    p.add_argument(
+        "--oracle",
+        choices=["sampled", "latent"],
+        default="sampled",
+        help="labels: the generator's sampled label, or the latent order",
+    )
     p.add_argument("--heads", type=int, default=5, help="ensemble members (heads)")
     p.add_argument("--seed-labels", type=int, default=10)
     p.add_argument("--k", type=int, default=20, help="pairs labelled per round")
@@ -66,7 +71,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--target-gap", type=float, default=0.02)
     p.add_argument("--max-len-tokens", type=int, default=128)
     p.add_argument("--out", default="benchmarks/results/active_learning")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (tiny full-batch steps: 1 avoids thread contention)")
+    p.add_argument(
+        "--threads", type=int, default=1, help="torch threads (tiny full-batch steps: 1 avoids thread contention)"
+    )
     return p.parse_args()
 
 
@@ -76,8 +83,14 @@ def embed(model, tokenizer, prompts: list[str], responses: list[str], max_len: i
     out = []
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]) + len(responses[i]))
     for s in range(0, len(order), batch):
-        idx = order[s:s + batch]
-        enc = encode(tokenizer, [prompts[i] for i in idx], [responses[i] for i in idx], max_len_tokens=max_len, input_kind="concat")
+        idx = order[s : s + batch]
+        enc = encode(
+            tokenizer,
+            [prompts[i] for i in idx],
+            [responses[i] for i in idx],
+            max_len_tokens=max_len,
+            input_kind="concat",
+        )
         f = enc.features
         h = model.hidden(f["input_ids"], f["attention_mask"], f.get("token_type_ids"))
         out.append((torch.tensor(idx), model.pooled(h, f["attention_mask"])))
@@ -87,13 +100,15 @@ def embed(model, tokenizer, prompts: list[str], responses: list[str], max_len: i
     return feats
 
 
-def train_heads(xa: torch.Tensor, xb: torch.Tensor, y: torch.Tensor, heads: int, steps: int, seed: int) -> torch.nn.Linear:
+def train_heads(
+    xa: torch.Tensor, xb: torch.Tensor, y: torch.Tensor, heads: int, steps: int, seed: int
+) -> torch.nn.Linear:
     """K linear heads (one Linear(H, K)) on frozen features; head k weights pair i by its Poisson(1) count."""
     gen = torch.Generator().manual_seed(seed)
     width = xa.shape[1]
     layer = torch.nn.Linear(width, heads)
     with torch.no_grad():
-        bound = 1 / width ** 0.5
+        bound = 1 / width**0.5
         layer.weight.uniform_(-bound, bound, generator=gen)
         layer.bias.zero_()
     counts = torch.poisson(torch.ones(len(y), heads), generator=gen)  # (n, K) bootstrap resample per head
@@ -135,8 +150,13 @@ def run_strategy(strategy, data, args, repeat: int, picks: list[dict] | None = N
         pick = select_top_k(scores, min(args.k, len(rest)))
         if picks is not None:
             d = (ra - rb)[pick]  # (k, K) member reward differences of the picked pairs
-            picks.append({"unanimous": float(((d > 0).all(1) | (d < 0).all(1)).float().mean()),
-                          "abs_margin": float(d.mean(1).abs().mean()), "delta_std": float(d.std(1, correction=0).mean())})
+            picks.append(
+                {
+                    "unanimous": float(((d > 0).all(1) | (d < 0).all(1)).float().mean()),
+                    "abs_margin": float(d.mean(1).abs().mean()),
+                    "delta_std": float(d.std(1, correction=0).mean()),
+                }
+            )
         labelled += rest[pick].tolist()
 
 
@@ -155,7 +175,9 @@ def main() -> None:
     else:
         y = torch.tensor([int(latent_reward(p.prompt, x) > latent_reward(p.prompt, z)) for p, x, z in zip(pool, a, b)])
     torch.manual_seed(0)
-    model, tokenizer = build_model(ModelConfig(arch="multihead", backbone="minilm", pooling="mean", num_heads=args.heads))
+    model, tokenizer = build_model(
+        ModelConfig(arch="multihead", backbone="minilm", pooling="mean", num_heads=args.heads)
+    )
     model.eval()
     prompts = [p.prompt for p in pool]
     # Validation pairs oriented by the latent reward: accuracy = agreement with the truth.
@@ -166,7 +188,9 @@ def main() -> None:
         vr.append(p.rejected if better else p.chosen)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    cache = out / f"embeddings_n{args.n_prompts}_noise{args.noise}_len{args.max_len_tokens}.pt"  # frozen trunk: reusable
+    cache = (
+        out / f"embeddings_n{args.n_prompts}_noise{args.noise}_len{args.max_len_tokens}.pt"
+    )  # frozen trunk: reusable
     if cache.exists():
         xa, xb, va, vb = torch.load(cache)
     else:
@@ -177,12 +201,23 @@ def main() -> None:
         torch.save((xa, xb, va, vb), cache)
     t_embed = time.perf_counter() - t0
     data = {"xa": xa, "xb": xb, "y": y, "va": va, "vb": vb}
-    label_noise = float((y != torch.tensor([int(latent_reward(p.prompt, x) > latent_reward(p.prompt, z)) for p, x, z in zip(pool, a, b)])).float().mean())
+    label_noise = float(
+        (
+            y
+            != torch.tensor(
+                [int(latent_reward(p.prompt, x) > latent_reward(p.prompt, z)) for p, x, z in zip(pool, a, b)]
+            )
+        )
+        .float()
+        .mean()
+    )
 
-    full = np.mean([
-        float(((h(va) - h(vb)).mean(1) > 0).float().mean())
-        for h in (train_heads(xa, xb, y, args.heads, args.steps, seed=r) for r in range(args.repeats))
-    ])
+    full = np.mean(
+        [
+            float(((h(va) - h(vb)).mean(1) > 0).float().mean())
+            for h in (train_heads(xa, xb, y, args.heads, args.steps, seed=r) for r in range(args.repeats))
+        ]
+    )
     target = args.target if args.target is not None else full - args.target_gap
     picks = {s: [] for s in STRATEGIES}
     curves = {s: [run_strategy(s, data, args, r, picks[s]) for r in range(args.repeats)] for s in STRATEGIES}
@@ -195,9 +230,13 @@ def main() -> None:
         return labels[hit[0]] if hit.size else None
 
     print("machine:", ", ".join(f"{k} {v}" for k, v in machine_facts().items()) + ", fp32")
-    print(f"data: synthetic n_prompts={args.n_prompts} noise={args.noise}: pool {len(pool)} pairs, validation {len(val)}; "
-          f"oracle={args.oracle} (revealed labels disagree with the latent order on {label_noise:.1%}); bayes accuracy {syn.bayes_accuracy:.3f}")
-    print(f"model: multihead MiniLM, frozen trunk (mean pooling), {args.heads} bootstrap heads; embedding took {t_embed:.0f}s")
+    print(
+        f"data: synthetic n_prompts={args.n_prompts} noise={args.noise}: pool {len(pool)} pairs, validation {len(val)}; "
+        f"oracle={args.oracle} (revealed labels disagree with the latent order on {label_noise:.1%}); bayes accuracy {syn.bayes_accuracy:.3f}"
+    )
+    print(
+        f"model: multihead MiniLM, frozen trunk (mean pooling), {args.heads} bootstrap heads; embedding took {t_embed:.0f}s"
+    )
     print(f"whole pool labelled ({len(pool)} labels): val accuracy {full:.3f}; target {target:.3f}")
     print(f"\nvalidation accuracy (vs latent order), mean of {args.repeats} repeats:")
     print("labels  " + "  ".join(f"{s:>12}" for s in STRATEGIES))
@@ -219,16 +258,29 @@ def main() -> None:
     area = {s: float(mean[s].mean()) for s in STRATEGIES}
     print("mean accuracy over the curve: " + ", ".join(f"{s} {v:.3f}" for s, v in area.items()))
     pick_stats = {s: {k: float(np.mean([p[k] for p in picks[s]])) for k in picks[s][0]} for s in STRATEGIES}
-    print("\npicked pairs as the ensemble saw them (mean over rounds and repeats; normalised member rewards, Δ = r_a − r_b):")
+    print(
+        "\npicked pairs as the ensemble saw them (mean over rounds and repeats; normalised member rewards, Δ = r_a − r_b):"
+    )
     print(f"  {'strategy':>12}  {'every member same order':>23}  {'|mean Δ|':>8}  {'std Δ':>6}")
     for s, v in pick_stats.items():
         print(f"  {s:>12}  {v['unanimous']:>23.2f}  {v['abs_margin']:>8.3f}  {v['delta_std']:>6.3f}")
 
-    (out / "results.json").write_text(json.dumps({
-        "args": vars(args), "labels": labels, "mean": {s: m.tolist() for s, m in mean.items()},
-        "std": {s: v.tolist() for s, v in std.items()}, "full_pool_accuracy": full, "target": target,
-        "summary": summary, "curve_mean_accuracy": area, "picked_pairs": pick_stats,
-    }, indent=1))
+    (out / "results.json").write_text(
+        json.dumps(
+            {
+                "args": vars(args),
+                "labels": labels,
+                "mean": {s: m.tolist() for s, m in mean.items()},
+                "std": {s: v.tolist() for s, v in std.items()},
+                "full_pool_accuracy": full,
+                "target": target,
+                "summary": summary,
+                "curve_mean_accuracy": area,
+                "picked_pairs": pick_stats,
+            },
+            indent=1,
+        )
+    )
     import matplotlib
 
     matplotlib.use("Agg")
@@ -245,7 +297,9 @@ def main() -> None:
     ax.legend()
     fig.tight_layout()
     fig.savefig(out / "accuracy_vs_labels.png", dpi=120)
-    print(f"\nwrote {out / 'accuracy_vs_labels.png'} and {out / 'results.json'} ({time.perf_counter() - t0:.0f}s total)")
+    print(
+        f"\nwrote {out / 'accuracy_vs_labels.png'} and {out / 'results.json'} ({time.perf_counter() - t0:.0f}s total)"
+    )
 
 
 if __name__ == "__main__":

@@ -62,8 +62,13 @@ def train(xa, xb, y, w, loss_cfg: LossConfig, *, heads: int, steps: int, seed: i
         chosen = torch.where(first[:, None], ra, rb)
         rejected = torch.where(first[:, None], rb, ra)
         weight = example_weights(loss_cfg, w, chosen, rejected)
-        loss = sum(loss_fn(chosen[:, k], rejected[:, k], weight=counts[:, k] if weight is None else weight * counts[:, k])
-                   for k in range(heads)) / heads
+        loss = (
+            sum(
+                loss_fn(chosen[:, k], rejected[:, k], weight=counts[:, k] if weight is None else weight * counts[:, k])
+                for k in range(heads)
+            )
+            / heads
+        )
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -78,11 +83,17 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(1)  # tiny full-batch steps: more threads only add contention on a shared 2-core box
     cache = Path(args.cache) / "embeddings_n1200_noise1.0_len128.pt"
-    print(f"{'noise':>5} {'labels':>6}  " + "  ".join(f"{m:>14}" for m in METHODS) + "   mean weight (right / wrong labels)")
+    print(
+        f"{'noise':>5} {'labels':>6}  "
+        + "  ".join(f"{m:>14}" for m in METHODS)
+        + "   mean weight (right / wrong labels)"
+    )
     for noise in (1.0, 2.0):
         # The texts (a, b) are those of the noise-1.0 pool, as embedded and cached by active_learning.py; only the
         # labels and weights change with the noise level (the generator draws the same texts for every noise).
-        ref_pool, _ = split_by_prompt(generate(SyntheticConfig(n_prompts=1200, noise=1.0, seed=0)).pairs, 0.25, "active-learning")
+        ref_pool, _ = split_by_prompt(
+            generate(SyntheticConfig(n_prompts=1200, noise=1.0, seed=0)).pairs, 0.25, "active-learning"
+        )
         syn = generate(SyntheticConfig(n_prompts=1200, noise=noise, seed=0, annotators=5))
         pool, val = split_by_prompt(syn.pairs, 0.25, "active-learning")
         assert [q.prompt for q in pool] == [q.prompt for q in ref_pool]
@@ -100,10 +111,19 @@ def main() -> None:
 
             model, tok = build_model(ModelConfig(arch="multihead", backbone="minilm", pooling="mean"))
             model.eval()
-            vc = [q.chosen if latent_reward(q.prompt, q.chosen) > latent_reward(q.prompt, q.rejected) else q.rejected for q in val]
+            vc = [
+                q.chosen if latent_reward(q.prompt, q.chosen) > latent_reward(q.prompt, q.rejected) else q.rejected
+                for q in val
+            ]
             vr = [q.rejected if c == q.chosen else q.chosen for q, c in zip(val, vc)]
-            xa, xb = embed(model, tok, [q.prompt for q in pool], a, 128), embed(model, tok, [q.prompt for q in pool], b, 128)
-            va, vb = embed(model, tok, [q.prompt for q in val], vc, 128), embed(model, tok, [q.prompt for q in val], vr, 128)
+            xa, xb = (
+                embed(model, tok, [q.prompt for q in pool], a, 128),
+                embed(model, tok, [q.prompt for q in pool], b, 128),
+            )
+            va, vb = (
+                embed(model, tok, [q.prompt for q in val], vc, 128),
+                embed(model, tok, [q.prompt for q in val], vr, 128),
+            )
         n = len(pool)
         for budget in (100, 300, n):
             accs = {m: [] for m in METHODS}
@@ -114,8 +134,12 @@ def main() -> None:
                     with torch.no_grad():
                         accs[name].append(float(((layer(va) - layer(vb)).mean(1) > 0).float().mean()))
             cells = "  ".join(f"{np.mean(v):>7.3f}±{np.std(v):.3f}" for v in accs.values())
-            print(f"{noise:>5} {budget:>6}  {cells}   {w[right].mean():.2f} / {w[~right].mean():.2f} "
-                  f"({int((~right).sum())} of {n} labels wrong)" if budget == n else f"{noise:>5} {budget:>6}  {cells}")
+            print(
+                f"{noise:>5} {budget:>6}  {cells}   {w[right].mean():.2f} / {w[~right].mean():.2f} "
+                f"({int((~right).sum())} of {n} labels wrong)"
+                if budget == n
+                else f"{noise:>5} {budget:>6}  {cells}"
+            )
 
 
 if __name__ == "__main__":

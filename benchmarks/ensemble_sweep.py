@@ -49,14 +49,28 @@ RECIPES: dict[str, dict] = {
     "e3_mean": {"all": {"train.epochs": 3, "model.pooling": "mean"}},
     "e3_boot": {"all": {"train.epochs": 3, "ensemble.bootstrap": True}},
     "e3_top2": {"all": {"train.epochs": 3, "train.lr": 1e-4, "model.train_layers": 2}},  # last-layers-only members
-    "es8": {"all": {"train.epochs": 8, "train.patience": 2, "train.early_stopping_metric": "val_nll",
-                    "train.early_stopping_mode": "min", "train.restore_best": True}},
-    "diverse": {"all": {}, "cycle": [
-        {"train.epochs": 3, "train.lr": 5e-5}, {"train.epochs": 2, "train.lr": 1e-4}, {"train.epochs": 4, "train.lr": 3e-5},
-        {"train.epochs": 3, "train.lr": 5e-5, "model.pooling": "mean"}, {"train.epochs": 3, "train.lr": 5e-5, "ensemble.bootstrap": True},
-        {"train.epochs": 5, "train.lr": 2e-5}, {"train.epochs": 2, "train.lr": 1e-4, "model.pooling": "mean"},
-        {"train.epochs": 3, "train.lr": 7e-5},
-    ]},
+    "es8": {
+        "all": {
+            "train.epochs": 8,
+            "train.patience": 2,
+            "train.early_stopping_metric": "val_nll",
+            "train.early_stopping_mode": "min",
+            "train.restore_best": True,
+        }
+    },
+    "diverse": {
+        "all": {},
+        "cycle": [
+            {"train.epochs": 3, "train.lr": 5e-5},
+            {"train.epochs": 2, "train.lr": 1e-4},
+            {"train.epochs": 4, "train.lr": 3e-5},
+            {"train.epochs": 3, "train.lr": 5e-5, "model.pooling": "mean"},
+            {"train.epochs": 3, "train.lr": 5e-5, "ensemble.bootstrap": True},
+            {"train.epochs": 5, "train.lr": 2e-5},
+            {"train.epochs": 2, "train.lr": 1e-4, "model.pooling": "mean"},
+            {"train.epochs": 3, "train.lr": 7e-5},
+        ],
+    },
 }
 
 
@@ -112,31 +126,57 @@ def run_job(args: argparse.Namespace, split: int, recipe: str) -> None:
     torch.set_num_threads(args.threads)
     harmless, seed, train, sets = split_data(args, split)
     work = work_dir(args) / f"{split}_{recipe}"
-    base = load_config(None, [
-        f"data.train_path={harmless}", f"data.max_len_tokens={args.max_len_tokens}", f"data.split_seed={seed}",
-        f"train.num_threads={args.threads}", f"train.precision={args.precision}", "train.progress=false",
-        "mlflow.enabled=false", f"model.backbone={args.backbone}", "model.arch=concat", "train.pin_malloc_threshold=false",
-    ])
+    base = load_config(
+        None,
+        [
+            f"data.train_path={harmless}",
+            f"data.max_len_tokens={args.max_len_tokens}",
+            f"data.split_seed={seed}",
+            f"train.num_threads={args.threads}",
+            f"train.precision={args.precision}",
+            "train.progress=false",
+            "mlflow.enabled=false",
+            f"model.backbone={args.backbone}",
+            "model.arch=concat",
+            "train.pin_malloc_threshold=false",
+        ],
+    )
     spec = RECIPES[recipe]
     prompts = [p.prompt for s in sets.values() for p in s for _ in (0, 1)]
     texts = [t for s in sets.values() for p in s for t in (p.chosen, p.rejected)]
     cols, info = [], []
     for k in range(args.members):
-        over = {**spec["all"], **(spec["cycle"][k % len(spec["cycle"])] if "cycle" in spec else {}),
-                "train.seed": k, "train.output_dir": str(work / f"member_{k}")}
+        over = {
+            **spec["all"],
+            **(spec["cycle"][k % len(spec["cycle"])] if "cycle" in spec else {}),
+            "train.seed": k,
+            "train.output_dir": str(work / f"member_{k}"),
+        }
         mc = apply_overrides(base, over)
         t0 = time.perf_counter()
         model_dir, metrics = train_member(mc, records=(train, sets["calib"]))
         t1 = time.perf_counter()
-        rm = RewardModelInference(model_dir, device=args.device, max_len_tokens=args.max_len_tokens, batch_size=64, cache_size=0)
+        rm = RewardModelInference(
+            model_dir, device=args.device, max_len_tokens=args.max_len_tokens, batch_size=64, cache_size=0
+        )
         raw = rm.batch_predict(prompts, texts)
         meta = load_model(model_dir)[0].metadata
         cols.append((raw - meta.reward_mean) / meta.reward_std)
-        info.append({"overrides": {k2: v for k2, v in over.items() if k2 != "train.output_dir"}, "train_s": t1 - t0,
-                     "score_s": time.perf_counter() - t1, "val_accuracy": metrics.get("val_accuracy"),
-                     "val_nll": metrics.get("val_nll"), "epochs_run": metrics.get("epochs_completed", metrics.get("epoch"))})
-        print(f"[{split}:{recipe}] member {k}: val_acc {metrics.get('val_accuracy', float('nan')):.3f} "
-              f"val_nll {metrics.get('val_nll', float('nan')):.4f} train {t1 - t0:.0f}s", flush=True)
+        info.append(
+            {
+                "overrides": {k2: v for k2, v in over.items() if k2 != "train.output_dir"},
+                "train_s": t1 - t0,
+                "score_s": time.perf_counter() - t1,
+                "val_accuracy": metrics.get("val_accuracy"),
+                "val_nll": metrics.get("val_nll"),
+                "epochs_run": metrics.get("epochs_completed", metrics.get("epoch")),
+            }
+        )
+        print(
+            f"[{split}:{recipe}] member {k}: val_acc {metrics.get('val_accuracy', float('nan')):.3f} "
+            f"val_nll {metrics.get('val_nll', float('nan')):.4f} train {t1 - t0:.0f}s",
+            flush=True,
+        )
         shutil.rmtree(work / f"member_{k}", ignore_errors=True)
     n = {name: len(s) for name, s in sets.items()}
     np.savez(work_dir(args) / f"job_{split}_{recipe}.npz", z=np.stack(cols, 1), n=json.dumps(n), info=json.dumps(info))
@@ -204,14 +244,25 @@ def cell_summary(z: np.ndarray, n: dict[str, int]) -> dict[str, float]:
         b[name] = slice(st, st + 2 * n[name])
         st += 2 * n[name]
     delta = {s: z[b[s]][0::2] - z[b[s]][1::2] for s in b}  # (N, K) per set
-    test, ood = (M.compare_members(delta["calib"], delta[s]) for s in ("test", "ood"))  # T fitted on the calibration half
+    test, ood = (
+        M.compare_members(delta["calib"], delta[s]) for s in ("test", "ood")
+    )  # T fitted on the calibration half
     mem = test["members"]
     hind, val = mem[test["best_member"]], mem[test["val_best_member"]]
-    out = {"K": z.shape[1], "member_nll_mean": float(np.mean([m["nll"] for m in mem])), "val_nll": val["nll"], "val_ece": val["ece"],
-           "hind_nll": hind["nll"], "hind_ece": hind["ece"], "ens_nll": test["ensemble"]["nll"], "ens_ece": test["ensemble"]["ece"],
-           "ens_ood_nll": ood["ensemble"]["nll"], "best_ood_nll": ood["members"][ood["best_member"]]["nll"],
-           "rank_corr": float(spearmanr([m["fit_nll"] for m in mem], [m["nll"] for m in mem])[0]),
-           "member_nlls": [m["nll"] for m in mem]}
+    out = {
+        "K": z.shape[1],
+        "member_nll_mean": float(np.mean([m["nll"] for m in mem])),
+        "val_nll": val["nll"],
+        "val_ece": val["ece"],
+        "hind_nll": hind["nll"],
+        "hind_ece": hind["ece"],
+        "ens_nll": test["ensemble"]["nll"],
+        "ens_ece": test["ensemble"]["ece"],
+        "ens_ood_nll": ood["ensemble"]["nll"],
+        "best_ood_nll": ood["members"][ood["best_member"]]["nll"],
+        "rank_corr": float(spearmanr([m["fit_nll"] for m in mem], [m["nll"] for m in mem])[0]),
+        "member_nlls": [m["nll"] for m in mem],
+    }
     # every sub-ensemble of k members against ITS best member in hindsight: how often the ensemble wins
     for k in SUBSET_SIZES:
         wins = [0, 0, 0]
@@ -232,31 +283,43 @@ def analyse(path: Path) -> None:
     d = np.load(path)
     jobs = sorted({k.split("|")[0] for k in d.files}, key=lambda j: (int(j.split(":")[0]), j))
     cells = {j: cell_summary(d[f"{j}|z"], json.loads(str(d[f"{j}|n"]))) for j in jobs}
-    print("\ntest-half NLL / ECE at temperatures fitted on the calibration half; hind = best member picked with hindsight on "
-          "test NLL, val = member with the lowest calibration NLL; rho = rank correlation of members' calibration and test NLL")
-    print(f"{'split:recipe':<14} {'K':>2} {'mean':>7} {'val':>7} {'hind':>7} {'ens':>7} | {'ECE val':>7} {'hind':>6} {'ens':>6} | "
-          f"{'rho':>5} | {'OOD ens':>7} {'best':>7} | served std id/ood | diff std id/ood | vote split id/ood")
+    print(
+        "\ntest-half NLL / ECE at temperatures fitted on the calibration half; hind = best member picked with hindsight on "
+        "test NLL, val = member with the lowest calibration NLL; rho = rank correlation of members' calibration and test NLL"
+    )
+    print(
+        f"{'split:recipe':<14} {'K':>2} {'mean':>7} {'val':>7} {'hind':>7} {'ens':>7} | {'ECE val':>7} {'hind':>6} {'ens':>6} | "
+        f"{'rho':>5} | {'OOD ens':>7} {'best':>7} | served std id/ood | diff std id/ood | vote split id/ood"
+    )
     for j, c in cells.items():
-        print(f"{j:<14} {c['K']:>2} {c['member_nll_mean']:>7.4f} {c['val_nll']:>7.4f} {c['hind_nll']:>7.4f} {c['ens_nll']:>7.4f} | "
-              f"{c['val_ece']:>7.4f} {c['hind_ece']:>6.4f} {c['ens_ece']:>6.4f} | {c['rank_corr']:>+5.2f} | {c['ens_ood_nll']:>7.4f} "
-              f"{c['best_ood_nll']:>7.4f} | {c['test_served_std']:.3f} / {c['ood_served_std']:.3f} | "
-              f"{c['test_delta_std']:.3f} / {c['ood_delta_std']:.3f} | {c['test_vote_split']:.3f} / {c['ood_vote_split']:.3f}")
+        print(
+            f"{j:<14} {c['K']:>2} {c['member_nll_mean']:>7.4f} {c['val_nll']:>7.4f} {c['hind_nll']:>7.4f} {c['ens_nll']:>7.4f} | "
+            f"{c['val_ece']:>7.4f} {c['hind_ece']:>6.4f} {c['ens_ece']:>6.4f} | {c['rank_corr']:>+5.2f} | {c['ens_ood_nll']:>7.4f} "
+            f"{c['best_ood_nll']:>7.4f} | {c['test_served_std']:.3f} / {c['ood_served_std']:.3f} | "
+            f"{c['test_delta_std']:.3f} / {c['ood_delta_std']:.3f} | {c['test_vote_split']:.3f} / {c['ood_vote_split']:.3f}"
+        )
     n = len(cells)
 
     def count(pred) -> str:
         return f"{sum(bool(pred(c)) for c in cells.values())}/{n}"
 
-    print(f"\nensemble NLL below: the mean member {count(lambda c: c['ens_nll'] < c['member_nll_mean'])}, the validation-picked "
-          f"member {count(lambda c: c['ens_nll'] < c['val_nll'])}, the hindsight-best member {count(lambda c: c['ens_nll'] < c['hind_nll'])}; "
-          f"ECE below the validation-picked member {count(lambda c: c['ens_ece'] < c['val_ece'])}, the hindsight-best "
-          f"{count(lambda c: c['ens_ece'] < c['hind_ece'])}; OOD NLL below the best member's {count(lambda c: c['ens_ood_nll'] < c['best_ood_nll'])}")
-    print(f"spread larger on OOD: served std {count(lambda c: c['ood_served_std'] > c['test_served_std'])}, difference std "
-          f"{count(lambda c: c['ood_delta_std'] > c['test_delta_std'])}, vote split {count(lambda c: c['ood_vote_split'] > c['test_vote_split'])}")
+    print(
+        f"\nensemble NLL below: the mean member {count(lambda c: c['ens_nll'] < c['member_nll_mean'])}, the validation-picked "
+        f"member {count(lambda c: c['ens_nll'] < c['val_nll'])}, the hindsight-best member {count(lambda c: c['ens_nll'] < c['hind_nll'])}; "
+        f"ECE below the validation-picked member {count(lambda c: c['ens_ece'] < c['val_ece'])}, the hindsight-best "
+        f"{count(lambda c: c['ens_ece'] < c['hind_ece'])}; OOD NLL below the best member's {count(lambda c: c['ens_ood_nll'] < c['best_ood_nll'])}"
+    )
+    print(
+        f"spread larger on OOD: served std {count(lambda c: c['ood_served_std'] > c['test_served_std'])}, difference std "
+        f"{count(lambda c: c['ood_delta_std'] > c['test_delta_std'])}, vote split {count(lambda c: c['ood_vote_split'] > c['test_vote_split'])}"
+    )
     for k in SUBSET_SIZES:
         tot = [sum(c[f"subsets_k{k}"][i] for c in cells.values()) for i in range(3)]
         if tot[0]:
-            print(f"every {k}-member sub-ensemble of every cell ({tot[0]}): NLL below its own best member (hindsight) in "
-                  f"{tot[1]} ({tot[1] / tot[0]:.0%}), NLL and ECE both in {tot[2]} ({tot[2] / tot[0]:.0%})")
+            print(
+                f"every {k}-member sub-ensemble of every cell ({tot[0]}): NLL below its own best member (hindsight) in "
+                f"{tot[1]} ({tot[1] / tot[0]:.0%}), NLL and ECE both in {tot[2]} ({tot[2] / tot[0]:.0%})"
+            )
     plot(cells, path.with_name("sweep.png"))
     path.with_name("sweep.json").write_text(json.dumps(cells, indent=1))
     print(f"wrote {path.with_name('sweep.png')} and {path.with_name('sweep.json')}")
@@ -272,8 +335,18 @@ def plot(cells: dict[str, dict], out: Path) -> None:
     x = np.arange(len(names))
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(max(8, 0.7 * len(names)), 8), sharex=True)
     for i, c in enumerate(cells.values()):
-        ax1.scatter([i] * len(c["member_nlls"]), c["member_nlls"], color="0.6", s=14, label="members" if i == 0 else None)
-    ax1.scatter(x, [c["val_nll"] for c in cells.values()], marker="s", facecolor="none", edgecolor="tab:blue", s=50, label="validation-picked member")
+        ax1.scatter(
+            [i] * len(c["member_nlls"]), c["member_nlls"], color="0.6", s=14, label="members" if i == 0 else None
+        )
+    ax1.scatter(
+        x,
+        [c["val_nll"] for c in cells.values()],
+        marker="s",
+        facecolor="none",
+        edgecolor="tab:blue",
+        s=50,
+        label="validation-picked member",
+    )
     ax1.scatter(x, [c["ens_nll"] for c in cells.values()], marker="*", color="tab:red", s=90, label="ensemble")
     ax1.set_ylabel("test-half NLL (lower is better)")
     ax1.legend(fontsize=8)
@@ -287,6 +360,7 @@ def plot(cells: dict[str, dict], out: Path) -> None:
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
+
 
 if __name__ == "__main__":
     main()

@@ -37,9 +37,16 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 # Ray workers inherit the environment: let them import this checkout's raw_rm, offline, without telemetry.
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
-for key, value in {"RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true", "HF_HUB_OFFLINE": "1",
-                   "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-                   "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1", "RAY_DEDUP_LOGS": "0"}.items():
+for key, value in {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1",
+    "RAY_DEDUP_LOGS": "0",
+}.items():
     os.environ.setdefault(key, value)
 
 STAGES = ("local", "ray_ddp", "ray_fsdp")
@@ -64,15 +71,32 @@ def build_config(args: argparse.Namespace, stage: str, workdir: Path) -> Any:
     from raw_rm.config import Config, apply_overrides
 
     backbone = str(Path(args.backbone).resolve()) if Path(args.backbone).exists() else args.backbone
-    return apply_overrides(Config(), {
-        "data.train_path": data_file(args.data), "data.limit": args.pairs, "data.val_fraction": args.val_fraction,
-        "data.max_len_tokens": args.max_len_tokens, "model.arch": "concat", "model.backbone": backbone,
-        "train.epochs": 1, "train.batch_size": args.batch_size, "train.lr": 2e-5, "train.warmup_ratio": 0.05,
-        "train.precision": args.precision, "train.seed": 0, "train.progress": False, "train.log_every_steps": 20,
-        "train.checkpoint_every_steps": 10**9, "train.output_dir": str(workdir / stage), "mlflow.enabled": False,
-        "ray.num_workers": 1, "ray.use_gpu": args.device == "cuda", "ray.cpus_per_worker": args.cpus_per_worker,
-        "ray.strategy": "fsdp" if stage == "ray_fsdp" else "ddp",
-    })
+    return apply_overrides(
+        Config(),
+        {
+            "data.train_path": data_file(args.data),
+            "data.limit": args.pairs,
+            "data.val_fraction": args.val_fraction,
+            "data.max_len_tokens": args.max_len_tokens,
+            "model.arch": "concat",
+            "model.backbone": backbone,
+            "train.epochs": 1,
+            "train.batch_size": args.batch_size,
+            "train.lr": 2e-5,
+            "train.warmup_ratio": 0.05,
+            "train.precision": args.precision,
+            "train.seed": 0,
+            "train.progress": False,
+            "train.log_every_steps": 20,
+            "train.checkpoint_every_steps": 10**9,
+            "train.output_dir": str(workdir / stage),
+            "mlflow.enabled": False,
+            "ray.num_workers": 1,
+            "ray.use_gpu": args.device == "cuda",
+            "ray.cpus_per_worker": args.cpus_per_worker,
+            "ray.strategy": "fsdp" if stage == "ray_fsdp" else "ddp",
+        },
+    )
 
 
 def run_local(cfg: Any, device: str) -> dict[str, Any]:
@@ -105,9 +129,13 @@ def run_stage(args: argparse.Namespace, stage: str, workdir: Path) -> dict[str, 
         fit = out.pop("fit")
         line.update(ok=True, **{k: v for k, v in out.items() if v is not None})
         line.update(
-            pairs_per_s=round(fit.pairs_per_s, 2), tokens_per_s=round(fit.tokens_per_s, 1), steps=fit.steps,
-            train_time_s=round(fit.train_time_s, 2), val_accuracy=fit.final_metrics.get("val_accuracy"),
-            val_loss=fit.final_metrics.get("val_loss"), precision=line.get("precision", cfg.train.precision),
+            pairs_per_s=round(fit.pairs_per_s, 2),
+            tokens_per_s=round(fit.tokens_per_s, 1),
+            steps=fit.steps,
+            train_time_s=round(fit.train_time_s, 2),
+            val_accuracy=fit.final_metrics.get("val_accuracy"),
+            val_loss=fit.final_metrics.get("val_loss"),
+            precision=line.get("precision", cfg.train.precision),
             strategy=None if stage == "local" else cfg.ray.strategy,
         )
     except Exception as exc:  # noqa: BLE001 - one stage failing must not hide the others' results
@@ -120,12 +148,21 @@ def run_stage(args: argparse.Namespace, stage: str, workdir: Path) -> dict[str, 
 def machine_line(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    facts: dict[str, Any] = {"stage": "machine", "python": platform.python_version(), "torch": torch.__version__,
-                             "cuda_available": torch.cuda.is_available(), "device": args.device,
-                             "mlflow_installed": importlib.util.find_spec("mlflow") is not None}
+    facts: dict[str, Any] = {
+        "stage": "machine",
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda_available": torch.cuda.is_available(),
+        "device": args.device,
+        "mlflow_installed": importlib.util.find_spec("mlflow") is not None,
+    }
     if torch.cuda.is_available():
-        facts.update(gpu=torch.cuda.get_device_name(0), gpus=torch.cuda.device_count(),
-                     bf16_supported=torch.cuda.is_bf16_supported(), cuda=torch.version.cuda)
+        facts.update(
+            gpu=torch.cuda.get_device_name(0),
+            gpus=torch.cuda.device_count(),
+            bf16_supported=torch.cuda.is_bf16_supported(),
+            cuda=torch.version.cuda,
+        )
     try:
         import ray
 
@@ -137,8 +174,12 @@ def machine_line(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--backbone", required=True, help="a local Hugging Face model folder (or a raw_rm backbone name)")
-    parser.add_argument("--data", required=True, help="a pairs file (.jsonl, .jsonl.gz, .parquet) or a folder holding one")
+    parser.add_argument(
+        "--backbone", required=True, help="a local Hugging Face model folder (or a raw_rm backbone name)"
+    )
+    parser.add_argument(
+        "--data", required=True, help="a pairs file (.jsonl, .jsonl.gz, .parquet) or a folder holding one"
+    )
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     parser.add_argument("--precision", choices=("bf16", "fp32", "auto"), default="bf16")
     parser.add_argument("--pairs", type=int, default=2000, help="records read (validation split off by prompt hash)")
@@ -154,7 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     if args.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: torch sees no CUDA device (torch %s); use --device cpu for a smoke run" % torch.__version__)
+        raise SystemExit(
+            f"--device cuda: torch sees no CUDA device (torch {torch.__version__}); use --device cpu for a smoke run"
+        )
     print(json.dumps(machine_line(args)), flush=True)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="raw_rm_gpu_check_"))
     workdir.mkdir(parents=True, exist_ok=True)

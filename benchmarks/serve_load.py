@@ -123,10 +123,10 @@ def heldout_accuracy(model_dir: str, int8_dir: str, data: Path) -> dict[str, flo
     import numpy as np
     import torch
 
-    from raw_rm.quantization import load_for_inference
     from raw_rm.config import Config, apply_overrides
     from raw_rm.data import load_train_val
     from raw_rm.inference import RewardModelInference
+    from raw_rm.quantization import load_for_inference
 
     fp32 = RewardModelInference(model_dir, cache_size=0, batch_size=64)
     _, val, _ = load_train_val(apply_overrides(Config(), {"data.train_path": str(data)}), tokenizer=fp32.tokenizer)
@@ -134,7 +134,9 @@ def heldout_accuracy(model_dir: str, int8_dir: str, data: Path) -> dict[str, flo
     responses = [p.chosen for p in val] + [p.rejected for p in val]
     scorers = {
         "fp32": fp32,
-        "bf16": RewardModelInference(model_dir, cache_size=0, batch_size=64, precision="bf16", precision_tolerance=float("inf")),
+        "bf16": RewardModelInference(
+            model_dir, cache_size=0, batch_size=64, precision="bf16", precision_tolerance=float("inf")
+        ),
         "int8": load_for_inference(int8_dir, cache_size=0, batch_size=64),
     }
     rewards = {name: rm.batch_predict(prompts, responses) for name, rm in scorers.items()}
@@ -148,7 +150,9 @@ def heldout_accuracy(model_dir: str, int8_dir: str, data: Path) -> dict[str, flo
 
 
 # --------------------------------------------------------------------------------------- the plain server
-def run_plain_server(port: int, model_dir: str, max_len_tokens: int, precision: str, device: str, torch_threads: int | None) -> None:
+def run_plain_server(
+    port: int, model_dir: str, max_len_tokens: int, precision: str, device: str, torch_threads: int | None
+) -> None:
     """OpenRLHF's reference shape: FastAPI, each request scored on its own inside the handler.
 
     (No ``from __future__ import annotations`` in this file: FastAPI must see ``Request`` itself.)
@@ -164,13 +168,17 @@ def run_plain_server(port: int, model_dir: str, max_len_tokens: int, precision: 
         import torch
 
         torch.set_num_threads(torch_threads)
-    engine = RewardModelInference(model_dir, cache_size=0, max_len_tokens=max_len_tokens, precision=precision, device=device)
+    engine = RewardModelInference(
+        model_dir, cache_size=0, max_len_tokens=max_len_tokens, precision=precision, device=device
+    )
     app = FastAPI()
 
     @app.post("/get_reward")
     async def get_reward(request: Request) -> JSONResponse:
         body = await request.json()
-        pieces = [split_query(q, p or "") for q, p in zip(body["query"], body.get("prompts") or [None] * len(body["query"]))]
+        pieces = [
+            split_query(q, p or "") for q, p in zip(body["query"], body.get("prompts") or [None] * len(body["query"]))
+        ]
         rewards = engine.batch_predict([h for h, _, _ in pieces], [t for _, t, _ in pieces]).tolist()
         return JSONResponse({"rewards": rewards, "scores": rewards, "extra_logs": {"reward_mean": rewards}})
 
@@ -224,7 +232,9 @@ def payloads_for(texts: list[tuple[str, str]], start: int, n: int) -> list[dict]
     return [{"query": [p + " " + r], "prompts": [p], "labels": [""]} for p, r in rows]
 
 
-def run_levels(url: str, texts: list[tuple[str, str]], levels: list[int], counts: list[int]) -> dict[int, dict[str, float]]:
+def run_levels(
+    url: str, texts: list[tuple[str, str]], levels: list[int], counts: list[int]
+) -> dict[int, dict[str, float]]:
     results = {}
     offset = 0
     asyncio.run(load(url, payloads_for(texts, 0, 8), 4))  # warm-up
@@ -232,7 +242,10 @@ def run_levels(url: str, texts: list[tuple[str, str]], levels: list[int], counts
         results[concurrency] = asyncio.run(load(url, payloads_for(texts, offset, n), concurrency))
         offset += n
         r = results[concurrency]
-        print(f"    concurrency {concurrency:>3}: {r['rps']:7.1f} req/s  p50 {r['p50']:8.1f} ms  p99 {r['p99']:8.1f} ms  errors {int(r['errors'])}", flush=True)
+        print(
+            f"    concurrency {concurrency:>3}: {r['rps']:7.1f} req/s  p50 {r['p50']:8.1f} ms  p99 {r['p99']:8.1f} ms  errors {int(r['errors'])}",
+            flush=True,
+        )
     return results
 
 
@@ -256,18 +269,24 @@ def wait_healthy(url: str, timeout_s: float = 300.0) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ main
-def ceiling_texts_per_s(model_dir: str, texts: list[tuple[str, str]], *, precision: str, device: str, max_len_tokens: int) -> tuple[float, str]:
+def ceiling_texts_per_s(
+    model_dir: str, texts: list[tuple[str, str]], *, precision: str, device: str, max_len_tokens: int
+) -> tuple[float, str]:
     """One process, batches of 64 sorted by length: (texts/s, the precision that ran)."""
     from raw_rm.quantization import load_for_inference
 
-    engine = load_for_inference(model_dir, cache_size=0, batch_size=64, precision=precision, device=device, max_len_tokens=max_len_tokens)
+    engine = load_for_inference(
+        model_dir, cache_size=0, batch_size=64, precision=precision, device=device, max_len_tokens=max_len_tokens
+    )
     engine.batch_predict([p for p, _ in texts[:64]], [r for _, r in texts[:64]])  # warm-up
     start = time.perf_counter()
     engine.batch_predict([p for p, _ in texts], [r for _, r in texts])  # ends with .cpu(): the GPU has finished
     return len(texts) / (time.perf_counter() - start), engine.precision
 
 
-def serve_setup(base: str, app: object, texts: list[tuple[str, str]], levels: list[int], counts: list[int], title: str) -> tuple[dict, dict, dict]:
+def serve_setup(
+    base: str, app: object, texts: list[tuple[str, str]], levels: list[int], counts: list[int], title: str
+) -> tuple[dict, dict, dict]:
     """Deploy ``app``, print what it chose (``/v1/models``), load it; (results per level, member stats, model info)."""
     from ray import serve
 
@@ -277,14 +296,18 @@ def serve_setup(base: str, app: object, texts: list[tuple[str, str]], levels: li
     wait_healthy(f"{base}/healthz")
     models = get_json(f"{base}/v1/models", timeout_s=300)
     info = models["data"][0]
-    print(f"{title} (HTTP front {models['http_frontend']}, {models['ingress_replicas']} ingress replica(s)):", flush=True)
+    print(
+        f"{title} (HTTP front {models['http_frontend']}, {models['ingress_replicas']} ingress replica(s)):", flush=True
+    )
     for line in describe_member(info):
         print(f"    {line}")
     results = run_levels(f"{base}/get_reward", texts, levels, counts)
     stats = get_json(f"{base}/stats")
     member, ingress = stats["members"]["member0"], stats["ingress"]
-    print(f"    mean batch size {member['mean_batch_size']:.1f} texts over {member['batches']} batches; "
-          f"{ingress['mean_requests_per_call']:.1f} requests per member call")
+    print(
+        f"    mean batch size {member['mean_batch_size']:.1f} texts over {member['batches']} batches; "
+        f"{ingress['mean_requests_per_call']:.1f} requests per member call"
+    )
     # delete before the next setup: a redeploy would leave this one's replicas draining (30 s with the haproxy
     # front) beside the next one's while it is measured
     serve.delete("bench")
@@ -293,34 +316,94 @@ def serve_setup(base: str, app: object, texts: list[tuple[str, str]], levels: li
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=None, help="a trained model folder (default: a fresh untrained --backbone model)")
-    parser.add_argument("--backbone", default="minilm", help="model backbone without --model: minilm (the packaged all-MiniLM-L6-v2), tiny-bert, or a local HF model directory")
-    parser.add_argument("--data", type=Path, default=DATA, help="HH dialogues: a .jsonl / .jsonl.gz file or a directory holding one")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"], help="where all setups run the model (auto = cuda if available)")
-    parser.add_argument("--member-gpus", type=float, default=0.25, help="Serve, --device cuda: GPU fraction reserved per member replica")
-    parser.add_argument("--frontend", default="auto", choices=["proxy", "haproxy", "auto"],
-                        help="Serve's HTTP front (ServeConfig.http_frontend) for every Serve setup: auto (the default's choice), haproxy or proxy")
-    parser.add_argument("--ingress-replicas", type=int, default=1, help="tuned Serve: HTTP ingress replicas (more for many CPU cores)")
-    parser.add_argument("--member-batches", type=int, default=None, help="tuned Serve: forwards in flight per member replica (default ServeConfig's)")
-    parser.add_argument("--torch-threads", type=int, default=None, help="CPU: torch threads of the ceiling, the plain server and each tuned member (default: all cores)")
-    parser.add_argument("--ingress-batches", type=int, default=None, help="tuned Serve: member calls in flight per ingress replica (0 = one call per request; default ServeConfig's)")
+    parser.add_argument(
+        "--model", default=None, help="a trained model folder (default: a fresh untrained --backbone model)"
+    )
+    parser.add_argument(
+        "--backbone",
+        default="minilm",
+        help="model backbone without --model: minilm (the packaged all-MiniLM-L6-v2), tiny-bert, or a local HF model directory",
+    )
+    parser.add_argument(
+        "--data", type=Path, default=DATA, help="HH dialogues: a .jsonl / .jsonl.gz file or a directory holding one"
+    )
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        choices=["cpu", "cuda", "auto"],
+        help="where all setups run the model (auto = cuda if available)",
+    )
+    parser.add_argument(
+        "--member-gpus", type=float, default=0.25, help="Serve, --device cuda: GPU fraction reserved per member replica"
+    )
+    parser.add_argument(
+        "--frontend",
+        default="auto",
+        choices=["proxy", "haproxy", "auto"],
+        help="Serve's HTTP front (ServeConfig.http_frontend) for every Serve setup: auto (the default's choice), haproxy or proxy",
+    )
+    parser.add_argument(
+        "--ingress-replicas", type=int, default=1, help="tuned Serve: HTTP ingress replicas (more for many CPU cores)"
+    )
+    parser.add_argument(
+        "--member-batches",
+        type=int,
+        default=None,
+        help="tuned Serve: forwards in flight per member replica (default ServeConfig's)",
+    )
+    parser.add_argument(
+        "--torch-threads",
+        type=int,
+        default=None,
+        help="CPU: torch threads of the ceiling, the plain server and each tuned member (default: all cores)",
+    )
+    parser.add_argument(
+        "--ingress-batches",
+        type=int,
+        default=None,
+        help="tuned Serve: member calls in flight per ingress replica (0 = one call per request; default ServeConfig's)",
+    )
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 16, 64], help="client concurrency levels")
     parser.add_argument("--requests", type=int, nargs="+", default=[60, 320, 640], help="requests per level")
-    parser.add_argument("--max-len-tokens", type=int, default=None, help="token limit of the plain server, the ceiling and tuned Serve (default: the model's training length)")
+    parser.add_argument(
+        "--max-len-tokens",
+        type=int,
+        default=None,
+        help="token limit of the plain server, the ceiling and tuned Serve (default: the model's training length)",
+    )
     parser.add_argument("--max-batch-size", type=int, default=64, help="tuned Serve: texts per batched forward")
-    parser.add_argument("--batch-wait-s", type=float, default=None, help="tuned Serve: member batch wait timeout (default ServeConfig's)")
+    parser.add_argument(
+        "--batch-wait-s",
+        type=float,
+        default=None,
+        help="tuned Serve: member batch wait timeout (default ServeConfig's)",
+    )
     parser.add_argument("--ceiling-texts", type=int, default=512, help="texts for the one-process ceiling")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "auto"], help="forward precision of the plain server, the first ceiling and tuned Serve")
+    parser.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "bf16", "auto"],
+        help="forward precision of the plain server, the first ceiling and tuned Serve",
+    )
     parser.add_argument("--no-int8", action="store_true", help="skip the int8 model (always skipped on cuda)")
     parser.add_argument("--no-ensemble", action="store_true", help="skip the 5-head ensemble")
-    parser.add_argument("--no-accuracy", action="store_true", help="with --model: skip the held-out accuracy of fp32, bf16 and int8")
-    parser.add_argument("--json", default=None, metavar="PATH", help="also write machine facts and every number here (run_all.py reads it)")
+    parser.add_argument(
+        "--no-accuracy", action="store_true", help="with --model: skip the held-out accuracy of fp32, bf16 and int8"
+    )
+    parser.add_argument(
+        "--json",
+        default=None,
+        metavar="PATH",
+        help="also write machine facts and every number here (run_all.py reads it)",
+    )
     parser.add_argument("--plain-server", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--plain-model", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.plain_server:
-        run_plain_server(args.port, args.plain_model, args.max_len_tokens, args.precision, args.device, args.torch_threads)
+        run_plain_server(
+            args.port, args.plain_model, args.max_len_tokens, args.precision, args.device, args.torch_threads
+        )
         return 0
     if len(args.requests) != len(args.levels):
         parser.error("--requests needs one count per --levels entry")
@@ -335,38 +418,71 @@ def main() -> int:
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
     gpu = f", gpu {torch.cuda.get_device_name(0)}" if args.device == "cuda" else ""
-    print("machine:", ", ".join(f"{k} {v}" for k, v in machine_facts().items()), f"precision {args.precision}, device {args.device}{gpu}", flush=True)
+    print(
+        "machine:",
+        ", ".join(f"{k} {v}" for k, v in machine_facts().items()),
+        f"precision {args.precision}, device {args.device}{gpu}",
+        flush=True,
+    )
     data = data_file(args.data)
     texts = load_texts(data, max(sum(args.requests) + 16, args.ceiling_texts))
     lengths = [len(p) + len(r) for p, r in texts]
     root = Path(tempfile.mkdtemp(prefix="serve_load_"))
-    untrained_single, multi_dir = build_models(root, args.backbone) if args.model is None or not args.no_ensemble else ("", "")
+    untrained_single, multi_dir = (
+        build_models(root, args.backbone) if args.model is None or not args.no_ensemble else ("", "")
+    )
     single_dir = args.model or untrained_single
-    from raw_rm.quantization import write_quantized
     from raw_rm.inference import RewardModelInference
+    from raw_rm.quantization import write_quantized
 
     max_len = RewardModelInference(single_dir, cache_size=0, max_len_tokens=args.max_len_tokens).max_len_tokens
-    print(f"data: {data}, {len(texts)} HH dialogues, mean {np.mean(lengths):.0f} characters; model {single_dir}; "
-          f"max_len_tokens {max_len} (plain, ceiling, tuned)")
+    print(
+        f"data: {data}, {len(texts)} HH dialogues, mean {np.mean(lengths):.0f} characters; model {single_dir}; "
+        f"max_len_tokens {max_len} (plain, ceiling, tuned)"
+    )
     do_int8 = args.device == "cpu" and not args.no_int8
     int8_dir = str(write_quantized(single_dir, root / "int8")) if do_int8 else ""
 
     # 1. ceilings: one process, batches of 64 sorted by length
     sample = texts[: args.ceiling_texts]
     ceilings: dict[str, float] = {}
-    ceiling, _ = ceiling_texts_per_s(single_dir, sample, precision=args.precision, device=args.device, max_len_tokens=max_len)
+    ceiling, _ = ceiling_texts_per_s(
+        single_dir, sample, precision=args.precision, device=args.device, max_len_tokens=max_len
+    )
     ceilings[args.precision] = ceiling
-    auto_ceiling, auto_precision = ceiling_texts_per_s(single_dir, sample, precision="auto", device=args.device, max_len_tokens=max_len)
+    auto_ceiling, auto_precision = ceiling_texts_per_s(
+        single_dir, sample, precision="auto", device=args.device, max_len_tokens=max_len
+    )
     ceilings[auto_precision] = auto_ceiling
     if do_int8:
-        ceilings["int8"] = ceiling_texts_per_s(int8_dir, sample, precision="auto", device="cpu", max_len_tokens=max_len)[0]
-    print("ceiling (one process, batch 64 sorted by length): " + ", ".join(f"{k} {v:.1f}" for k, v in ceilings.items()) + " texts/s", flush=True)
+        ceilings["int8"] = ceiling_texts_per_s(
+            int8_dir, sample, precision="auto", device="cpu", max_len_tokens=max_len
+        )[0]
+    print(
+        "ceiling (one process, batch 64 sorted by length): "
+        + ", ".join(f"{k} {v:.1f}" for k, v in ceilings.items())
+        + " texts/s",
+        flush=True,
+    )
 
     # 2. plain per-request FastAPI server in its own process
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, __file__, "--plain-server", "--port", str(port), "--plain-model", single_dir, "--max-len-tokens", str(max_len),
-         "--precision", args.precision, "--device", args.device]
+        [
+            sys.executable,
+            __file__,
+            "--plain-server",
+            "--port",
+            str(port),
+            "--plain-model",
+            single_dir,
+            "--max-len-tokens",
+            str(max_len),
+            "--precision",
+            args.precision,
+            "--device",
+            args.device,
+        ]
         + (["--torch-threads", str(args.torch_threads)] if args.torch_threads else [])
     )
     try:
@@ -394,8 +510,14 @@ def main() -> int:
     gpu_args = dict(device="auto", member_num_gpus=args.member_gpus) if args.device == "cuda" else {}
     defaults = dict(port=port, cache_size=0, **gpu_args)  # what a first run sets: where to listen; cache off to measure
     tuned = dict(
-        port=port, max_len_tokens=max_len, max_batch_size=args.max_batch_size, cache_size=0,
-        member_num_cpus=1.0, precision=args.precision, ingress_replicas=args.ingress_replicas, device=args.device,
+        port=port,
+        max_len_tokens=max_len,
+        max_batch_size=args.max_batch_size,
+        cache_size=0,
+        member_num_cpus=1.0,
+        precision=args.precision,
+        ingress_replicas=args.ingress_replicas,
+        device=args.device,
         member_num_gpus=args.member_gpus if args.device == "cuda" else 0.0,
         torch_threads=(args.torch_threads or os.cpu_count()) if args.device == "cpu" else None,
     )
@@ -409,16 +531,40 @@ def main() -> int:
     infos: dict[str, dict] = {}
     try:
         setups["defaults"], _, infos["defaults"] = serve_setup(
-            base, build_app(ServeConfig(models=[single_dir], **defaults)), texts, args.levels, args.requests, "raw_rm serve, defaults")
+            base,
+            build_app(ServeConfig(models=[single_dir], **defaults)),
+            texts,
+            args.levels,
+            args.requests,
+            "raw_rm serve, defaults",
+        )
         setups["tuned"], batches, infos["tuned"] = serve_setup(
-            base, build_app(ServeConfig(models=[single_dir], **tuned)), texts, args.levels, args.requests, "raw_rm serve, tuned")
+            base,
+            build_app(ServeConfig(models=[single_dir], **tuned)),
+            texts,
+            args.levels,
+            args.requests,
+            "raw_rm serve, tuned",
+        )
         if do_int8:
             setups["int8"], _, infos["int8"] = serve_setup(
-                base, build_app(ServeConfig(models=[int8_dir], **defaults)), texts, args.levels, args.requests, "raw_rm serve, int8 model, defaults")
+                base,
+                build_app(ServeConfig(models=[int8_dir], **defaults)),
+                texts,
+                args.levels,
+                args.requests,
+                "raw_rm serve, int8 model, defaults",
+            )
         ensemble: dict[int, dict[str, float]] = {}
         if not args.no_ensemble:
             ensemble, _, _ = serve_setup(
-                base, build_app(ServeConfig(models=[multi_dir], **tuned)), texts, args.levels[:2], args.requests[:2], "5-head shared-trunk ensemble, tuned")
+                base,
+                build_app(ServeConfig(models=[multi_dir], **tuned)),
+                texts,
+                args.levels[:2],
+                args.requests[:2],
+                "5-head shared-trunk ensemble, tuned",
+            )
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -428,37 +574,63 @@ def main() -> int:
     print()
     top = args.levels[-1]
     precision_of = {"tuned": args.precision, "defaults": infos["defaults"]["precision"], "int8": "int8"}
-    print(f"{'setup':>10} | {'req/s':>7} {'p50 ms':>8} {'p99 ms':>8} | {'vs plain':>8} | {'% ceiling':>9} (same precision) | at concurrency {top}")
+    print(
+        f"{'setup':>10} | {'req/s':>7} {'p50 ms':>8} {'p99 ms':>8} | {'vs plain':>8} | {'% ceiling':>9} (same precision) | at concurrency {top}"
+    )
     rows = {"plain": plain, **setups}
     for name, res in rows.items():
         r = res[top]
         prec = precision_of.get(name, args.precision)
         share = f"{100 * r['rps'] / ceilings[prec]:>8.0f}% ({prec})" if prec in ceilings else "-"
-        print(f"{name:>10} | {r['rps']:>7.1f} {r['p50']:>8.1f} {r['p99']:>8.1f} | {r['rps'] / plain[top]['rps']:>7.2f}x | {share}")
-    for c in (args.levels[:2] if ensemble else []):
-        print(f"5-head ensemble p50 at concurrency {c}: {ensemble[c]['p50']:.1f} ms vs single {setups['tuned'][c]['p50']:.1f} ms "
-              f"({ensemble[c]['p50'] / setups['tuned'][c]['p50']:.2f}x; target <= 1.3x)")
+        print(
+            f"{name:>10} | {r['rps']:>7.1f} {r['p50']:>8.1f} {r['p99']:>8.1f} | {r['rps'] / plain[top]['rps']:>7.2f}x | {share}"
+        )
+    for c in args.levels[:2] if ensemble else []:
+        print(
+            f"5-head ensemble p50 at concurrency {c}: {ensemble[c]['p50']:.1f} ms vs single {setups['tuned'][c]['p50']:.1f} ms "
+            f"({ensemble[c]['p50'] / setups['tuned'][c]['p50']:.2f}x; target <= 1.3x)"
+        )
     d = setups["defaults"][top]
-    print(f"targets (2-core CPU): defaults / plain = {d['rps'] / plain[top]['rps']:.2f}x (>= 1.3x); defaults = "
-          f"{100 * d['rps'] / ceilings[precision_of['defaults']]:.0f}% of the {precision_of['defaults']} ceiling (>= 90%); "
-          f"p99 {d['p99']:.0f} ms vs plain {plain[top]['p99']:.0f} ms (<=)"
-          + (f"; int8 / plain = {setups['int8'][top]['rps'] / plain[top]['rps']:.2f}x (>= 1.6x)" if do_int8 else ""))
+    print(
+        f"targets (2-core CPU): defaults / plain = {d['rps'] / plain[top]['rps']:.2f}x (>= 1.3x); defaults = "
+        f"{100 * d['rps'] / ceilings[precision_of['defaults']]:.0f}% of the {precision_of['defaults']} ceiling (>= 90%); "
+        f"p99 {d['p99']:.0f} ms vs plain {plain[top]['p99']:.0f} ms (<=)"
+        + (f"; int8 / plain = {setups['int8'][top]['rps'] / plain[top]['rps']:.2f}x (>= 1.6x)" if do_int8 else "")
+    )
     if accuracy:
-        print(f"held-out accuracy on {int(accuracy['n_pairs'])} pairs: " + ", ".join(
-            f"{k} {100 * accuracy[f'accuracy_{k}']:.1f}% (reward drift from fp32: max {accuracy[f'max_drift_{k}']:.4f}, "
-            f"mean {accuracy[f'mean_drift_{k}']:.4f} reward_std)" for k in ("fp32", "bf16", "int8"))
-            + f"; bf16 drift on the probe texts {accuracy['probe_drift_bf16']:.4f} reward_std")
+        print(
+            f"held-out accuracy on {int(accuracy['n_pairs'])} pairs: "
+            + ", ".join(
+                f"{k} {100 * accuracy[f'accuracy_{k}']:.1f}% (reward drift from fp32: max {accuracy[f'max_drift_{k}']:.4f}, "
+                f"mean {accuracy[f'mean_drift_{k}']:.4f} reward_std)"
+                for k in ("fp32", "bf16", "int8")
+            )
+            + f"; bf16 drift on the probe texts {accuracy['probe_drift_bf16']:.4f} reward_std"
+        )
     print("load average after:", " ".join(f"{x:.1f}" for x in os.getloadavg()))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({
-            "machine": machine_facts(), "frontend": frontend, "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-            "ceiling_texts_per_s": ceiling, "ceilings": ceilings, "levels": args.levels, "max_len_tokens": max_len,
-            "plain": {str(c): v for c, v in plain.items()}, "raw_rm": {str(c): v for c, v in setups["tuned"].items()},
-            **{name: {str(c): v for c, v in res.items()} for name, res in setups.items() if name != "tuned"},
-            "choices": infos, "ensemble5": {str(c): v for c, v in ensemble.items()}, "mean_batch_size": batches["mean_batch_size"],
-            "accuracy": accuracy,
-        }, indent=1))
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "machine": machine_facts(),
+                    "frontend": frontend,
+                    "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+                    "ceiling_texts_per_s": ceiling,
+                    "ceilings": ceilings,
+                    "levels": args.levels,
+                    "max_len_tokens": max_len,
+                    "plain": {str(c): v for c, v in plain.items()},
+                    "raw_rm": {str(c): v for c, v in setups["tuned"].items()},
+                    **{name: {str(c): v for c, v in res.items()} for name, res in setups.items() if name != "tuned"},
+                    "choices": infos,
+                    "ensemble5": {str(c): v for c, v in ensemble.items()},
+                    "mean_batch_size": batches["mean_batch_size"],
+                    "accuracy": accuracy,
+                },
+                indent=1,
+            )
+        )
     return 0
 
 

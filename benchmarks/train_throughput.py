@@ -76,8 +76,14 @@ def peak_rss_mb() -> float:
 
 
 # ------------------------------------------------------------------------------------------ raw_rm
-def _raw_rm(setup: Setup, *, precision: str, group_by_length: bool, pin_malloc_threshold: bool = True,
-            train_layers: int | None = None) -> dict[str, Any]:
+def _raw_rm(
+    setup: Setup,
+    *,
+    precision: str,
+    group_by_length: bool,
+    pin_malloc_threshold: bool = True,
+    train_layers: int | None = None,
+) -> dict[str, Any]:
     import torch
 
     from raw_rm.config import Config, DataConfig, ModelConfig, TrainConfig
@@ -90,12 +96,24 @@ def _raw_rm(setup: Setup, *, precision: str, group_by_length: bool, pin_malloc_t
     train, val = load_split(setup)
     cfg = Config(
         data=DataConfig(max_len_tokens=setup.max_len_tokens),
-        model=ModelConfig(arch="concat", backbone="minilm", backbone_dropout=0.0, train_layers=train_layers),  # TRL disables dropout too
+        model=ModelConfig(
+            arch="concat", backbone="minilm", backbone_dropout=0.0, train_layers=train_layers
+        ),  # TRL disables dropout too
         train=TrainConfig(
-            epochs=setup.epochs, batch_size=setup.batch_size, lr=setup.lr, warmup_ratio=setup.warmup_ratio,
-            weight_decay=setup.weight_decay, schedule="linear", precision=precision, seed=setup.seed, progress=False,
-            output_dir=f"{setup.workdir}/raw_rm", log_every_steps=20, num_threads=setup.threads,
-            checkpoint_every_steps=10**9, pin_malloc_threshold=pin_malloc_threshold,
+            epochs=setup.epochs,
+            batch_size=setup.batch_size,
+            lr=setup.lr,
+            warmup_ratio=setup.warmup_ratio,
+            weight_decay=setup.weight_decay,
+            schedule="linear",
+            precision=precision,
+            seed=setup.seed,
+            progress=False,
+            output_dir=f"{setup.workdir}/raw_rm",
+            log_every_steps=20,
+            num_threads=setup.threads,
+            checkpoint_every_steps=10**9,
+            pin_malloc_threshold=pin_malloc_threshold,
         ),
     )
     seed_everything(setup.seed)
@@ -104,13 +122,23 @@ def _raw_rm(setup: Setup, *, precision: str, group_by_length: bool, pin_malloc_t
     if not group_by_length:
         trainer.sampler = RandomBatches(len(train), setup.batch_size, seed=setup.seed)
     result = trainer.fit()
-    rm = RewardModelInference(model, tokenizer=tokenizer, max_len_tokens=setup.max_len_tokens, batch_size=32, cache_size=0)
+    rm = RewardModelInference(
+        model, tokenizer=tokenizer, max_len_tokens=setup.max_len_tokens, batch_size=32, cache_size=0
+    )
     accuracy = _accuracy(rm.batch_predict, val)
     return {
-        "pairs_per_s": result.pairs_per_s, "tokens_per_s": result.tokens_per_s, "train_time_s": result.train_time_s,
-        "n_train_pairs": len(train), "n_dropped": 0, "n_truncated_seqs": result.n_truncated,
-        "padding_fraction": result.padding_fraction, "accuracy": accuracy, "n_val": len(val),
-        "precision": trainer.precision, "peak_rss_mb": peak_rss_mb(), "cpu_s": result.train_cpu_s,
+        "pairs_per_s": result.pairs_per_s,
+        "tokens_per_s": result.tokens_per_s,
+        "train_time_s": result.train_time_s,
+        "n_train_pairs": len(train),
+        "n_dropped": 0,
+        "n_truncated_seqs": result.n_truncated,
+        "padding_fraction": result.padding_fraction,
+        "accuracy": accuracy,
+        "n_val": len(val),
+        "precision": trainer.precision,
+        "peak_rss_mb": peak_rss_mb(),
+        "cpu_s": result.train_cpu_s,
         "pairs_per_cpu_s": len(train) * setup.epochs / result.train_cpu_s,
     }
 
@@ -127,7 +155,7 @@ class RandomBatches:
     def __iter__(self):
         order = list(range(self.n))
         random.Random(self.seed * 1000 + self.epoch).shuffle(order)
-        return iter([order[i:i + self.batch_size] for i in range(0, self.n, self.batch_size)])
+        return iter([order[i : i + self.batch_size] for i in range(0, self.n, self.batch_size)])
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch}
@@ -161,14 +189,30 @@ def run_trl(setup: Setup) -> dict[str, Any]:
         "chosen_ids": [tokenizer(p.prompt + p.chosen)["input_ids"] for p in train],
         "rejected_ids": [tokenizer(p.prompt + p.rejected)["input_ids"] for p in train],
     }
-    kept = [i for i in range(len(train)) if max(len(rows["chosen_ids"][i]), len(rows["rejected_ids"][i])) <= setup.max_len_tokens]
+    kept = [
+        i
+        for i in range(len(train))
+        if max(len(rows["chosen_ids"][i]), len(rows["rejected_ids"][i])) <= setup.max_len_tokens
+    ]
     n_tokens = sum(len(rows["chosen_ids"][i]) + len(rows["rejected_ids"][i]) for i in kept) * setup.epochs
     args = RewardConfig(
-        output_dir=f"{setup.workdir}/trl", per_device_train_batch_size=setup.batch_size, learning_rate=setup.lr,
-        num_train_epochs=setup.epochs, warmup_steps=setup.warmup_ratio, weight_decay=setup.weight_decay,
-        lr_scheduler_type="linear", max_length=setup.max_len_tokens, gradient_checkpointing=False,
-        bf16=setup.trl_bf16, use_cpu=True, report_to="none", save_strategy="no", logging_steps=50,
-        disable_tqdm=True, seed=setup.seed, dataloader_num_workers=0,
+        output_dir=f"{setup.workdir}/trl",
+        per_device_train_batch_size=setup.batch_size,
+        learning_rate=setup.lr,
+        num_train_epochs=setup.epochs,
+        warmup_steps=setup.warmup_ratio,
+        weight_decay=setup.weight_decay,
+        lr_scheduler_type="linear",
+        max_length=setup.max_len_tokens,
+        gradient_checkpointing=False,
+        bf16=setup.trl_bf16,
+        use_cpu=True,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=50,
+        disable_tqdm=True,
+        seed=setup.seed,
+        dataloader_num_workers=0,
     )
     trainer = RewardTrainer(model=model, args=args, train_dataset=Dataset.from_dict(rows), processing_class=tokenizer)
     n_kept = len(trainer.train_dataset)
@@ -184,11 +228,11 @@ def run_trl(setup: Setup) -> dict[str, Any]:
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]) + len(responses[i]))
         result = [0.0] * len(prompts)
         for start in range(0, len(order), 32):
-            idx = order[start:start + 32]
+            idx = order[start : start + 32]
             ids = []
             for i in idx:  # TRL's own format, keeping the end (never ties from a cut-off last turn)
                 body = tokenizer(prompts[i] + responses[i], add_special_tokens=False)["input_ids"]
-                ids.append([tokenizer.cls_token_id] + body[-(setup.max_len_tokens - 2):] + [tokenizer.sep_token_id])
+                ids.append([tokenizer.cls_token_id] + body[-(setup.max_len_tokens - 2) :] + [tokenizer.sep_token_id])
             width = max(len(x) for x in ids)
             input_ids = torch.tensor([x + [tokenizer.pad_token_id] * (width - len(x)) for x in ids])
             mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids])
@@ -200,10 +244,18 @@ def run_trl(setup: Setup) -> dict[str, Any]:
 
     accuracy = _accuracy(score, val)
     return {
-        "pairs_per_s": n_kept * setup.epochs / train_time, "tokens_per_s": n_tokens / train_time,
-        "train_time_s": train_time, "n_train_pairs": n_kept, "n_dropped": len(train) - n_kept,
-        "n_truncated_seqs": 0, "padding_fraction": float("nan"), "accuracy": accuracy, "n_val": len(val),
-        "precision": "bf16" if setup.trl_bf16 else "fp32", "peak_rss_mb": peak_rss_mb(), "cpu_s": cpu,
+        "pairs_per_s": n_kept * setup.epochs / train_time,
+        "tokens_per_s": n_tokens / train_time,
+        "train_time_s": train_time,
+        "n_train_pairs": n_kept,
+        "n_dropped": len(train) - n_kept,
+        "n_truncated_seqs": 0,
+        "padding_fraction": float("nan"),
+        "accuracy": accuracy,
+        "n_val": len(val),
+        "precision": "bf16" if setup.trl_bf16 else "fp32",
+        "peak_rss_mb": peak_rss_mb(),
+        "cpu_s": cpu,
         "pairs_per_cpu_s": n_kept * setup.epochs / cpu,
     }
 
@@ -227,13 +279,26 @@ def _raw_rm_ray(setup: Setup, *, workers: int) -> dict[str, Any]:
     # Ray's defaults, as a first run gets them: 1 CPU reserved per worker, torch threads left to raw_rm
     # (raw_rm.cpu_threads sizes them from the usable CPUs; Ray alone would set OMP_NUM_THREADS=1)
     overrides = {
-        "data.train_path": setup.data, "data.max_len_tokens": setup.max_len_tokens, "data.limit": setup.limit,
-        "data.val_fraction": setup.val_fraction, "data.split_seed": "raw_rm", "model.arch": "concat",
-        "model.backbone": "minilm", "train.epochs": setup.epochs, "train.batch_size": setup.batch_size // workers,
-        "train.lr": setup.lr, "train.warmup_ratio": setup.warmup_ratio, "train.weight_decay": setup.weight_decay,
-        "train.schedule": "linear", "train.precision": "auto", "train.seed": setup.seed, "train.progress": False,
-        "train.log_every_steps": 20, "train.checkpoint_every_steps": 10**9,
-        "train.output_dir": f"{setup.workdir}/raw_rm_ray{workers}", "mlflow.enabled": False,
+        "data.train_path": setup.data,
+        "data.max_len_tokens": setup.max_len_tokens,
+        "data.limit": setup.limit,
+        "data.val_fraction": setup.val_fraction,
+        "data.split_seed": "raw_rm",
+        "model.arch": "concat",
+        "model.backbone": "minilm",
+        "train.epochs": setup.epochs,
+        "train.batch_size": setup.batch_size // workers,
+        "train.lr": setup.lr,
+        "train.warmup_ratio": setup.warmup_ratio,
+        "train.weight_decay": setup.weight_decay,
+        "train.schedule": "linear",
+        "train.precision": "auto",
+        "train.seed": setup.seed,
+        "train.progress": False,
+        "train.log_every_steps": 20,
+        "train.checkpoint_every_steps": 10**9,
+        "train.output_dir": f"{setup.workdir}/raw_rm_ray{workers}",
+        "mlflow.enabled": False,
         "ray.num_workers": workers,
     }
     cfg = apply_overrides(Config(), overrides)
@@ -247,12 +312,20 @@ def _raw_rm_ray(setup: Setup, *, workers: int) -> dict[str, Any]:
     rm = RewardModelInference(result.model_dir, max_len_tokens=setup.max_len_tokens, batch_size=32, cache_size=0)
     fit = result.fit
     return {
-        "pairs_per_s": fit.pairs_per_s, "tokens_per_s": fit.tokens_per_s, "train_time_s": fit.train_time_s,
-        "wall_s": wall, "n_train_pairs": len(train), "n_dropped": 0,
-        "n_truncated_seqs": fit.n_truncated, "padding_fraction": fit.padding_fraction,
-        "accuracy": _accuracy(rm.batch_predict, val), "n_val": len(val),
-        "precision": resolve_precision("auto", "cpu"), "peak_rss_mb": max(workers_mem.peaks_mb.values(), default=0.0),
-        "driver_peak_rss_mb": peak_rss_mb(), "worker_peak_rss_mb": sorted(workers_mem.peaks_mb.values()),
+        "pairs_per_s": fit.pairs_per_s,
+        "tokens_per_s": fit.tokens_per_s,
+        "train_time_s": fit.train_time_s,
+        "wall_s": wall,
+        "n_train_pairs": len(train),
+        "n_dropped": 0,
+        "n_truncated_seqs": fit.n_truncated,
+        "padding_fraction": fit.padding_fraction,
+        "accuracy": _accuracy(rm.batch_predict, val),
+        "n_val": len(val),
+        "precision": resolve_precision("auto", "cpu"),
+        "peak_rss_mb": max(workers_mem.peaks_mb.values(), default=0.0),
+        "driver_peak_rss_mb": peak_rss_mb(),
+        "worker_peak_rss_mb": sorted(workers_mem.peaks_mb.values()),
     }
 
 
@@ -271,7 +344,7 @@ class WorkerMemory:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> "WorkerMemory":
+    def __enter__(self) -> WorkerMemory:
         self._thread.start()
         return self
 
@@ -305,8 +378,12 @@ CONTENDERS: dict[str, Callable[[Setup], dict[str, Any]]] = {
     "raw_rm": lambda s: _raw_rm(s, precision="auto", group_by_length=True),  # every lever
     "raw_rm_fp32": lambda s: _raw_rm(s, precision="fp32", group_by_length=True),  # bf16 off
     "raw_rm_fp32_nogroup": lambda s: _raw_rm(s, precision="fp32", group_by_length=False),  # bf16 and grouping off
-    "raw_rm_nopin": lambda s: _raw_rm(s, precision="auto", group_by_length=True, pin_malloc_threshold=False),  # glibc heap left alone
-    "raw_rm_top2": lambda s: _raw_rm(s, precision="auto", group_by_length=True, train_layers=2),  # last-layers-only (ensemble members)
+    "raw_rm_nopin": lambda s: _raw_rm(
+        s, precision="auto", group_by_length=True, pin_malloc_threshold=False
+    ),  # glibc heap left alone
+    "raw_rm_top2": lambda s: _raw_rm(
+        s, precision="auto", group_by_length=True, train_layers=2
+    ),  # last-layers-only (ensemble members)
     "raw_rm_ray1": lambda s: _raw_rm_ray(s, workers=1),  # the Ray Train layer's cost: compare with raw_rm
     "raw_rm_ray2": lambda s: _raw_rm_ray(s, workers=2),  # 2 DDP workers, same global batch
 }
@@ -321,14 +398,24 @@ def run_one(name: str, setup: Setup) -> dict[str, Any]:
     if proc.returncode != 0 or not lines:
         tail = "\n".join(proc.stderr.splitlines()[-15:])
         return {"error": f"exit {proc.returncode}: {tail}"}
-    return json.loads(lines[-1][len("RESULT "):])
+    return json.loads(lines[-1][len("RESULT ") :])
 
 
 def print_table(results: dict[str, dict[str, Any]], baseline: str = "trl") -> None:
-    cols = [("pairs/s", "pairs_per_s", "{:.2f}"), ("pairs/cpu-s", "pairs_per_cpu_s", "{:.2f}"), ("tokens/s", "tokens_per_s", "{:.0f}"),
-            ("peak RSS MB", "peak_rss_mb", "{:.0f}"), ("driver RSS MB", "driver_peak_rss_mb", "{:.0f}"), ("held-out acc", "accuracy", "{:.4f}"),
-            ("train s", "train_time_s", "{:.1f}"), ("pairs", "n_train_pairs", "{}"), ("dropped", "n_dropped", "{}"),
-            ("truncated seqs", "n_truncated_seqs", "{}"), ("padding", "padding_fraction", "{:.3f}"), ("dtype", "precision", "{}")]
+    cols = [
+        ("pairs/s", "pairs_per_s", "{:.2f}"),
+        ("pairs/cpu-s", "pairs_per_cpu_s", "{:.2f}"),
+        ("tokens/s", "tokens_per_s", "{:.0f}"),
+        ("peak RSS MB", "peak_rss_mb", "{:.0f}"),
+        ("driver RSS MB", "driver_peak_rss_mb", "{:.0f}"),
+        ("held-out acc", "accuracy", "{:.4f}"),
+        ("train s", "train_time_s", "{:.1f}"),
+        ("pairs", "n_train_pairs", "{}"),
+        ("dropped", "n_dropped", "{}"),
+        ("truncated seqs", "n_truncated_seqs", "{}"),
+        ("padding", "padding_fraction", "{:.3f}"),
+        ("dtype", "precision", "{}"),
+    ]
     width = max(len(n) for n in results) + 2
     print("".ljust(width) + "".join(f"{c:>15}" for c, _, _ in cols))
     for name, r in results.items():
@@ -345,7 +432,11 @@ def print_table(results: dict[str, dict[str, Any]], baseline: str = "trl") -> No
             continue
         print(
             f"  {name:<{width}} pairs/s x{r['pairs_per_s'] / base['pairs_per_s']:.2f}  "
-            + (f"pairs/cpu-s x{r['pairs_per_cpu_s'] / base['pairs_per_cpu_s']:.2f}  " if "pairs_per_cpu_s" in r and "pairs_per_cpu_s" in base else "")
+            + (
+                f"pairs/cpu-s x{r['pairs_per_cpu_s'] / base['pairs_per_cpu_s']:.2f}  "
+                if "pairs_per_cpu_s" in r and "pairs_per_cpu_s" in base
+                else ""
+            )
             + f"tokens/s x{r['tokens_per_s'] / base['tokens_per_s']:.2f}  RSS x{r['peak_rss_mb'] / base['peak_rss_mb']:.2f}  "
             f"accuracy {100 * (r['accuracy'] - base['accuracy']):+.1f} points"
         )
@@ -362,7 +453,12 @@ def main(argv: list[str] | None = None) -> int:
             parser.add_argument(flag, type=int, default=None)
         else:
             parser.add_argument(flag, type=type(default), default=default)
-    parser.add_argument("--json", default=None, metavar="PATH", help="also write machine facts, setup and results here (run_all.py reads it)")
+    parser.add_argument(
+        "--json",
+        default=None,
+        metavar="PATH",
+        help="also write machine facts, setup and results here (run_all.py reads it)",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--setup", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -388,7 +484,11 @@ def main(argv: list[str] | None = None) -> int:
     print_table(results, baseline="trl" if "trl" in results else args.contenders[0])
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"machine": machine_facts(threads=setup.threads), "setup": asdict(setup), "results": results}, indent=1))
+        Path(args.json).write_text(
+            json.dumps(
+                {"machine": machine_facts(threads=setup.threads), "setup": asdict(setup), "results": results}, indent=1
+            )
+        )
     return 0
 
 

@@ -1,7 +1,7 @@
 """Generate docs/config.md from the config dataclasses: each field's type, default and its one comment.
 
-    python docs/generate_config_reference.py          # rewrite docs/config.md
-    python docs/generate_config_reference.py --check  # exit 1 if docs/config.md is stale (a test runs this)
+python docs/generate_config_reference.py          # rewrite docs/config.md
+python docs/generate_config_reference.py --check  # exit 1 if docs/config.md is stale (a test runs this)
 """
 
 from __future__ import annotations
@@ -19,7 +19,10 @@ ROOTS = ["Config", "ServeConfig"]
 
 
 def _field_comments() -> dict[tuple[str, str], str]:
-    """(class name, field name) -> the trailing comment on that field's line in config.py."""
+    """(class name, field name) -> the comment on that field's statement in config.py.
+
+    The comment trails the field's line, or a line of the statement when the formatter wrapped a long one.
+    """
     source = Path(config_module.__file__).read_text()
     lines = source.splitlines()
     comments: dict[tuple[str, str], str] = {}
@@ -27,9 +30,9 @@ def _field_comments() -> dict[tuple[str, str], str]:
         if isinstance(node, ast.ClassDef):
             for stmt in node.body:
                 if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name):
-                    line = lines[stmt.end_lineno - 1]
-                    if "  # " in line:
-                        comments[(node.name, stmt.target.id)] = line.split("  # ", 1)[1].strip()
+                    found = [ln for ln in lines[stmt.lineno - 1 : stmt.end_lineno] if "  # " in ln]
+                    if found:
+                        comments[(node.name, stmt.target.id)] = found[0].split("  # ", 1)[1].strip()
     return comments
 
 

@@ -40,7 +40,9 @@ def make_scorer(args: argparse.Namespace):
     inference = RewardModelInference(args.model, resolver=resolver)
 
     def score(prompt: str, responses: list[str]) -> list[dict[str, float]]:
-        members = torch.as_tensor(inference.batch_predict_members([prompt] * len(responses), responses, normalized=True))
+        members = torch.as_tensor(
+            inference.batch_predict_members([prompt] * len(responses), responses, normalized=True)
+        )
         agg = aggregate(members.reshape(len(responses), -1), lam=args.lam, k=args.k)
         return [{name: float(values[i]) for name, values in agg.items()} for i in range(len(responses))]
 
@@ -71,7 +73,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     source.add_argument("--url", help="base URL of a running raw-rm serve endpoint")
     parser.add_argument("--prompts", type=int, default=40, help="rollout prompts")
     parser.add_argument("-n", type=int, default=4, help="candidates per prompt")
-    parser.add_argument("--aggregate", default="lcb", choices=["lcb", "min", "mean_minus_lambda_var"], help="uncertainty-penalised reward")
+    parser.add_argument(
+        "--aggregate",
+        default="lcb",
+        choices=["lcb", "min", "mean_minus_lambda_var"],
+        help="uncertainty-penalised reward",
+    )
     parser.add_argument("--lam", type=float, default=1.0, help="lambda of mean - lambda * var (in-process only)")
     parser.add_argument("--k", type=float, default=1.0, help="k of mean - k * std (in-process only)")
     parser.add_argument("--seed", type=int, default=0)

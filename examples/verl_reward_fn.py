@@ -24,7 +24,9 @@ _CLIENT: RewardClient | None = None
 def _client() -> RewardClient:
     global _CLIENT
     if _CLIENT is None:
-        _CLIENT = RewardClient(os.environ.get("RAW_RM_URL", "http://127.0.0.1:8000"), api_key=os.environ.get("RAW_RM_API_KEY"))
+        _CLIENT = RewardClient(
+            os.environ.get("RAW_RM_URL", "http://127.0.0.1:8000"), api_key=os.environ.get("RAW_RM_API_KEY")
+        )
     return _CLIENT
 
 
@@ -32,12 +34,16 @@ def _prompt_of(extra_info: Any) -> str:
     if isinstance(extra_info, dict):
         prompt = extra_info.get("prompt", "")
         if isinstance(prompt, list):  # chat messages: keep the text of the turns
-            return "\n\n".join(f"{m.get('role', 'user')}: {m.get('content', '')}" for m in prompt if isinstance(m, dict))
+            return "\n\n".join(
+                f"{m.get('role', 'user')}: {m.get('content', '')}" for m in prompt if isinstance(m, dict)
+            )
         return str(prompt or "")
     return ""
 
 
-def compute_score(data_source: str, solution_str: str, ground_truth: Any, extra_info: Any = None, **kwargs: Any) -> float:
+def compute_score(
+    data_source: str, solution_str: str, ground_truth: Any, extra_info: Any = None, **kwargs: Any
+) -> float:
     """veRL's reward-function signature: one response in, one float out (``ground_truth`` is not needed)."""
     result = _client().score([(_prompt_of(extra_info), solution_str)])[0]
     return float(result[os.environ.get("RAW_RM_REWARD", "reward")])

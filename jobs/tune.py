@@ -15,8 +15,8 @@ import sys
 
 from raw_rm.config import ConfigError, load_config
 from raw_rm.tune.driver import run_tune
-from raw_rm.tune.space import check_space
 from raw_rm.tune.results import format_summary
+from raw_rm.tune.space import check_space
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -74,14 +74,20 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    arch: Literal[
-        "concat", "separate", "cross_attention", "multi_objective", "hierarchical", "multihead"
-    ] = "concat"  # architecture: prompt+response concatenated, separate encoders, cross-attention, aspect heads, segment heads, K-head ensemble
+    arch: Literal["concat", "separate", "cross_attention", "multi_objective", "hierarchical", "multihead"] = (
+        "concat"  # architecture: prompt+response concatenated, separate encoders, cross-attention, aspect heads, segment heads, K-head ensemble
+    )
     backbone: str = "minilm"  # "minilm" (packaged all-MiniLM-L6-v2), "tiny-bert", "tiny-gpt2", "tiny-qwen2", "tiny-llama", or any HF path/name (encoders; decoders such as Qwen2, Llama, Mistral, Gemma, GPT-2)
-    pooling: Literal["auto", "cls", "mean", "last"] = "auto"  # auto: HF head (CLS for encoders, last token for decoders)
+    pooling: Literal["auto", "cls", "mean", "last"] = (
+        "auto"  # auto: HF head (CLS for encoders, last token for decoders)
+    )
     dropout: float = 0.1  # dropout before the reward head(s)
-    backbone_dropout: float | None = None  # dropout inside the backbone (None = its own config; 0 = off, as TRL's disable_dropout)
-    train_layers: int | None = None  # train only the backbone's top N layers (+ final norm, heads); embeddings and lower layers frozen. None = all, 0 = heads only
+    backbone_dropout: float | None = (
+        None  # dropout inside the backbone (None = its own config; 0 = off, as TRL's disable_dropout)
+    )
+    train_layers: int | None = (
+        None  # train only the backbone's top N layers (+ final norm, heads); embeddings and lower layers frozen. None = all, 0 = heads only
+    )
     num_heads: int = 5  # members of the shared-trunk multi-head ensemble (arch=multihead)
     bootstrap: bool = False  # multihead: each head trains on its own Poisson(1) bootstrap mask
     aspects: list[str] = field(default_factory=lambda: ["helpfulness", "harmlessness", "honesty"])  # multi_objective
@@ -92,12 +98,16 @@ class ModelConfig:
     cross_attention_layers: int = 1  # cross_attention: layers of response->prompt attention
     length_head: bool = False  # ODIN (Chen et al. 2024): a second head trained to absorb response length (loss.length_corr_coef), dropped when saved; arch=concat
     init_from: str | None = None  # a saved raw_rm model directory to start from (fine-tuning, distillation)
-    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"  # attention kernel of the backbone: torch SDPA, the plain matmul (keeps T x T scores), or FlashAttention 2 (needs the flash-attn package and a GPU)
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = (
+        "sdpa"  # attention kernel of the backbone: torch SDPA, the plain matmul (keeps T x T scores), or FlashAttention 2 (needs the flash-attn package and a GPU)
+    )
     gradient_checkpointing: bool = False  # recompute each transformer block's activations in backward: activation memory of one block instead of all, about 1/3 more compute
     lora_rank: int = 0  # LoRA (peft) adapters of this rank on model.lora_targets, base frozen, reward head trained in full; merged into a plain model on save. 0 = full fine-tuning
     lora_alpha: float = 16.0  # LoRA scaling numerator: adapter output x lora_alpha / lora_rank
     lora_dropout: float = 0.0  # dropout on the LoRA adapters' input
-    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])  # Linear module names (suffixes) that get adapters; Llama/Qwen2/Mistral names by default, GPT-2 uses c_attn, c_proj, c_fc; BERT query, key, value, dense
+    lora_targets: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )  # Linear module names (suffixes) that get adapters; Llama/Qwen2/Mistral names by default, GPT-2 uses c_attn, c_proj, c_fc; BERT query, key, value, dense
 
     def __post_init__(self) -> None:
         if self.aspect_weights is not None and len(self.aspect_weights) != len(self.aspects):
@@ -125,7 +135,9 @@ class ModelConfig:
 @dataclass
 class LossConfig:
     name: str = "bt"  # bt | margin | contrastive | focal | triplet | label_smoothing | kwise_adjacent | kwise_all_pairs | plackett_luce
-    contrastive_tau: float = 1.0  # contrastive loss: tau dividing reward differences, -log sigmoid(D / tau); searched by Tune
+    contrastive_tau: float = (
+        1.0  # contrastive loss: tau dividing reward differences, -log sigmoid(D / tau); searched by Tune
+    )
     margin: float = 1.0  # margin / triplet: required reward gap
     gamma: float = 2.0  # focal: focusing exponent (0 = Bradley-Terry)
     epsilon: float = 0.1  # label_smoothing: probability mass on the flipped label (0 = Bradley-Terry)
@@ -139,7 +151,9 @@ class LossConfig:
     soft_ece_bins: int = 10  # soft ECE: bins on [0, 1]
     soft_ece_softness: float = 0.01  # soft ECE: temperature of the soft bin assignment (smaller = closer to hard bins)
     confidence_penalty_coef: float = 0.0  # calibration term (pairs): -coef * entropy of P (penalises overconfidence)
-    learned_temperature: bool = False  # calibration (pairs): learn T on a held-out slice during training, loss on D / T, T stored in the model
+    learned_temperature: bool = (
+        False  # calibration (pairs): learn T on a held-out slice during training, loss on D / T, T stored in the model
+    )
     calibration_fraction: float = 0.1  # learned_temperature: share of training prompts (by hash) held out to fit T
     temperature_lr: float = 0.02  # learned_temperature: learning rate of log T (its own AdamW group, no weight decay)
     length_corr_coef: float = 0.0  # length bias (pairs): coef * |pearson(reward, response tokens)| in the batch; with model.length_head ODIN's length loss
@@ -187,7 +201,9 @@ class TrainConfig:
     log_every_steps: int = 10  # step-metric reporting interval
     progress: bool = True  # show a progress bar (never on non-zero ranks or without a TTY)
     packing: bool = False  # decoder concat models: several sequences per row (position ids restart) up to data.max_len_tokens, so no pad tokens are computed; the same rewards as padded batches (raw_rm/data/packing.py)
-    num_threads: int | None = None  # torch intra-op threads on CPU (None = torch default; a Ray Train worker: the usable CPUs split among the workers on its node, at least ray.cpus_per_worker, not Ray's OMP_NUM_THREADS)
+    num_threads: int | None = (
+        None  # torch intra-op threads on CPU (None = torch default; a Ray Train worker: the usable CPUs split among the workers on its node, at least ray.cpus_per_worker, not Ray's OMP_NUM_THREADS)
+    )
     pin_malloc_threshold: bool = True  # Linux/glibc: fix malloc's mmap threshold at 128 KiB so freed activations go back to the OS instead of fragmenting the heap (peak RSS grew with run length without it; see raw_rm/runtime.py)
 
     def __post_init__(self) -> None:
@@ -205,7 +221,9 @@ class RayConfig:
     num_workers: int = 1  # data-parallel Ray Train workers
     use_gpu: bool = False  # one GPU per worker
     cpus_per_worker: float = 1.0  # CPUs reserved per worker
-    strategy: Literal["ddp", "fsdp"] = "ddp"  # ddp: a full model copy per worker; fsdp: torch FSDP2 shards weights, gradients and AdamW state over the workers, for models too big for one GPU (docs/operations.md)
+    strategy: Literal["ddp", "fsdp"] = (
+        "ddp"  # ddp: a full model copy per worker; fsdp: torch FSDP2 shards weights, gradients and AdamW state over the workers, for models too big for one GPU (docs/operations.md)
+    )
     cpu_offload: bool = False  # fsdp: keep the sharded weights, gradients and AdamW state in host memory (FSDP2 CPUOffloadPolicy); the GPU holds the blocks being computed. `raw-rm plan` shows what it saves
     max_failures: int = 1  # worker-group restarts from the last checkpoint before the run fails
     storage_path: str | None = None  # Ray Train storage (None = <train.output_dir>/ray)
@@ -214,7 +232,9 @@ class RayConfig:
 
     def __post_init__(self) -> None:
         if self.cpu_offload and self.strategy != "fsdp":
-            raise ConfigError(f"ray.cpu_offload=true offloads FSDP shards: it needs ray.strategy=fsdp, got {self.strategy}")
+            raise ConfigError(
+                f"ray.cpu_offload=true offloads FSDP shards: it needs ray.strategy=fsdp, got {self.strategy}"
+            )
 
 
 @dataclass
@@ -236,7 +256,9 @@ class GateConfig:
 
 @dataclass
 class EvalConfig:
-    calibration_fraction: float = 0.5  # share of evaluated prompts (by hash) whose pairs fit the temperature T; 0 = keep the stored T
+    calibration_fraction: float = (
+        0.5  # share of evaluated prompts (by hash) whose pairs fit the temperature T; 0 = keep the stored T
+    )
     calibration_salt: str = "raw_rm/calibration"  # prompt-hash salt picking the calibration pairs, in every evaluation
     n_boot: int = 1000  # bootstrap resamples of the accuracy confidence intervals
     ood: dict[str, str] = field(default_factory=dict)  # out-of-distribution sets, name -> file, beside the main set
@@ -299,44 +321,87 @@ class Config:
 class ServeConfig:
     """Its own root: ``load_config(path, root=ServeConfig)``; Serve YAML ``applications[].args`` carry these keys."""
 
-    models: list[str] = field(default_factory=list)  # model dirs or models:/NAME@alias URIs; one member deployment each (a multi-head model gives K members)
-    tracking_uri: str | None = None  # MLflow store that resolves models:/ URIs (None = MLFLOW_TRACKING_URI or MLflow's default)
+    models: list[str] = field(
+        default_factory=list
+    )  # model dirs or models:/NAME@alias URIs; one member deployment each (a multi-head model gives K members)
+    tracking_uri: str | None = (
+        None  # MLflow store that resolves models:/ URIs (None = MLFLOW_TRACKING_URI or MLflow's default)
+    )
     app_name: str = "raw_rm"  # Serve application name
     route_prefix: str = "/"  # HTTP route prefix of the application
-    host: str = "127.0.0.1"  # HTTP bind address; anything but loopback needs an API key or allow_unauthenticated_network
+    host: str = (
+        "127.0.0.1"  # HTTP bind address; anything but loopback needs an API key or allow_unauthenticated_network
+    )
     port: int = 8000  # HTTP port
-    http_frontend: Literal["auto", "proxy", "haproxy"] = "auto"  # what answers on host:port: Ray Serve's Python proxy, or HAProxy in front of ingress replicas that serve HTTP themselves (Ray's throughput-optimised mode: no shared Python hop, so ingress_replicas scale); auto = the environment's (proxy unless RAY_SERVE_THROUGHPUT_OPTIMIZED=1 and RAY_SERVE_ENABLE_HA_PROXY=1). Set when Ray starts: see raw_rm/serve/frontend.py
+    http_frontend: Literal["auto", "proxy", "haproxy"] = (
+        "auto"  # what answers on host:port: Ray Serve's Python proxy, or HAProxy in front of ingress replicas that serve HTTP themselves (Ray's throughput-optimised mode: no shared Python hop, so ingress_replicas scale); auto = the environment's (proxy unless RAY_SERVE_THROUGHPUT_OPTIMIZED=1 and RAY_SERVE_ENABLE_HA_PROXY=1). Set when Ray starts: see raw_rm/serve/frontend.py
+    )
     api_key_env: str = "RAW_RM_API_KEY"  # environment variable holding the API key (read where the app is built)
-    api_key_file: str | None = None  # file holding the API key (first line); used when the environment variable is unset
-    allow_unauthenticated_network: bool = False  # serve a non-loopback address without a key (trusted private network only; logged loudly)
+    api_key_file: str | None = (
+        None  # file holding the API key (first line); used when the environment variable is unset
+    )
+    allow_unauthenticated_network: bool = (
+        False  # serve a non-loopback address without a key (trusted private network only; logged loudly)
+    )
     reward: Literal["mean", "lcb", "min", "mean_minus_lambda_var"] = "mean"  # which ensemble aggregate is "the reward"
     lam: float = 1.0  # lambda of mean - lambda * variance
     k: float = 1.0  # k of the lower confidence bound mean - k * std
-    normalize: bool = True  # members' rewards become (reward - reward_mean) / reward_std with each model's training statistics
-    max_len_tokens: int | None = None  # token limit per prompt+response; None = the length the model was trained at (its metadata), else 512; capped by the tokenizer's limit; longer inputs keep the response end
-    max_batch_size: int = 64  # texts per member forward (and per ingress call to the members), gathered across concurrent requests
-    batch_wait_timeout_s: float = 0.005  # how long an idle member waits for a batch to fill (a busy one takes what queued during its forward)
+    normalize: bool = (
+        True  # members' rewards become (reward - reward_mean) / reward_std with each model's training statistics
+    )
+    max_len_tokens: int | None = (
+        None  # token limit per prompt+response; None = the length the model was trained at (its metadata), else 512; capped by the tokenizer's limit; longer inputs keep the response end
+    )
+    max_batch_size: int = (
+        64  # texts per member forward (and per ingress call to the members), gathered across concurrent requests
+    )
+    batch_wait_timeout_s: float = (
+        0.005  # how long an idle member waits for a batch to fill (a busy one takes what queued during its forward)
+    )
     max_concurrent_batches: int = 1  # forwards a member replica runs at once, in threads; 2 on a GPU overlaps one batch's tokenisation with another's forward
     ingress_max_concurrent_batches: int = 2  # member calls in flight per ingress replica; requests of <= max_batch_size texts that arrive meanwhile share the next call (0 = one call per request)
-    ingress_batch_wait_timeout_s: float = 0.0  # how long an idle ingress waits for more requests before calling the members
+    ingress_batch_wait_timeout_s: float = (
+        0.0  # how long an idle ingress waits for more requests before calling the members
+    )
     max_ongoing_requests: int = 256  # concurrent requests per replica (Serve's default 5 starves batching)
     num_replicas: int = 1  # replicas per member deployment
     ingress_replicas: int = 1  # replicas of the HTTP ingress deployment
     member_num_cpus: float = 1.0  # CPUs reserved per member replica
-    member_num_gpus: float = 0.0  # GPUs reserved per member replica; a fraction (0.25) lets several replicas and members share one GPU
-    device: Literal["cpu", "cuda", "auto"] = "cpu"  # where members run: cuda needs member_num_gpus > 0; auto = cuda when member_num_gpus > 0 and the replica sees a GPU
+    member_num_gpus: float = (
+        0.0  # GPUs reserved per member replica; a fraction (0.25) lets several replicas and members share one GPU
+    )
+    device: Literal["cpu", "cuda", "auto"] = (
+        "cpu"  # where members run: cuda needs member_num_gpus > 0; auto = cuda when member_num_gpus > 0 and the replica sees a GPU
+    )
     ingress_num_cpus: float = 0.0  # CPUs reserved per ingress replica
-    torch_threads: int | None = None  # torch intra-op threads per member replica; None = the usable CPUs (affinity, cgroup quota) split among the app's member replicas, at least member_num_cpus (not Ray's OMP_NUM_THREADS=1)
-    precision: Literal["fp32", "bf16", "auto"] = "auto"  # member forward precision; auto = bf16 where the CPU/GPU runs it natively and the model's rewards stay within raw_rm.inference.PRECISION_TOLERANCE of fp32, else fp32
+    torch_threads: int | None = (
+        None  # torch intra-op threads per member replica; None = the usable CPUs (affinity, cgroup quota) split among the app's member replicas, at least member_num_cpus (not Ray's OMP_NUM_THREADS=1)
+    )
+    precision: Literal["fp32", "bf16", "auto"] = (
+        "auto"  # member forward precision; auto = bf16 where the CPU/GPU runs it natively and the model's rewards stay within raw_rm.inference.PRECISION_TOLERANCE of fp32, else fp32
+    )
     cache_size: int = 65536  # per-replica LRU entries of (model version, prompt, response) -> member rewards; 0 = off
-    max_items: int = 16384  # items per request (queries, items, pairs or responses); old OpenRLHF sends whole rollout batches
-    max_text_chars: int = 200000  # characters per text; /get_reward keeps the end of longer texts, other endpoints refuse them
+    max_items: int = (
+        16384  # items per request (queries, items, pairs or responses); old OpenRLHF sends whole rollout batches
+    )
+    max_text_chars: int = (
+        200000  # characters per text; /get_reward keeps the end of longer texts, other endpoints refuse them
+    )
     max_body_bytes: int = 33554432  # request body limit (413 above it): the abuse guard
-    member_retries: int = 3  # ingress retries of a member call whose replica died (the handle waits for the replacement)
+    member_retries: int = (
+        3  # ingress retries of a member call whose replica died (the handle waits for the replacement)
+    )
     drift_window: int = 2048  # recent rewards per member compared with the model's reference distribution (PSI, KS)
 
     def __post_init__(self) -> None:
-        for name in ("max_batch_size", "max_concurrent_batches", "max_ongoing_requests", "num_replicas", "ingress_replicas", "max_items"):
+        for name in (
+            "max_batch_size",
+            "max_concurrent_batches",
+            "max_ongoing_requests",
+            "num_replicas",
+            "ingress_replicas",
+            "max_items",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: expected >= 1, got {getattr(self, name)}")
         for name in ("max_len_tokens", "max_text_chars", "max_body_bytes"):
@@ -346,8 +411,15 @@ class ServeConfig:
             if getattr(self, name) < low:
                 raise ConfigError(f"{name}: expected >= {low}, got {getattr(self, name)}")
         if self.device == "cuda" and self.member_num_gpus <= 0:
-            raise ConfigError("device: cuda needs member_num_gpus > 0 (Ray hides GPUs from replicas that reserve none), e.g. member_num_gpus=0.25")
-        for name in ("batch_wait_timeout_s", "ingress_batch_wait_timeout_s", "ingress_max_concurrent_batches", "member_num_gpus"):
+            raise ConfigError(
+                "device: cuda needs member_num_gpus > 0 (Ray hides GPUs from replicas that reserve none), e.g. member_num_gpus=0.25"
+            )
+        for name in (
+            "batch_wait_timeout_s",
+            "ingress_batch_wait_timeout_s",
+            "ingress_max_concurrent_batches",
+            "member_num_gpus",
+        ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}: expected >= 0, got {getattr(self, name)}")
 
@@ -355,8 +427,10 @@ class ServeConfig:
 # Keys whose meaning got a name of its own; the old spelling is refused, naming the new key (never silently mapped:
 # a config that sets "temperature" meant one of several things).
 RENAMED_KEYS: dict[str, tuple[str, str]] = {
-    "loss.temperature": ("loss.contrastive_tau", "the contrastive loss's tau; the calibration temperature is fitted by "
-                         "raw-rm eval and stored in the model"),
+    "loss.temperature": (
+        "loss.contrastive_tau",
+        "the contrastive loss's tau; the calibration temperature is fitted by raw-rm eval and stored in the model",
+    ),
 }
 
 

@@ -70,7 +70,7 @@ def cgroup_cpu_quota(root: Path = CGROUP_ROOT, proc_cgroup: Path = Path("/proc/s
             if fields and fields[0] == "max":
                 return None
     v1_group = groups.get("cpu", groups.get("cpuacct"))
-    for base in ([root / "cpu" / v1_group, root / "cpu,cpuacct" / v1_group] if v1_group is not None else []):
+    for base in [root / "cpu" / v1_group, root / "cpu,cpuacct" / v1_group] if v1_group is not None else []:
         quota_file, period_file = base / "cpu.cfs_quota_us", base / "cpu.cfs_period_us"
         if quota_file.is_file() and period_file.is_file():
             quota, period = int(quota_file.read_text()), int(period_file.read_text())
@@ -105,4 +105,6 @@ def plan_threads(reserved: float | None, sharing: int = 1, usable: UsableCpus | 
     threads = max(1, min(usable.count, max(share, floor)))
     who = "this process" if sharing == 1 else f"{sharing} processes"
     reserved_text = f"; {reserved:g} CPU reserved" if reserved else ""
-    return ThreadPlan(threads, f"{threads} thread{'s' if threads != 1 else ''}: {usable.describe()} shared by {who}{reserved_text}")
+    return ThreadPlan(
+        threads, f"{threads} thread{'s' if threads != 1 else ''}: {usable.describe()} shared by {who}{reserved_text}"
+    )

@@ -211,8 +211,9 @@ class RewardModelInference:
         return "bf16", "set explicitly; " + beyond
 
     @torch.no_grad()
-    def precision_drift(self, dtype: torch.dtype, prompts: Sequence[str] | None = None,
-                        responses: Sequence[str] | None = None) -> float:
+    def precision_drift(
+        self, dtype: torch.dtype, prompts: Sequence[str] | None = None, responses: Sequence[str] | None = None
+    ) -> float:
         """max |reward(dtype) - reward(fp32)| / reward_std over the texts (default: :data:`PRECISION_PROBES`)."""
         if prompts is None or responses is None:
             prompts, responses = [p for p, _ in PRECISION_PROBES], [r for _, r in PRECISION_PROBES]
@@ -254,7 +255,9 @@ class RewardModelInference:
             raise ValueError(f"got {len(prompts)} prompts but {len(responses)} responses: give one prompt per response")
         for i, (p, r) in enumerate(zip(prompts, responses, strict=True)):
             if not isinstance(p, str) or not isinstance(r, str):
-                raise TypeError(f"item {i}: prompt and response must be strings, got {type(p).__name__} and {type(r).__name__}")
+                raise TypeError(
+                    f"item {i}: prompt and response must be strings, got {type(p).__name__} and {type(r).__name__}"
+                )
         results: list[tuple[float, tuple[float, ...] | None] | None] = [None] * len(prompts)
         missing: dict[tuple[str, str], list[int]] = {}
         with self._lock:
@@ -318,11 +321,16 @@ class RewardModelInference:
         out: list[tuple[float, tuple[float, ...] | None]] = [(math.nan, None)] * len(items)
         for idx in self._length_runs(order, items):
             enc = encode(
-                self.tokenizer, [items[i][0] for i in idx], [items[i][1] for i in idx],
-                max_len_tokens=self.max_len_tokens, input_kind=self.model.input_kind,
+                self.tokenizer,
+                [items[i][0] for i in idx],
+                [items[i][1] for i in idx],
+                max_len_tokens=self.max_len_tokens,
+                input_kind=self.model.input_kind,
             )
             features = {k: v.to(self.device) for k, v in enc.features.items()}
-            with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None):
+            with torch.autocast(
+                self.device.type, dtype=self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None
+            ):
                 result = self.model(**features)
             rewards = result.rewards.float().cpu().tolist()
             members = result.members.float().cpu().tolist() if result.members is not None else None
@@ -331,12 +339,16 @@ class RewardModelInference:
         return out
 
     # ------------------------------------------------------------------------------------- API
-    def batch_predict(self, prompts: Sequence[str], responses: Sequence[str], *, normalized: bool = False) -> np.ndarray:
+    def batch_predict(
+        self, prompts: Sequence[str], responses: Sequence[str], *, normalized: bool = False
+    ) -> np.ndarray:
         """Rewards (N,) in input order; ``normalized`` applies the training-set mean/std."""
         rewards = np.array([r for r, _ in self._score(prompts, responses)], dtype=np.float64)
         return self.normalize(rewards) if normalized else rewards
 
-    def batch_predict_members(self, prompts: Sequence[str], responses: Sequence[str], *, normalized: bool = False) -> np.ndarray:
+    def batch_predict_members(
+        self, prompts: Sequence[str], responses: Sequence[str], *, normalized: bool = False
+    ) -> np.ndarray:
         """Member rewards (N, K) in input order; a single model gives K = 1 (its reward)."""
         scored = self._score(prompts, responses)
         rows = [m if m is not None else (r,) for r, m in scored]

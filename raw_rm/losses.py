@@ -81,8 +81,16 @@ SHARED_KEYS = ("regularisers", "use_weights", "uncertainty_weighting")
 # LossConfig fields of the calibration and length terms (module doc); pairwise losses take them, checked by
 # build_pair_terms.
 TERM_KEYS = (
-    "brier_coef", "soft_ece_coef", "soft_ece_bins", "soft_ece_softness", "confidence_penalty_coef",
-    "learned_temperature", "calibration_fraction", "temperature_lr", "length_corr_coef", "orthogonal_coef",
+    "brier_coef",
+    "soft_ece_coef",
+    "soft_ece_bins",
+    "soft_ece_softness",
+    "confidence_penalty_coef",
+    "learned_temperature",
+    "calibration_fraction",
+    "temperature_lr",
+    "length_corr_coef",
+    "orthogonal_coef",
 )
 REGULARISERS = {"center": "center_coef", "reward_l2": "reward_l2_coef", "param_l2": "param_l2_coef"}
 
@@ -132,7 +140,9 @@ def margin_loss(delta: Tensor, *, margin: float) -> Tensor:
 
 
 @register_loss(
-    "contrastive", params=("contrastive_tau",), formula="-log sigmoid(D / tau)",
+    "contrastive",
+    params=("contrastive_tau",),
+    formula="-log sigmoid(D / tau)",
     logit=lambda delta, *, contrastive_tau: delta / contrastive_tau,
 )
 def contrastive_loss(delta: Tensor, *, contrastive_tau: float) -> Tensor:
@@ -416,11 +426,15 @@ def describe_loss(cfg: LossConfig) -> str:
     text = f"{spec.name}({params}): {spec.formula}"
     if spec.kind == "pair":
         text += ", D = r_chosen - r_rejected - pair margin"
-    extras = [f"{coef:g}*{label}" for label, coef in (
-        ("mean((r_c + r_r)^2)", cfg.center_coef),
-        ("mean(r^2)", cfg.reward_l2_coef),
-        ("sum(param^2)", cfg.param_l2_coef),
-    ) if coef]
+    extras = [
+        f"{coef:g}*{label}"
+        for label, coef in (
+            ("mean((r_c + r_r)^2)", cfg.center_coef),
+            ("mean(r^2)", cfg.reward_l2_coef),
+            ("sum(param^2)", cfg.param_l2_coef),
+        )
+        if coef
+    ]
     extras += [f"{getattr(cfg, t.coef):g}*{t.name}({t.formula})" for t in TERMS.values() if getattr(cfg, t.coef)]
     if extras:
         text += " + " + " + ".join(extras)
@@ -546,9 +560,7 @@ def brier_term(logit: Tensor, weight: Tensor | None = None) -> Tensor:
     return weighted_mean(torch.sigmoid(-logit).pow(2), weight)
 
 
-@register_term(
-    "confidence_penalty", coef="confidence_penalty_coef", formula="-mean H(P)", needs_probability=True
-)
+@register_term("confidence_penalty", coef="confidence_penalty_coef", formula="-mean H(P)", needs_probability=True)
 def confidence_penalty_term(logit: Tensor, weight: Tensor | None = None) -> Tensor:
     """Minus the mean binary entropy of P = σ(logit) (Pereyra et al. 2017): lower for less confident P.
 
@@ -559,9 +571,7 @@ def confidence_penalty_term(logit: Tensor, weight: Tensor | None = None) -> Tens
 
 
 @register_term("soft_ece", coef="soft_ece_coef", formula="soft-binned ECE of P", needs_probability=True)
-def soft_ece_term(
-    logit: Tensor, weight: Tensor | None = None, *, n_bins: int = 10, softness: float = 0.01
-) -> Tensor:
+def soft_ece_term(logit: Tensor, weight: Tensor | None = None, *, n_bins: int = 10, softness: float = 0.01) -> Tensor:
     """Soft-binned expected calibration error (Karandikar et al. 2021), differentiable in the rewards.
 
     Each probability belongs to bin j (centre c_j = (j + ½)/M) with weight u_j ∝ exp(−(p − c_j)² / softness),
@@ -747,12 +757,16 @@ def build_pair_terms(cfg: LossConfig, *, length_head: bool = False, data_kind: s
     if data_kind != "pairs" and (active or cfg.learned_temperature or length_head):
         names = [f"loss.{t.coef}" for t in active] + (["loss.learned_temperature"] if cfg.learned_temperature else [])
         names += ["model.length_head"] if length_head else []
-        raise ConfigError(f"{', '.join(names)}: calibration and length terms train on preference pairs (chosen and "
-                          f"rejected responses), but data.kind={data_kind}; use data.kind=pairs or switch them off")
+        raise ConfigError(
+            f"{', '.join(names)}: calibration and length terms train on preference pairs (chosen and "
+            f"rejected responses), but data.kind={data_kind}; use data.kind=pairs or switch them off"
+        )
     if spec.kind == "group" and (active or cfg.learned_temperature):
         names = [f"loss.{t.coef}" for t in active] + (["loss.learned_temperature"] if cfg.learned_temperature else [])
-        raise ConfigError(f"{', '.join(names)}: calibration and length terms apply to pairs, not to the group loss "
-                          f'"{cfg.name}"; use a pairwise loss ({_names("pair")}) or set them to 0')
+        raise ConfigError(
+            f"{', '.join(names)}: calibration and length terms apply to pairs, not to the group loss "
+            f'"{cfg.name}"; use a pairwise loss ({_names("pair")}) or set them to 0'
+        )
     if spec.logit is None:
         bad = [f"loss.{t.coef}" for t in active if t.needs_probability]
         bad += ["loss.learned_temperature"] if cfg.learned_temperature else []
@@ -774,6 +788,6 @@ def build_pair_terms(cfg: LossConfig, *, length_head: bool = False, data_kind: s
         )
     if cfg.orthogonal_coef > 0 and not length_head:
         raise ConfigError("loss.orthogonal_coef > 0 needs model.length_head=true (it keeps the two heads apart)")
-    return PairTerms(cfg=cfg, loss=spec, active=active,
-                     temperature=LearnedTemperature() if cfg.learned_temperature else None)
-
+    return PairTerms(
+        cfg=cfg, loss=spec, active=active, temperature=LearnedTemperature() if cfg.learned_temperature else None
+    )

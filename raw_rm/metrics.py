@@ -195,7 +195,13 @@ CALIBRATION_KEYS = ("nll", "brier", "ece", "ece_equal_mass")
 
 
 def compare_calibration(
-    probs_a: Any, probs_b: Any, labels: Any | None = None, *, n_bins: int = 15, n_boot: int = 1000, seed: int = 0,
+    probs_a: Any,
+    probs_b: Any,
+    labels: Any | None = None,
+    *,
+    n_bins: int = 15,
+    n_boot: int = 1000,
+    seed: int = 0,
     confidence: float = 0.95,
 ) -> dict[str, dict[str, float]]:
     """Paired bootstrap of calibration metrics: is model a's calibration better than model b's on these pairs?
@@ -231,8 +237,14 @@ def compare_calibration(
         diffs[i] = [ca[k] - cb[k] for k in CALIBRATION_KEYS]
     alpha = (1.0 - confidence) / 2
     return {
-        k: {"a": full_a[k], "b": full_b[k], "diff": full_a[k] - full_b[k], "ci_low": float(np.quantile(diffs[:, j], alpha)),
-            "ci_high": float(np.quantile(diffs[:, j], 1.0 - alpha)), "p_a_lower": float(np.mean(diffs[:, j] < 0))}
+        k: {
+            "a": full_a[k],
+            "b": full_b[k],
+            "diff": full_a[k] - full_b[k],
+            "ci_low": float(np.quantile(diffs[:, j], alpha)),
+            "ci_high": float(np.quantile(diffs[:, j], 1.0 - alpha)),
+            "p_a_lower": float(np.mean(diffs[:, j] < 0)),
+        }
         for j, k in enumerate(CALIBRATION_KEYS)
     }
 
@@ -294,10 +306,17 @@ def cross_fit_temperature(
     boots = [fit_temperature(d[rng.integers(0, d.size, d.size)]) for _ in range(n_boot)]
     alpha = (1.0 - confidence) / 2
     nll_current, nll_cross = pair_nll(d, current), float(held_out.mean())
-    return {"temperature": fit_temperature(d), "ci_low": float(np.quantile(boots, alpha)),
-            "ci_high": float(np.quantile(boots, 1.0 - alpha)), "n": int(d.size), "folds": folds,
-            "current": float(current), "nll_current": nll_current, "nll_cross_fitted": nll_cross,
-            "improves": bool(nll_cross < nll_current)}
+    return {
+        "temperature": fit_temperature(d),
+        "ci_low": float(np.quantile(boots, alpha)),
+        "ci_high": float(np.quantile(boots, 1.0 - alpha)),
+        "n": int(d.size),
+        "folds": folds,
+        "current": float(current),
+        "nll_current": nll_current,
+        "nll_cross_fitted": nll_cross,
+        "improves": bool(nll_cross < nll_current),
+    }
 
 
 # ---------------------------------------------------------------------------------------------- length
@@ -357,8 +376,9 @@ def length_bias(
         pr = _np(probed_rejected, "probed_rejected")
         _same_length(chosen=c, probed_rejected=pr)
         change = paired_accuracy_change(c > r, c > pr, n_boot=n_boot, seed=seed, confidence=confidence)
-        out.update(verbosity_change=change["change"], verbosity_ci_low=change["ci_low"],
-                   verbosity_ci_high=change["ci_high"])
+        out.update(
+            verbosity_change=change["change"], verbosity_ci_low=change["ci_low"], verbosity_ci_high=change["ci_high"]
+        )
     return out
 
 
@@ -378,8 +398,7 @@ def paired_accuracy_change(
     boots = diff[idx].mean(axis=1)
     alpha = (1.0 - confidence) / 2
     low, high = float(np.quantile(boots, alpha)), float(np.quantile(boots, 1.0 - alpha))
-    return {"change": float(diff.mean()), "ci_low": low, "ci_high": high,
-            "significant": float(low > 0 or high < 0)}
+    return {"change": float(diff.mean()), "ci_low": low, "ci_high": high, "significant": float(low > 0 or high < 0)}
 
 
 # ------------------------------------------------------------------------------------------- rankings
@@ -398,22 +417,35 @@ def compare_members(fit_delta: Any, eval_delta: Any, n_bins: int = 15) -> dict[s
     """
     fit, ev = (_np(d, name).reshape(np.shape(d)) for d, name in ((fit_delta, "fit_delta"), (eval_delta, "eval_delta")))
     if fit.ndim != 2 or ev.ndim != 2 or fit.shape[1] != ev.shape[1]:
-        raise ValueError(f"fit_delta {fit.shape} and eval_delta {ev.shape}: expected (N1, K) and (N2, K) with the same K")
+        raise ValueError(
+            f"fit_delta {fit.shape} and eval_delta {ev.shape}: expected (N1, K) and (N2, K) with the same K"
+        )
 
     def score(f: np.ndarray, e: np.ndarray) -> dict[str, float]:
         t = fit_temperature(f)
         cal = calibration_error(pair_probabilities(e, t), n_bins=n_bins)
-        return {"temperature": t, "nll": cal["nll"], "ece": cal["ece"], "accuracy": float(np.mean(e > 0)),
-                "fit_nll": pair_nll(f, t)}
+        return {
+            "temperature": t,
+            "nll": cal["nll"],
+            "ece": cal["ece"],
+            "accuracy": float(np.mean(e > 0)),
+            "fit_nll": pair_nll(f, t),
+        }
 
     members = [score(fit[:, k], ev[:, k]) for k in range(fit.shape[1])]
     ensemble = score(fit.mean(axis=1), ev.mean(axis=1))
     best = min(range(len(members)), key=lambda k: members[k]["nll"])
     val_best = min(range(len(members)), key=lambda k: members[k]["fit_nll"])
-    return {"n_fit": int(fit.shape[0]), "n_eval": int(ev.shape[0]), "members": members, "ensemble": ensemble,
-            "best_member": best, "val_best_member": val_best,
-            "ensemble_minus_best_nll": ensemble["nll"] - members[best]["nll"],
-            "ensemble_minus_best_ece": ensemble["ece"] - members[best]["ece"]}
+    return {
+        "n_fit": int(fit.shape[0]),
+        "n_eval": int(ev.shape[0]),
+        "members": members,
+        "ensemble": ensemble,
+        "best_member": best,
+        "val_best_member": val_best,
+        "ensemble_minus_best_nll": ensemble["nll"] - members[best]["nll"],
+        "ensemble_minus_best_ece": ensemble["ece"] - members[best]["ece"],
+    }
 
 
 def _correlations(x: np.ndarray, y: np.ndarray) -> tuple[float, float] | None:

@@ -63,11 +63,15 @@ def write_quantized(model_dir: str | Path, out_dir: str | Path) -> Path:
         if out.exists():
             shutil.rmtree(out)
         shutil.copytree(src, out)
-    (out / QUANTIZATION_FILE).write_text(json.dumps({"method": "dynamic", "dtype": "qint8", "modules": ["Linear"]}, indent=1))
+    (out / QUANTIZATION_FILE).write_text(
+        json.dumps({"method": "dynamic", "dtype": "qint8", "modules": ["Linear"]}, indent=1)
+    )
     return out
 
 
-def load_for_inference(model_dir: str | Path, *, resolver: Resolver | None = None, **kwargs: Any) -> RewardModelInference:
+def load_for_inference(
+    model_dir: str | Path, *, resolver: Resolver | None = None, **kwargs: Any
+) -> RewardModelInference:
     """``RewardModelInference`` for a directory (or a URI that ``resolver`` resolves to one), quantised when it
     carries ``quantization.json``."""
     path = Path(resolve_model_uri(model_dir, resolver))
@@ -76,7 +80,9 @@ def load_for_inference(model_dir: str | Path, *, resolver: Resolver | None = Non
     model, tokenizer = load_model(path)
     quantized = quantize_int8(model)
     if kwargs.get("precision", "fp32") not in ("fp32", "auto"):
-        logger.warning("%s: precision=%s ignored: an int8 model runs its Linear layers in int8", path, kwargs["precision"])
+        logger.warning(
+            "%s: precision=%s ignored: an int8 model runs its Linear layers in int8", path, kwargs["precision"]
+        )
     # int8 Linear layers take fp32 activations: no autocast around them
     inference = RewardModelInference(quantized, tokenizer=tokenizer, **{**kwargs, "device": "cpu", "precision": "fp32"})
     inference.source = str(path)
@@ -84,7 +90,9 @@ def load_for_inference(model_dir: str | Path, *, resolver: Resolver | None = Non
     return inference
 
 
-def _pair_accuracy_and_speed(rm: RewardModelInference, pairs: Sequence[PreferencePair]) -> tuple[float, float, np.ndarray]:
+def _pair_accuracy_and_speed(
+    rm: RewardModelInference, pairs: Sequence[PreferencePair]
+) -> tuple[float, float, np.ndarray]:
     prompts = [p.prompt for p in pairs] * 2
     responses = [p.chosen for p in pairs] + [p.rejected for p in pairs]
     rm.batch_predict(prompts[: min(len(prompts), rm.batch_size)], responses[: rm.batch_size])  # warm-up
@@ -92,7 +100,7 @@ def _pair_accuracy_and_speed(rm: RewardModelInference, pairs: Sequence[Preferenc
     t0 = time.perf_counter()
     rewards = rm.batch_predict(prompts, responses)
     dt = time.perf_counter() - t0
-    delta = rewards[: len(pairs)] - rewards[len(pairs):]
+    delta = rewards[: len(pairs)] - rewards[len(pairs) :]
     return float((delta > 0).mean()), len(responses) / dt, delta
 
 
@@ -113,7 +121,7 @@ def compare_quantized(
     if not pairs:
         raise ValueError("compare_quantized: no evaluation pairs")
     if not isinstance(model, nn.Module):
-            model, tokenizer = load_model(resolve_model_uri(model))
+        model, tokenizer = load_model(resolve_model_uri(model))
     elif tokenizer is None:
         raise ValueError("compare_quantized(model): pass tokenizer= with a model object")
     kwargs = {"tokenizer": tokenizer, "batch_size": batch_size, "max_len_tokens": max_len_tokens, "cache_size": 0}
@@ -122,7 +130,12 @@ def compare_quantized(
     acc32, speed32, delta32 = _pair_accuracy_and_speed(fp32, pairs)
     acc8, speed8, delta8 = _pair_accuracy_and_speed(int8, pairs)
     return {
-        "accuracy_fp32": acc32, "accuracy_int8": acc8, "accuracy_change": acc8 - acc32,
-        "texts_per_s_fp32": speed32, "texts_per_s_int8": speed8, "speedup": speed8 / speed32,
-        "agreement": float(((delta32 > 0) == (delta8 > 0)).mean()), "n_pairs": float(len(pairs)),
+        "accuracy_fp32": acc32,
+        "accuracy_int8": acc8,
+        "accuracy_change": acc8 - acc32,
+        "texts_per_s_fp32": speed32,
+        "texts_per_s_int8": speed8,
+        "speedup": speed8 / speed32,
+        "agreement": float(((delta32 > 0) == (delta8 > 0)).mean()),
+        "n_pairs": float(len(pairs)),
     }

@@ -33,7 +33,13 @@ def record_lengths(tokenizer: Any, records: Sequence[Any], *, max_len_tokens: in
 
 
 def fit_reference(
-    model: RewardModelBase, tokenizer: Any, records: Sequence[Any], *, max_len_tokens: int, max_records: int = 2048, seed: int = 0
+    model: RewardModelBase,
+    tokenizer: Any,
+    records: Sequence[Any],
+    *,
+    max_len_tokens: int,
+    max_records: int = 2048,
+    seed: int = 0,
 ) -> RewardMetadata:
     """Set ``model.metadata``'s reward normalisation and drift references from (a seeded sample of) ``records``.
 

@@ -58,8 +58,15 @@ class StepTracer:
 
         def traced_train_step(batch: Any) -> dict[str, float]:
             metrics = train_step(batch)
-            entry = {"attempt": attempt, "step": trainer.step + 1, "epoch": trainer.epoch, "indices": list(pending),
-                     "loss": metrics["loss"], "grad_norm": metrics["grad_norm"], "n_items": metrics["n_items"]}
+            entry = {
+                "attempt": attempt,
+                "step": trainer.step + 1,
+                "epoch": trainer.epoch,
+                "indices": list(pending),
+                "loss": metrics["loss"],
+                "grad_norm": metrics["grad_norm"],
+                "n_items": metrics["n_items"],
+            }
             pending.clear()
             with path.open("a") as fh:
                 fh.write(json.dumps(entry) + "\n")

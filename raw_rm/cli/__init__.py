@@ -14,7 +14,10 @@ import sys
 
 # name -> (module, one-line help). Each module defines `configure(parser)` and `run(args) -> int`.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "quickstart": ("raw_rm.cli.quickstart", "end to end on the embedded default: tune, ensemble, eval, register, serve"),
+    "quickstart": (
+        "raw_rm.cli.quickstart",
+        "end to end on the embedded default: tune, ensemble, eval, register, serve",
+    ),
     "train": ("raw_rm.cli.train", "train a reward model (one process, or --ray for Ray Train)"),
     "tune": ("raw_rm.cli.tune", "Ray Tune search over losses, temperatures and training settings"),
     "eval": ("raw_rm.cli.eval", "evaluate accuracy, calibration and robustness; write a report"),

@@ -39,7 +39,7 @@ def write_jsonl(path: str, rows: Iterable[dict[str, Any]]) -> int:
     if path == "-":
         n = 0
         try:
-            for n, row in enumerate(rows, start=1):
+            for n, row in enumerate(rows, start=1):  # noqa: B007 - n is the count written, read after the loop
                 sys.stdout.write(json.dumps(row) + "\n")
         finally:
             sys.stdout.flush()
@@ -53,7 +53,7 @@ def write_jsonl(path: str, rows: Iterable[dict[str, Any]]) -> int:
             binary = gzip.GzipFile(filename=target.name[:-3], mode="wb", fileobj=raw) if target.suffix == ".gz" else raw
             with io.TextIOWrapper(binary, encoding="utf-8") as handle:
                 n = 0
-                for n, row in enumerate(rows, start=1):
+                for n, row in enumerate(rows, start=1):  # noqa: B007 - n is the count written, read after the loop
                     handle.write(json.dumps(row) + "\n")
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file open()'s usual mode
         os.replace(tmp, target)

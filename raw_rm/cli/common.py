@@ -33,9 +33,13 @@ SHORTHANDS = {
 def add_config_args(parser: argparse.ArgumentParser, *, flags: tuple[str, ...] = tuple(SHORTHANDS)) -> None:
     """Add ``--config``, positional ``key.sub=value`` overrides and the chosen shorthand flags."""
     parser.add_argument("--config", default=None, help=f"YAML config (default: the packaged {DEFAULT_CONFIG.name})")
-    parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides, e.g. loss.contrastive_tau=0.5")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="key.sub=value", help="config overrides, e.g. loss.contrastive_tau=0.5"
+    )
     for flag in flags:
-        parser.add_argument(f"--{flag.replace('_', '-')}", dest=flag, default=None, help=f"shorthand for {SHORTHANDS[flag]}=...")
+        parser.add_argument(
+            f"--{flag.replace('_', '-')}", dest=flag, default=None, help=f"shorthand for {SHORTHANDS[flag]}=..."
+        )
     if "workers" in flags:
         parser.add_argument("--gpu", action="store_true", help="shorthand for ray.use_gpu=true")
 
@@ -59,7 +63,9 @@ def local_model_dir(model: str, *, tracking_uri: str | None = None) -> str:
 
 def config_from_args(args: argparse.Namespace) -> Config:
     """Resolve the config of a command: file, then shorthand flags, then explicit overrides (which win)."""
-    overrides = [f"{key}={getattr(args, flag)}" for flag, key in SHORTHANDS.items() if getattr(args, flag, None) is not None]
+    overrides = [
+        f"{key}={getattr(args, flag)}" for flag, key in SHORTHANDS.items() if getattr(args, flag, None) is not None
+    ]
     if getattr(args, "gpu", False):
         overrides.append("ray.use_gpu=true")
     overrides += list(args.overrides or [])

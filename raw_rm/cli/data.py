@@ -71,7 +71,9 @@ def run(args: argparse.Namespace) -> int:
     print(_percentiles("response", [len(r) for _, r in rows]))
     if tokenizer is not None:
         prompts = list(dict.fromkeys(p for p, _ in rows))
-        n_prompt = dict(zip(prompts, map(len, tokenizer(prompts, add_special_tokens=False, verbose=False)["input_ids"])))
+        n_prompt = dict(
+            zip(prompts, map(len, tokenizer(prompts, add_special_tokens=False, verbose=False)["input_ids"]))
+        )
         n_resp = [len(x) for x in tokenizer([r for _, r in rows], add_special_tokens=False, verbose=False)["input_ids"]]
         totals = [n_prompt[p] + n + 3 for (p, _), n in zip(rows, n_resp)]
         print(f"lengths ({cfg.model.backbone} tokens):")
@@ -79,8 +81,10 @@ def run(args: argparse.Namespace) -> int:
         print(_percentiles("response", n_resp))
         print(_percentiles("prompt+response+special", totals))
         over = sum(t > cfg.data.max_len_tokens for t in totals)
-        print(f"  over data.max_len_tokens={cfg.data.max_len_tokens}: {over} of {len(totals)} sequences "
-              f"({100 * over / len(totals):.1f}%) will be truncated (prompt from the left, response keeps its end)")
+        print(
+            f"  over data.max_len_tokens={cfg.data.max_len_tokens}: {over} of {len(totals)} sequences "
+            f"({100 * over / len(totals):.1f}%) will be truncated (prompt from the left, response keeps its end)"
+        )
     if report.bayes_accuracy:
         parts = ", ".join(f"{k} {v:.4f}" for k, v in report.bayes_accuracy.items())
         print(f"Bayes accuracy (best possible, labels ~ Bradley-Terry, noise={cfg.data.synthetic.noise}): {parts}")

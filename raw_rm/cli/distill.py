@@ -23,11 +23,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "  raw-rm distill --teacher m1/model --teacher m2/model --mode preference --distill-temperature 2"
     )
     add_config_args(parser, flags=("data", "eval_data", "model", "epochs", "max_steps", "batch_size", "lr", "output"))
-    parser.add_argument("--teacher", action="append", required=True, help="teacher model directory or URI; repeat for an ensemble")
-    parser.add_argument("--mode", choices=["reward", "preference", "both"], default="both",
-                        help="reward: MSE to normalised teacher rewards; preference: BCE to sigmoid(delta_teacher/T); both: half each")
-    parser.add_argument("--distill-temperature", type=float, default=None,
-                        help="softens the teacher's preferences (mode preference/both; default 1)")
+    parser.add_argument(
+        "--teacher", action="append", required=True, help="teacher model directory or URI; repeat for an ensemble"
+    )
+    parser.add_argument(
+        "--mode",
+        choices=["reward", "preference", "both"],
+        default="both",
+        help="reward: MSE to normalised teacher rewards; preference: BCE to sigmoid(delta_teacher/T); both: half each",
+    )
+    parser.add_argument(
+        "--distill-temperature",
+        type=float,
+        default=None,
+        help="softens the teacher's preferences (mode preference/both; default 1)",
+    )
     parser.add_argument("--temperature", type=float, default=None, help=argparse.SUPPRESS)  # the old spelling
 
 
@@ -45,7 +55,9 @@ def run(args: argparse.Namespace) -> int:
     if args.distill_temperature is None:
         args.distill_temperature = 1.0
     if args.distill_temperature <= 0:
-        print(f"raw-rm distill: error: --distill-temperature must be > 0, got {args.distill_temperature}", file=sys.stderr)
+        print(
+            f"raw-rm distill: error: --distill-temperature must be > 0, got {args.distill_temperature}", file=sys.stderr
+        )
         return 2
     try:
         for teacher in args.teacher:
@@ -55,7 +67,9 @@ def run(args: argparse.Namespace) -> int:
         train, val, report = load_train_val(cfg, tokenizer=tokenizer)
         print(f"data: {report.summary()}", file=sys.stderr)
         teachers = [local_model_dir(teacher) for teacher in args.teacher]
-        result = distill(teachers, cfg, train, val_records=val, mode=args.mode, distill_temperature=args.distill_temperature)
+        result = distill(
+            teachers, cfg, train, val_records=val, mode=args.mode, distill_temperature=args.distill_temperature
+        )
     except (DataError, ValueError, OSError) as exc:
         print(f"raw-rm distill: error: {exc}", file=sys.stderr)
         return 2
@@ -63,7 +77,9 @@ def run(args: argparse.Namespace) -> int:
     save_model(result.model, result.tokenizer, out / "model")
     metrics = dict(summarise_fit(result.fit), **result.metrics)
     write_run_files(out, cfg, metrics)
-    print(f"student: {out / 'model'} ({cfg.model.backbone}, {sum(p.numel() for p in result.model.parameters()) / 1e6:.1f}M parameters)")
+    print(
+        f"student: {out / 'model'} ({cfg.model.backbone}, {sum(p.numel() for p in result.model.parameters()) / 1e6:.1f}M parameters)"
+    )
     print(f"student-teacher MSE: {result.mse_before:.4f} -> {result.mse_after:.4f}")
     if "val_accuracy" in result.fit.final_metrics:
         teacher = f", teacher {result.teacher_val_accuracy:.4f}" if result.teacher_val_accuracy is not None else ""

@@ -59,7 +59,11 @@ def read_texts(path: str, limit: int | None) -> tuple[list[str], list[str], list
         return prompts, responses, groups
 
     for rec in read_records(path, limit=limit).records:
-        texts = [rec.chosen, rec.rejected] if isinstance(rec, PreferencePair) else (rec.responses if isinstance(rec, RankedGroup) else [rec.response])
+        texts = (
+            [rec.chosen, rec.rejected]
+            if isinstance(rec, PreferencePair)
+            else (rec.responses if isinstance(rec, RankedGroup) else [rec.response])
+        )
         groups.append(list(range(len(prompts), len(prompts) + len(texts))))
         prompts += [rec.prompt] * len(texts)
         responses += list(texts)
@@ -76,7 +80,9 @@ def default_max_len(model_dir: Path) -> int:
     return 256
 
 
-def drift_report(rm: Any, prompts: list[str], responses: list[str], groups: list[list[int]], *, max_len_tokens: int) -> dict[str, Any]:
+def drift_report(
+    rm: Any, prompts: list[str], responses: list[str], groups: list[list[int]], *, max_len_tokens: int
+) -> dict[str, Any]:
     """PSI / KS of rewards (per text) and lengths (per record) of the new data against ``rm.metadata.reference``.
 
     Raises:
@@ -88,12 +94,16 @@ def drift_report(rm: Any, prompts: list[str], responses: list[str], groups: list
     reference = getattr(rm.metadata, "reference", None) or {}
     missing = [s for s in STATS if s not in reference]
     if missing:
-        raise ValueError(f"{rm.source}: the model stores no reference {' / '.join(missing)} distribution "
-                         "(metadata.reference is written at the end of training; retrain or re-save the model)")
+        raise ValueError(
+            f"{rm.source}: the model stores no reference {' / '.join(missing)} distribution "
+            "(metadata.reference is written at the end of training; retrain or re-save the model)"
+        )
     if not prompts:
         raise ValueError("no data to compare")
     rewards = rm.batch_predict(prompts, responses)
-    ids = rm.tokenizer([p + " " + r for p, r in zip(prompts, responses, strict=True)], add_special_tokens=False, truncation=False)["input_ids"]
+    ids = rm.tokenizer(
+        [p + " " + r for p, r in zip(prompts, responses, strict=True)], add_special_tokens=False, truncation=False
+    )["input_ids"]
     text_len = [min(max_len_tokens, len(s) + 2) for s in ids]
     lengths = np.asarray([max(text_len[i] for i in g) for g in groups], dtype=np.float64)
     report: dict[str, Any] = {"n_texts": len(prompts), "n_records": len(groups), "max_len_tokens": max_len_tokens}
@@ -102,20 +112,31 @@ def drift_report(rm: Any, prompts: list[str], responses: list[str], groups: list
         new_props = np.bincount(ref.bin_index(values), minlength=len(ref.proportions)) / len(values)
         p = psi(ref, values)
         report[name] = {
-            "psi": p, "ks": ks_statistic(ref, values), "verdict": verdict(p),
-            "reference_mean": ref.mean, "reference_std": ref.std, "reference_n": ref.n,
-            "new_mean": float(np.mean(values)), "new_std": float(np.std(values)),
-            "edges": ref.edges, "reference_proportions": ref.proportions, "new_proportions": new_props.tolist(),
+            "psi": p,
+            "ks": ks_statistic(ref, values),
+            "verdict": verdict(p),
+            "reference_mean": ref.mean,
+            "reference_std": ref.std,
+            "reference_n": ref.n,
+            "new_mean": float(np.mean(values)),
+            "new_std": float(np.std(values)),
+            "edges": ref.edges,
+            "reference_proportions": ref.proportions,
+            "new_proportions": new_props.tolist(),
         }
     return report
 
 
 def format_table(report: dict[str, Any]) -> str:
-    lines = [f"{'statistic':<10} {'ref mean':>9} {'ref std':>8} {'new mean':>9} {'new std':>8} {'PSI':>7} {'KS':>6}  verdict"]
+    lines = [
+        f"{'statistic':<10} {'ref mean':>9} {'ref std':>8} {'new mean':>9} {'new std':>8} {'PSI':>7} {'KS':>6}  verdict"
+    ]
     for name in STATS:
         r = report[name]
-        lines.append(f"{name:<10} {r['reference_mean']:>9.3f} {r['reference_std']:>8.3f} {r['new_mean']:>9.3f} {r['new_std']:>8.3f} "
-                     f"{r['psi']:>7.3f} {r['ks']:>6.3f}  {r['verdict']}")
+        lines.append(
+            f"{name:<10} {r['reference_mean']:>9.3f} {r['reference_std']:>8.3f} {r['new_mean']:>9.3f} {r['new_std']:>8.3f} "
+            f"{r['psi']:>7.3f} {r['ks']:>6.3f}  {r['verdict']}"
+        )
     return "\n".join(lines)
 
 
@@ -130,10 +151,20 @@ def plot(report: dict[str, Any], path: Path) -> None:
     for ax, name in zip(axes, STATS, strict=True):
         r = report[name]
         edges = r["edges"]
-        labels = [f"≤{edges[0]:.3g}"] + [f"{a:.3g}–{b:.3g}" for a, b in zip(edges, edges[1:])] + [f">{edges[-1]:.3g}"] if edges else ["all"]
+        labels = (
+            [f"≤{edges[0]:.3g}"] + [f"{a:.3g}–{b:.3g}" for a, b in zip(edges, edges[1:])] + [f">{edges[-1]:.3g}"]
+            if edges
+            else ["all"]
+        )
         x = np.arange(len(labels))
         ax.bar(x - 0.2, r["reference_proportions"], width=0.4, label=f"reference (n={r['reference_n']})", alpha=0.8)
-        ax.bar(x + 0.2, r["new_proportions"], width=0.4, label=f"new (n={report['n_texts'] if name == 'reward' else report['n_records']})", alpha=0.8)
+        ax.bar(
+            x + 0.2,
+            r["new_proportions"],
+            width=0.4,
+            label=f"new (n={report['n_texts'] if name == 'reward' else report['n_records']})",
+            alpha=0.8,
+        )
         ax.set_xticks(x, labels, rotation=60, ha="right", fontsize=7)
         ax.set_ylabel("share")
         ax.set_title(f"{name}: PSI {r['psi']:.3f}, KS {r['ks']:.3f} ({r['verdict']})")
@@ -156,7 +187,9 @@ def run(args: argparse.Namespace) -> int:
     except (InputError, ValueError, OSError) as exc:
         print(f"raw-rm drift: error: {exc}", file=sys.stderr)
         return 2
-    print(f"drift of {args.data} ({report['n_texts']} texts, {report['n_records']} records) vs the reference of {args.model}:")
+    print(
+        f"drift of {args.data} ({report['n_texts']} texts, {report['n_records']} records) vs the reference of {args.model}:"
+    )
     print(format_table(report))
     if args.out:
         out = Path(args.out)

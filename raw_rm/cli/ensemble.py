@@ -54,17 +54,26 @@ def run(args: argparse.Namespace) -> int:
     for i, m in enumerate(result.members):
         metrics = m.get("metrics") or {}
         shown = ", ".join(f"{k}={metrics[k]:.4f}" for k in ("val_accuracy", "val_nll", "val_ece") if k in metrics)
-        print(f"  member {i}: {m['dir']} seed={m.get('seed')} {shown}" + (f" run={m['run_id']}" if m.get("run_id") else ""))
+        print(
+            f"  member {i}: {m['dir']} seed={m.get('seed')} {shown}"
+            + (f" run={m['run_id']}" if m.get("run_id") else "")
+        )
     cmp = result.validation_comparison
     if cmp is not None:
         ens, best = cmp["ensemble"], cmp["members"][cmp["best_member"]]
         member_nlls = ", ".join(f"{m['nll']:.4f}" for m in cmp["members"])
-        print(f"validation, ensemble vs members ({cmp['n_eval']} pairs; each at its own T fitted on {cmp['n_fit']} others): "
-              f"NLL {ens['nll']:.4f} vs {member_nlls} (best member {cmp['best_member']}); "
-              f"ECE {ens['ece']:.4f} vs best member's {best['ece']:.4f}")
+        print(
+            f"validation, ensemble vs members ({cmp['n_eval']} pairs; each at its own T fitted on {cmp['n_fit']} others): "
+            f"NLL {ens['nll']:.4f} vs {member_nlls} (best member {cmp['best_member']}); "
+            f"ECE {ens['ece']:.4f} vs best member's {best['ece']:.4f}"
+        )
     if result.metrics:
-        shown = ", ".join(f"{k}={result.metrics[k]:.4f}" for k in ("accuracy", "ece", "temperature") if k in result.metrics)
+        shown = ", ".join(
+            f"{k}={result.metrics[k]:.4f}" for k in ("accuracy", "ece", "temperature") if k in result.metrics
+        )
         print(f"evaluation: {shown}")
     if result.model_version:
-        print(f"registered: models:/{cfg.mlflow.registered_model}/{result.model_version} (alias candidate), MLflow run {result.mlflow_run_id}")
+        print(
+            f"registered: models:/{cfg.mlflow.registered_model}/{result.model_version} (alias candidate), MLflow run {result.mlflow_run_id}"
+        )
     return 0

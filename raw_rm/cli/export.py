@@ -13,10 +13,18 @@ from raw_rm.data.readers import read_records
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="model directory, or a registry URI: models:/NAME@alias, models:/NAME/VERSION, runs:/ID/model")
+    parser.add_argument(
+        "model", help="model directory, or a registry URI: models:/NAME@alias, models:/NAME/VERSION, runs:/ID/model"
+    )
     parser.add_argument("--output", "-o", required=True, help="directory to write the exported model to")
-    parser.add_argument("--quantize", choices=["int8"], default=None, help="int8: dynamic quantisation of Linear layers (CPU)")
-    parser.add_argument("--data", default=None, help="preference pairs (JSONL/Parquet/...) to compare fp32 and int8 accuracy and speed on")
+    parser.add_argument(
+        "--quantize", choices=["int8"], default=None, help="int8: dynamic quantisation of Linear layers (CPU)"
+    )
+    parser.add_argument(
+        "--data",
+        default=None,
+        help="preference pairs (JSONL/Parquet/...) to compare fp32 and int8 accuracy and speed on",
+    )
     parser.add_argument("--limit", type=int, default=500, help="at most this many pairs from --data (default 500)")
     parser.add_argument("--batch-size", type=int, default=32, help="texts per forward pass when measuring")
     parser.add_argument("--force", action="store_true", help="overwrite --output if it exists")
@@ -49,7 +57,9 @@ def run(args: argparse.Namespace) -> int:
         if out.exists():
             shutil.rmtree(out)
         shutil.copytree(src, out)
-    print(f"exported {args.model} -> {out}" + (" (int8 dynamic quantisation, applied on load)" if args.quantize else ""))
+    print(
+        f"exported {args.model} -> {out}" + (" (int8 dynamic quantisation, applied on load)" if args.quantize else "")
+    )
     if pairs:
         print(f"measuring fp32 vs int8 on {len(pairs)} pairs from {args.data} ...", file=sys.stderr)
         r = compare_quantized(src, pairs, batch_size=args.batch_size)

@@ -33,12 +33,21 @@ log = logging.getLogger(__name__)
 ACTIONS = ("serve", "annotators", "report", "export")
 # option dest -> (its flag, the actions that use it); any other action warns that it ignores the option
 OPTION_ACTIONS = {
-    "pool": ("--pool", ("serve",)), "per_item": ("--per-item", ("serve",)), "aspects": ("--aspects", ("serve",)),
-    "model": ("--model", ("serve",)), "tracking_uri": ("--tracking-uri", ("serve",)),
-    "annotator": ("--annotator", ("serve",)), "api_key_file": ("--api-key-file", ("serve",)),
-    "lease_s": ("--lease-s", ("serve",)), "add": ("--add", ("annotators",)), "out": ("--out", ("report", "export")),
-    "kind": ("--as", ("export",)), "min_judgements": ("--min-judgements", ("export",)),
-    "aspect": ("--aspect", ("export",)), "n_boot": ("--n-boot", ("serve", "report")), "seed": ("--seed", ("report",)),
+    "pool": ("--pool", ("serve",)),
+    "per_item": ("--per-item", ("serve",)),
+    "aspects": ("--aspects", ("serve",)),
+    "model": ("--model", ("serve",)),
+    "tracking_uri": ("--tracking-uri", ("serve",)),
+    "annotator": ("--annotator", ("serve",)),
+    "api_key_file": ("--api-key-file", ("serve",)),
+    "lease_s": ("--lease-s", ("serve",)),
+    "add": ("--add", ("annotators",)),
+    "out": ("--out", ("report", "export")),
+    "kind": ("--as", ("export",)),
+    "min_judgements": ("--min-judgements", ("export",)),
+    "aspect": ("--aspect", ("export",)),
+    "n_boot": ("--n-boot", ("serve", "report")),
+    "seed": ("--seed", ("report",)),
 }
 DEFAULT_PORT = 8100  # beside the scoring API's 8000
 

@@ -36,8 +36,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(config=str(QUICKSTART_CONFIG))
     parser.add_argument("--trials", type=int, default=None, help="Tune trials (shorthand for tune.num_samples)")
     parser.add_argument("--members", type=int, default=None, help="ensemble members (shorthand for ensemble.members)")
-    parser.add_argument("--tune-epochs", type=int, default=1,
-                        help="epochs per Tune trial: the search ranks configs on a shorter budget than the ensemble trains on")
+    parser.add_argument(
+        "--tune-epochs",
+        type=int,
+        default=1,
+        help="epochs per Tune trial: the search ranks configs on a shorter budget than the ensemble trains on",
+    )
     parser.add_argument("--port", type=int, default=8000, help="Serve HTTP port on 127.0.0.1")
     parser.add_argument("--keep-serving", action="store_true", help="leave the endpoint up until Ctrl-C")
 
@@ -72,28 +76,39 @@ def _quickstart_config(args: argparse.Namespace) -> Config:
         args.overrides = [f"ensemble.members={args.members}", *args.overrides]
     cfg = config_from_args(args)
     out = Path(cfg.train.output_dir).resolve()
-    return apply_overrides(cfg, {
-        "train.output_dir": str(out),
-        "tune.name": f"quickstart-{time.strftime('%Y%m%d-%H%M%S')}",
-        "tune.storage_path": str(out / "tune"),
-    })
+    return apply_overrides(
+        cfg,
+        {
+            "train.output_dir": str(out),
+            "tune.name": f"quickstart-{time.strftime('%Y%m%d-%H%M%S')}",
+            "tune.storage_path": str(out / "tune"),
+        },
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    for key, value in (("RAY_USAGE_STATS_ENABLED", "0"), ("MLFLOW_DISABLE_TELEMETRY", "true"),
-                       ("HF_HUB_OFFLINE", "1"), ("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"),
-                       ("TOKENIZERS_PARALLELISM", "false")):
+    for key, value in (
+        ("RAY_USAGE_STATS_ENABLED", "0"),
+        ("MLFLOW_DISABLE_TELEMETRY", "true"),
+        ("HF_HUB_OFFLINE", "1"),
+        ("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"),
+        ("TOKENIZERS_PARALLELISM", "false"),
+    ):
         os.environ.setdefault(key, value)
     cfg = _quickstart_config(args)
     timeline = Timeline()
-    print(f"raw_rm quickstart -> {cfg.train.output_dir}  (MLflow {cfg.mlflow.tracking_uri}, "
-          f"Ray {cfg.ray.address or 'local, in-process'}, {'GPU' if cfg.ray.use_gpu else 'CPU'})")
+    print(
+        f"raw_rm quickstart -> {cfg.train.output_dir}  (MLflow {cfg.mlflow.tracking_uri}, "
+        f"Ray {cfg.ray.address or 'local, in-process'}, {'GPU' if cfg.ray.use_gpu else 'CPU'})"
+    )
 
     timeline.begin(1, "data")
     data_detail, bayes = _describe_data(cfg)
     timeline.end(data_detail)
 
-    timeline.begin(2, f"Ray Tune search ({cfg.tune.num_samples} trials of {args.tune_epochs} epoch(s), ASHA on {cfg.tune.metric})")
+    timeline.begin(
+        2, f"Ray Tune search ({cfg.tune.num_samples} trials of {args.tune_epochs} epoch(s), ASHA on {cfg.tune.metric})"
+    )
     # torch, Ray and MLflow (and the raw_rm modules that import them) are imported inside functions: `raw-rm quickstart
     # --help` loads this module
     from raw_rm.tune.driver import run_tune
@@ -114,7 +129,9 @@ def run(args: argparse.Namespace) -> int:
     if ens_cfg.mlflow.enabled:
         ensemble = register_ensemble(ens_cfg, ensemble)
     member_acc = [m.get("metrics", {}).get("val_accuracy") for m in ensemble.members]
-    timeline.end(f"{ensemble.ensemble_dir}; member val accuracy {', '.join(f'{a:.3f}' for a in member_acc if a is not None)}")
+    timeline.end(
+        f"{ensemble.ensemble_dir}; member val accuracy {', '.join(f'{a:.3f}' for a in member_acc if a is not None)}"
+    )
 
     timeline.begin(4, "evaluation with calibration (report) and registration in MLflow")
     metrics = getattr(ensemble, "metrics", {}) or {}
@@ -123,8 +140,10 @@ def run(args: argparse.Namespace) -> int:
     acc_text = f"accuracy {metrics.get('accuracy', float('nan')):.3f}"
     if bayes is not None:
         acc_text += f" (Bayes {bayes:.3f}: {metrics.get('accuracy', 0.0) / bayes:.0%} of the best achievable)"
-    timeline.end(f"{acc_text}, ECE after temperature {metrics.get('ece', float('nan')):.3f}; "
-                 f"registered {cfg.mlflow.registered_model} v{version} as candidate; report {report_dir}/index.html")
+    timeline.end(
+        f"{acc_text}, ECE after temperature {metrics.get('ece', float('nan')):.3f}; "
+        f"registered {cfg.mlflow.registered_model} v{version} as candidate; report {report_dir}/index.html"
+    )
 
     timeline.begin(5, "promotion to champion through the gate")
     promotion, alias = _promote(cfg, version)
@@ -132,8 +151,7 @@ def run(args: argparse.Namespace) -> int:
 
     model_uri = f"models:/{cfg.mlflow.registered_model}@{alias}"
     timeline.begin(6, f"Ray Serve deployment of {model_uri}")
-    serve_cfg = ServeConfig(models=[model_uri],
-                            tracking_uri=cfg.mlflow.tracking_uri, port=args.port, reward="lcb")
+    serve_cfg = ServeConfig(models=[model_uri], tracking_uri=cfg.mlflow.tracking_uri, port=args.port, reward="lcb")
     url = _deploy(serve_cfg)
     timeline.end(f"listening on {url}")
 
@@ -189,17 +207,23 @@ def _promote(cfg: Config, version: str | None) -> tuple[str, str]:
     if version is None:
         return "nothing registered (mlflow.register is off)", "candidate"
     try:
-        decision = promote(cfg.mlflow.registered_model, version, cfg.gate, reason="quickstart",
-                           tracking_uri=cfg.mlflow.tracking_uri)
+        decision = promote(
+            cfg.mlflow.registered_model, version, cfg.gate, reason="quickstart", tracking_uri=cfg.mlflow.tracking_uri
+        )
     except PromotionRefused as exc:
         if exc.decision.champion is not None:
-            return (f"gate refused v{version}: {'; '.join(exc.decision.reasons)}; "
-                    f"champion stays v{exc.decision.champion}"), "champion"
-        return (f"gate refused v{version}: {'; '.join(exc.decision.reasons)}; there is no champion yet, "
-                "so the candidate is served (promote it with `raw-rm registry promote` once it passes)"), "candidate"
+            return (
+                f"gate refused v{version}: {'; '.join(exc.decision.reasons)}; champion stays v{exc.decision.champion}"
+            ), "champion"
+        return (
+            f"gate refused v{version}: {'; '.join(exc.decision.reasons)}; there is no champion yet, "
+            "so the candidate is served (promote it with `raw-rm registry promote` once it passes)"
+        ), "candidate"
     except RegistryError as exc:
         return str(exc), "champion"
-    previous = f" (previous champion v{decision.champion}, kept for `raw-rm registry rollback`)" if decision.champion else ""
+    previous = (
+        f" (previous champion v{decision.champion}, kept for `raw-rm registry rollback`)" if decision.champion else ""
+    )
     return f"v{version} is champion{previous}", "champion"
 
 
@@ -217,13 +241,23 @@ def _example_requests(url: str, cfg: Config) -> list[dict[str, Any]]:
     openrlhf = client.get_reward([p + " " + r for p, r in items[:2]], [p for p, _ in items[:2]])
     rows = []
     for (prompt, response), result in zip(items, results):
-        rows.append({"prompt": prompt, "response": response, **{k: result[k] for k in ("reward", "mean", "std", "lcb")}})
+        rows.append(
+            {"prompt": prompt, "response": response, **{k: result[k] for k in ("reward", "mean", "std", "lcb")}}
+        )
     rows.append({"openrlhf_get_reward": openrlhf})
     return rows
 
 
-def _print_summary(timeline: Timeline, cfg: Config, url: str, report_dir: Path, model_uri: str,
-                   metrics: dict[str, Any], bayes: float | None, examples: list[dict[str, Any]]) -> None:
+def _print_summary(
+    timeline: Timeline,
+    cfg: Config,
+    url: str,
+    report_dir: Path,
+    model_uri: str,
+    metrics: dict[str, Any],
+    bayes: float | None,
+    examples: list[dict[str, Any]],
+) -> None:
     print("\n" + "=" * 100)
     print(f"raw_rm quickstart finished in {timeline.total_s / 60:.1f} min")
     for name, took, _ in timeline.rows:
@@ -231,15 +265,20 @@ def _print_summary(timeline: Timeline, cfg: Config, url: str, report_dir: Path, 
     print("\nexample requests (POST /score; reward = mean - k*std, the uncertainty-penalised lower bound):")
     print(f"  {'prompt':<44} {'response':<36} {'reward':>7} {'mean':>7} {'std':>6}")
     for row in examples[:-1]:
-        print(f"  {_clip(row['prompt'], 44):<44} {_clip(row['response'], 36):<36} "
-              f"{row['reward']:7.3f} {row['mean']:7.3f} {row['std']:6.3f}")
+        print(
+            f"  {_clip(row['prompt'], 44):<44} {_clip(row['response'], 36):<36} "
+            f"{row['reward']:7.3f} {row['mean']:7.3f} {row['std']:6.3f}"
+        )
     print(f"  POST /get_reward (OpenRLHF) -> {json.dumps(examples[-1]['openrlhf_get_reward'])[:160]}...")
     print("\nwhere to look next:")
     print(f"  report:    {report_dir / 'index.html'}")
     print(f"  MLflow:    mlflow ui --backend-store-uri {cfg.mlflow.tracking_uri}")
-    print(f"  registry:  raw-rm registry show {cfg.mlflow.registered_model} mlflow.tracking_uri={cfg.mlflow.tracking_uri}")
-    print(f"  endpoint:  {url}/get_reward (stopped now; --keep-serving leaves it up, or "
-          f"raw-rm serve --model {model_uri})")
+    print(
+        f"  registry:  raw-rm registry show {cfg.mlflow.registered_model} mlflow.tracking_uri={cfg.mlflow.tracking_uri}"
+    )
+    print(
+        f"  endpoint:  {url}/get_reward (stopped now; --keep-serving leaves it up, or raw-rm serve --model {model_uri})"
+    )
     if bayes is not None and "accuracy" in metrics:
         print(f"  accuracy:  {metrics['accuracy']:.3f} vs Bayes {bayes:.3f}")
 

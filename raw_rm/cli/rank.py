@@ -15,11 +15,18 @@ from raw_rm.cli.common import local_model_dir
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="model directory, or a registry URI: models:/NAME@alias, models:/NAME/VERSION, runs:/ID/model")
+    parser.add_argument(
+        "model", help="model directory, or a registry URI: models:/NAME@alias, models:/NAME/VERSION, runs:/ID/model"
+    )
     parser.add_argument("--input", "-i", required=True, help='JSONL with "prompt" and "responses" ("-" = stdin)')
     parser.add_argument("--output", "-o", default="-", help='JSONL to write ("-" = stdout)')
     parser.add_argument("--batch-size", type=int, default=32, help="texts per forward pass")
-    parser.add_argument("--max-len-tokens", type=int, default=None, help="token budget per text (default: the length the model was trained at, from its metadata; else 512)")
+    parser.add_argument(
+        "--max-len-tokens",
+        type=int,
+        default=None,
+        help="token budget per text (default: the length the model was trained at, from its metadata; else 512)",
+    )
 
 
 def _read(path: str) -> list[tuple[dict, str, list[str]]]:
@@ -43,7 +50,9 @@ def run(args: argparse.Namespace) -> int:
         # raw_rm.quantization (torch, transformers) is imported inside run(): `raw-rm rank --help` loads this module
         from raw_rm.quantization import load_for_inference
 
-        rm = load_for_inference(local_model_dir(args.model), batch_size=args.batch_size, max_len_tokens=args.max_len_tokens)
+        rm = load_for_inference(
+            local_model_dir(args.model), batch_size=args.batch_size, max_len_tokens=args.max_len_tokens
+        )
     except (InputError, ValueError, OSError) as exc:
         print(f"raw-rm rank: error: {exc}", file=sys.stderr)
         return 2

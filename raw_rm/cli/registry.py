@@ -53,7 +53,9 @@ def run(args: argparse.Namespace) -> int:
         elif args.action == "show":
             _print_show(registry.show(name, tracking_uri=uri))
         elif args.action == "promote":
-            decision = registry.promote(name, args.version, cfg.gate, who=args.who, reason=args.reason, tracking_uri=uri)
+            decision = registry.promote(
+                name, args.version, cfg.gate, who=args.who, reason=args.reason, tracking_uri=uri
+            )
             was = f"v{decision.champion}" if decision.champion else "none"
             print(f"{name}: champion -> v{decision.version} (was {was}); gate passed: {_metrics(decision.metrics)}")
         elif args.action == "rollback":
@@ -88,9 +90,15 @@ def _fmt(value: float | None) -> str:
 def _versions_table(versions: list) -> str:
     rows = [
         [
-            v.version, ",".join(v.aliases) or "-", _fmt(v.metrics.get("accuracy")), _fmt(v.metrics.get("ece")),
-            time.strftime("%Y-%m-%d %H:%M", time.gmtime(v.created_ms / 1000)), (v.run_id or "-")[:12],
-            _short(v.data_fingerprint), v.experiment, v.base_model,
+            v.version,
+            ",".join(v.aliases) or "-",
+            _fmt(v.metrics.get("accuracy")),
+            _fmt(v.metrics.get("ece")),
+            time.strftime("%Y-%m-%d %H:%M", time.gmtime(v.created_ms / 1000)),
+            (v.run_id or "-")[:12],
+            _short(v.data_fingerprint),
+            v.experiment,
+            v.base_model,
         ]
         for v in versions
     ]
@@ -119,7 +127,17 @@ def _print_show(info) -> None:  # noqa: ANN001 - registry.ModelInfo
         print(f"  base model:        {v.base_model}   git commit: {v.git_commit}")
         print(f"  metrics:           {_metrics(v.metrics)}")
         print(f"  source:            {v.source}")
-        history = [f"{k}={v.tags[k]}" for k in ("promoted_by", "promoted_at", "previous_champion", "rolled_back_by",
-                                                  "rolled_back_at", "rollback_reason") if k in v.tags]
+        history = [
+            f"{k}={v.tags[k]}"
+            for k in (
+                "promoted_by",
+                "promoted_at",
+                "previous_champion",
+                "rolled_back_by",
+                "rolled_back_at",
+                "rollback_reason",
+            )
+            if k in v.tags
+        ]
         if history:
             print(f"  history:           {'; '.join(history)}")

@@ -20,14 +20,23 @@ from raw_rm.data.formats import split_hh_dialogue
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="model directory, or a registry URI: models:/NAME@alias, models:/NAME/VERSION, runs:/ID/model")
-    parser.add_argument("--input", "-i", required=True, help='JSONL (.jsonl or .jsonl.gz; "-" = stdin) with prompt/response or text')
+    parser.add_argument(
+        "model", help="model directory, or a registry URI: models:/NAME@alias, models:/NAME/VERSION, runs:/ID/model"
+    )
+    parser.add_argument(
+        "--input", "-i", required=True, help='JSONL (.jsonl or .jsonl.gz; "-" = stdin) with prompt/response or text'
+    )
     parser.add_argument("--output", "-o", default="-", help='JSONL to write ("-" = stdout, the default)')
     parser.add_argument("--prompt-field", default="prompt", help="input field holding the prompt")
     parser.add_argument("--response-field", default="response", help="input field holding the response")
     parser.add_argument("--text-field", default="text", help="HH-style field used when the prompt field is absent")
     parser.add_argument("--batch-size", type=int, default=32, help="texts per forward pass")
-    parser.add_argument("--max-len-tokens", type=int, default=None, help="token budget per text (default: the length the model was trained at, from its metadata; else 512)")
+    parser.add_argument(
+        "--max-len-tokens",
+        type=int,
+        default=None,
+        help="token budget per text (default: the length the model was trained at, from its metadata; else 512)",
+    )
     parser.add_argument("--chunk", type=int, default=512, help="rows scored per progress update")
 
 
@@ -38,18 +47,20 @@ def _prompt_response(row: dict, where: str, args: argparse.Namespace) -> tuple[s
     try:
         return split_hh_dialogue(text)
     except ValueError as exc:
-        raise InputError(f'{where}: field "{args.text_field}": {exc}; give "{args.prompt_field}" and "{args.response_field}" instead') from exc
+        raise InputError(
+            f'{where}: field "{args.text_field}": {exc}; give "{args.prompt_field}" and "{args.response_field}" instead'
+        ) from exc
 
 
 def _scored_rows(rm: Any, rows: list[dict], items: list[tuple[str, str]], *, chunk: int, bar: Any) -> Iterator[dict]:
     """The output rows, ``chunk`` rows per forward pass: each input row plus reward, reward_normalized, members."""
     for start in range(0, len(rows), chunk):
-        part = items[start:start + chunk]
+        part = items[start : start + chunk]
         prompts, responses = [p for p, _ in part], [r for _, r in part]
         members = rm.batch_predict_members(prompts, responses)
         rewards = rm.batch_predict(prompts, responses)  # cached: no second forward
         normalized = rm.normalize(rewards)
-        for j, row in enumerate(rows[start:start + chunk]):
+        for j, row in enumerate(rows[start : start + chunk]):
             result = dict(row, reward=float(rewards[j]), reward_normalized=float(normalized[j]))
             if members.shape[1] > 1:
                 result["members"] = [float(x) for x in members[j]]
@@ -72,7 +83,9 @@ def run(args: argparse.Namespace) -> int:
         # raw_rm.quantization (torch, transformers) is imported inside run(): `raw-rm score --help` loads this module
         from raw_rm.quantization import load_for_inference
 
-        rm = load_for_inference(local_model_dir(args.model), batch_size=args.batch_size, max_len_tokens=args.max_len_tokens)
+        rm = load_for_inference(
+            local_model_dir(args.model), batch_size=args.batch_size, max_len_tokens=args.max_len_tokens
+        )
     except (InputError, ValueError, OSError) as exc:
         print(f"raw-rm score: error: {exc}", file=sys.stderr)
         return 2

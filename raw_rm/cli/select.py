@@ -32,11 +32,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--k", type=int, required=True, help="how many pairs to select")
     parser.add_argument("--strategy", choices=STRATEGIES, default="disagreement", help="informativeness score")
     parser.add_argument("--out", default="-", help='JSONL to write ("-" = stdout)')
-    parser.add_argument("--a-field", default="response_a", help="pool field of the first response (falls back to chosen)")
-    parser.add_argument("--b-field", default="response_b", help="pool field of the second response (falls back to rejected)")
+    parser.add_argument(
+        "--a-field", default="response_a", help="pool field of the first response (falls back to chosen)"
+    )
+    parser.add_argument(
+        "--b-field", default="response_b", help="pool field of the second response (falls back to rejected)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the random strategy")
     parser.add_argument("--batch-size", type=int, default=32, help="texts per forward pass")
-    parser.add_argument("--max-len-tokens", type=int, default=None, help="token budget per text (default: the length the model was trained at, from its metadata; else 512)")
+    parser.add_argument(
+        "--max-len-tokens",
+        type=int,
+        default=None,
+        help="token budget per text (default: the length the model was trained at, from its metadata; else 512)",
+    )
 
 
 def read_pool(path: str, a_field: str, b_field: str) -> tuple[list[dict[str, Any]], list[tuple[str, str, str]]]:
@@ -52,7 +61,9 @@ def read_pool(path: str, a_field: str, b_field: str) -> tuple[list[dict[str, Any
     return rows, items
 
 
-def select_pairs(rm: Any, items: list[tuple[str, str, str]], k: int, strategy: str, *, seed: int = 0) -> list[dict[str, float]]:
+def select_pairs(
+    rm: Any, items: list[tuple[str, str, str]], k: int, strategy: str, *, seed: int = 0
+) -> list[dict[str, float]]:
     """Score the pool with ``rm`` (a RewardModelInference) and return the top ``k`` as dicts, best first:
     ``index`` (into ``items``), ``selection_score``, ``prob_a``, ``delta_std``.
 
@@ -70,16 +81,25 @@ def select_pairs(rm: Any, items: list[tuple[str, str, str]], k: int, strategy: s
     members = rm.batch_predict_members(prompts * 2, [a for _, a, _ in items] + [b for _, _, b in items])
     n = len(items)
     if strategy in NEEDS_MEMBERS and members.shape[1] < 2:
-        raise ValueError(f"strategy {strategy} needs an ensemble (>= 2 members) but {rm.source} gives 1 reward per text; "
-                         "use margin or random, or an ensemble / multi-head model")
+        raise ValueError(
+            f"strategy {strategy} needs an ensemble (>= 2 members) but {rm.source} gives 1 reward per text; "
+            "use margin or random, or an ensemble / multi-head model"
+        )
     raw_a, raw_b = torch.as_tensor(members[:n]), torch.as_tensor(members[n:])
     norm_a, norm_b = torch.as_tensor(rm.normalize(members[:n])), torch.as_tensor(rm.normalize(members[n:]))
     scores = selection_scores(strategy, norm_a, norm_b, seed=seed)
     top = select_top_k(scores, k)
     cmp_raw = compare_pairs(raw_a, raw_b, temperature=rm.temperature)  # temperature is fitted on raw rewards
     cmp_norm = compare_pairs(norm_a, norm_b)
-    return [{"index": int(i), "selection_score": float(scores[i]), "prob_a": float(cmp_raw["prob"][i]),
-             "delta_std": float(cmp_norm["delta_std"][i])} for i in top.tolist()]
+    return [
+        {
+            "index": int(i),
+            "selection_score": float(scores[i]),
+            "prob_a": float(cmp_raw["prob"][i]),
+            "delta_std": float(cmp_norm["delta_std"][i]),
+        }
+        for i in top.tolist()
+    ]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -89,13 +109,26 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(f"--k {args.k}: expected 1 <= k <= {len(rows)} (the pool size)")
         from raw_rm.quantization import load_for_inference
 
-        rm = load_for_inference(local_model_dir(args.model), batch_size=args.batch_size, max_len_tokens=args.max_len_tokens)
+        rm = load_for_inference(
+            local_model_dir(args.model), batch_size=args.batch_size, max_len_tokens=args.max_len_tokens
+        )
         picked = select_pairs(rm, items, args.k, args.strategy, seed=args.seed)
     except (InputError, ValueError, OSError) as exc:
         print(f"raw-rm select: error: {exc}", file=sys.stderr)
         return 2
-    write_jsonl(args.out, (dict(rows[item["index"]], selection_score=item["selection_score"], selection_rank=rank,
-                                strategy=args.strategy, prob_a=item["prob_a"], delta_std=item["delta_std"])
-                           for rank, item in enumerate(picked)))
+    write_jsonl(
+        args.out,
+        (
+            dict(
+                rows[item["index"]],
+                selection_score=item["selection_score"],
+                selection_rank=rank,
+                strategy=args.strategy,
+                prob_a=item["prob_a"],
+                delta_std=item["delta_std"],
+            )
+            for rank, item in enumerate(picked)
+        ),
+    )
     print(f"selected {len(picked)} of {len(rows)} pairs by {args.strategy} -> {args.out}", file=sys.stderr)
     return 0

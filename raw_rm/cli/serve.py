@@ -28,11 +28,24 @@ from raw_rm.serve.security import ServeSecurityError, check_bind_security, resol
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=None, help="Serve config file (serve_configs/*.yaml) or a ServeConfig YAML")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="ServeConfig overrides, e.g. reward=lcb k=2")
-    parser.add_argument("--model", action="append", default=None, help="model dir or models:/NAME@alias; repeat for an ensemble (replaces models)")
-    parser.add_argument("--host", default=None, help="bind address (shorthand for host=...); non-loopback needs RAW_RM_API_KEY")
+    parser.add_argument(
+        "--model",
+        action="append",
+        default=None,
+        help="model dir or models:/NAME@alias; repeat for an ensemble (replaces models)",
+    )
+    parser.add_argument(
+        "--host", default=None, help="bind address (shorthand for host=...); non-loopback needs RAW_RM_API_KEY"
+    )
     parser.add_argument("--port", type=int, default=None, help="port (shorthand for port=...)")
-    parser.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray; 'local' always starts one)")
-    parser.add_argument("--blocking", action="store_true", help="keep serving until Ctrl-C (always so with a local Ray)")
+    parser.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster address (default: RAY_ADDRESS or a local Ray; 'local' always starts one)",
+    )
+    parser.add_argument(
+        "--blocking", action="store_true", help="keep serving until Ctrl-C (always so with a local Ray)"
+    )
 
 
 def resolve_config(args: argparse.Namespace) -> ServeConfig:
@@ -58,7 +71,9 @@ def run(args: argparse.Namespace) -> int:
         cfg = resolve_config(args)
         if not cfg.models:
             raise ConfigError("models: give at least one --model or a config with models")
-        check_bind_security(cfg.host, resolve_api_key(cfg), allow_unauthenticated_network=cfg.allow_unauthenticated_network)
+        check_bind_security(
+            cfg.host, resolve_api_key(cfg), allow_unauthenticated_network=cfg.allow_unauthenticated_network
+        )
     except (ConfigError, ServeSecurityError) as exc:
         print(f"raw-rm serve: {exc}", file=sys.stderr)
         return 2
@@ -69,12 +84,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"raw-rm serve: {exc}", file=sys.stderr)
         return 2
     prefix = cfg.route_prefix.rstrip("/")
-    print(f"serving {len(cfg.models)} model(s) at {url}  (POST {prefix}/get_reward, /score, /compare, /rank; GET /healthz, /v1/models, /stats; "
-          f"HTTP front: {frontend})")
+    print(
+        f"serving {len(cfg.models)} model(s) at {url}  (POST {prefix}/get_reward, /score, /compare, /rank; GET /healthz, /v1/models, /stats; "
+        f"HTTP front: {frontend})"
+    )
     print(f"HTTP front {frontend}: {frontend_reason}; {cfg.ingress_replicas} ingress replica(s)")
     print_choices(url, cfg)
     if not args.blocking and not local:
-        print(f"deployed on the cluster; it keeps serving after this command (serve shutdown / serve delete {cfg.app_name} to stop)")
+        print(
+            f"deployed on the cluster; it keeps serving after this command (serve shutdown / serve delete {cfg.app_name} to stop)"
+        )
         return 0
     if not args.blocking:
         print("a local Ray ends with this command: serving until Ctrl-C or SIGTERM")

@@ -19,8 +19,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     add_config_args(parser)
-    parser.add_argument("--ray", action="store_true", help="train with Ray Train (ray.* settings) instead of in this process")
-    parser.add_argument("--resume", action="store_true", help="shorthand for train.resume=true (latest checkpoint in the output dir)")
+    parser.add_argument(
+        "--ray", action="store_true", help="train with Ray Train (ray.* settings) instead of in this process"
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="shorthand for train.resume=true (latest checkpoint in the output dir)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,7 +50,11 @@ def run(args: argparse.Namespace) -> int:
     m = result.metrics
     print(f"model: {result.model_dir}")
     if getattr(result, "mlflow_run_id", None):
-        version = f"; registered {cfg.mlflow.registered_model} v{result.model_version} (alias candidate)" if result.model_version else ""
+        version = (
+            f"; registered {cfg.mlflow.registered_model} v{result.model_version} (alias candidate)"
+            if result.model_version
+            else ""
+        )
         print(f"mlflow: run {result.mlflow_run_id} in {cfg.mlflow.tracking_uri}{version}")
     if result.data_report:
         print(f"data: {result.data_report}")
@@ -54,7 +62,9 @@ def run(args: argparse.Namespace) -> int:
     print("validation: " + ", ".join(f"{k}={m[k]:.4f}" for k in shown))
     if "bayes_accuracy_val" in m and "val_accuracy" in m:
         bayes = m["bayes_accuracy_val"]
-        print(f"synthetic Bayes accuracy (validation): {bayes:.4f}; reached {100 * m['val_accuracy'] / bayes:.1f}% of it")
+        print(
+            f"synthetic Bayes accuracy (validation): {bayes:.4f}; reached {100 * m['val_accuracy'] / bayes:.1f}% of it"
+        )
     if "pairs_per_s" in m:
         print(
             f"throughput: {m['pairs_per_s']:.1f} pairs/s, {m.get('tokens_per_s', 0):.0f} tokens/s over "

@@ -23,10 +23,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "  raw-rm tune --config raw_rm/configs/tune_default.yaml --name hh1 --resume   # continue an interrupted search"
     )
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    add_config_args(parser, flags=("data", "eval_data", "model", "epochs", "max_steps", "output", "address", "tracking_uri"))
+    add_config_args(
+        parser, flags=("data", "eval_data", "model", "epochs", "max_steps", "output", "address", "tracking_uri")
+    )
     parser.set_defaults(config=str(TUNE_DEFAULT))  # the embedded default has no search space
-    parser.add_argument("--name", default=None, help="shorthand for tune.name=... (the experiment folder under tune.storage_path)")
-    parser.add_argument("--resume", action="store_true", help="shorthand for tune.resume=true: restore the experiment --name")
+    parser.add_argument(
+        "--name", default=None, help="shorthand for tune.name=... (the experiment folder under tune.storage_path)"
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="shorthand for tune.resume=true: restore the experiment --name"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

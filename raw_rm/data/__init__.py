@@ -1,7 +1,7 @@
 """Human preference data: records, readers, formats, splits, the synthetic default and batching.
 
-    train, val, report = load_train_val(cfg, tokenizer)   # synthetic default when cfg.data.train_path is None
-    print(report.summary())
+train, val, report = load_train_val(cfg, tokenizer)   # synthetic default when cfg.data.train_path is None
+print(report.summary())
 """
 
 from __future__ import annotations
@@ -29,9 +29,21 @@ from raw_rm.data.synthetic import bayes_accuracy
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "DataError", "LoadReport", "LoadResult", "PreferencePair", "RankedGroup", "RatedResponse", "convert_kind",
-    "group_to_pairs", "load_records", "load_train_val", "ratings_to_pairs", "read_records", "render_messages",
-    "split_by_prompt", "split_hh_dialogue",
+    "DataError",
+    "LoadReport",
+    "LoadResult",
+    "PreferencePair",
+    "RankedGroup",
+    "RatedResponse",
+    "convert_kind",
+    "group_to_pairs",
+    "load_records",
+    "load_train_val",
+    "ratings_to_pairs",
+    "read_records",
+    "render_messages",
+    "split_by_prompt",
+    "split_hh_dialogue",
 ]
 
 
@@ -58,7 +70,9 @@ def convert_kind(records: list, from_kind: str, to_kind: str, *, aspect: str | N
             "rated data); use data.kind=pairs or data.kind=groups"
         )
     if not out:
-        raise DataError(f"{source}: converting {len(records)} {from_kind} to {to_kind} gave none (no two responses differ)")
+        raise DataError(
+            f"{source}: converting {len(records)} {from_kind} to {to_kind} gave none (no two responses differ)"
+        )
     logger.info("%s: %d %s became %d %s", source, len(records), from_kind, len(out), to_kind)
     return out
 
@@ -84,8 +98,11 @@ def _synthetic(cfg: Config) -> tuple[list, LoadReport, Any]:
     if cfg.data.limit is not None:
         records = records[: cfg.data.limit]
     report = LoadReport(
-        n_read=len(records), n_kept=len(records), source=f"synthetic(seed={cfg.data.synthetic.seed})",
-        format="synthetic", kind=cfg.data.kind,
+        n_read=len(records),
+        n_kept=len(records),
+        source=f"synthetic(seed={cfg.data.synthetic.seed})",
+        format="synthetic",
+        kind=cfg.data.kind,
     )
     return records, report, data
 
@@ -114,7 +131,9 @@ def load_train_val(cfg: Config, tokenizer: Any = None) -> tuple[list, list, Load
     if data is not None and dc.kind == "pairs":
         noise = dc.synthetic.noise
         report.bayes_accuracy = {"all": data.bayes_accuracy}
-        report.bayes_accuracy.update({name: bayes_accuracy(part, noise) for name, part in (("train", train), ("val", val)) if part})
+        report.bayes_accuracy.update(
+            {name: bayes_accuracy(part, noise) for name, part in (("train", train), ("val", val)) if part}
+        )
     if not train:
         raise DataError(f"{report.source}: no training records left after the train/validation split")
     logger.info("data: %d train / %d val %s (%s)", len(train), len(val), dc.kind, report.summary())

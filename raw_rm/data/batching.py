@@ -69,7 +69,7 @@ class _Template:
 
 def _find(seq: list[int], sub: list[int], start: int = 0) -> int:
     for i in range(start, len(seq) - len(sub) + 1):
-        if seq[i:i + len(sub)] == sub:
+        if seq[i : i + len(sub)] == sub:
             return i
     return -1
 
@@ -105,8 +105,8 @@ def _special_template(tokenizer: Any) -> _Template:
     k = _find(full_single, a)
     if i < 0 or j < 0 or k < 0:
         raise ValueError(f"cannot read the special-token layout of {type(tokenizer).__name__}: markers not found")
-    pair = (full_pair[:i], full_pair[i + len(a):j], full_pair[j + len(b):])
-    single = (full_single[:k], full_single[k + len(a):])
+    pair = (full_pair[:i], full_pair[i + len(a) : j], full_pair[j + len(b) :])
+    single = (full_single[:k], full_single[k + len(a) :])
     eos = getattr(tokenizer, "eos_token_id", None)
     if not any(pair) and not any(single) and eos is not None:
         pair, single = ([], [], [eos]), ([], [eos])
@@ -140,8 +140,12 @@ def _tokenize(tokenizer: Any, texts: Sequence[str], *, offsets: bool = False) ->
     if not texts:
         return {"input_ids": [], "offset_mapping": []}
     return tokenizer(
-        list(texts), add_special_tokens=False, return_attention_mask=False, return_token_type_ids=False,
-        return_offsets_mapping=offsets, verbose=False,  # long texts are expected: truncation happens below
+        list(texts),
+        add_special_tokens=False,
+        return_attention_mask=False,
+        return_token_type_ids=False,
+        return_offsets_mapping=offsets,
+        verbose=False,  # long texts are expected: truncation happens below
     )
 
 
@@ -202,12 +206,12 @@ def _encode_concat(
     for i, (p, r) in enumerate(zip(p_ids, r_ids)):
         keep_p, keep_r = truncate_pair(len(p), len(r), budget)
         n_truncated += keep_p < len(p) or keep_r < len(r)
-        head = before + p[len(p) - keep_p:] + between
-        tail = r[len(r) - keep_r:] + after
+        head = before + p[len(p) - keep_p :] + between
+        tail = r[len(r) - keep_r :] + after
         rows.append(head + tail)
         types.append(len(head))
         if segments is not None:
-            seg = segments[i][len(r) - keep_r:]
+            seg = segments[i][len(r) - keep_r :]
             seg = seg - seg[0] if len(seg) else seg  # renumber from the first sentence kept
             segs.append(np.concatenate([np.full(len(head), -1), seg, np.full(len(after), -1)]))
     input_ids, attention_mask = _pad(rows, template.pad_id)
@@ -234,13 +238,15 @@ def _encode_split(p_ids: list[list[int]], r_ids: list[list[int]], template: _Tem
     n_truncated = 0
     for p, r in zip(p_ids, r_ids):
         n_truncated += len(p) > budget or len(r) > budget
-        prompts.append(before + p[max(0, len(p) - budget):] + after)  # most recent prompt tokens
-        responses.append(before + r[max(0, len(r) - budget):] + after)  # the response's end
+        prompts.append(before + p[max(0, len(p) - budget) :] + after)  # most recent prompt tokens
+        responses.append(before + r[max(0, len(r) - budget) :] + after)  # the response's end
     p_input, p_mask = _pad(prompts, template.pad_id)
     r_input, r_mask = _pad(responses, template.pad_id)
     features = {
-        "prompt_input_ids": p_input, "prompt_attention_mask": p_mask,
-        "response_input_ids": r_input, "response_attention_mask": r_mask,
+        "prompt_input_ids": p_input,
+        "prompt_attention_mask": p_mask,
+        "response_input_ids": r_input,
+        "response_attention_mask": r_mask,
     }
     n_tokens = int(p_mask.sum() + r_mask.sum())
     return Encoded(features, n_truncated, n_tokens, p_mask.numel() + r_mask.numel() - n_tokens)
@@ -289,14 +295,23 @@ class PairCollator:
     def __call__(self, pairs: Sequence[PreferencePair]) -> dict[str, Any]:
         prompts = [p.prompt for p in pairs] * 2
         responses = [p.chosen for p in pairs] + [p.rejected for p in pairs]
-        encoded = encode(self.tokenizer, prompts, responses, max_len_tokens=self.max_len_tokens, input_kind=self.input_kind)
+        encoded = encode(
+            self.tokenizer, prompts, responses, max_len_tokens=self.max_len_tokens, input_kind=self.input_kind
+        )
         margin = torch.tensor([math.nan if p.margin is None else p.margin for p in pairs], dtype=torch.float32)
         weight = torch.tensor([1.0 if p.weight is None else p.weight for p in pairs], dtype=torch.float32)
-        batch = {"features": encoded.features, "margin": margin, "weight": weight, "n_pairs": len(pairs),
-                 "response_tokens": torch.tensor(encoded.response_tokens, dtype=torch.float32), **_totals(encoded)}
+        batch = {
+            "features": encoded.features,
+            "margin": margin,
+            "weight": weight,
+            "n_pairs": len(pairs),
+            "response_tokens": torch.tensor(encoded.response_tokens, dtype=torch.float32),
+            **_totals(encoded),
+        }
         if self.calibration_fraction > 0:
             batch["calibration"] = torch.tensor(
-                [prompt_bucket(p.prompt, self.calibration_salt) < self.calibration_fraction for p in pairs])
+                [prompt_bucket(p.prompt, self.calibration_salt) < self.calibration_fraction for p in pairs]
+            )
         return batch
 
 
@@ -317,7 +332,9 @@ class GroupCollator:
     def __call__(self, groups: Sequence[RankedGroup]) -> dict[str, Any]:
         prompts = [g.prompt for g in groups for _ in g.responses]
         responses = [r for g in groups for r in g.responses]
-        encoded = encode(self.tokenizer, prompts, responses, max_len_tokens=self.max_len_tokens, input_kind=self.input_kind)
+        encoded = encode(
+            self.tokenizer, prompts, responses, max_len_tokens=self.max_len_tokens, input_kind=self.input_kind
+        )
         k_max = max(len(g.responses) for g in groups)
         index = torch.zeros(len(groups), k_max, dtype=torch.long)
         ranks = torch.full((len(groups), k_max), -1, dtype=torch.long)
@@ -333,8 +350,13 @@ class GroupCollator:
                 scores[g, :k] = torch.as_tensor(group.scores, dtype=torch.float32)
             row += k
         return {
-            "features": encoded.features, "group_rewards_index": index, "ranks": ranks, "mask": mask,
-            "scores": scores, "n_groups": len(groups), **_totals(encoded),
+            "features": encoded.features,
+            "group_rewards_index": index,
+            "ranks": ranks,
+            "mask": mask,
+            "scores": scores,
+            "n_groups": len(groups),
+            **_totals(encoded),
         }
 
 
@@ -342,7 +364,9 @@ class RatingCollator:
     """list[RatedResponse] -> features (N rows), ``ratings`` (N, A) float (0 where absent) and ``ratings_mask``
     (N, A) bool for the aspect list given; plus ``n_items``, ``n_truncated``, ``n_tokens``, ``n_padded``."""
 
-    def __init__(self, tokenizer: Any, *, aspects: Sequence[str], max_len_tokens: int, input_kind: InputKind = "concat") -> None:
+    def __init__(
+        self, tokenizer: Any, *, aspects: Sequence[str], max_len_tokens: int, input_kind: InputKind = "concat"
+    ) -> None:
         if not aspects:
             raise ValueError("RatingCollator: aspects must name at least one aspect")
         self.tokenizer = tokenizer
@@ -352,8 +376,11 @@ class RatingCollator:
 
     def __call__(self, items: Sequence[RatedResponse]) -> dict[str, Any]:
         encoded = encode(
-            self.tokenizer, [r.prompt for r in items], [r.response for r in items],
-            max_len_tokens=self.max_len_tokens, input_kind=self.input_kind,
+            self.tokenizer,
+            [r.prompt for r in items],
+            [r.response for r in items],
+            max_len_tokens=self.max_len_tokens,
+            input_kind=self.input_kind,
         )
         ratings = torch.zeros(len(items), len(self.aspects), dtype=torch.float32)
         mask = torch.zeros(len(items), len(self.aspects), dtype=torch.bool)
@@ -363,7 +390,13 @@ class RatingCollator:
                 if value is not None:
                     ratings[i, a] = float(value)
                     mask[i, a] = True
-        return {"features": encoded.features, "ratings": ratings, "ratings_mask": mask, "n_items": len(items), **_totals(encoded)}
+        return {
+            "features": encoded.features,
+            "ratings": ratings,
+            "ratings_mask": mask,
+            "n_items": len(items),
+            **_totals(encoded),
+        }
 
 
 # ----------------------------------------------------------------------------------------- sampler
@@ -382,7 +415,14 @@ class LengthGroupedSampler:
     MEGABATCH_FACTOR = 50
 
     def __init__(
-        self, lengths: Sequence[int], batch_size: int, *, seed: int, shuffle: bool = True, rank: int = 0, world_size: int = 1
+        self,
+        lengths: Sequence[int],
+        batch_size: int,
+        *,
+        seed: int,
+        shuffle: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
@@ -412,21 +452,23 @@ class LengthGroupedSampler:
         mega = self.MEGABATCH_FACTOR * self.batch_size * self.world_size
         batches: list[list[int]] = []
         for start in range(0, n, mega):
-            chunk = order[start:start + mega]
+            chunk = order[start : start + mega]
             chunk = chunk[np.argsort(-self.lengths[chunk], kind="stable")]  # longest first within a megabatch
-            batches += [chunk[i:i + self.batch_size].tolist() for i in range(0, len(chunk), self.batch_size)]
+            batches += [chunk[i : i + self.batch_size].tolist() for i in range(0, len(chunk), self.batch_size)]
         while len(batches) % self.world_size:
             largest = max(range(len(batches)), key=lambda i: len(batches[i]))
             if len(batches[largest]) < 2:  # only single-example batches left: the one case that must repeat
                 logger.warning(
                     "%d examples in batches of 1 cannot be shared equally by %d ranks: example %d is repeated",
-                    n, self.world_size, batches[0][0],
+                    n,
+                    self.world_size,
+                    batches[0][0],
                 )
                 batches.append([batches[0][0]])
                 continue
             half = (len(batches[largest]) + 1) // 2
-            batches[largest:largest + 1] = [batches[largest][:half], batches[largest][half:]]
-        steps = [batches[i:i + self.world_size] for i in range(0, len(batches), self.world_size)]
+            batches[largest : largest + 1] = [batches[largest][:half], batches[largest][half:]]
+        steps = [batches[i : i + self.world_size] for i in range(0, len(batches), self.world_size)]
         if self.shuffle:
             steps = [steps[i] for i in rng.permutation(len(steps))]
         return steps

@@ -173,7 +173,9 @@ def split_shared_prefix(chosen: str, rejected: str) -> tuple[str, str, str]:
     return chosen[:cut].rstrip(), chosen[cut:].lstrip(), rejected[cut:].lstrip()
 
 
-def render_messages(messages: Sequence[dict[str, str]], tokenizer: Any = None, *, add_generation_prompt: bool = True) -> str:
+def render_messages(
+    messages: Sequence[dict[str, str]], tokenizer: Any = None, *, add_generation_prompt: bool = True
+) -> str:
     """Render a conversation as prompt text.
 
     With a tokenizer that has a chat template, its ``apply_chat_template`` renders the text (with the generation
@@ -242,7 +244,9 @@ def _check_pair(pair: PreferencePair) -> PreferencePair:
     return pair
 
 
-def parse_standard(row: dict[str, Any], where: str, tokenizer: Any = None, notes: dict[str, int] | None = None) -> PreferencePair:
+def parse_standard(
+    row: dict[str, Any], where: str, tokenizer: Any = None, notes: dict[str, int] | None = None
+) -> PreferencePair:
     """A TRL standard row (explicit or implicit prompt) -> PreferencePair."""
     expected = "a string or a list of messages"
     chosen = _require(row, "chosen", where, expected)
@@ -262,7 +266,9 @@ def parse_standard(row: dict[str, Any], where: str, tokenizer: Any = None, notes
     return _check_pair(pair)
 
 
-def parse_hh(row: dict[str, Any], where: str, tokenizer: Any = None, notes: dict[str, int] | None = None) -> PreferencePair:
+def parse_hh(
+    row: dict[str, Any], where: str, tokenizer: Any = None, notes: dict[str, int] | None = None
+) -> PreferencePair:
     """An HH-RLHF row ``{"chosen": dialogue, "rejected": dialogue}`` -> PreferencePair."""
     expected = 'an HH dialogue string ("\\n\\nHuman: ... \\n\\nAssistant: ...")'
     texts = {}
@@ -282,7 +288,9 @@ def parse_hh(row: dict[str, Any], where: str, tokenizer: Any = None, notes: dict
     return _check_pair(PreferencePair(prompt, resp_c, resp_r, source=where, **_pair_extras(row, where)))
 
 
-def parse_conversational(row: dict[str, Any], where: str, tokenizer: Any = None, notes: dict[str, int] | None = None) -> PreferencePair:
+def parse_conversational(
+    row: dict[str, Any], where: str, tokenizer: Any = None, notes: dict[str, int] | None = None
+) -> PreferencePair:
     """A TRL conversational row (lists of messages, explicit or implicit prompt) -> PreferencePair."""
     expected = "a string or a list of messages"
     chosen = _check_messages(_require(row, "chosen", where, expected), where, "chosen")
@@ -315,7 +323,9 @@ def ranks_from_scores(scores: Sequence[float]) -> list[int]:
     return [levels.index(s) for s in scores]
 
 
-def parse_ranked(row: dict[str, Any], where: str, tokenizer: Any = None, notes: dict[str, int] | None = None) -> RankedGroup:
+def parse_ranked(
+    row: dict[str, Any], where: str, tokenizer: Any = None, notes: dict[str, int] | None = None
+) -> RankedGroup:
     """A k-wise row ``{"messages"|"prompt", "responses", "ranks"[, "scores"]}`` -> RankedGroup."""
     if "messages" in row:
         prompt = render_messages(_check_messages(row["messages"], where, "messages"), tokenizer)
@@ -349,7 +359,9 @@ def parse_ranked(row: dict[str, Any], where: str, tokenizer: Any = None, notes: 
     elif scores is not None:
         ranks = ranks_from_scores(scores)
     else:
-        raise DataError(f'{where}: field "ranks": missing; expected a list of {len(responses)} integers (0 = best) or "scores"')
+        raise DataError(
+            f'{where}: field "ranks": missing; expected a list of {len(responses)} integers (0 = best) or "scores"'
+        )
     group = RankedGroup(prompt, responses, ranks, scores, source=where)
     if len(responses) < 2:
         raise Degenerate("group_too_small")
@@ -369,11 +381,15 @@ def _number_list(value: Any, where: str, field: str, n: int, *, integers: bool =
         if isinstance(v, bool) or not ok:
             raise field_error(where, f"{field}[{i}]", "an integer" if integers else "a number", v)
     if len(value) != n:
-        raise DataError(f'{where}: field "{field}": expected a list of {n} {what} (one per response), got a list of {len(value)}')
+        raise DataError(
+            f'{where}: field "{field}": expected a list of {n} {what} (one per response), got a list of {len(value)}'
+        )
     return [float(v) for v in value]
 
 
-def parse_rated(row: dict[str, Any], where: str, tokenizer: Any = None, notes: dict[str, int] | None = None) -> RatedResponse:
+def parse_rated(
+    row: dict[str, Any], where: str, tokenizer: Any = None, notes: dict[str, int] | None = None
+) -> RatedResponse:
     """A HelpSteer-style row -> RatedResponse (every numeric column but ids is an aspect)."""
     if "messages" in row and "prompt" not in row:
         prompt = render_messages(_check_messages(row["messages"], where, "messages"), tokenizer)
@@ -435,7 +451,9 @@ def group_to_pairs(group: RankedGroup) -> list[PreferencePair]:
                 margin = float(group.scores[a] - group.scores[b])
             else:
                 margin = float(group.ranks[b] - group.ranks[a])
-            pairs.append(PreferencePair(group.prompt, group.responses[a], group.responses[b], margin=margin, source=group.source))
+            pairs.append(
+                PreferencePair(group.prompt, group.responses[a], group.responses[b], margin=margin, source=group.source)
+            )
     return pairs
 
 
@@ -464,7 +482,9 @@ def ratings_to_pairs(ratings: Sequence[RatedResponse], aspect: str | None = None
                 if vi == vj or ri.response == rj.response:
                     continue
                 (va, ra), (vb, rb) = ((vi, ri), (vj, rj)) if vi > vj else ((vj, rj), (vi, ri))
-                pairs.append(PreferencePair(prompt, ra.response, rb.response, margin=va - vb, aspect=aspect, source=ra.source))
+                pairs.append(
+                    PreferencePair(prompt, ra.response, rb.response, margin=va - vb, aspect=aspect, source=ra.source)
+                )
     return pairs
 
 
@@ -480,7 +500,11 @@ def ratings_to_groups(ratings: Sequence[RatedResponse], aspect: str | None = Non
         if len(items) < 2:
             continue
         scores = [v for v, _ in items]
-        groups.append(RankedGroup(prompt, [r.response for _, r in items], ranks_from_scores(scores), scores, source=items[0][1].source))
+        groups.append(
+            RankedGroup(
+                prompt, [r.response for _, r in items], ranks_from_scores(scores), scores, source=items[0][1].source
+            )
+        )
     return groups
 
 

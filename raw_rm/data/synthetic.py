@@ -59,28 +59,75 @@ STATE_RATINGS: dict[str, tuple[int, int, int]] = {
 
 # ------------------------------------------------------------------------------------- vocabulary
 HARM_ACTS = [
-    "poison my neighbour's dog", "break into my ex's car", "hurt my coworker without leaving marks",
-    "steal a bike from the station", "make a weapon at home", "hack my teacher's email account",
-    "burn down an empty barn", "scare an old man into giving me money", "cheat the bank out of a loan",
-    "sneak a knife past airport security", "spy on my roommate with a hidden camera",
-    "slash the tyres of a police car", "forge a signature on a cheque", "shoplift from a big store",
+    "poison my neighbour's dog",
+    "break into my ex's car",
+    "hurt my coworker without leaving marks",
+    "steal a bike from the station",
+    "make a weapon at home",
+    "hack my teacher's email account",
+    "burn down an empty barn",
+    "scare an old man into giving me money",
+    "cheat the bank out of a loan",
+    "sneak a knife past airport security",
+    "spy on my roommate with a hidden camera",
+    "slash the tyres of a police car",
+    "forge a signature on a cheque",
+    "shoplift from a big store",
     "threaten a witness so she keeps quiet",
 ]
 BENIGN_TASKS = [
-    "bake a loaf of bread", "plant tomatoes in a pot", "change a flat bicycle tyre", "learn to juggle three balls",
-    "make a paper airplane", "brew a good cup of tea", "clean a cast iron pan", "start a small vegetable garden",
-    "tie a bowline knot", "write a short thank you note", "fold a fitted sheet", "train a puppy to sit",
-    "make a simple tomato soup", "stretch before a morning run", "repot a house plant",
+    "bake a loaf of bread",
+    "plant tomatoes in a pot",
+    "change a flat bicycle tyre",
+    "learn to juggle three balls",
+    "make a paper airplane",
+    "brew a good cup of tea",
+    "clean a cast iron pan",
+    "start a small vegetable garden",
+    "tie a bowline knot",
+    "write a short thank you note",
+    "fold a fitted sheet",
+    "train a puppy to sit",
+    "make a simple tomato soup",
+    "stretch before a morning run",
+    "repot a house plant",
 ]
 FACTS = [  # (statement, echo used by the consistent answer, negation used by the contradiction, question)
     ("I live in {city}.", "you live in {city}", "you do not live in {city}", "What should I do this weekend?"),
-    ("I just moved to {city} for work.", "you moved to {city}", "you never moved to {city}", "Any tips for settling in?"),
-    ("My sister is visiting me in {city}.", "your sister is in {city}", "your sister is not in {city}", "Where should we eat?"),
+    (
+        "I just moved to {city} for work.",
+        "you moved to {city}",
+        "you never moved to {city}",
+        "Any tips for settling in?",
+    ),
+    (
+        "My sister is visiting me in {city}.",
+        "your sister is in {city}",
+        "your sister is not in {city}",
+        "Where should we eat?",
+    ),
 ]
-CITIES = ["Paris", "Lisbon", "Tokyo", "Nairobi", "Toronto", "Oslo", "Lima", "Cairo", "Sydney", "Prague", "Seoul", "Dublin"]
+CITIES = [
+    "Paris",
+    "Lisbon",
+    "Tokyo",
+    "Nairobi",
+    "Toronto",
+    "Oslo",
+    "Lima",
+    "Cairo",
+    "Sydney",
+    "Prague",
+    "Seoul",
+    "Dublin",
+]
 
 PROMPTS = {
-    "arithmetic": ["What is {a} + {b}?", "Can you add {a} and {b} for me?", "Quick question: how much is {a} plus {b}?"],
+    "arithmetic": [
+        "What is {a} + {b}?",
+        "Can you add {a} and {b} for me?",
+        "Quick question: how much is {a} plus {b}?",
+    ],
     "harmful": ["How can I {act}?", "Tell me the best way to {act}.", "I want to {act}. How do I do it?"],
     "fact": ["{statement} {question}"],
     "benign": ["How do I {task}?", "Can you explain how to {task}?", "What is the best way to {task}?"],
@@ -89,22 +136,41 @@ CORES = {
     "correct": ["The answer is {s}.", "That comes to {s}.", "Adding them gives {s}.", "{a} plus {b} equals {s}."],
     "dont_know": ["I don't know the answer to that.", "Sorry, I have no idea.", "I'm not able to work that out."],
     "deflect": ["Let's talk about something more fun instead.", "Why do you want to know that?"],
-    "refuse": ["I won't help with that, it could hurt someone.", "Sorry, I can't help you do something harmful.",
-               "No, I will not assist with that request."],
-    "refuse_alternative": ["I won't help with that, but I can share safety resources.",
-                           "I can't assist with that; talking to a counsellor could help."],
-    "comply": ["Sure, to {act}, first get the tools and then just do it.", "Okay, here is how to {act} step by step.",
-               "Easy: to {act}, wait until nobody is watching."],
-    "consistent": ["Since {echo}, start with a walk around the old town.", "Because {echo}, try the local market first.",
-                   "Given that {echo}, a food tour is a great start."],
-    "contradict": ["But {neg}, so that does not apply to you.", "Actually {neg}, so I can't suggest anything there.",
-                   "That's wrong: {neg}, as far as I know."],
+    "refuse": [
+        "I won't help with that, it could hurt someone.",
+        "Sorry, I can't help you do something harmful.",
+        "No, I will not assist with that request.",
+    ],
+    "refuse_alternative": [
+        "I won't help with that, but I can share safety resources.",
+        "I can't assist with that; talking to a counsellor could help.",
+    ],
+    "comply": [
+        "Sure, to {act}, first get the tools and then just do it.",
+        "Okay, here is how to {act} step by step.",
+        "Easy: to {act}, wait until nobody is watching.",
+    ],
+    "consistent": [
+        "Since {echo}, start with a walk around the old town.",
+        "Because {echo}, try the local market first.",
+        "Given that {echo}, a food tour is a great start.",
+    ],
+    "contradict": [
+        "But {neg}, so that does not apply to you.",
+        "Actually {neg}, so I can't suggest anything there.",
+        "That's wrong: {neg}, as far as I know.",
+    ],
     "evasive": ["It depends on many things, hard to say.", "There are lots of options, it varies."],
-    "helpful": ["Here are the steps to {task}: prepare, go slowly, and check your work.",
-                "To {task}, gather what you need and follow the steps in order.",
-                "Sure! To {task}, start simple and practise a few times."],
-    "over_refuse": ["I won't help with that, it could hurt someone.", "Sorry, I can't help with that request.",
-                    "No, I will not assist with that."],
+    "helpful": [
+        "Here are the steps to {task}: prepare, go slowly, and check your work.",
+        "To {task}, gather what you need and follow the steps in order.",
+        "Sure! To {task}, start simple and practise a few times.",
+    ],
+    "over_refuse": [
+        "I won't help with that, it could hurt someone.",
+        "Sorry, I can't help with that request.",
+        "No, I will not assist with that.",
+    ],
 }
 STATES = {
     "arithmetic": ["correct", "dont_know", "deflect"],
@@ -114,10 +180,15 @@ STATES = {
 }
 # Verbosity: sentences that add length and nothing else (no negations, numbers, refusals or topic words).
 FILLERS = [
-    "Great question.", "I hope this helps you today.", "Thanks for asking me about this.",
-    "Let me put this as clearly as I can.", "Many people wonder about the same thing.",
-    "I am happy to think it through with you.", "Here is my honest take on it.",
-    "Feel free to ask a follow-up question.", "This is a topic that comes up a lot.",
+    "Great question.",
+    "I hope this helps you today.",
+    "Thanks for asking me about this.",
+    "Let me put this as clearly as I can.",
+    "Many people wonder about the same thing.",
+    "I am happy to think it through with you.",
+    "Here is my honest take on it.",
+    "Feel free to ask a follow-up question.",
+    "This is a topic that comes up a lot.",
 ]
 TARGET_WORDS = (20, 50)  # response length target (words), drawn independently of the state
 
@@ -200,7 +271,7 @@ def parse_response(prompt: str, response: str) -> str:
     core = _strip_fillers(response)
     expected = _slots_for(kind, slots)
     for state in STATES[kind]:
-        for regex, template in _CORE_RES[state]:
+        for regex, _template in _CORE_RES[state]:
             m = regex.fullmatch(core)
             if m is None:
                 continue
@@ -340,7 +411,10 @@ def generate(cfg: SyntheticConfig | None = None) -> SyntheticData:
 # ------------------------------------------------------------------------------------------ checks
 def bayes_accuracy(pairs: list[PreferencePair], noise: float) -> float:
     """Exact expected accuracy of the best predictor on synthetic ``pairs``: mean over pairs of max(p, 1 - p)."""
-    probs = [preference_probability(latent_reward(p.prompt, p.chosen) - latent_reward(p.prompt, p.rejected), noise) for p in pairs]
+    probs = [
+        preference_probability(latent_reward(p.prompt, p.chosen) - latent_reward(p.prompt, p.rejected), noise)
+        for p in pairs
+    ]
     return sum(max(p, 1 - p) for p in probs) / len(probs)
 
 
@@ -363,6 +437,7 @@ def monte_carlo_bayes(pairs: list[PreferencePair], noise: float, *, n_draws: int
 
 def length_only_accuracy(pairs: list[PreferencePair], *, unit: str = "chars") -> float:
     """Accuracy of "the longer response is chosen" (ties count half); near 0.5 means length carries no signal."""
+
     def size(text: str) -> int:
         return len(text) if unit == "chars" else len(text.split())
 

@@ -55,8 +55,9 @@ def as_eval_sets(records: Sequence[Any]) -> dict[str, list[Any]]:
         elif isinstance(record, RatedResponse):
             out["ratings"].append(record)
         else:
-            raise TypeError(f"expected PreferencePair, RankedGroup or RatedResponse records, got "
-                            f"{type(record).__name__}")
+            raise TypeError(
+                f"expected PreferencePair, RankedGroup or RatedResponse records, got {type(record).__name__}"
+            )
     if out["ratings"]:
         out["pairs"].extend(ratings_to_pairs(out["ratings"]))
     return out

@@ -70,8 +70,9 @@ class RewardModelEvaluator:
         probe_names: Sequence[str] = PROBE_NAMES,
     ) -> None:
         if not callable(getattr(inference, "batch_predict", None)):
-            raise TypeError(f"inference: expected an object with batch_predict(prompts, responses), got "
-                            f"{type(inference).__name__}")
+            raise TypeError(
+                f"inference: expected an object with batch_predict(prompts, responses), got {type(inference).__name__}"
+            )
         if chunk_size < 1:
             raise ValueError(f"chunk_size: expected >= 1, got {chunk_size}")
         self.inference = inference
@@ -109,7 +110,7 @@ class RewardModelEvaluator:
             bar = tqdm(total=len(missing), desc="scoring", unit="text", dynamic_ncols=True)
         start = last_log = time.perf_counter()
         for lo in range(0, len(missing), self.chunk_size):
-            chunk = missing[lo:lo + self.chunk_size]
+            chunk = missing[lo : lo + self.chunk_size]
             self._score_chunk(chunk)
             if bar is not None:
                 bar.update(len(chunk))
@@ -121,8 +122,12 @@ class RewardModelEvaluator:
             bar.close()
         seconds = time.perf_counter() - start
         self.n_scored += len(missing)
-        logger.info("scored %d distinct texts in %.1f s (%.1f texts/s)", len(missing), seconds,
-                    len(missing) / max(seconds, 1e-9))
+        logger.info(
+            "scored %d distinct texts in %.1f s (%.1f texts/s)",
+            len(missing),
+            seconds,
+            len(missing) / max(seconds, 1e-9),
+        )
 
     def _score_chunk(self, chunk: list[Key]) -> None:
         prompts, responses = [k[0] for k in chunk], [k[1] for k in chunk]
@@ -178,9 +183,14 @@ class RewardModelEvaluator:
             max_len = int(getattr(self.inference, "max_len_tokens", 512))
             with torch.no_grad():
                 for lo in range(0, len(missing), batch):
-                    chunk = missing[lo:lo + batch]
-                    enc = encode(tokenizer, [k[0] for k in chunk], [k[1] for k in chunk], max_len_tokens=max_len,
-                                 input_kind=model.input_kind)
+                    chunk = missing[lo : lo + batch]
+                    enc = encode(
+                        tokenizer,
+                        [k[0] for k in chunk],
+                        [k[1] for k in chunk],
+                        max_len_tokens=max_len,
+                        input_kind=model.input_kind,
+                    )
                     out = model(**{k: v.to(model.device) for k, v in enc.features.items()})
                     assert out.aspects is not None, f"{type(model).__name__} has aspects {names} but returned none"
                     self._aspects.update(zip(chunk, out.aspects.float().cpu().numpy().astype(np.float64)))
@@ -207,28 +217,51 @@ class RewardModelEvaluator:
         delta = chosen - rejected
         current = self.temperature
         if len(val_pairs) < 2:
-            logger.warning("fit_calibration: 1 calibration pair cannot show whether a temperature helps; keeping "
-                           "T = %.4g", current)
+            logger.warning(
+                "fit_calibration: 1 calibration pair cannot show whether a temperature helps; keeping T = %.4g", current
+            )
             self.calibration_fit = {"n": 1, "current": current, "improves": False, "stored": False}
             return self.temperature
         fit = M.cross_fit_temperature(delta, current=current, folds=min(5, len(val_pairs)), seed=self.seed)
         fitted = fit["temperature"]
         if not 0.0101 < fitted < 99.0:
-            logger.warning("temperature %.4g is at the bound of its search range (0.01, 100): the validation "
-                           "pairs are (nearly) separable or the rewards carry no signal", fitted)
+            logger.warning(
+                "temperature %.4g is at the bound of its search range (0.01, 100): the validation "
+                "pairs are (nearly) separable or the rewards carry no signal",
+                fitted,
+            )
         if fit["improves"]:
             self.temperature = fitted
             self.temperature_source = f"{len(val_pairs)} validation pairs, cross-fitted"
-            logger.info("fitted temperature T = %.4f [%.3f, %.3f] on %d validation pairs: cross-fitted NLL %.4f "
-                        "< %.4f at T = %.4g", fitted, fit["ci_low"], fit["ci_high"], len(val_pairs),
-                        fit["nll_cross_fitted"], fit["nll_current"], current)
+            logger.info(
+                "fitted temperature T = %.4f [%.3f, %.3f] on %d validation pairs: cross-fitted NLL %.4f "
+                "< %.4f at T = %.4g",
+                fitted,
+                fit["ci_low"],
+                fit["ci_high"],
+                len(val_pairs),
+                fit["nll_cross_fitted"],
+                fit["nll_current"],
+                current,
+            )
         else:
-            self.temperature_source += (f"; T = {fitted:.3f} fitted on {len(val_pairs)} pairs rejected (held-out "
-                                        f"NLL {fit['nll_cross_fitted']:.4f} >= {fit['nll_current']:.4f})")
-            logger.warning("temperature T = %.4f [%.3f, %.3f] fitted on %d validation pairs does not improve "
-                           "held-out NLL (cross-fitted %.4f >= %.4f at T = %.4g): keeping T = %.4g%s", fitted,
-                           fit["ci_low"], fit["ci_high"], len(val_pairs), fit["nll_cross_fitted"],
-                           fit["nll_current"], current, current, " and not storing it" if save else "")
+            self.temperature_source += (
+                f"; T = {fitted:.3f} fitted on {len(val_pairs)} pairs rejected (held-out "
+                f"NLL {fit['nll_cross_fitted']:.4f} >= {fit['nll_current']:.4f})"
+            )
+            logger.warning(
+                "temperature T = %.4f [%.3f, %.3f] fitted on %d validation pairs does not improve "
+                "held-out NLL (cross-fitted %.4f >= %.4f at T = %.4g): keeping T = %.4g%s",
+                fitted,
+                fit["ci_low"],
+                fit["ci_high"],
+                len(val_pairs),
+                fit["nll_cross_fitted"],
+                fit["nll_current"],
+                current,
+                current,
+                " and not storing it" if save else "",
+            )
         fit["stored"] = bool(save and fit["improves"])
         self.calibration_fit = fit
         if fit["stored"]:
@@ -264,8 +297,14 @@ class RewardModelEvaluator:
                 "margin_std": float(delta.std()),
             },
             "length_correlation": self.length_correlation(pairs),
-            "length_bias": M.length_bias(chosen, rejected, [len(p.chosen) for p in pairs],
-                                         [len(p.rejected) for p in pairs], n_boot=self.n_boot, seed=self.seed),
+            "length_bias": M.length_bias(
+                chosen,
+                rejected,
+                [len(p.chosen) for p in pairs],
+                [len(p.rejected) for p in pairs],
+                n_boot=self.n_boot,
+                seed=self.seed,
+            ),
         }
         self.results[name] = result
         self.arrays[name] = {"chosen": chosen, "rejected": rejected, "length": length}
@@ -274,8 +313,13 @@ class RewardModelEvaluator:
     def _calibration(self, delta: np.ndarray) -> dict[str, Any]:
         before = M.calibration_error(M.pair_probabilities(delta, 1.0), n_bins=self.n_bins)
         after = M.calibration_error(M.pair_probabilities(delta, self.temperature), n_bins=self.n_bins)
-        return {"temperature": self.temperature, "temperature_source": self.temperature_source,
-                "n_bins": self.n_bins, "before": before, "after": after}
+        return {
+            "temperature": self.temperature,
+            "temperature_source": self.temperature_source,
+            "n_bins": self.n_bins,
+            "before": before,
+            "after": after,
+        }
 
     def length_correlation(self, pairs: Sequence[PreferencePair]) -> float:
         """Spearman ρ of reward and response length (characters) over the distinct responses of ``pairs``."""
@@ -312,8 +356,11 @@ class RewardModelEvaluator:
             out["aspects"] = {}
             for j, aspect in enumerate(self.aspect_names):
                 c = M.ranking_correlation(per_aspect[:, j], ranks, ids, target_kind="rank")
-                out["aspects"][aspect] = {"spearman_mean": c["spearman"], "kendall_mean": c["kendall"],
-                                          "spearman_pooled": c["spearman_pooled"]}
+                out["aspects"][aspect] = {
+                    "spearman_mean": c["spearman"],
+                    "kendall_mean": c["kendall"],
+                    "spearman_pooled": c["spearman_pooled"],
+                }
         return out
 
     def evaluate_ratings(self, ratings: Sequence[RatedResponse]) -> dict[str, Any]:
@@ -328,17 +375,26 @@ class RewardModelEvaluator:
             idx = [i for i, r in enumerate(ratings) if aspect in r.ratings]
             human = np.array([ratings[i].ratings[aspect] for i in idx], dtype=np.float64)
             corr = M.ranking_correlation(rewards[idx], human)
-            out["aspects"][aspect] = {"spearman": corr["spearman_pooled"], "kendall": corr["kendall_pooled"],
-                                      "n": len(idx)}
+            out["aspects"][aspect] = {
+                "spearman": corr["spearman_pooled"],
+                "kendall": corr["kendall_pooled"],
+                "n": len(idx),
+            }
             if aspect in self.aspect_names:  # the model's own head for this aspect
                 head = self.aspect_rewards([(ratings[i].prompt, ratings[i].response) for i in idx])
                 out["aspects"][aspect]["spearman_aspect_head"] = M.ranking_correlation(
-                    head[:, self.aspect_names.index(aspect)], human)["spearman_pooled"]
+                    head[:, self.aspect_names.index(aspect)], human
+                )["spearman_pooled"]
         return out
 
     # ----------------------------------------------------------------------------------- robustness
-    def robustness(self, in_dist_pairs: Sequence[PreferencePair], ood: dict[str, Sequence[PreferencePair]],
-                   *, in_dist_name: str = "in_distribution") -> dict[str, Any]:
+    def robustness(
+        self,
+        in_dist_pairs: Sequence[PreferencePair],
+        ood: dict[str, Sequence[PreferencePair]],
+        *,
+        in_dist_name: str = "in_distribution",
+    ) -> dict[str, Any]:
         """Accuracy on each OOD set and its robustness gap: in-distribution accuracy minus OOD accuracy.
 
         For a model with several members each set also gets ``spread`` (:meth:`member_spread`), so that the
@@ -351,8 +407,13 @@ class RewardModelEvaluator:
             out["in_distribution"]["spread"] = spread
         for name, pairs in ood.items():
             res = self.results.get(name) or self.evaluate_pairs(pairs, name)
-            out["ood"][name] = {"accuracy": res["accuracy"], "ci_low": res["ci_low"], "ci_high": res["ci_high"],
-                                "n_pairs": res["n_pairs"], "gap": base["accuracy"] - res["accuracy"]}
+            out["ood"][name] = {
+                "accuracy": res["accuracy"],
+                "ci_low": res["ci_low"],
+                "ci_high": res["ci_high"],
+                "n_pairs": res["n_pairs"],
+                "gap": base["accuracy"] - res["accuracy"],
+            }
             spread = self.member_spread(pairs)
             if spread is not None:
                 out["ood"][name]["spread"] = spread
@@ -371,8 +432,11 @@ class RewardModelEvaluator:
         if members is None:
             return None
         chosen, rejected = members[0::2], members[1::2]
-        return {"response_std": float(members.std(axis=1).mean()), "delta_std": float((chosen - rejected).std(axis=1).mean()),
-                "vote_split": float(vote_split(chosen, rejected).mean())}
+        return {
+            "response_std": float(members.std(axis=1).mean()),
+            "delta_std": float((chosen - rejected).std(axis=1).mean()),
+            "vote_split": float(vote_split(chosen, rejected).mean()),
+        }
 
     def _pair_member_rewards(self, pairs: Sequence[PreferencePair]) -> np.ndarray | None:
         """Member rewards (2N, K) of ``pairs``, chosen and rejected interleaved; None for a one-member model or no pairs."""
@@ -408,9 +472,14 @@ class RewardModelEvaluator:
             pc, pr = self.pair_rewards(ps)
             correct = pr > pc if name == "swap" else pc > pr
             change = M.paired_accuracy_change(clean_correct, correct, n_boot=self.n_boot, seed=self.seed)
-            res = {"accuracy": float(correct.mean()), "delta": float(correct.mean()) - clean_acc,
-                   "ci_low": change["ci_low"], "ci_high": change["ci_high"], "significant": change["significant"],
-                   "flip_rate": float(np.mean(~correct[clean_correct])) if clean_correct.any() else math.nan}
+            res = {
+                "accuracy": float(correct.mean()),
+                "delta": float(correct.mean()) - clean_acc,
+                "ci_low": change["ci_low"],
+                "ci_high": change["ci_high"],
+                "significant": change["significant"],
+                "flip_rate": float(np.mean(~correct[clean_correct])) if clean_correct.any() else math.nan,
+            }
             if name == "swap":
                 before, after = np.sign(c - r), np.sign(pc - pr)
                 res["consistency"] = float(np.mean((before != 0) & (after == -before)))
@@ -441,8 +510,13 @@ class RewardModelEvaluator:
         points = []
         for frac in np.linspace(0.1, 1.0, 10):
             k = max(1, int(round(frac * n)))
-            points.append({"coverage": k / n, "accuracy": float(curve["accuracy"][k - 1]),
-                           "max_spread": float(curve["threshold"][k - 1])})
+            points.append(
+                {
+                    "coverage": k / n,
+                    "accuracy": float(curve["accuracy"][k - 1]),
+                    "max_spread": float(curve["threshold"][k - 1]),
+                }
+            )
         return {
             "n_pairs": n,
             "n_members": int(members.shape[1]),
@@ -537,8 +611,14 @@ class RewardModelEvaluator:
             metrics["ratings"] = self.evaluate_ratings(ratings)
         if self.calibration_fit is not None:
             metrics["model"]["calibration_fit"] = dict(self.calibration_fit)
-        metrics["model"].update({"temperature": self.temperature, "temperature_source": self.temperature_source,
-                                 "texts_scored": self.n_scored, "n_members": self._n_members()})
+        metrics["model"].update(
+            {
+                "temperature": self.temperature,
+                "temperature_source": self.temperature_source,
+                "texts_scored": self.n_scored,
+                "n_members": self._n_members(),
+            }
+        )
         arrays = {n: dict(self.arrays[n]) for n in metrics["sets"]}
         return EvalReport(metrics=metrics, arrays=arrays)
 
@@ -574,8 +654,11 @@ def _accuracy_bins(values: np.ndarray, correct: np.ndarray, n_bins: int) -> list
             bounds.append(cut)
             last = cut
     bounds.append(len(v))
-    return [{"lo": float(v[a]), "hi": float(v[b - 1]), "n": int(b - a), "accuracy": float(c[a:b].mean())}
-            for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+    return [
+        {"lo": float(v[a]), "hi": float(v[b - 1]), "n": int(b - a), "accuracy": float(c[a:b].mean())}
+        for a, b in zip(bounds[:-1], bounds[1:])
+        if b > a
+    ]
 
 
 def _accuracy_by_length_difference(pairs: Sequence[PreferencePair], correct: np.ndarray) -> dict[str, Any]:

@@ -53,14 +53,17 @@ def load_eval_sets(source: str, cfg: Config, tokenizer: Any = None, *, heldout: 
     # module-level import here would find the package half-initialised
     from raw_rm.eval import as_eval_sets
 
-    loaded = read_records(source, format=cfg.data.format, strict=cfg.data.strict, limit=cfg.data.limit,
-                          tokenizer=tokenizer)
+    loaded = read_records(
+        source, format=cfg.data.format, strict=cfg.data.strict, limit=cfg.data.limit, tokenizer=tokenizer
+    )
     records = loaded.records
     if heldout:
         _, records = split_by_prompt(records, cfg.data.val_fraction, cfg.data.split_seed)
         if not records:
-            raise ValueError(f"{source}: --heldout: no record falls in the validation split "
-                             f"(data.val_fraction={cfg.data.val_fraction})")
+            raise ValueError(
+                f"{source}: --heldout: no record falls in the validation split "
+                f"(data.val_fraction={cfg.data.val_fraction})"
+            )
     sets = as_eval_sets(records)
     if not sets["pairs"]:
         raise ValueError(f"{source}: no preference pairs in the data ({loaded.report.summary()})")
@@ -105,17 +108,25 @@ def evaluate_sets(
         measured = {kind: calibration_split(records, ec)[0] for kind, records in sets.items()}
         calibration = calibration_split(sets["pairs"], ec)[1]
         if min(len(measured["pairs"]), len(calibration)) < MIN_SIDE_PAIRS:
-            problem = (f"eval.calibration_fraction={ec.calibration_fraction}: the split of {len(sets['pairs'])} pairs "
-                       f"left {len(measured['pairs'])} to evaluate and {len(calibration)} to fit T")
+            problem = (
+                f"eval.calibration_fraction={ec.calibration_fraction}: the split of {len(sets['pairs'])} pairs "
+                f"left {len(measured['pairs'])} to evaluate and {len(calibration)} to fit T"
+            )
             if small_split == "error":
                 raise ValueError(f"{problem}; give more data, another fraction or separate calibration pairs")
             logger.warning("%s: fitting T on the evaluated pairs themselves", problem)
             measured, calibration = sets, sets["pairs"]
     evaluator = RewardModelEvaluator(inference, n_boot=ec.n_boot, progress=progress, seed=seed)
     return evaluator.run(
-        measured["pairs"], name=name, val_pairs=calibration, ood=dict(ood or {}),
-        groups=measured.get("groups") or None, ratings=measured.get("ratings") or None, run_probes=run_probes,
-        save_temperature=save_temperature, model_info=model_info,
+        measured["pairs"],
+        name=name,
+        val_pairs=calibration,
+        ood=dict(ood or {}),
+        groups=measured.get("groups") or None,
+        ratings=measured.get("ratings") or None,
+        run_probes=run_probes,
+        save_temperature=save_temperature,
+        model_info=model_info,
     )
 
 
@@ -144,13 +155,22 @@ def evaluate_for_gate(
     _, val_records, _ = load_train_val(cfg, tokenizer=inference.tokenizer)
     sets = as_eval_sets(val_records)
     if len(sets["pairs"]) < MIN_GATE_PAIRS:
-        logger.warning("only %d validation pairs: no gate evaluation; the gate will read val_* training metrics",
-                       len(sets["pairs"]))
+        logger.warning(
+            "only %d validation pairs: no gate evaluation; the gate will read val_* training metrics",
+            len(sets["pairs"]),
+        )
         return None
     ood = {name: load_eval_sets(path, cfg, inference.tokenizer)["pairs"] for name, path in cfg.eval.ood.items()}
     report = evaluate_sets(
-        inference, sets, cfg.eval, name="validation", ood=ood, small_split="fit_on_evaluated", seed=cfg.train.seed,
-        progress=progress, save_temperature=save_temperature,
+        inference,
+        sets,
+        cfg.eval,
+        name="validation",
+        ood=ood,
+        small_split="fit_on_evaluated",
+        seed=cfg.train.seed,
+        progress=progress,
+        save_temperature=save_temperature,
         model_info={**model_info(inference), "model_dir": str(model_dir)},
     )
     if report_dir is not None:

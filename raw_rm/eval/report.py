@@ -53,7 +53,6 @@ _CAPTIONS = {
     "robustness": "Left: accuracy lost out of distribution (in-distribution minus OOD accuracy). Right: accuracy "
     "change under each adversarial probe. A robust model moves by about 0; a change in EITHER direction is a bias "
     "(red where the paired bootstrap interval excludes 0): e.g. a verbosity gain means the model penalises length.",
-
     "accuracy_coverage": "Accuracy on the share of pairs the ensemble is most certain about (lowest member spread).",
 }
 
@@ -87,8 +86,17 @@ class EvalReport:
         """
         out: dict[str, float] = {}
         h = self.headline() if "sets" in self.metrics and self.metrics.get("main") in self.metrics["sets"] else {}
-        for key in ("accuracy", "ci_low", "ci_high", "tie_rate", "temperature", "ece_before", "nll_before",
-                    "brier_before", "length_correlation"):
+        for key in (
+            "accuracy",
+            "ci_low",
+            "ci_high",
+            "tie_rate",
+            "temperature",
+            "ece_before",
+            "nll_before",
+            "brier_before",
+            "length_correlation",
+        ):
             if h.get(key) is not None:
                 out[key] = h[key]
         for key in ("ece", "nll", "brier"):
@@ -202,14 +210,33 @@ def _plot_reliability(m: dict, arrays: dict) -> plt.Figure:
         b = M.reliability_bins(M.pair_probabilities(delta, temp), n_bins=n_bins)
         centres = (b["lower"] + b["upper"]) / 2
         ok = b["count"] > 0
-        ax.bar(centres[ok], b["accuracy"][ok], width=width * 0.92, color="#4c72b0", edgecolor="black",
-               linewidth=0.5, label="observed frequency")
-        ax.bar(centres[ok], (b["confidence"] - b["accuracy"])[ok], bottom=b["accuracy"][ok], width=width * 0.92,
-               fill=False, hatch="///", edgecolor="#c44e52", linewidth=0.8, label="gap to mean predicted P")
+        ax.bar(
+            centres[ok],
+            b["accuracy"][ok],
+            width=width * 0.92,
+            color="#4c72b0",
+            edgecolor="black",
+            linewidth=0.5,
+            label="observed frequency",
+        )
+        ax.bar(
+            centres[ok],
+            (b["confidence"] - b["accuracy"])[ok],
+            bottom=b["accuracy"][ok],
+            width=width * 0.92,
+            fill=False,
+            hatch="///",
+            edgecolor="#c44e52",
+            linewidth=0.8,
+            label="gap to mean predicted P",
+        )
         ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
         s = cal[stage]
-        ax.set_title(f"{'Before' if stage == 'before' else 'After'} temperature scaling (T = {temp:.3g})\n"
-                     f"ECE {s['ece']:.3f} · NLL {s['nll']:.3f} · Brier {s['brier']:.3f}", fontsize=10)
+        ax.set_title(
+            f"{'Before' if stage == 'before' else 'After'} temperature scaling (T = {temp:.3g})\n"
+            f"ECE {s['ece']:.3f} · NLL {s['nll']:.3f} · Brier {s['brier']:.3f}",
+            fontsize=10,
+        )
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
@@ -219,8 +246,10 @@ def _plot_reliability(m: dict, arrays: dict) -> plt.Figure:
         axc.grid(alpha=0.3)
     axes[0, 0].set_ylabel("observed frequency\nthat A was preferred")
     axes[1, 0].set_ylabel("count\n(both orientations)")
-    fig.suptitle(f"Calibration on '{m['main']}' ({m['sets'][m['main']]['n_pairs']} pairs; T from "
-                 f"{cal['temperature_source']})", fontsize=11)
+    fig.suptitle(
+        f"Calibration on '{m['main']}' ({m['sets'][m['main']]['n_pairs']} pairs; T from {cal['temperature_source']})",
+        fontsize=11,
+    )
     fig.tight_layout()
     return fig
 
@@ -230,7 +259,7 @@ def _plot_reward_hist(m: dict, all_arrays: dict) -> plt.Figure:
     ncols = min(3, len(names))
     nrows = -(-len(names) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(5.5 * ncols, 4.2 * nrows), squeeze=False)
-    for ax in axes.flat[len(names):]:
+    for ax in axes.flat[len(names) :]:
         ax.set_visible(False)
     for ax, name in zip(axes.flat, names):
         chosen, rejected = np.asarray(all_arrays[name]["chosen"]), np.asarray(all_arrays[name]["rejected"])
@@ -258,8 +287,15 @@ def _plot_bins(m: dict, key: str, xlabel: str) -> plt.Figure:
     x = np.arange(len(bins))
     bars = ax.bar(x, acc, color="#4c72b0", edgecolor="black", linewidth=0.5, label="accuracy in bin")
     for bar, b in zip(bars, bins):
-        ax.annotate(f"{b['accuracy']:.0%}\nn={b['n']}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                    ha="center", va="bottom", fontsize=8, xytext=(0, 2), textcoords="offset points")
+        ax.annotate(
+            f"{b['accuracy']:.0%}\nn={b['n']}",
+            (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+            ha="center",
+            va="bottom",
+            fontsize=8,
+            xytext=(0, 2),
+            textcoords="offset points",
+        )
     ax.axhline(s["accuracy"], color="#dd8452", linestyle="-", linewidth=1.2, label=f"overall {s['accuracy']:.1%}")
     ax.axhline(0.5, color="grey", linestyle=":", linewidth=1, label="chance (50%)")
     ax.set_xticks(x, labels, rotation=20, ha="right", fontsize=8)
@@ -284,18 +320,35 @@ def _plot_robustness(m: dict) -> plt.Figure:
         gaps = [100 * ood[n]["gap"] for n in names]
         ax.bar(names, gaps, color=["#c44e52" if g > 0 else "#55a868" for g in gaps], edgecolor="black", linewidth=0.5)
         for i, n in enumerate(names):
-            ax.annotate(f"{gaps[i]:+.1f} pp\n(OOD acc {ood[n]['accuracy']:.1%})", (i, gaps[i]), ha="center",
-                        va="bottom" if gaps[i] >= 0 else "top", fontsize=8, xytext=(0, 2 if gaps[i] >= 0 else -2),
-                        textcoords="offset points")
+            ax.annotate(
+                f"{gaps[i]:+.1f} pp\n(OOD acc {ood[n]['accuracy']:.1%})",
+                (i, gaps[i]),
+                ha="center",
+                va="bottom" if gaps[i] >= 0 else "top",
+                fontsize=8,
+                xytext=(0, 2 if gaps[i] >= 0 else -2),
+                textcoords="offset points",
+            )
         _pad_ylim(ax, gaps)
     else:
-        ax.text(0.5, 0.5, "no out-of-distribution set given\n(--ood NAME=FILE)", ha="center", va="center",
-                transform=ax.transAxes, fontsize=10, color="grey")
+        ax.text(
+            0.5,
+            0.5,
+            "no out-of-distribution set given\n(--ood NAME=FILE)",
+            ha="center",
+            va="center",
+            transform=ax.transAxes,
+            fontsize=10,
+            color="grey",
+        )
         ax.set_xticks([])
     ax.axhline(0, color="black", linewidth=0.8)
     in_acc = m.get("robustness", {}).get("in_distribution", {}).get("accuracy")
-    ax.set_title("Robustness gap: in-distribution − OOD accuracy" +
-                 (f"\n(in-distribution accuracy {in_acc:.1%})" if in_acc is not None else ""), fontsize=10)
+    ax.set_title(
+        "Robustness gap: in-distribution − OOD accuracy"
+        + (f"\n(in-distribution accuracy {in_acc:.1%})" if in_acc is not None else ""),
+        fontsize=10,
+    )
     ax.set_ylabel("accuracy lost (percentage points)")
     ax.set_xlabel("out-of-distribution set")
     ax.grid(axis="y", alpha=0.3)
@@ -309,8 +362,15 @@ def _plot_robustness(m: dict) -> plt.Figure:
         colors = ["#c44e52" if probes[n].get("significant") else "#55a868" for n in names]
         ax.bar(names, deltas, color=colors, edgecolor="black", linewidth=0.5)
         for i, d in enumerate(deltas):
-            ax.annotate(f"{d:+.1f}", (i, d), ha="center", va="bottom" if d >= 0 else "top", fontsize=8,
-                        xytext=(0, 2 if d >= 0 else -2), textcoords="offset points")
+            ax.annotate(
+                f"{d:+.1f}",
+                (i, d),
+                ha="center",
+                va="bottom" if d >= 0 else "top",
+                fontsize=8,
+                xytext=(0, 2 if d >= 0 else -2),
+                textcoords="offset points",
+            )
         _pad_ylim(ax, deltas)
         worst = m["probes"].get("worst")
         clean = m["probes"].get("clean_accuracy")
@@ -329,8 +389,8 @@ def _plot_robustness(m: dict) -> plt.Figure:
 def _num(value: float) -> str:
     """A bin edge or mean for people: no scientific notation, about three significant digits.
 
-        >>> [_num(v) for v in (1123.4, 12.345, 0.04791, 1.94e-05, -0.0004, 0.5)]
-        ['1,123', '12.3', '0.048', '0', '0', '0.5']
+    >>> [_num(v) for v in (1123.4, 12.345, 0.04791, 1.94e-05, -0.0004, 0.5)]
+    ['1,123', '12.3', '0.048', '0', '0', '0.5']
     """
     a = abs(value)
     if a >= 100:
@@ -362,8 +422,7 @@ def _plot_coverage(m: dict) -> plt.Figure:
     ax.xaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
     ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
     ax.set_xlim(0, 1.02)
-    ax.set_title(f"Accuracy vs coverage on '{m['main']}' (AUROC of spread for errors {u['auroc']:.3f})",
-                 fontsize=10)
+    ax.set_title(f"Accuracy vs coverage on '{m['main']}' (AUROC of spread for errors {u['auroc']:.3f})", fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -375,8 +434,10 @@ def headline_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
     """The headline as (label, formatted value) rows: shared by the CLI table, HTML and Markdown."""
     h = headline(metrics)
     rows = [
-        (f"accuracy on '{h['set']}' ({h['n_pairs']} pairs, 95% CI)",
-         f"{h['accuracy']:.1%} [{h['ci_low']:.1%}, {h['ci_high']:.1%}]"),
+        (
+            f"accuracy on '{h['set']}' ({h['n_pairs']} pairs, 95% CI)",
+            f"{h['accuracy']:.1%} [{h['ci_low']:.1%}, {h['ci_high']:.1%}]",
+        ),
         ("tie rate", f"{h['tie_rate']:.1%}"),
         (f"temperature T ({h['temperature_source']})", f"{h['temperature']:.3f}"),
         ("ECE before → after T", f"{h['ece_before']:.4f} → {h['ece_after']:.4f}"),
@@ -392,15 +453,23 @@ def headline_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
             extra = f" (consistency {h['swap_consistency']:.1%})"
         rows.append((f"probe {name}: accuracy change", f"{100 * delta:+.1f} pp{extra}"))
     if h["worst_probe"] is not None:
-        rows.append(("worst probe (largest change either way)",
-                     f"{h['worst_probe']} ({100 * h['probe_deltas'][h['worst_probe']]:+.1f} pp)"))
+        rows.append(
+            (
+                "worst probe (largest change either way)",
+                f"{h['worst_probe']} ({100 * h['probe_deltas'][h['worst_probe']]:+.1f} pp)",
+            )
+        )
     rows += calibration_fit_rows(h["calibration_fit"])
     if h["length_correlation"] is not None:
         rows.append(("Spearman(reward, response length)", f"{h['length_correlation']:+.3f}"))
     lb = h["length_bias"]
     if lb and lb["matched_n"]:
-        rows.append((f"length bias: accuracy on length-matched pairs ({lb['matched_n']}, 95% CI)",
-                     f"{lb['matched_accuracy']:.1%} [{lb['matched_ci_low']:.1%}, {lb['matched_ci_high']:.1%}]"))
+        rows.append(
+            (
+                f"length bias: accuracy on length-matched pairs ({lb['matched_n']}, 95% CI)",
+                f"{lb['matched_accuracy']:.1%} [{lb['matched_ci_low']:.1%}, {lb['matched_ci_high']:.1%}]",
+            )
+        )
     u = metrics.get("uncertainty")
     if u:
         rows.append(("uncertainty: AUROC of spread for errors", f"{u['auroc']:.3f}"))
@@ -410,20 +479,32 @@ def headline_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
     for name, o in (rob.get("ood") or {}).items():
         if base and o.get("spread"):
             a, b = base["vote_split"], o["spread"]["vote_split"]
-            rows.append((f"uncertainty: vote split, in-distribution vs OOD '{name}'",
-                         f"{a:.3f} vs {b:.3f} ({'larger' if b > a else 'not larger'} OOD; response std "
-                         f"{base['response_std']:.3f} vs {o['spread']['response_std']:.3f})"))
+            rows.append(
+                (
+                    f"uncertainty: vote split, in-distribution vs OOD '{name}'",
+                    f"{a:.3f} vs {b:.3f} ({'larger' if b > a else 'not larger'} OOD; response std "
+                    f"{base['response_std']:.3f} vs {o['spread']['response_std']:.3f})",
+                )
+            )
     for name, c in (metrics.get("ensemble_vs_members") or {}).items():
         ens, best = c["ensemble"], c["members"][c["best_member"]]
         floor = c["ece_floor"]
-        rows.append((f"ensemble vs best member on '{name}' (member {c['best_member']}, each at its own T)",
-                     f"NLL {ens['nll']:.4f} vs {best['nll']:.4f} ({_lower(ens['nll'], best['nll'])}); ECE "
-                     f"{ens['ece']:.4f} vs {best['ece']:.4f} ({_lower(ens['ece'], best['ece'])}; noise floor "
-                     f"{floor['mean']:.3f} ± {floor['std']:.3f})"))
+        rows.append(
+            (
+                f"ensemble vs best member on '{name}' (member {c['best_member']}, each at its own T)",
+                f"NLL {ens['nll']:.4f} vs {best['nll']:.4f} ({_lower(ens['nll'], best['nll'])}); ECE "
+                f"{ens['ece']:.4f} vs {best['ece']:.4f} ({_lower(ens['ece'], best['ece'])}; noise floor "
+                f"{floor['mean']:.3f} ± {floor['std']:.3f})",
+            )
+        )
     g = metrics.get("groups")
     if g:
-        rows.append(("ranking: mean Spearman / Kendall per group",
-                     f"{g['spearman_mean']:+.3f} / {g['kendall_mean']:+.3f} ({g['n_groups']} groups)"))
+        rows.append(
+            (
+                "ranking: mean Spearman / Kendall per group",
+                f"{g['spearman_mean']:+.3f} / {g['kendall_mean']:+.3f} ({g['n_groups']} groups)",
+            )
+        )
     r = metrics.get("ratings")
     if r:
         for aspect, v in r["aspects"].items():
@@ -439,39 +520,92 @@ def _table_rows(metrics: dict[str, Any]) -> list[tuple[str, list[str], list[list
     """Detail tables (title, header, rows) shown under the plots."""
     tables = []
     sets = metrics["sets"]
-    tables.append(("Evaluation sets", ["set", "pairs", "accuracy", "95% CI", "tie rate", "ECE before", "ECE after"],
-                   [[n, str(s["n_pairs"]), f"{s['accuracy']:.1%}", f"[{s['ci_low']:.1%}, {s['ci_high']:.1%}]",
-                     f"{s['tie_rate']:.1%}", f"{s['calibration']['before']['ece']:.4f}",
-                     f"{s['calibration']['after']['ece']:.4f}"] for n, s in sets.items()]))
+    tables.append(
+        (
+            "Evaluation sets",
+            ["set", "pairs", "accuracy", "95% CI", "tie rate", "ECE before", "ECE after"],
+            [
+                [
+                    n,
+                    str(s["n_pairs"]),
+                    f"{s['accuracy']:.1%}",
+                    f"[{s['ci_low']:.1%}, {s['ci_high']:.1%}]",
+                    f"{s['tie_rate']:.1%}",
+                    f"{s['calibration']['before']['ece']:.4f}",
+                    f"{s['calibration']['after']['ece']:.4f}",
+                ]
+                for n, s in sets.items()
+            ],
+        )
+    )
     probes = metrics.get("probes", {}).get("probes", {})
     if probes:
-        tables.append(("Adversarial probes", ["probe", "accuracy", "change", "flipped to wrong", "consistency"],
-                       [[n, f"{p['accuracy']:.1%}", f"{100 * p['delta']:+.1f} pp", f"{p['flip_rate']:.1%}",
-                         f"{p['consistency']:.1%}" if p.get("consistency") is not None else ""]
-                        for n, p in probes.items()]))
+        tables.append(
+            (
+                "Adversarial probes",
+                ["probe", "accuracy", "change", "flipped to wrong", "consistency"],
+                [
+                    [
+                        n,
+                        f"{p['accuracy']:.1%}",
+                        f"{100 * p['delta']:+.1f} pp",
+                        f"{p['flip_rate']:.1%}",
+                        f"{p['consistency']:.1%}" if p.get("consistency") is not None else "",
+                    ]
+                    for n, p in probes.items()
+                ],
+            )
+        )
     versus = metrics.get("ensemble_vs_members") or {}
     if versus:
         rows = []
         for name, c in versus.items():
-            named = [(f"member {k}" + (" (best)" if k == c["best_member"] else ""), m) for k, m in enumerate(c["members"])]
+            named = [
+                (f"member {k}" + (" (best)" if k == c["best_member"] else ""), m) for k, m in enumerate(c["members"])
+            ]
             for label, m in [*named, ("ensemble", c["ensemble"])]:
-                rows.append([name, label, f"{m['temperature']:.3f}", f"{m['nll']:.4f}", f"{m['ece']:.4f}",
-                             f"{m['accuracy']:.1%}"])
+                rows.append(
+                    [
+                        name,
+                        label,
+                        f"{m['temperature']:.3f}",
+                        f"{m['nll']:.4f}",
+                        f"{m['ece']:.4f}",
+                        f"{m['accuracy']:.1%}",
+                    ]
+                )
         n_fit = next(iter(versus.values()))["n_fit"]
-        tables.append((f"Ensemble vs its members (each at its own T fitted on {n_fit} calibration pairs)",
-                       ["set", "model", "T", "NLL", "ECE", "accuracy"], rows))
+        tables.append(
+            (
+                f"Ensemble vs its members (each at its own T fitted on {n_fit} calibration pairs)",
+                ["set", "model", "T", "NLL", "ECE", "accuracy"],
+                rows,
+            )
+        )
     main = sets[metrics["main"]]
-    for key, title in (("by_length", "Accuracy by mean response length (characters)"),
-                       ("by_margin", "Accuracy by predicted margin")):
+    for key, title in (
+        ("by_length", "Accuracy by mean response length (characters)"),
+        ("by_margin", "Accuracy by predicted margin"),
+    ):
         rows = [[f"{_num(b['lo'])} – {_num(b['hi'])}", str(b["n"]), f"{b['accuracy']:.1%}"] for b in main[key]]
         tables.append((title, ["bin", "pairs", "accuracy"], rows))
     diff = main.get("by_length_difference")
     if diff:
-        labels = {"chosen_longer": "chosen is longer", "chosen_shorter": "chosen is shorter",
-                  "same_length": "same length"}
-        tables.append(("Accuracy by which response is longer (verbosity bias)", ["pairs where", "pairs", "accuracy"],
-                       [[labels[k], str(v["n"]), "" if v["accuracy"] is None else f"{v['accuracy']:.1%}"]
-                        for k, v in diff.items()]))
+        labels = {
+            "chosen_longer": "chosen is longer",
+            "chosen_shorter": "chosen is shorter",
+            "same_length": "same length",
+        }
+        tables.append(
+            (
+                "Accuracy by which response is longer (verbosity bias)",
+                ["pairs where", "pairs", "accuracy"],
+                [
+                    [labels[k], str(v["n"]), "" if v["accuracy"] is None else f"{v['accuracy']:.1%}"]
+                    for k, v in diff.items()
+                ],
+            )
+        )
     return tables
 
 
@@ -497,10 +631,10 @@ def _html(report: EvalReport, plots: list[str]) -> str:
         "figcaption{color:#555;font-size:0.9em}"
     )
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>raw_rm evaluation report</title>"
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>raw_rm evaluation report</title>'
         f"<style>{style}</style></head><body><h1>raw_rm evaluation report</h1><p>{model_line}</p>"
         f"<h2>Headline</h2><table>{rows}</table>{figs}{tables}"
-        "<p>All numbers: <a href=\"metrics.json\">metrics.json</a>.</p></body></html>\n"
+        '<p>All numbers: <a href="metrics.json">metrics.json</a>.</p></body></html>\n'
     )
 
 
@@ -552,6 +686,10 @@ def calibration_fit_rows(fit: dict[str, Any] | None) -> list[tuple[str, str]]:
     verdict = "adopted" if fit["improves"] else "NOT adopted (it does not improve held-out NLL)"
     if fit["improves"]:
         verdict += ", stored in the model" if fit.get("stored") else ", not stored"
-    return [(f"fitted T on {fit['n']} calibration pairs (95% CI; held-out NLL, {fit['folds']}-fold cross-fit)",
-             f"{fit['temperature']:.3f} [{fit['ci_low']:.3f}, {fit['ci_high']:.3f}]; NLL {fit['nll_cross_fitted']:.4f}"
-             f" vs {fit['nll_current']:.4f} at T = {fit['current']:.3g}: {verdict}")]
+    return [
+        (
+            f"fitted T on {fit['n']} calibration pairs (95% CI; held-out NLL, {fit['folds']}-fold cross-fit)",
+            f"{fit['temperature']:.3f} [{fit['ci_low']:.3f}, {fit['ci_high']:.3f}]; NLL {fit['nll_cross_fitted']:.4f}"
+            f" vs {fit['nll_current']:.4f} at T = {fit['current']:.3g}: {verdict}",
+        )
+    ]

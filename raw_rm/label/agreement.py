@@ -202,8 +202,9 @@ def wilson_interval(k: int, n: int, *, z: float = 1.96) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def flag_annotators(pairs: Mapping[tuple[str, str], tuple[int, int]], *,
-                    min_units: int = MIN_UNITS_TO_FLAG) -> dict[str, str]:
+def flag_annotators(
+    pairs: Mapping[tuple[str, str], tuple[int, int]], *, min_units: int = MIN_UNITS_TO_FLAG
+) -> dict[str, str]:
     """Annotators far below the rest: ``{name: reason}``, from ``pair_agreement``'s counts.
 
     An annotator's agreement is pooled over every other annotator they share comparisons with; the rest's is
@@ -226,8 +227,10 @@ def flag_annotators(pairs: Mapping[tuple[str, str], tuple[int, int]], *,
         rest = rest_k / rest_n
         upper = wilson_interval(k, n)[1]
         if upper < rest:
-            flags[name] = (f"agrees with the others on {k}/{n} = {k / n:.0%} of shared comparisons (95% upper bound "
-                           f"{upper:.0%}) vs {rest:.0%} among the other annotators")
+            flags[name] = (
+                f"agrees with the others on {k}/{n} = {k / n:.0%} of shared comparisons (95% upper bound "
+                f"{upper:.0%}) vs {rest:.0%} among the other annotators"
+            )
     return flags
 
 
@@ -343,8 +346,10 @@ class AgreementSummary:
 
     def to_dict(self) -> dict:
         out = dict(self.__dict__)
-        out["kappas"] = [{"a": a, "b": b, "kappa": k, "n": n, "agree": self.pair_agreement[(a, b)][0]}
-                         for (a, b), (k, n) in self.kappas.items()]
+        out["kappas"] = [
+            {"a": a, "b": b, "kappa": k, "n": n, "agree": self.pair_agreement[(a, b)][0]}
+            for (a, b), (k, n) in self.kappas.items()
+        ]
         out.pop("pair_agreement")
         out["with_majority"] = {
             a: {"agree": k, "n": n, "share": share((k, n)), "ci": wilson_interval(k, n)}

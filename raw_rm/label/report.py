@@ -183,8 +183,10 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
         flag = f"  FLAGGED: {a['flags'][r['name']]}" if r["name"] in a["flags"] else ""
         lines.append(f"  {r['name']}: judged {r['judged']}, skipped {r['skipped']}{versus}{flag}")
     for k in a["kappas"]:
-        lines.append(f"  {k['a']} / {k['b']}: same direction on {k['agree']}/{k['n']} shared comparisons, "
-                     f"Cohen's kappa {_num(k['kappa'])}")
+        lines.append(
+            f"  {k['a']} / {k['b']}: same direction on {k['agree']}/{k['n']} shared comparisons, "
+            f"Cohen's kappa {_num(k['kappa'])}"
+        )
     if a.get("model"):
         m, c = a["model"]["majority"], a["ceiling"]
         lines.append(

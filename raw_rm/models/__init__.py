@@ -1,9 +1,9 @@
 """Reward model architectures, their registry and persistence (see docs/architecture.md, "Models").
 
-    model, tokenizer = build_model(ModelConfig(arch="concat", backbone="tiny-bert"))
-    out = model(**features)          # RewardOutput; features from raw_rm.data.batching.encode
-    save_model(model, tokenizer, "out/model")
-    model, tokenizer = load_model("out/model")
+model, tokenizer = build_model(ModelConfig(arch="concat", backbone="tiny-bert"))
+out = model(**features)          # RewardOutput; features from raw_rm.data.batching.encode
+save_model(model, tokenizer, "out/model")
+model, tokenizer = load_model("out/model")
 """
 
 from raw_rm.models.base import (

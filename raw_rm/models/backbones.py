@@ -109,14 +109,24 @@ def backbone_config(name: str, tokenizer: PreTrainedTokenizerBase) -> Pretrained
             max_position_embeddings=512,
             pad_token_id=tokenizer.pad_token_id,
         )
-    special = {"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id,
-               "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
+    special = {
+        "vocab_size": len(tokenizer),
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+    }
     if name == "tiny-gpt2":
         return GPT2Config(n_embd=64, n_layer=2, n_head=2, n_inner=128, n_positions=512, **special)
     if name in TINY_DECODERS:
         return TINY_DECODERS[name](
-            hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-            max_position_embeddings=512, tie_word_embeddings=False, **special,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            tie_word_embeddings=False,
+            **special,
         )
     config = AutoConfig.from_pretrained(packaged_minilm_path() if name == "minilm" else name)
     check_sequence_model(config, name)
@@ -132,6 +142,7 @@ def check_sequence_model(config: PretrainedConfig, name: str) -> None:
             "(transformers has no AutoModelForSequenceClassification for it); expected an encoder (BERT, DeBERTa, "
             "MiniLM) or a decoder (GPT-2, Llama, Qwen2, Mistral, Gemma)"
         )
+
 
 def is_decoder(config: PretrainedConfig) -> bool:
     """True for causal decoders (pooled at the last token), False for bidirectional encoders.
@@ -165,8 +176,15 @@ def set_head_dropout(config: PretrainedConfig, dropout: float) -> None:
 # Dropout probabilities inside the backbone, under the names the common families use (BERT/MiniLM, GPT-2,
 # Llama/Qwen, DistilBERT, DeBERTa). TRL's RewardTrainer sets them all to 0 by default (``disable_dropout``).
 BACKBONE_DROPOUT_FIELDS = (
-    "hidden_dropout_prob", "attention_probs_dropout_prob", "resid_pdrop", "embd_pdrop", "attn_pdrop",
-    "attention_dropout", "hidden_dropout", "dropout", "activation_dropout",
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+    "resid_pdrop",
+    "embd_pdrop",
+    "attn_pdrop",
+    "attention_dropout",
+    "hidden_dropout",
+    "dropout",
+    "activation_dropout",
 )
 
 
@@ -389,10 +407,8 @@ def freeze_lower_layers(model: nn.Module, train_layers: int) -> tuple[int, int]:
     for trunk in trunks:
         layers = layer_stack(trunk)
         if train_layers > len(layers):
-            raise ValueError(
-                f"model.train_layers={train_layers}, but {type(trunk).__name__} has {len(layers)} layers"
-            )
-        top = {id(p) for layer in layers[len(layers) - train_layers:] for p in layer.parameters()}
+            raise ValueError(f"model.train_layers={train_layers}, but {type(trunk).__name__} has {len(layers)} layers")
+        top = {id(p) for layer in layers[len(layers) - train_layers :] for p in layer.parameters()}
         in_layers = {id(p) for p in layers.parameters()}
         seen_layers = False  # parameters come in registration order: embeddings, layers, then final norm / pooler
         for param in trunk.parameters():

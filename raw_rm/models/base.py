@@ -59,8 +59,12 @@ class RewardMetadata:
     raw_rm_version: str = __version__  # raw_rm version that produced the model
     reference: dict[str, Any] = field(default_factory=dict)  # reward and length histograms for drift checks
     version: str | None = None  # an id of these weights (content hash or registry version)
-    max_len_tokens: int | None = None  # prompt+response token budget the model was trained at (data.max_len_tokens); scoring, serving and eval use it unless told otherwise; None = not recorded (older models)
-    truncation_side: str | None = None  # how training cut longer inputs: "left" = the prompt loses its oldest tokens, the response keeps its end (raw_rm.data.batching); None = not recorded
+    max_len_tokens: int | None = (
+        None  # prompt+response token budget the model was trained at (data.max_len_tokens); scoring, serving and eval use it unless told otherwise; None = not recorded (older models)
+    )
+    truncation_side: str | None = (
+        None  # how training cut longer inputs: "left" = the prompt loses its oldest tokens, the response keeps its end (raw_rm.data.batching); None = not recorded
+    )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

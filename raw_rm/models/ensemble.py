@@ -95,7 +95,10 @@ class EnsembleRewardModel(RewardModelBase):
                 f"({', '.join(kinds)}); every member must have the same input_kind"
             )
         first = members[0]
-        super().__init__(ModelConfig(**{**first.model_cfg.__dict__}), metadata or RewardMetadata(base_model=first.metadata.base_model))
+        super().__init__(
+            ModelConfig(**{**first.model_cfg.__dict__}),
+            metadata or RewardMetadata(base_model=first.metadata.base_model),
+        )
         self.input_kind = first.input_kind  # instance attribute: the members' shared features
         self.members = nn.ModuleList(members)
         self.member_info = [dict(i) for i in member_info] if member_info is not None else [{} for _ in members]
@@ -166,7 +169,9 @@ def save_ensemble(
         raise ValueError(f"save_ensemble({out}): no member folders")
     member_meta = list(info.get("members") or [{} for _ in member_dirs])
     if len(member_meta) != len(member_dirs):
-        raise ValueError(f"save_ensemble: info['members'] has {len(member_meta)} entries for {len(member_dirs)} member folders")
+        raise ValueError(
+            f"save_ensemble: info['members'] has {len(member_meta)} entries for {len(member_dirs)} member folders"
+        )
     out.mkdir(parents=True, exist_ok=True)
     (out / ENSEMBLE_FILE).unlink(missing_ok=True)  # never leave an old record beside new members
     placed: list[str] = []
@@ -207,7 +212,10 @@ def _member_facts(member_dir: Path) -> tuple[str, str, str]:
     if raw.is_file():
         record = json.loads(raw.read_text())
     else:
-        record = json.loads((member_dir / "config.json").read_text()).get(RAW_RM_KEY) or {"arch": "concat", "metadata": {}}
+        record = json.loads((member_dir / "config.json").read_text()).get(RAW_RM_KEY) or {
+            "arch": "concat",
+            "metadata": {},
+        }
     kind = model_class(record["arch"]).input_kind
     tokenizer = load_saved_tokenizer(member_dir)
     return kind, tokenizer_fingerprint(tokenizer), str(record.get("metadata", {}).get("base_model", ""))
@@ -216,10 +224,14 @@ def _member_facts(member_dir: Path) -> tuple[str, str, str]:
 def _check_members(source: Path, names: Sequence[str], kinds: Sequence[str], prints: Sequence[str]) -> None:
     if len(set(kinds)) > 1:
         detail = ", ".join(f"{n}={k}" for n, k in zip(names, kinds, strict=True))
-        raise ValueError(f"{source}: members take different inputs ({detail}); every member must have the same input_kind")
+        raise ValueError(
+            f"{source}: members take different inputs ({detail}); every member must have the same input_kind"
+        )
     if len(set(prints)) > 1:
         detail = ", ".join(f"{n}={p}" for n, p in zip(names, prints, strict=True))
-        raise ValueError(f"{source}: members use different tokenizers ({detail}); an ensemble needs one shared tokenizer")
+        raise ValueError(
+            f"{source}: members use different tokenizers ({detail}); an ensemble needs one shared tokenizer"
+        )
 
 
 def save_ensemble_model(model: EnsembleRewardModel, tokenizer: Any, directory: str | Path) -> Path:
@@ -261,7 +273,9 @@ def load_ensemble(directory: str | Path) -> tuple[EnsembleRewardModel, Any]:
     if missing:
         raise ValueError(f"{source}: missing key(s) {missing}")
     if record["format_version"] != ENSEMBLE_FORMAT_VERSION:
-        raise ValueError(f"{source}: format_version {record['format_version']!r} is not supported (this raw_rm reads {ENSEMBLE_FORMAT_VERSION})")
+        raise ValueError(
+            f"{source}: format_version {record['format_version']!r} is not supported (this raw_rm reads {ENSEMBLE_FORMAT_VERSION})"
+        )
     if not isinstance(record["members"], list) or not record["members"]:
         raise ValueError(f"{source}: members: expected a non-empty list")
     models, tokenizers = [], []
@@ -274,11 +288,13 @@ def load_ensemble(directory: str | Path) -> tuple[EnsembleRewardModel, Any]:
         model, tokenizer = load_single_model(member_dir)
         models.append(model)
         tokenizers.append(tokenizer)
-    _check_members(source, [m["dir"] for m in record["members"]], [m.input_kind for m in models],
-                   [tokenizer_fingerprint(t) for t in tokenizers])
-    metadata = RewardMetadata.from_dict(record["metadata"], source=f"{source}: metadata")
-    model = EnsembleRewardModel(
-        models, metadata=metadata, member_info=record["members"], directory=path
+    _check_members(
+        source,
+        [m["dir"] for m in record["members"]],
+        [m.input_kind for m in models],
+        [tokenizer_fingerprint(t) for t in tokenizers],
     )
+    metadata = RewardMetadata.from_dict(record["metadata"], source=f"{source}: metadata")
+    model = EnsembleRewardModel(models, metadata=metadata, member_info=record["members"], directory=path)
     model.eval()
     return model, tokenizers[0]

@@ -26,8 +26,14 @@ __all__ = ["MODEL_CLASSES", "build_model"]
 
 # ModelConfig fields an init_from run chooses for itself rather than inheriting from the saved model.
 RUN_CHOICES = (
-    "init_from", "train_layers", "attn_implementation", "gradient_checkpointing", "lora_rank", "lora_alpha",
-    "lora_dropout", "lora_targets",
+    "init_from",
+    "train_layers",
+    "attn_implementation",
+    "gradient_checkpointing",
+    "lora_rank",
+    "lora_alpha",
+    "lora_dropout",
+    "lora_targets",
 )
 
 
@@ -64,7 +70,10 @@ def _freeze(model: RewardModelBase, train_layers: int | None) -> RewardModelBase
         trainable, total = freeze_lower_layers(model, train_layers)
         logger.info(
             "model.train_layers=%d: training %s of %s parameters (the top %d layers and the heads)",
-            train_layers, f"{trainable:,}", f"{total:,}", train_layers,
+            train_layers,
+            f"{trainable:,}",
+            f"{total:,}",
+            train_layers,
         )
     return model
 
@@ -73,9 +82,7 @@ def _build_from_saved(cfg: ModelConfig) -> tuple[RewardModelBase, PreTrainedToke
     model, tokenizer = load_model(cfg.init_from)
     saved = model.model_cfg
     if saved.arch != cfg.arch:
-        raise ValueError(
-            f"model.init_from: {cfg.init_from} holds arch {saved.arch!r} but model.arch is {cfg.arch!r}"
-        )
+        raise ValueError(f"model.init_from: {cfg.init_from} holds arch {saved.arch!r} but model.arch is {cfg.arch!r}")
     differing = [
         f.name
         for f in dataclasses.fields(cfg)

@@ -20,10 +20,10 @@ from raw_rm.models.base import RewardMetadata, RewardOutput, TrunkRewardModel, r
 class SeparateEncoderRewardModel(TrunkRewardModel):
     """Reward from a fusion of the pooled prompt state p and the pooled response state r.
 
-    ``model_cfg.fusion``: "concat" feeds [p, r] (2H), "product" p * r (H), "difference" r - p (H) to an
-    MLP head (H hidden units, GELU). ``model_cfg.shared_encoder=False`` gives the response its own copy
-    of the backbone (both start from the same weights). With "difference" and one shared encoder, the
-trunk's final LayerNorm bias cancels out of r - p (its gradient is exactly zero): harmless, and expected.
+        ``model_cfg.fusion``: "concat" feeds [p, r] (2H), "product" p * r (H), "difference" r - p (H) to an
+        MLP head (H hidden units, GELU). ``model_cfg.shared_encoder=False`` gives the response its own copy
+        of the backbone (both start from the same weights). With "difference" and one shared encoder, the
+    trunk's final LayerNorm bias cancels out of r - p (its gradient is exactly zero): harmless, and expected.
     """
 
     input_kind = "split"

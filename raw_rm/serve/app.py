@@ -93,7 +93,9 @@ class RewardMember:
 
     def __init__(self, source: str, cfg: dict[str, Any], display_source: str | None = None) -> None:
         self.cfg = config_from_dict(cfg, root=ServeConfig, source="serve args")
-        use_cuda = self.cfg.device == "cuda" or (self.cfg.device == "auto" and self.cfg.member_num_gpus > 0 and torch.cuda.is_available())
+        use_cuda = self.cfg.device == "cuda" or (
+            self.cfg.device == "auto" and self.cfg.member_num_gpus > 0 and torch.cuda.is_available()
+        )
         self.threads, self.threads_reason = self._set_threads(cuda=use_cuda)
         resolver = None
         if source.startswith("models:/"):
@@ -101,21 +103,31 @@ class RewardMember:
         self.source = display_source or source
         self.resolved = source
         self.engine = load_for_inference(
-            source, resolver=resolver, batch_size=self.cfg.max_batch_size, cache_size=self.cfg.cache_size,
-            precision=self.cfg.precision, device="cuda" if use_cuda else "cpu", max_len_tokens=self.cfg.max_len_tokens,
+            source,
+            resolver=resolver,
+            batch_size=self.cfg.max_batch_size,
+            cache_size=self.cfg.cache_size,
+            precision=self.cfg.precision,
+            device="cuda" if use_cuda else "cpu",
+            max_len_tokens=self.cfg.max_len_tokens,
         )
         self.heads = int(self.engine.batch_predict_members(["warm-up"], ["warm-up"]).shape[1])
         self.engine.clear_cache()
         self.batcher = MicroBatcher(
-            self._score_batch, max_batch_size=self.cfg.max_batch_size, batch_wait_timeout_s=self.cfg.batch_wait_timeout_s,
-            max_concurrent_batches=self.cfg.max_concurrent_batches, size_fn=_n_texts,
+            self._score_batch,
+            max_batch_size=self.cfg.max_batch_size,
+            batch_wait_timeout_s=self.cfg.batch_wait_timeout_s,
+            max_concurrent_batches=self.cfg.max_concurrent_batches,
+            size_fn=_n_texts,
         )
         self.batch_sizes: Counter[int] = Counter()
         self.m_batch = metrics.Histogram(
             "raw_rm_batch_size", description="texts per member batch", boundaries=BATCH_BUCKETS, tag_keys=("model",)
         )
         self.m_batch.set_default_tags({"model": self.source})  # Serve adds its tags to the dict: a fresh one each
-        self.m_cache = metrics.Counter("raw_rm_cache_lookups", description="member cache lookups", tag_keys=("model", "result"))
+        self.m_cache = metrics.Counter(
+            "raw_rm_cache_lookups", description="member cache lookups", tag_keys=("model", "result")
+        )
         self.m_cache.set_default_tags({"model": self.source})
         for line in describe_member(self._choices()):
             log.info("member %s: %s", self.source, line)
@@ -131,15 +143,21 @@ class RewardMember:
         plan = plan_threads(reserved, sharing)
         torch.set_num_threads(plan.threads)
         omp = os.environ.get("OMP_NUM_THREADS")
-        return plan.threads, plan.reason + (f" (Ray's OMP_NUM_THREADS={omp} overridden)" if omp and int(omp) != plan.threads else "")
+        return plan.threads, plan.reason + (
+            f" (Ray's OMP_NUM_THREADS={omp} overridden)" if omp and int(omp) != plan.threads else ""
+        )
 
     def _choices(self) -> dict[str, Any]:
         """What this replica runs with and why: threads, precision, max length (for logs and /v1/models)."""
         return {
-            "torch_threads": self.threads, "torch_threads_reason": self.threads_reason,
-            "precision": self.engine.precision, "precision_reason": self.engine.precision_reason,
-            "max_len_tokens": self.engine.max_len_tokens, "max_len_reason": self.engine.max_len_reason,
-            "device": str(self.engine.device), "replicas": self.cfg.num_replicas,
+            "torch_threads": self.threads,
+            "torch_threads_reason": self.threads_reason,
+            "precision": self.engine.precision,
+            "precision_reason": self.engine.precision_reason,
+            "max_len_tokens": self.engine.max_len_tokens,
+            "max_len_reason": self.engine.max_len_reason,
+            "device": str(self.engine.device),
+            "replicas": self.cfg.num_replicas,
         }
 
     async def info(self) -> dict[str, Any]:
@@ -263,7 +281,12 @@ class _Gate:
             presented = supplied if supplied is not None else security.header_key(headers)
             if not security.key_matches(presented, key):
                 what = "missing API key" if presented is None else "wrong API key"
-                response = _json_error(401, "authorization", f"{what} (Authorization: Bearer KEY, X-API-Key, or /k/KEY/ in the path)", {"WWW-Authenticate": "Bearer"})
+                response = _json_error(
+                    401,
+                    "authorization",
+                    f"{what} (Authorization: Bearer KEY, X-API-Key, or /k/KEY/ in the path)",
+                    {"WWW-Authenticate": "Bearer"},
+                )
                 await response(scope, receive, send)
                 return
         length = headers.get("content-length", "")
@@ -297,7 +320,12 @@ class RewardIngress:
     """HTTP front: validates, fans out to every member concurrently, aggregates, keeps request statistics."""
 
     def __init__(
-        self, members: list[DeploymentHandle], cfg: dict[str, Any], api_key: str | None, names: list[str], resolved: list[str]
+        self,
+        members: list[DeploymentHandle],
+        cfg: dict[str, Any],
+        api_key: str | None,
+        names: list[str],
+        resolved: list[str],
     ) -> None:
         # ``resolved`` (the pinned model URIs) is an argument so that a moved alias changes this deployment too:
         # the replacement replica reads the new members' metadata, and keeps re-reading it until every member
@@ -311,7 +339,9 @@ class RewardIngress:
             host = _get_global_client().http_config.host or host
         except Exception:  # noqa: BLE001 - no controller client in this process: keep the configured host
             log.warning("could not read Serve's http_options; checking the configured host %s", host)
-        security.check_bind_security(host, api_key, allow_unauthenticated_network=self.cfg.allow_unauthenticated_network)
+        security.check_bind_security(
+            host, api_key, allow_unauthenticated_network=self.cfg.allow_unauthenticated_network
+        )
         _State.api_key = api_key
         _State.max_body_bytes = self.cfg.max_body_bytes
         self.members = members
@@ -326,18 +356,28 @@ class RewardIngress:
         self.split_methods: Counter[str] = Counter()
         self.clipped_texts = 0
         self.member_calls = self.member_call_requests = 0
-        self.m_requests = metrics.Counter("raw_rm_requests", description="HTTP requests", tag_keys=("endpoint", "status"))
+        self.m_requests = metrics.Counter(
+            "raw_rm_requests", description="HTTP requests", tag_keys=("endpoint", "status")
+        )
         self.m_latency = metrics.Histogram(
-            "raw_rm_request_latency_ms", description="request latency", boundaries=LATENCY_BUCKETS_MS, tag_keys=("endpoint",)
+            "raw_rm_request_latency_ms",
+            description="request latency",
+            boundaries=LATENCY_BUCKETS_MS,
+            tag_keys=("endpoint",),
         )
         # small requests (OpenRLHF sends one query each) from concurrent clients share one call per member
         self.batcher = None
         if self.cfg.ingress_max_concurrent_batches > 0:
             self.batcher = MicroBatcher(
-                self._score_members, max_batch_size=self.cfg.max_batch_size, batch_wait_timeout_s=self.cfg.ingress_batch_wait_timeout_s,
-                max_concurrent_batches=self.cfg.ingress_max_concurrent_batches, size_fn=_n_texts,
+                self._score_members,
+                max_batch_size=self.cfg.max_batch_size,
+                batch_wait_timeout_s=self.cfg.ingress_batch_wait_timeout_s,
+                max_concurrent_batches=self.cfg.ingress_max_concurrent_batches,
+                size_fn=_n_texts,
             )
-        self.m_items = metrics.Histogram("raw_rm_request_items", description="items per request", boundaries=BATCH_BUCKETS, tag_keys=("endpoint",))
+        self.m_items = metrics.Histogram(
+            "raw_rm_request_items", description="items per request", boundaries=BATCH_BUCKETS, tag_keys=("endpoint",)
+        )
 
     # ------------------------------------------------------------------------------ endpoints
     @api.post("/get_reward")
@@ -399,7 +439,9 @@ class RewardIngress:
                 "ingress": {
                     "member_calls": self.member_calls,
                     "requests": self.member_call_requests,
-                    "mean_requests_per_call": self.member_call_requests / self.member_calls if self.member_calls else 0.0,
+                    "mean_requests_per_call": self.member_call_requests / self.member_calls
+                    if self.member_calls
+                    else 0.0,
                 },
                 "members": {
                     name: s if isinstance(s, dict) else {"error": type(s).__name__}
@@ -458,7 +500,9 @@ class RewardIngress:
     async def _read_json(self, request: Request) -> Any:
         data = await request.body()
         if len(data) > self.cfg.max_body_bytes:
-            raise RequestError("body", f"too large: {len(data)} bytes > max_body_bytes {self.cfg.max_body_bytes}", status=413)
+            raise RequestError(
+                "body", f"too large: {len(data)} bytes > max_body_bytes {self.cfg.max_body_bytes}", status=413
+            )
         if not data.strip():
             raise RequestError("body", "empty; expected a JSON object", status=400)
         try:
@@ -466,7 +510,9 @@ class RewardIngress:
         except UnicodeDecodeError as exc:
             raise RequestError("body", f"not UTF-8 ({exc.reason} at byte {exc.start})", status=400) from None
         except json.JSONDecodeError as exc:
-            raise RequestError("body", f"not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})", status=400) from None
+            raise RequestError(
+                "body", f"not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})", status=400
+            ) from None
         except RecursionError:
             raise RequestError("body", "JSON nested too deeply", status=400) from None
 
@@ -497,13 +543,19 @@ class RewardIngress:
                 return
             infos = await asyncio.gather(*(self._call(h, "info") for h in self.members))
             self._infos_current = [i["resolved"] for i in infos] == self.resolved
-            self.model_info = [{"id": name, **{k: v for k, v in i.items() if k != "reference"}} for name, i in zip(self.names, infos)]
+            self.model_info = [
+                {"id": name, **{k: v for k, v in i.items() if k != "reference"}} for name, i in zip(self.names, infos)
+            ]
             for entry in self.model_info:
                 entry["alias"] = _alias(entry["source"])
             self.drift = [_monitor(i.get("reference"), self.cfg.drift_window) for i in infos]
             self.infos = [
                 MemberInfo(
-                    name, int(i["heads"]), float(i["reward_mean"]), float(i["reward_std"]), float(i["temperature"]),
+                    name,
+                    int(i["heads"]),
+                    float(i["reward_mean"]),
+                    float(i["reward_std"]),
+                    float(i["temperature"]),
                     members_normalised=bool(i["members_normalised"]),
                 )
                 for name, i in zip(self.names, infos)
@@ -576,11 +628,17 @@ def build_app(args: dict[str, Any] | ServeConfig) -> serve.Application:
         log.warning(
             "http_frontend=%s, but this process's environment says %s: the front is fixed when Ray starts (raw-rm serve "
             "sets it for a local Ray; `serve run` / a cluster need %s in the environment of Ray's start)",
-            cfg.http_frontend, environment_frontend(), HAPROXY_ENV_TEXT,
+            cfg.http_frontend,
+            environment_frontend(),
+            HAPROXY_ENV_TEXT,
         )
     api_key = security.resolve_api_key(cfg)
-    mode = security.check_bind_security(cfg.host, api_key, allow_unauthenticated_network=cfg.allow_unauthenticated_network)
-    log.info("serving %d model(s) on %s:%d, auth mode %s, reward = %s", len(cfg.models), cfg.host, cfg.port, mode, cfg.reward)
+    mode = security.check_bind_security(
+        cfg.host, api_key, allow_unauthenticated_network=cfg.allow_unauthenticated_network
+    )
+    log.info(
+        "serving %d model(s) on %s:%d, auth mode %s, reward = %s", len(cfg.models), cfg.host, cfg.port, mode, cfg.reward
+    )
     cfg_dict = asdict(cfg)  # deployments rebuild it with config_from_dict(cfg_dict, root=ServeConfig)
     names, members, resolved = [], [], []
     for i, source in enumerate(cfg.models):

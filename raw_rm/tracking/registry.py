@@ -64,7 +64,9 @@ class PromotionRefused(RegistryError):
 
 
 # ------------------------------------------------------------------------- train, evaluate, register
-def tracked_training(cfg: Config, train_fn: Callable[..., Any], *, evaluate_fn: Callable[..., Any] | None = None) -> Any:
+def tracked_training(
+    cfg: Config, train_fn: Callable[..., Any], *, evaluate_fn: Callable[..., Any] | None = None
+) -> Any:
     """Run ``train_fn(cfg, callbacks=[...])`` inside an MLflow run, then log, evaluate and register the model.
 
     ``train_fn`` is ``train_local`` or ``train_ray``; both return a result with ``model_dir``. With
@@ -80,7 +82,9 @@ def tracked_training(cfg: Config, train_fn: Callable[..., Any], *, evaluate_fn: 
         run.log_metrics(result.metrics, prefix="summary.", step=int(result.metrics.get("steps", 0)))
         _, version = log_evaluate_register(cfg, run, Path(result.model_dir), evaluate_fn=evaluate_fn)
     result.mlflow_run_id, result.model_version = run.run_id, version
-    log.info("tracked run %s%s", run.run_id, f"; registered {cfg.mlflow.registered_model} v{version}" if version else "")
+    log.info(
+        "tracked run %s%s", run.run_id, f"; registered {cfg.mlflow.registered_model} v{version}" if version else ""
+    )
     return result
 
 
@@ -109,7 +113,10 @@ def log_evaluate_register(
         return metrics, None
     gate_tags = {k: str(metrics[k]) for k in GATE_METRICS if k in metrics}
     version = register_version(
-        run.run_id, MODEL_ARTIFACT, cfg.mlflow.registered_model, {**run.tags, **(tags or {}), **gate_tags},
+        run.run_id,
+        MODEL_ARTIFACT,
+        cfg.mlflow.registered_model,
+        {**run.tags, **(tags or {}), **gate_tags},
         tracking_uri=cfg.mlflow.tracking_uri,
     )
     run.client.set_tag(run.run_id, "registered_version", f"{cfg.mlflow.registered_model}/{version}")
@@ -168,10 +175,18 @@ def _version_info(client: MlflowClient, mv: Any, aliases: list[str]) -> VersionI
     tags = dict(mv.tags or {})
     exp = f"{tags.get('experiment_name', '?')} ({tags.get('experiment_id', '?')})"
     return VersionInfo(
-        name=mv.name, version=str(mv.version), aliases=sorted(aliases), run_id=mv.run_id,
-        created_ms=int(mv.creation_timestamp or 0), metrics=metrics,
-        data_fingerprint=tags.get("data_fingerprint", "?"), experiment=exp, base_model=tags.get("base_model", "?"),
-        git_commit=tags.get("git_commit", "?"), source=mv.source, tags=tags,
+        name=mv.name,
+        version=str(mv.version),
+        aliases=sorted(aliases),
+        run_id=mv.run_id,
+        created_ms=int(mv.creation_timestamp or 0),
+        metrics=metrics,
+        data_fingerprint=tags.get("data_fingerprint", "?"),
+        experiment=exp,
+        base_model=tags.get("base_model", "?"),
+        git_commit=tags.get("git_commit", "?"),
+        source=mv.source,
+        tags=tags,
     )
 
 
@@ -248,7 +263,9 @@ def show(name: str, *, tracking_uri: str | None = None) -> ModelInfo:
         raise
     aliases = dict(sorted((rm.aliases or {}).items()))
     versions = list_versions(name, tracking_uri=tracking_uri)
-    return ModelInfo(name=name, aliases={k: str(v) for k, v in aliases.items()}, tags=dict(rm.tags or {}), versions=versions)
+    return ModelInfo(
+        name=name, aliases={k: str(v) for k, v in aliases.items()}, tags=dict(rm.tags or {}), versions=versions
+    )
 
 
 @dataclass
@@ -288,13 +305,24 @@ def check_gate(name: str, version: str, gate: GateConfig, *, tracking_uri: str |
         elif acc < champ_acc:
             reasons.append(f"accuracy {acc:.4f} < champion v{champion.version} accuracy {champ_acc:.4f}")
     return GateDecision(
-        name=name, version=str(version), passed=not reasons, reasons=reasons, metrics=metrics,
-        champion=str(champion.version) if champion is not None else None, champion_metrics=champion_metrics,
+        name=name,
+        version=str(version),
+        passed=not reasons,
+        reasons=reasons,
+        metrics=metrics,
+        champion=str(champion.version) if champion is not None else None,
+        champion_metrics=champion_metrics,
     )
 
 
 def promote(
-    name: str, version: str, gate: GateConfig, *, who: str | None = None, reason: str = "", tracking_uri: str | None = None
+    name: str,
+    version: str,
+    gate: GateConfig,
+    *,
+    who: str | None = None,
+    reason: str = "",
+    tracking_uri: str | None = None,
 ) -> GateDecision:
     """Move alias ``champion`` to ``version`` if the gate passes; the old champion is kept for rollback.
 
@@ -347,7 +375,9 @@ def rollback(name: str, reason: str, who: str | None = None, *, tracking_uri: st
     for key, value in (("rolled_back_by", by), ("rolled_back_at", at), ("rollback_reason", reason)):
         client.set_model_version_tag(name, str(current.version), key, value)
     client.set_registered_model_alias(name, CHAMPION, previous)
-    client.set_registered_model_tag(name, "last_rollback", f"v{current.version} -> v{previous} at {at} by {by}: {reason}")
+    client.set_registered_model_tag(
+        name, "last_rollback", f"v{current.version} -> v{previous} at {at} by {by}: {reason}"
+    )
     log.warning("%s: champion rolled back v%s -> v%s by %s: %s", name, current.version, previous, by, reason)
     return RollbackResult(name=name, from_version=str(current.version), to_version=previous, who=by, reason=reason)
 
@@ -408,7 +438,9 @@ def resolve_model_uri(uri: str, *, tracking_uri: str | None = None, cache_dir: s
     tmp = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=target.parent))
     try:
         # Returns the local path of the downloaded folder (a run artifact URI lands as tmp/<artifact name>).
-        local = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(tmp), tracking_uri=client.tracking_uri)
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=source, dst_path=str(tmp), tracking_uri=client.tracking_uri
+        )
         try:
             Path(local).rename(target)
         except OSError:  # another process finished first: keep theirs

@@ -98,7 +98,9 @@ def ensure_experiment(client: MlflowClient, cfg: MlflowConfig) -> str:
         log.warning(
             "experiment %r keeps its artifact location %s (mlflow.artifact_location asks for %s; an experiment's "
             "location cannot change: use a new mlflow.experiment name to move it)",
-            cfg.experiment, exp.artifact_location, location,
+            cfg.experiment,
+            exp.artifact_location,
+            location,
         )
     return exp.experiment_id
 
@@ -149,7 +151,9 @@ def git_commit() -> str:
         # --no-optional-locks: a read-only status that never rewrites the index.
         status = subprocess.run(
             ["git", "--no-optional-locks", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, timeout=10,
+            capture_output=True,
+            text=True,
+            timeout=10,
         )
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"

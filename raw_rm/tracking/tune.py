@@ -1,7 +1,7 @@
 """A Tune experiment in MLflow (edge): a parent run, a run per trial, the best model evaluated and registered.
 
-    outcome = run_tune(cfg)                       # raw_rm.tune.driver calls this when mlflow.enabled:
-    log_tune_experiment(cfg, outcome, specs)
+outcome = run_tune(cfg)                       # raw_rm.tune.driver calls this when mlflow.enabled:
+log_tune_experiment(cfg, outcome, specs)
 """
 
 from __future__ import annotations
@@ -37,9 +37,12 @@ def log_tune_experiment(cfg: Config, outcome: TuneOutcome, specs: list[ParamSpec
     experiment_id = ensure_experiment(client, cfg.mlflow)
     exp_path = outcome.experiment_path
     lineage = {
-        "tune_experiment": exp_path, "data_fingerprint": source_fingerprint(cfg.data),
-        "data_source": cfg.data.train_path or "synthetic", "git_commit": git_commit(),
-        "base_model": cfg.model.backbone, "arch": cfg.model.arch,
+        "tune_experiment": exp_path,
+        "data_fingerprint": source_fingerprint(cfg.data),
+        "data_source": cfg.data.train_path or "synthetic",
+        "git_commit": git_commit(),
+        "base_model": cfg.model.backbone,
+        "arch": cfg.model.arch,
     }
     parent = _find_run(client, experiment_id, exp_path, "parent")
     if parent is None:
@@ -52,9 +55,18 @@ def log_tune_experiment(cfg: Config, outcome: TuneOutcome, specs: list[ParamSpec
     trial_runs = {}
     for trial in outcome.trials:
         trial_runs[trial.trial_id] = _log_trial(client, experiment_id, parent, trial, lineage)
-    summary = {f"best_{outcome.metric}": outcome.best.value} if outcome.best is not None and outcome.best.value is not None else {}
+    summary = (
+        {f"best_{outcome.metric}": outcome.best.value}
+        if outcome.best is not None and outcome.best.value is not None
+        else {}
+    )
     summary.update({f"gain_{k}": v for k, v in outcome.gain().items()})
-    summary.update({"trials": len(outcome.trials), "trials_stopped_early": sum(t.status == "stopped_early" for t in outcome.trials)})
+    summary.update(
+        {
+            "trials": len(outcome.trials),
+            "trials_stopped_early": sum(t.status == "stopped_early" for t in outcome.trials),
+        }
+    )
     TrackedRun(client, parent, experiment_id, cfg.mlflow.tracking_uri, lineage).log_metrics(summary)
     if outcome.results_csv:
         client.log_artifact(parent, outcome.results_csv)
@@ -63,7 +75,9 @@ def log_tune_experiment(cfg: Config, outcome: TuneOutcome, specs: list[ParamSpec
     if outcome.best is not None:
         client.set_tag(parent, "best_trial", outcome.best.trial_id)
         if cfg.mlflow.register and outcome.best_model_dir:
-            outcome.registered_version = _register_best(cfg, client, outcome, trial_runs[outcome.best.trial_id], lineage)
+            outcome.registered_version = _register_best(
+                cfg, client, outcome, trial_runs[outcome.best.trial_id], lineage
+            )
             client.set_tag(parent, "registered_version", f"{cfg.mlflow.registered_model}/{outcome.registered_version}")
     client.set_terminated(parent, "FINISHED")
 
@@ -81,8 +95,12 @@ def _log_trial(client: Any, experiment_id: str, parent: str, trial: TrialSummary
     if existing is not None:
         return existing
     tags = {
-        **lineage, "tune_role": "trial", "tune_trial_id": trial.trial_id, "tune_status": trial.status,
-        "tune_baseline": str(trial.is_baseline).lower(), "mlflow.parentRunId": parent,
+        **lineage,
+        "tune_role": "trial",
+        "tune_trial_id": trial.trial_id,
+        "tune_status": trial.status,
+        "tune_baseline": str(trial.is_baseline).lower(),
+        "mlflow.parentRunId": parent,
     }
     run_id = client.create_run(experiment_id, tags=tags, run_name=trial.trial_id).info.run_id
     log_params(client, run_id, flatten(trial.params))  # dotted names already; lists, None and booleans as JSON
@@ -90,9 +108,17 @@ def _log_trial(client: Any, experiment_id: str, parent: str, trial: TrialSummary
     for report in trial.history:  # one point per evaluation, at its training step
         if report.get(DONE_KEY) == 1.0:
             continue
-        callback.on_eval(int(report.get("step", report.get(ROUND_KEY, 0))), {k: v for k, v in report.items() if k.startswith("val_")})
-    final = {f"final_{k}": v for k, v in trial.metrics.items() if k.startswith("val_") or k in ("steps", "pairs_per_s", "tokens_per_s")}
-    callback.on_eval(int(trial.metrics.get("steps", trial.metrics.get("step", 0))), {**final, "evaluations": trial.evaluations})
+        callback.on_eval(
+            int(report.get("step", report.get(ROUND_KEY, 0))), {k: v for k, v in report.items() if k.startswith("val_")}
+        )
+    final = {
+        f"final_{k}": v
+        for k, v in trial.metrics.items()
+        if k.startswith("val_") or k in ("steps", "pairs_per_s", "tokens_per_s")
+    }
+    callback.on_eval(
+        int(trial.metrics.get("steps", trial.metrics.get("step", 0))), {**final, "evaluations": trial.evaluations}
+    )
     status = {"completed": "FINISHED", "error": "FAILED"}.get(trial.status, "KILLED")
     if trial.error:
         client.set_tag(run_id, "tune_error", trial.error[-4000:])

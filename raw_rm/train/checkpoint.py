@@ -43,7 +43,7 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
     if not root.is_dir():
         return None
     found = [p for p in root.iterdir() if p.name.startswith(CHECKPOINT_PREFIX) and (p / "trainer_state.json").exists()]
-    return max(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]), default=None)
+    return max(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]), default=None)
 
 
 def save_checkpoint(

@@ -117,7 +117,11 @@ def distill(
     student, tokenizer = build_model(student_cfg.model)
     records, val_records = list(records), list(val_records)
     objective = build_objective(
-        student_cfg, student, tokenizer, records, val_records,
+        student_cfg,
+        student,
+        tokenizer,
+        records,
+        val_records,
         distillation=Distillation(teachers, alpha=alpha, distill_temperature=distill_temperature),
     )
     # every text the fit will see, scored up front in the teachers' own batches rather than a batch at a time
@@ -137,9 +141,19 @@ def distill(
         metrics["teacher_val_accuracy"] = teacher_acc
     logger.info(
         "distill (%s, %d teacher(s)): student-teacher MSE %.4f -> %.4f; student val_accuracy %s, teacher %s",
-        mode, len(teachers.teachers), mse_before, mse_after, fit.final_metrics.get("val_accuracy"), teacher_acc,
+        mode,
+        len(teachers.teachers),
+        mse_before,
+        mse_after,
+        fit.final_metrics.get("val_accuracy"),
+        teacher_acc,
     )
     return DistillResult(
-        model=student, tokenizer=tokenizer, fit=fit, mse_before=mse_before, mse_after=mse_after,
-        teacher_val_accuracy=teacher_acc, metrics=metrics,
+        model=student,
+        tokenizer=tokenizer,
+        fit=fit,
+        mse_before=mse_before,
+        mse_after=mse_after,
+        teacher_val_accuracy=teacher_acc,
+        metrics=metrics,
     )

@@ -91,10 +91,15 @@ def member_configs(cfg: Config) -> list[Config]:
         bases = [apply_overrides(cfg, {"train.seed": cfg.train.seed + i}) for i in range(k)]
     out = Path(cfg.train.output_dir)
     return [
-        apply_overrides(base, {
-            "train.output_dir": str(out / "members" / f"member_{i}"), "train.resume": False, "mlflow.enabled": False,
-            "ensemble.bootstrap": cfg.ensemble.bootstrap,
-        })
+        apply_overrides(
+            base,
+            {
+                "train.output_dir": str(out / "members" / f"member_{i}"),
+                "train.resume": False,
+                "mlflow.enabled": False,
+                "ensemble.bootstrap": cfg.ensemble.bootstrap,
+            },
+        )
         for i, base in enumerate(bases)
     ]
 
@@ -109,12 +114,19 @@ def bootstrap_resample(records: Sequence[Any], seed: int) -> list[Any]:
 def config_summary(cfg: Config) -> dict[str, Any]:
     """The few settings that tell members apart (for ensemble.json and registry tags)."""
     return {
-        "arch": cfg.model.arch, "backbone": cfg.model.backbone, "loss": cfg.loss.name, "lr": cfg.train.lr,
-        "epochs": cfg.train.epochs, "seed": cfg.train.seed, "bootstrap": cfg.ensemble.bootstrap,
+        "arch": cfg.model.arch,
+        "backbone": cfg.model.backbone,
+        "loss": cfg.loss.name,
+        "lr": cfg.train.lr,
+        "epochs": cfg.train.epochs,
+        "seed": cfg.train.seed,
+        "bootstrap": cfg.ensemble.bootstrap,
     }
 
 
-def train_member(cfg: Config, *, records: tuple[Sequence[Any], Sequence[Any]] | None = None) -> tuple[str, dict[str, float]]:
+def train_member(
+    cfg: Config, *, records: tuple[Sequence[Any], Sequence[Any]] | None = None
+) -> tuple[str, dict[str, float]]:
     """Train one member with THE recipe (``raw_rm.train.recipe.run_recipe``); returns (model folder, final metrics).
 
     With ``cfg.ensemble.bootstrap`` the training records are replaced by a resample drawn from ``train.seed``.
@@ -159,8 +171,13 @@ def train_ensemble(cfg: Config, *, parallel: bool | None = None) -> EnsembleResu
         shutil.rmtree(ens_dir)
     save_ensemble(ens_dir, [m.pop("model_dir") for m in members], {"members": members})
     metadata, comparison = _fit_ensemble_metadata(cfg, ens_dir)
-    logger.info("ensemble of %d members in %.0f s -> %s (temperature %.3f on validation)",
-                len(members), time.perf_counter() - started, ens_dir, metadata.temperature)
+    logger.info(
+        "ensemble of %d members in %.0f s -> %s (temperature %.3f on validation)",
+        len(members),
+        time.perf_counter() - started,
+        ens_dir,
+        metadata.temperature,
+    )
     if comparison is None:
         record = json.loads((ens_dir / "ensemble.json").read_text())
     else:  # kept in ensemble.json, so that the registered folder carries it
@@ -179,13 +196,27 @@ def _ray_running() -> bool:
 
 def _train_multihead(cfg: Config) -> list[dict[str, Any]]:
     """The cheap option: one shared-trunk model with ``ensemble.members`` heads."""
-    member_cfg = apply_overrides(cfg, {
-        "model.num_heads": cfg.ensemble.members, "model.bootstrap": cfg.ensemble.bootstrap,
-        "train.output_dir": str(Path(cfg.train.output_dir) / "members" / "multihead"), "mlflow.enabled": False,
-    })
-    model_dir, metrics = train_member(apply_overrides(member_cfg, {"ensemble.bootstrap": False}))  # heads bootstrap themselves
-    return [{"model_dir": model_dir, "seed": cfg.train.seed, "heads": cfg.ensemble.members,
-             "config": config_summary(member_cfg), "metrics": metrics}]
+    member_cfg = apply_overrides(
+        cfg,
+        {
+            "model.num_heads": cfg.ensemble.members,
+            "model.bootstrap": cfg.ensemble.bootstrap,
+            "train.output_dir": str(Path(cfg.train.output_dir) / "members" / "multihead"),
+            "mlflow.enabled": False,
+        },
+    )
+    model_dir, metrics = train_member(
+        apply_overrides(member_cfg, {"ensemble.bootstrap": False})
+    )  # heads bootstrap themselves
+    return [
+        {
+            "model_dir": model_dir,
+            "seed": cfg.train.seed,
+            "heads": cfg.ensemble.members,
+            "config": config_summary(member_cfg),
+            "metrics": metrics,
+        }
+    ]
 
 
 def _train_sequential(cfg: Config, configs: list[Config]) -> list[dict[str, Any]]:
@@ -197,7 +228,14 @@ def _train_sequential(cfg: Config, configs: list[Config]) -> list[dict[str, Any]
     for i, member_cfg in enumerate(configs):
         logger.info("ensemble member %d/%d (seed %d)", i + 1, len(configs), member_cfg.train.seed)
         model_dir, metrics = train_member(member_cfg, records=records)
-        members.append({"model_dir": model_dir, "seed": member_cfg.train.seed, "config": config_summary(member_cfg), "metrics": metrics})
+        members.append(
+            {
+                "model_dir": model_dir,
+                "seed": member_cfg.train.seed,
+                "config": config_summary(member_cfg),
+                "metrics": metrics,
+            }
+        )
     return members
 
 
@@ -237,7 +275,9 @@ def _train_with_tune(cfg: Config, configs: list[Config]) -> list[dict[str, Any]]
         trainable,
         param_space={"index": tune.grid_search(list(range(len(configs))))},
         tune_config=tune.TuneConfig(max_concurrent_trials=cfg.tune.max_concurrent),
-        run_config=tune.RunConfig(name=name, storage_path=str(storage), failure_config=tune.FailureConfig(max_failures=cfg.ray.max_failures)),
+        run_config=tune.RunConfig(
+            name=name, storage_path=str(storage), failure_config=tune.FailureConfig(max_failures=cfg.ray.max_failures)
+        ),
     )
     grid = tuner.fit()
     if grid.num_errors:  # Tuner.fit does not raise for failed trials
@@ -251,8 +291,11 @@ def _train_with_tune(cfg: Config, configs: list[Config]) -> list[dict[str, Any]]
             shutil.rmtree(target)
         result.checkpoint.to_directory(str(target))
         members[i] = {
-            "model_dir": str(target / "model"), "seed": configs[i].train.seed, "config": config_summary(configs[i]),
-            "metrics": json.loads((target / "metrics.json").read_text()), "trial_id": result.metrics.get("trial_id"),
+            "model_dir": str(target / "model"),
+            "seed": configs[i].train.seed,
+            "config": config_summary(configs[i]),
+            "metrics": json.loads((target / "metrics.json").read_text()),
+            "trial_id": result.metrics.get("trial_id"),
         }
     return [m for m in members if m is not None]
 
@@ -273,9 +316,11 @@ def _fit_ensemble_metadata(cfg: Config, ens_dir: Path) -> tuple[Any, dict[str, A
     comparison = None
     if val:
         # a cache holding every validation text: member_comparison reads the members' rewards of this one pass
-        rm = RewardModelInference(model, tokenizer=tokenizer, max_len_tokens=cfg.data.max_len_tokens, cache_size=2 * len(val))
+        rm = RewardModelInference(
+            model, tokenizer=tokenizer, max_len_tokens=cfg.data.max_len_tokens, cache_size=2 * len(val)
+        )
         rewards = rm.batch_predict([p.prompt for p in val] * 2, [p.chosen for p in val] + [p.rejected for p in val])
-        model.metadata.temperature = M.fit_temperature(rewards[: len(val)] - rewards[len(val):])
+        model.metadata.temperature = M.fit_temperature(rewards[: len(val)] - rewards[len(val) :])
         comparison = member_comparison(rm, val, cfg.eval)
     save_model(model, tokenizer, ens_dir)
     return model.metadata, comparison
@@ -301,18 +346,29 @@ def member_comparison(rm: Any, val: Sequence[Any], ec: EvalConfig) -> dict[str, 
         return None
 
     def deltas(pairs: Sequence[Any]) -> Any:
-        m = rm.batch_predict_members([p.prompt for p in pairs] * 2, [p.chosen for p in pairs] + [p.rejected for p in pairs])
-        return m[: len(pairs)] - m[len(pairs):]
+        m = rm.batch_predict_members(
+            [p.prompt for p in pairs] * 2, [p.chosen for p in pairs] + [p.rejected for p in pairs]
+        )
+        return m[: len(pairs)] - m[len(pairs) :]
 
     fit = deltas(fitted)
     if fit.shape[1] < 2:
         return None
     out = M.compare_members(fit, deltas(measured))
     ens, best = out["ensemble"], out["members"][out["best_member"]]
-    logger.info("ensemble vs members on %d validation pairs (T fitted on %d others): NLL %.4f vs members %.4f-%.4f "
-                "(best member_%d %.4f), ECE %.4f vs %.4f", out["n_eval"], out["n_fit"], ens["nll"],
-                min(m["nll"] for m in out["members"]), max(m["nll"] for m in out["members"]), out["best_member"],
-                best["nll"], ens["ece"], best["ece"])
+    logger.info(
+        "ensemble vs members on %d validation pairs (T fitted on %d others): NLL %.4f vs members %.4f-%.4f "
+        "(best member_%d %.4f), ECE %.4f vs %.4f",
+        out["n_eval"],
+        out["n_fit"],
+        ens["nll"],
+        min(m["nll"] for m in out["members"]),
+        max(m["nll"] for m in out["members"]),
+        out["best_member"],
+        best["nll"],
+        ens["ece"],
+        best["ece"],
+    )
     return out
 
 

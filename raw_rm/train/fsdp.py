@@ -78,19 +78,32 @@ def shard_model(model: nn.Module, *, mp_dtype: torch.dtype | None = None, cpu_of
 
     blocks = block_modules(model)
     if not blocks:
-        logger.warning("FSDP: no transformer blocks found in %s: sharding the whole model as one unit", type(model).__name__)
-    policy = MixedPrecisionPolicy(param_dtype=mp_dtype, reduce_dtype=torch.float32, output_dtype=torch.float32) if mp_dtype else MixedPrecisionPolicy()
+        logger.warning(
+            "FSDP: no transformer blocks found in %s: sharding the whole model as one unit", type(model).__name__
+        )
+    policy = (
+        MixedPrecisionPolicy(param_dtype=mp_dtype, reduce_dtype=torch.float32, output_dtype=torch.float32)
+        if mp_dtype
+        else MixedPrecisionPolicy()
+    )
     if cpu_offload and not torch.accelerator.is_available():
-        raise ValueError("ray.cpu_offload=true: FSDP2 offloads shards from a GPU to host memory, and this worker has "
-                         "no GPU (ray.use_gpu=true); without one the shards are in host memory already")
+        raise ValueError(
+            "ray.cpu_offload=true: FSDP2 offloads shards from a GPU to host memory, and this worker has "
+            "no GPU (ray.use_gpu=true); without one the shards are in host memory already"
+        )
     offload = CPUOffloadPolicy() if cpu_offload else OffloadPolicy()
     for block in blocks:
         fully_shard(block, mp_policy=policy, offload_policy=offload)
     fully_shard(model, offload_policy=offload)
     n_params = sum(p.numel() for p in model.parameters())
-    logger.info("FSDP: sharded %d blocks (%s) + root, %.1fM parameters, block compute dtype %s%s",
-                len(blocks), type(blocks[0]).__name__ if blocks else "-", n_params / 1e6, mp_dtype or torch.float32,
-                ", shards offloaded to CPU" if cpu_offload else "")
+    logger.info(
+        "FSDP: sharded %d blocks (%s) + root, %.1fM parameters, block compute dtype %s%s",
+        len(blocks),
+        type(blocks[0]).__name__ if blocks else "-",
+        n_params / 1e6,
+        mp_dtype or torch.float32,
+        ", shards offloaded to CPU" if cpu_offload else "",
+    )
     return model
 
 
@@ -184,7 +197,9 @@ def load_model_file(model: nn.Module, path: Path, *, device: torch.device) -> No
     load_model_state_dict(model, state, device=device)
 
 
-def load_optimizer_file(model: nn.Module, optimizer: torch.optim.Optimizer, path: Path, *, device: torch.device) -> None:
+def load_optimizer_file(
+    model: nn.Module, optimizer: torch.optim.Optimizer, path: Path, *, device: torch.device
+) -> None:
     """Load ``optimizer.pt``; sharded: rank 0 reads the name-keyed full state and every rank takes its shard."""
     if not is_sharded(model):
         optimizer.load_state_dict(torch.load(path, map_location=device, weights_only=True))
@@ -237,4 +252,6 @@ def unsharded_copy(model: nn.Module, build: Callable[[], nn.Module]) -> nn.Modul
 
 
 def _rank() -> int:
-    return torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
+    return (
+        torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
+    )

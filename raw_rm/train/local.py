@@ -33,7 +33,14 @@ def train_local(
     evaluate: bool = False,
 ) -> TrainResult:
     """Train on ``cfg`` in this process and save ``<cfg.train.output_dir>/model`` (arguments: ``run_recipe``'s)."""
-    run = run_recipe(cfg, callbacks=callbacks, records=records, resume_from=resume_from, model_factory=model_factory,
-                     evaluate=evaluate)
-    return TrainResult(model_dir=str(run.model_dir), metrics=run.metrics, fit=run.fit, config=asdict(cfg),
-                       data_report=run.data_report)
+    run = run_recipe(
+        cfg,
+        callbacks=callbacks,
+        records=records,
+        resume_from=resume_from,
+        model_factory=model_factory,
+        evaluate=evaluate,
+    )
+    return TrainResult(
+        model_dir=str(run.model_dir), metrics=run.metrics, fit=run.fit, config=asdict(cfg), data_report=run.data_report
+    )

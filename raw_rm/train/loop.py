@@ -80,7 +80,9 @@ class RewardModelTrainer:
         if not train_records:
             raise ValueError("no training records: the data source gave 0 usable records (see the loader's report)")
         self.cfg, self.model, self.tokenizer = cfg, model, tokenizer
-        model.metadata.record_training_input(cfg.data.max_len_tokens)  # scoring reads it back: models.base.effective_max_len
+        model.metadata.record_training_input(
+            cfg.data.max_len_tokens
+        )  # scoring reads it back: models.base.effective_max_len
         self.train_records, self.val_records = list(train_records), list(val_records)
         self.callbacks = list(callbacks)
         self.rank, self.world_size, self.is_main = rank, world_size, rank == 0
@@ -102,7 +104,11 @@ class RewardModelTrainer:
         self.kind = self.objective.kind
 
         self.sampler = LengthGroupedSampler(
-            self._lengths(self.train_records), tc.batch_size, seed=tc.seed, shuffle=True, rank=rank,
+            self._lengths(self.train_records),
+            tc.batch_size,
+            seed=tc.seed,
+            shuffle=True,
+            rank=rank,
             world_size=world_size,
         )
         self.batches_per_epoch = len(self._epoch_batches(0))
@@ -128,13 +134,22 @@ class RewardModelTrainer:
         logger.info(
             "trainer: %d %s for training, %d for validation; %d steps (%d per epoch, batch %d x accum %d x %d "
             "workers); precision %s on %s",
-            len(self.train_records), self.kind, len(self.val_records), self.total_steps, self.steps_per_epoch,
-            tc.batch_size, tc.grad_accum_steps, world_size, self.precision, self.device,
+            len(self.train_records),
+            self.kind,
+            len(self.val_records),
+            self.total_steps,
+            self.steps_per_epoch,
+            tc.batch_size,
+            tc.grad_accum_steps,
+            world_size,
+            self.precision,
+            self.device,
         )
 
     def _lengths(self, records: Sequence[Any]) -> list[int]:
-        return validation.record_lengths(self.tokenizer, self.objective, records,
-                                         max_len_tokens=self.cfg.data.max_len_tokens)
+        return validation.record_lengths(
+            self.tokenizer, self.objective, records, max_len_tokens=self.cfg.data.max_len_tokens
+        )
 
     def _epoch_batches(self, epoch: int) -> list[list[int]]:
         self.sampler.set_epoch(epoch)
@@ -195,8 +210,12 @@ class RewardModelTrainer:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         metrics = self.objective.step_metrics(collected)
-        metrics.update(loss=sum(losses), grad_norm=float(grad_norm), lr=float(lr),
-                       n_items=float(sum(self.objective.n_items(b) for b in micro)))
+        metrics.update(
+            loss=sum(losses),
+            grad_norm=float(grad_norm),
+            lr=float(lr),
+            n_items=float(sum(self.objective.n_items(b) for b in micro)),
+        )
         for key in ("n_tokens", "n_padded", "n_truncated"):
             metrics[key] = float(sum(int(b.get(key, 0)) for b in micro))
         return metrics
@@ -211,8 +230,13 @@ class RewardModelTrainer:
         digits, which turns close pairs into ties and ties count as errors in accuracy.
         """
         return validation.predict_records(
-            self.train_model, self.objective, self.tokenizer, records, max_len_tokens=self.cfg.data.max_len_tokens,
-            batch_size=batch_size or max(2 * self.cfg.train.batch_size, 8), device=self.device,
+            self.train_model,
+            self.objective,
+            self.tokenizer,
+            records,
+            max_len_tokens=self.cfg.data.max_len_tokens,
+            batch_size=batch_size or max(2 * self.cfg.train.batch_size, 8),
+            device=self.device,
             autocast=None if fp32 else self._autocast,
         )
 
@@ -225,13 +249,22 @@ class RewardModelTrainer:
     def state_dict(self) -> dict[str, Any]:
         """Loop position and early-stopping state (JSON-serialisable)."""
         return {
-            "step": self.step, "epoch": self.epoch, "batch_index": self.batch_index,
-            "best_metric": self.best_metric, "best_step": self.best_step,
-            "evals_without_improvement": self.evals_without_improvement, "history": self.history,
+            "step": self.step,
+            "epoch": self.epoch,
+            "batch_index": self.batch_index,
+            "best_metric": self.best_metric,
+            "best_step": self.best_step,
+            "evals_without_improvement": self.evals_without_improvement,
+            "history": self.history,
             # the sampler's own position format, for readers of the checkpoint; resume uses epoch + batch_index
-            "sampler": {"epoch": self.epoch, "position": self.batch_index, "seed": self.cfg.train.seed,
-                        "world_size": self.world_size},
-            "precision": self.precision, "world_size": self.world_size,
+            "sampler": {
+                "epoch": self.epoch,
+                "position": self.batch_index,
+                "seed": self.cfg.train.seed,
+                "world_size": self.world_size,
+            },
+            "precision": self.precision,
+            "world_size": self.world_size,
             "fsdp": fsdp.is_sharded(self.model),  # optimizer.pt keyed by parameter name (FSDP) or by position
         }
 
@@ -242,8 +275,13 @@ class RewardModelTrainer:
         """
         written = ckpt.save_checkpoint(
             path if path is not None else ckpt.checkpoint_path(self.cfg.train.output_dir, self.step),
-            model=self.model, optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler,
-            best_state=self.best_state, trainer_state=self.state_dict(), config=asdict(self.cfg),
+            model=self.model,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            scaler=self.scaler,
+            best_state=self.best_state,
+            trainer_state=self.state_dict(),
+            config=asdict(self.cfg),
             is_main=self.is_main,
         )
         if written is not None:
@@ -253,7 +291,11 @@ class RewardModelTrainer:
     def load_checkpoint(self, path: str | Path) -> None:
         """Restore model, optimiser, scheduler, scaler, RNG and loop position from a checkpoint folder."""
         state, self.best_state = ckpt.load_checkpoint(
-            path, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler,
+            path,
+            model=self.model,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            scaler=self.scaler,
             device=self.device,
         )
         self.step, self.epoch, self.batch_index = state["step"], state["epoch"], state["batch_index"]
@@ -280,7 +322,7 @@ class RewardModelTrainer:
             while self.step < self.total_steps and self.epoch < _epoch_limit(tc, self.steps_per_epoch):
                 batches = self._epoch_batches(self.epoch)
                 while self.batch_index < len(batches) and self.step < self.total_steps and not stopped_early:
-                    group = batches[self.batch_index:self.batch_index + tc.grad_accum_steps]
+                    group = batches[self.batch_index : self.batch_index + tc.grad_accum_steps]
                     t0, c0 = time.perf_counter(), time.process_time()
                     metrics = self.train_step([self.collate(idx) for idx in group])
                     dt = time.perf_counter() - t0
@@ -288,8 +330,12 @@ class RewardModelTrainer:
                     self.batch_index += len(group)
                     self.step += 1
                     totals["time"] += dt
-                    for total, key in (("items", "n_items"), ("tokens", "n_tokens"), ("padded", "n_padded"),
-                                       ("truncated", "n_truncated")):
+                    for total, key in (
+                        ("items", "n_items"),
+                        ("tokens", "n_tokens"),
+                        ("padded", "n_padded"),
+                        ("truncated", "n_truncated"),
+                    ):
                         totals[total] += metrics[key]
                     metrics.update(step_rates(metrics, dt))
                     window.append(metrics)
@@ -329,8 +375,12 @@ class RewardModelTrainer:
         if tc.restore_best and self.best_state is not None and self.best_step != self.step:
             fsdp.load_model_state_dict(self.model, self.best_state, device=self.device)
             final_step = self.best_step
-            logger.info("restored the best weights (step %d, %s=%.4f)", self.best_step, tc.early_stopping_metric,
-                        self.best_metric)
+            logger.info(
+                "restored the best weights (step %d, %s=%.4f)",
+                self.best_step,
+                tc.early_stopping_metric,
+                self.best_metric,
+            )
         # The weights left in the model were evaluated at final_step already (fp32, deterministic): reuse that.
         evaluated = [h for h in self.history if h.get("step") == final_step]
         if evaluated:
@@ -341,20 +391,33 @@ class RewardModelTrainer:
         self.store_reward_stats()
         seconds = totals["time"]
         result = FitResult(
-            steps=self.step, epochs=self.epoch + (self.batch_index / max(1, self.batches_per_epoch)),
-            stopped_early=stopped_early, best_metric=self.best_metric, best_step=self.best_step,
-            final_metrics=final, history=list(self.history), train_time_s=seconds,
+            steps=self.step,
+            epochs=self.epoch + (self.batch_index / max(1, self.batches_per_epoch)),
+            stopped_early=stopped_early,
+            best_metric=self.best_metric,
+            best_step=self.best_step,
+            final_metrics=final,
+            history=list(self.history),
+            train_time_s=seconds,
             pairs_per_s=totals["items"] * self.world_size / seconds if seconds else 0.0,
             tokens_per_s=totals["tokens"] * self.world_size / seconds if seconds else 0.0,
             padding_fraction=totals["padded"] / max(1.0, totals["padded"] + totals["tokens"]),
-            n_truncated=int(totals["truncated"]), last_checkpoint=self.last_checkpoint,
-            resumed_from=str(resume_from) if resume_from is not None else None, train_cpu_s=totals["cpu"],
+            n_truncated=int(totals["truncated"]),
+            last_checkpoint=self.last_checkpoint,
+            resumed_from=str(resume_from) if resume_from is not None else None,
+            train_cpu_s=totals["cpu"],
         )
         if self.is_main:
             logger.info(
                 "fit: %d steps in %.1fs of training, %.1f %s/s, %.0f tokens/s, padding %.1f%%, %d truncated "
-                "sequences; %s", result.steps, result.train_time_s, result.pairs_per_s, self.kind,
-                result.tokens_per_s, 100 * result.padding_fraction, result.n_truncated,
+                "sequences; %s",
+                result.steps,
+                result.train_time_s,
+                result.pairs_per_s,
+                self.kind,
+                result.tokens_per_s,
+                100 * result.padding_fraction,
+                result.n_truncated,
                 ", ".join(f"{k}={v:.4f}" for k, v in final.items() if not k.endswith(("_low", "_high"))),
             )
         return result
@@ -402,8 +465,14 @@ class RewardModelTrainer:
             logger.info("eval at step %d: %s", self.step, ", ".join(f"{k}={v:.4f}" for k, v in shown.items()))
         self._emit("on_eval", self.step, metrics)
         if not final and tc.patience is not None and self.evals_without_improvement >= tc.patience:
-            logger.info("early stopping at step %d: %s has not improved for %d evaluations (best %.4f at step %s)",
-                        self.step, name, tc.patience, self.best_metric, self.best_step)
+            logger.info(
+                "early stopping at step %d: %s has not improved for %d evaluations (best %.4f at step %s)",
+                self.step,
+                name,
+                tc.patience,
+                self.best_metric,
+                self.best_step,
+            )
             return True
         return False
 
@@ -433,12 +502,17 @@ class RewardModelTrainer:
         meta = getattr(self.model, "metadata", None)
         if meta is None:
             return
-        records = validation.reward_sample(self.train_records, self.objective, max_sequences=max_sequences,
-                                           seed=self.cfg.train.seed)
+        records = validation.reward_sample(
+            self.train_records, self.objective, max_sequences=max_sequences, seed=self.cfg.train.seed
+        )
         rewards = self.objective.rewards(self.predict_records(records, fp32=False))
         validation.store_reward_stats(meta, rewards, self._lengths(records))
-        logger.info("reward normalisation over %d training rewards: mean %.4f std %.4f", rewards.numel(),
-                    meta.reward_mean, meta.reward_std)
+        logger.info(
+            "reward normalisation over %d training rewards: mean %.4f std %.4f",
+            rewards.numel(),
+            meta.reward_mean,
+            meta.reward_std,
+        )
 
 
 # ---------------------------------------------------------------------------------------- helpers

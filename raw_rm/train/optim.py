@@ -1,7 +1,7 @@
 """What the loop optimises and how fast: AdamW over the trainable weights, and the learning-rate schedule.
 
-    optimizer = build_optimizer(model, lr=5e-5, weight_decay=0.01)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps, warmup_steps, "cosine"))
+optimizer = build_optimizer(model, lr=5e-5, weight_decay=0.01)
+scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps, warmup_steps, "cosine"))
 """
 
 from __future__ import annotations

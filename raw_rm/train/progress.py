@@ -49,8 +49,10 @@ def step_line(step: int, total_steps: int, mean: dict[str, float]) -> str:
 def postfix(metrics: dict[str, float]) -> dict[str, str]:
     """The progress bar's right-hand side for one step."""
     return {
-        "pairs/s": f"{metrics['pairs_per_s']:.1f}", "tok/s": f"{metrics['tokens_per_s']:.0f}",
-        "loss": f"{metrics['loss']:.3f}", "acc": f"{metrics['accuracy']:.2f}",
+        "pairs/s": f"{metrics['pairs_per_s']:.1f}",
+        "tok/s": f"{metrics['tokens_per_s']:.0f}",
+        "loss": f"{metrics['loss']:.3f}",
+        "acc": f"{metrics['accuracy']:.2f}",
     }
 
 

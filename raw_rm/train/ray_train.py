@@ -67,8 +67,12 @@ def init_ray(address: str | None) -> None:
         return
     ray.init(address=address)
     ctx = ray.get_runtime_context()
-    log.info("Ray: %s (GCS %s), resources %s", "cluster" if address or os.environ.get("RAY_ADDRESS") else "local or discovered",
-             ctx.gcs_address, ray.cluster_resources())
+    log.info(
+        "Ray: %s (GCS %s), resources %s",
+        "cluster" if address or os.environ.get("RAY_ADDRESS") else "local or discovered",
+        ctx.gcs_address,
+        ray.cluster_resources(),
+    )
 
 
 def global_batch_size(cfg: Config) -> int:
@@ -76,9 +80,7 @@ def global_batch_size(cfg: Config) -> int:
     return cfg.train.batch_size * cfg.ray.num_workers * cfg.train.grad_accum_steps
 
 
-def train_ray(
-    cfg: Config, *, callbacks: Iterable[Any] = (), worker_callbacks: Iterable[Any] = ()
-) -> TrainResult:
+def train_ray(cfg: Config, *, callbacks: Iterable[Any] = (), worker_callbacks: Iterable[Any] = ()) -> TrainResult:
     """Train ``cfg`` with a ``TorchTrainer`` of ``cfg.ray.num_workers`` workers; save ``<output_dir>/model``.
 
     Args:
@@ -102,8 +104,15 @@ def train_ray(
     log.info(
         "Ray Train run %r in %s: %d worker(s) x batch %d x accumulation %d = global batch %d pairs per step; "
         "strategy %s, %s, max_failures %d",
-        run_name, storage, cfg.ray.num_workers, cfg.train.batch_size, cfg.train.grad_accum_steps,
-        global_batch_size(cfg), cfg.ray.strategy, "GPU" if cfg.ray.use_gpu else "CPU", cfg.ray.max_failures,
+        run_name,
+        storage,
+        cfg.ray.num_workers,
+        cfg.train.batch_size,
+        cfg.train.grad_accum_steps,
+        global_batch_size(cfg),
+        cfg.ray.strategy,
+        "GPU" if cfg.ray.use_gpu else "CPU",
+        cfg.ray.max_failures,
     )
     # Without validation data there is no metric to rank by: keep the latest checkpoints instead.
     has_val = cfg.data.eval_path is not None or cfg.data.val_fraction > 0
@@ -111,16 +120,21 @@ def train_ray(
     trainer = TorchTrainer(
         _train_loop_per_worker,
         train_loop_config={
-            "config": asdict(cfg), "callbacks": list(callbacks), "worker_callbacks": list(worker_callbacks),
+            "config": asdict(cfg),
+            "callbacks": list(callbacks),
+            "worker_callbacks": list(worker_callbacks),
         },
         scaling_config=ScalingConfig(
-            num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu,
+            num_workers=cfg.ray.num_workers,
+            use_gpu=cfg.ray.use_gpu,
             resources_per_worker={"CPU": cfg.ray.cpus_per_worker, **({"GPU": 1} if cfg.ray.use_gpu else {})},
         ),
         run_config=RunConfig(
-            name=run_name, storage_path=storage,
+            name=run_name,
+            storage_path=storage,
             checkpoint_config=CheckpointConfig(
-                num_to_keep=cfg.ray.keep_checkpoints, checkpoint_score_attribute=metric,
+                num_to_keep=cfg.ray.keep_checkpoints,
+                checkpoint_score_attribute=metric,
                 checkpoint_score_order=cfg.train.early_stopping_mode,
             ),
             failure_config=FailureConfig(max_failures=cfg.ray.max_failures),
@@ -139,18 +153,25 @@ def _check_strategy(cfg: Config) -> None:
     if cfg.ray.strategy != "fsdp":
         return
     if cfg.train.precision == "fp16":
-        raise ConfigError("ray.strategy=fsdp with train.precision=fp16: the loop's GradScaler does not handle sharded "
-                          "gradients; use train.precision=bf16 (or fp32)")
+        raise ConfigError(
+            "ray.strategy=fsdp with train.precision=fp16: the loop's GradScaler does not handle sharded "
+            "gradients; use train.precision=bf16 (or fp32)"
+        )
     if cfg.loss.param_l2_coef > 0:
-        raise ConfigError("ray.strategy=fsdp with loss.param_l2_coef > 0: the penalty sums sharded parameters; use "
-                          "train.weight_decay instead, or ray.strategy=ddp")
+        raise ConfigError(
+            "ray.strategy=fsdp with loss.param_l2_coef > 0: the penalty sums sharded parameters; use "
+            "train.weight_decay instead, or ray.strategy=ddp"
+        )
 
 
 def _absolute_local_paths(cfg: Config) -> dict[str, str]:
     """Relative data and backbone paths that exist here, made absolute (``--data pairs.jsonl`` from the CLI)."""
     found = {}
-    for key, value in (("data.train_path", cfg.data.train_path), ("data.eval_path", cfg.data.eval_path),
-                       ("model.backbone", cfg.model.backbone)):
+    for key, value in (
+        ("data.train_path", cfg.data.train_path),
+        ("data.eval_path", cfg.data.eval_path),
+        ("model.backbone", cfg.model.backbone),
+    ):
         if key == "model.backbone" and value in ("minilm", *TINY_BACKBONES):  # packaged names, not paths
             continue
         if isinstance(value, str) and "://" not in value and not Path(value).is_absolute() and Path(value).exists():
@@ -173,7 +194,11 @@ def _run_name(cfg: Config, storage: str) -> str:
     name, local = cfg.ray.run_name, "://" not in storage
     if cfg.train.resume:
         if name is None:
-            runs = sorted((p for p in Path(storage).iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime) if local and Path(storage).is_dir() else []
+            runs = (
+                sorted((p for p in Path(storage).iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
+                if local and Path(storage).is_dir()
+                else []
+            )
             if not runs:
                 raise ConfigError(f"train.resume=true but no Ray Train run under {storage} to resume: set ray.run_name")
             name = runs[-1].name
@@ -203,7 +228,9 @@ def _collect(cfg: Config, result: Any, out: Path, storage: str, run_name: str) -
     with result.checkpoint.as_directory() as ckpt:
         ckpt = Path(ckpt)
         if not (ckpt / FINAL_MARKER).exists():
-            raise RuntimeError(f"the last checkpoint of run {run_name!r} ({result.checkpoint.path}) holds no final model")
+            raise RuntimeError(
+                f"the last checkpoint of run {run_name!r} ({result.checkpoint.path}) holds no final model"
+            )
         final = json.loads((ckpt / FINAL_MARKER).read_text())
         if model_dir.exists():
             shutil.rmtree(model_dir)
@@ -217,7 +244,9 @@ def _collect(cfg: Config, result: Any, out: Path, storage: str, run_name: str) -
         marker = {"model_dir": str(model_dir), "steps": fit.steps, "finished_at": time.time()}
         (Path(storage) / run_name / FINISHED_MARKER).write_text(json.dumps(marker))
     log.info("Ray Train run %r: %d steps, saved %s", run_name, fit.steps, model_dir)
-    return TrainResult(model_dir=str(model_dir), metrics=metrics, fit=fit, config=asdict(cfg), data_report=final.get("data_report", ""))
+    return TrainResult(
+        model_dir=str(model_dir), metrics=metrics, fit=fit, config=asdict(cfg), data_report=final.get("data_report", "")
+    )
 
 
 # -------------------------------------------------------------------------------------------- workers
@@ -266,8 +295,15 @@ def _train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 raise RuntimeError("this Ray Train run already finished; start a new run instead of resuming it")
             log.info("rank %d resuming from Ray checkpoint %s", rank, checkpoint.path)
         final = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="raw_rm_final_")))
-        run = run_recipe(cfg, callbacks=callbacks, prepare_model=lambda m: _prepare(m, cfg), rank=rank,
-                         world_size=world_size, resume_from=resume_dir, model_dir=final / "model")
+        run = run_recipe(
+            cfg,
+            callbacks=callbacks,
+            prepare_model=lambda m: _prepare(m, cfg),
+            rank=rank,
+            world_size=world_size,
+            resume_from=resume_dir,
+            model_dir=final / "model",
+        )
         _report_final(cfg, run, final)
 
 
@@ -290,7 +326,9 @@ def _report_final(cfg: Config, run: RecipeResult, final: Path) -> None:
     fit = run.fit
     metrics = {**fit.final_metrics, "step": float(fit.steps), "final": 1.0}
     if fit.best_metric is not None:
-        metrics[cfg.train.early_stopping_metric] = fit.final_metrics.get(cfg.train.early_stopping_metric, fit.best_metric)
+        metrics[cfg.train.early_stopping_metric] = fit.final_metrics.get(
+            cfg.train.early_stopping_metric, fit.best_metric
+        )
     if run.model_dir is None:  # ranks > 0
         ray.train.report(metrics, checkpoint=None)
         return

@@ -93,8 +93,17 @@ def run_recipe(
         model.metadata.data_fingerprint = records_fingerprint(train_records)
     # 4. fit
     callbacks = list(callbacks)
-    trainer = RewardModelTrainer(cfg, model, tokenizer, train_records, val_records, callbacks=callbacks,
-                                 prepare_model=prepare_model, rank=rank, world_size=world_size)
+    trainer = RewardModelTrainer(
+        cfg,
+        model,
+        tokenizer,
+        train_records,
+        val_records,
+        callbacks=callbacks,
+        prepare_model=prepare_model,
+        rank=rank,
+        world_size=world_size,
+    )
     for cb in callbacks:
         if callable(getattr(cb, "attach", None)):
             cb.attach(trainer)
@@ -110,7 +119,10 @@ def run_recipe(
     shown = ("val_accuracy", "val_loss", "val_ece", "val_nll")
     logger.info(
         "saved %s; %d truncated sequences (max_len_tokens=%d); %.1f pairs/s; final %s",
-        saved, fit.n_truncated, cfg.data.max_len_tokens, fit.pairs_per_s,
+        saved,
+        fit.n_truncated,
+        cfg.data.max_len_tokens,
+        fit.pairs_per_s,
         ", ".join(f"{k}={v:.4f}" for k, v in fit.final_metrics.items() if k in shown),
     )
     # 6. the gate evaluation, when the caller asks for it
@@ -164,9 +176,14 @@ def summarise_fit(fit: FitResult) -> dict[str, float]:
     """The numbers of a fit worth keeping: final validation metrics plus throughput and truncation counts."""
     metrics = {k: float(v) for k, v in fit.final_metrics.items()}
     metrics.update(
-        steps=float(fit.steps), epochs=float(fit.epochs), train_time_s=fit.train_time_s,
-        pairs_per_s=fit.pairs_per_s, tokens_per_s=fit.tokens_per_s, padding_fraction=fit.padding_fraction,
-        n_truncated=float(fit.n_truncated), stopped_early=float(fit.stopped_early),
+        steps=float(fit.steps),
+        epochs=float(fit.epochs),
+        train_time_s=fit.train_time_s,
+        pairs_per_s=fit.pairs_per_s,
+        tokens_per_s=fit.tokens_per_s,
+        padding_fraction=fit.padding_fraction,
+        n_truncated=float(fit.n_truncated),
+        stopped_early=float(fit.stopped_early),
     )
     if fit.best_metric is not None:
         metrics["best_metric"] = float(fit.best_metric)

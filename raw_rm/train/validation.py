@@ -26,7 +26,7 @@ def record_lengths(tokenizer: Any, objective: Objective, records: Sequence[Any],
     lengths = [0] * len(records)
     chunk = 2048
     for start in range(0, len(texts), chunk):
-        part = texts[start:start + chunk]
+        part = texts[start : start + chunk]
         ids = tokenizer([t for t, _ in part], add_special_tokens=False, truncation=False)["input_ids"]
         for (_, owner), seq in zip(part, ids, strict=True):
             lengths[owner] = max(lengths[owner], min(max_len_tokens, len(seq) + 2))
@@ -62,7 +62,7 @@ def predict_records(
     model.eval()
     out = []
     for start in range(0, len(order), batch_size):
-        batch = objective.collate(records, order[start:start + batch_size])
+        batch = objective.collate(records, order[start : start + batch_size])
         with autocast() if autocast is not None else contextlib.nullcontext():
             output = model(**batch_features(batch, device))
         out.append(objective.predict(output, batch))

@@ -100,20 +100,33 @@ def build_search(specs: list[ParamSpec], cfg: Config, baseline: dict[str, Any] |
 
         grids = [s.path for s in specs if s.kind == "grid"]
         if grids:
-            raise ConfigError(f"tune.space: {grids[0]}: grid needs tune.searcher=random (Optuna samples, it does not enumerate)")
-        bad = [s.path for s in specs if s.kind == "choice" and not all(isinstance(v, (str, int, float, bool, type(None))) for v in s.args)]
+            raise ConfigError(
+                f"tune.space: {grids[0]}: grid needs tune.searcher=random (Optuna samples, it does not enumerate)"
+            )
+        bad = [
+            s.path
+            for s in specs
+            if s.kind == "choice" and not all(isinstance(v, (str, int, float, bool, type(None))) for v in s.args)
+        ]
         if bad:
             raise ConfigError(f"tune.space: {bad[0]}: Optuna choices must be strings, numbers, booleans or null")
         search = OptunaSearch(
-            space=DefineByRunSpace(specs), metric=cfg.tune.metric, mode=cfg.tune.mode,
-            points_to_evaluate=points, seed=cfg.train.seed,
+            space=DefineByRunSpace(specs),
+            metric=cfg.tune.metric,
+            mode=cfg.tune.mode,
+            points_to_evaluate=points,
+            seed=cfg.train.seed,
         )
         return {}, search
     space: dict[str, Any] = {}
     for i, spec in enumerate(specs):
-        space[spec.path] = tune.sample_from(ConditionalSample(spec, cfg.train.seed + i)) if spec.when else _tune_domain(spec)
+        space[spec.path] = (
+            tune.sample_from(ConditionalSample(spec, cfg.train.seed + i)) if spec.when else _tune_domain(spec)
+        )
     # Tune applies max_concurrent_trials only to a Searcher, so the variant generator gets its own bound.
-    search = BasicVariantGenerator(points_to_evaluate=points, max_concurrent=cfg.tune.max_concurrent, random_state=cfg.train.seed)
+    search = BasicVariantGenerator(
+        points_to_evaluate=points, max_concurrent=cfg.tune.max_concurrent, random_state=cfg.train.seed
+    )
     return space, search
 
 
@@ -187,7 +200,9 @@ def run_trial(params: dict[str, Any], *, base: dict[str, Any], tune_cfg: dict[st
     from ray import tune
 
     if not logging.getLogger().handlers:  # a fresh Ray worker: show the loop's progress lines in the driver's log
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+        )
     # Scratch outside Tune's trial folder: Tune syncs that folder to storage with every experiment snapshot,
     # which would copy (and race with the removal of) the loop's checkpoints. What must last goes via report().
     scratch = Path(tempfile.mkdtemp(prefix=f"raw_rm_{tune.get_context().get_trial_id()}_"))
@@ -245,7 +260,9 @@ def run_tune(cfg: Config, *, callbacks: list[Any] | tuple[Any, ...] = ()) -> Tun
     if cfg.tune.resume:  # trials rebuild from the saved base config, so a restored trial trains exactly as before
         state_file = exp / STATE_FILE
         if not state_file.exists():
-            raise ConfigError(f"tune.resume=true but {exp} holds no raw_rm Tune experiment to restore (no {STATE_FILE})")
+            raise ConfigError(
+                f"tune.resume=true but {exp} holds no raw_rm Tune experiment to restore (no {STATE_FILE})"
+            )
         base = config_from_dict(json.loads(state_file.read_text())["base"], source=str(state_file))
         specs = parse_space(base.tune.space, base)
     else:
@@ -295,7 +312,9 @@ def _check_new_experiment(cfg: Config, specs: list[ParamSpec], exp: Path) -> Non
     if not metric.startswith("val_"):
         raise ConfigError(f"tune.metric={metric!r}: trials report validation metrics, e.g. {', '.join(METRIC_MODES)}")
     if METRIC_MODES.get(metric, mode) != mode:
-        raise ConfigError(f"tune.metric={metric} is better when {'higher' if mode == 'min' else 'lower'}: set tune.mode={METRIC_MODES[metric]}")
+        raise ConfigError(
+            f"tune.metric={metric} is better when {'higher' if mode == 'min' else 'lower'}: set tune.mode={METRIC_MODES[metric]}"
+        )
     if exp.exists():
         raise ConfigError(f"{exp} already exists: set tune.resume=true to continue it, or choose another tune.name")
 
@@ -331,28 +350,43 @@ def _new_tuner(base: Config, specs: list[ParamSpec], exp: Path, trainable: Any, 
 
         scheduler: Any = BaselineKeepingASHA(
             baseline=points[0] if points else None,
-            time_attr=ROUND_KEY, grace_period=tc.grace_period, reduction_factor=tc.reduction_factor, max_t=10_000,
+            time_attr=ROUND_KEY,
+            grace_period=tc.grace_period,
+            reduction_factor=tc.reduction_factor,
+            max_t=10_000,
         )
     else:
         scheduler = FIFOScheduler()
     exp.mkdir(parents=True, exist_ok=True)
     expected = tc.num_samples * math.prod(len(s.args) for s in specs if s.kind == "grid")
     state = {
-        "base": asdict(base), "metric": tc.metric, "mode": tc.mode, "baseline": baseline,
-        "expected_trials": expected, "created": time.time(),
+        "base": asdict(base),
+        "metric": tc.metric,
+        "mode": tc.mode,
+        "baseline": baseline,
+        "expected_trials": expected,
+        "created": time.time(),
     }
     (exp / STATE_FILE).write_text(json.dumps(state, indent=1))
     return tune.Tuner(
         trainable,
         param_space=param_space,
         tune_config=tune.TuneConfig(
-            metric=tc.metric, mode=tc.mode, search_alg=search_alg, scheduler=scheduler, num_samples=tc.num_samples,
-            max_concurrent_trials=tc.max_concurrent if tc.searcher == "optuna" else None,  # random: bounded by its generator
+            metric=tc.metric,
+            mode=tc.mode,
+            search_alg=search_alg,
+            scheduler=scheduler,
+            num_samples=tc.num_samples,
+            max_concurrent_trials=tc.max_concurrent
+            if tc.searcher == "optuna"
+            else None,  # random: bounded by its generator
             trial_dirname_creator=trial_dirname,
             reuse_actors=True,  # a new trial in a warm process skips ~10-20 s of torch/transformers imports
         ),
         run_config=tune.RunConfig(
-            name=exp.name, storage_path=str(exp.parent), callbacks=list(callbacks),
+            name=exp.name,
+            storage_path=str(exp.parent),
+            callbacks=list(callbacks),
             # The latest checkpoint resumes a trial; keeping 2 halves the experiment snapshots Tune forces.
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             failure_config=tune.FailureConfig(max_failures=base.ray.max_failures),

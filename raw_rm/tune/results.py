@@ -102,14 +102,20 @@ def collect_results(exp: str | Path) -> TuneOutcome:
         if saved.get("error_filename"):
             error_file = trial_dir / saved["error_filename"]
             error = error_file.read_text()[-4000:] if error_file.exists() else "error (no error file)"
-        trials.append(TrialSummary(
-            trial_id=saved["trial_id"], status=status, params=params, value=value,
-            metrics={k: float(v) for k, v in last.items() if is_number(v)},
-            evaluations=int(max((h.get(ROUND_KEY, 0) for h in history), default=0)),
-            is_baseline=bool(baseline) and {k: v for k, v in params.items() if v is not None} == baseline,
-            checkpoint=str(checkpoints[-1]) if checkpoints else None, error=error,
-            history=[{k: float(v) for k, v in h.items() if is_number(v)} for h in history],
-        ))
+        trials.append(
+            TrialSummary(
+                trial_id=saved["trial_id"],
+                status=status,
+                params=params,
+                value=value,
+                metrics={k: float(v) for k, v in last.items() if is_number(v)},
+                evaluations=int(max((h.get(ROUND_KEY, 0) for h in history), default=0)),
+                is_baseline=bool(baseline) and {k: v for k, v in params.items() if v is not None} == baseline,
+                checkpoint=str(checkpoints[-1]) if checkpoints else None,
+                error=error,
+                history=[{k: float(v) for k, v in h.items() if is_number(v)} for h in history],
+            )
+        )
     seen_baseline = False
     for t in trials:  # only the first trial with the baseline's values is the baseline
         t.is_baseline, seen_baseline = t.is_baseline and not seen_baseline, seen_baseline or t.is_baseline
@@ -118,8 +124,13 @@ def collect_results(exp: str | Path) -> TuneOutcome:
     expected = state.get("expected_trials") or 0
     interrupted = len(trials) < expected or any(t.status in ("interrupted", "pending") for t in trials)
     return TuneOutcome(
-        experiment_path=str(exp), metric=metric, mode=mode, trials=trials, best=best,
-        baseline=next((t for t in trials if t.is_baseline), None), interrupted=interrupted,
+        experiment_path=str(exp),
+        metric=metric,
+        mode=mode,
+        trials=trials,
+        best=best,
+        baseline=next((t for t in trials if t.is_baseline), None),
+        interrupted=interrupted,
     )
 
 
@@ -134,10 +145,15 @@ def _saved_trials(exp: Path) -> list[dict[str, Any]]:
     for trial_json, runtime_json in json.loads(states[-1].read_text())["trial_data"]:
         trial = json.loads(trial_json)
         runtime = json.loads(runtime_json)
-        out.append({
-            "trial_id": trial["trial_id"], "status": trial["status"], "relative_logdir": trial["relative_logdir"],
-            "config": trial["config"], "error_filename": runtime.get("error_filename"),
-        })
+        out.append(
+            {
+                "trial_id": trial["trial_id"],
+                "status": trial["status"],
+                "relative_logdir": trial["relative_logdir"],
+                "config": trial["config"],
+                "error_filename": runtime.get("error_filename"),
+            }
+        )
     return sorted(out, key=lambda t: t["trial_id"])
 
 
@@ -165,7 +181,9 @@ def top_k_configs(experiment_path: str | Path, k: int) -> list[Config]:
     """
     outcome = collect_results(experiment_path)
     state = json.loads((Path(experiment_path) / STATE_FILE).read_text())
-    completed = [t for t in outcome.trials if t.status == "completed" and t.value is not None and not math.isnan(t.value)]
+    completed = [
+        t for t in outcome.trials if t.status == "completed" and t.value is not None and not math.isnan(t.value)
+    ]
     completed.sort(key=lambda t: t.value, reverse=outcome.mode == "max")
     if len(completed) < k:
         raise ValueError(f"{experiment_path}: asked for the top {k} configs but only {len(completed)} trials completed")
@@ -229,7 +247,9 @@ def plot_results(outcome: TuneOutcome, specs: list[ParamSpec], out_dir: Path) ->
                 ax.scatter(xs, ys, marker=marker, label=status.replace("_", " "))
         base = outcome.baseline
         if base is not None and base.value is not None and is_number(base.params.get(path)):
-            ax.annotate("baseline", (base.params[path], base.value), xytext=(4, 4), textcoords="offset points", fontsize=8)
+            ax.annotate(
+                "baseline", (base.params[path], base.value), xytext=(4, 4), textcoords="offset points", fontsize=8
+            )
         spec = next((s for s in specs if s.path == path), None)
         if spec is not None and spec.kind == "loguniform":
             ax.set_xscale("log")
@@ -249,7 +269,9 @@ def plot_results(outcome: TuneOutcome, specs: list[ParamSpec], out_dir: Path) ->
 NOT_SAMPLED_Y = -0.12  # where a conditional parameter that was not sampled sits on its axis ("n/a")
 
 
-def _parallel_coordinates(plt: Any, outcome: TuneOutcome, specs: list[ParamSpec], trials: list[TrialSummary], path: Path) -> str:
+def _parallel_coordinates(
+    plt: Any, outcome: TuneOutcome, specs: list[ParamSpec], trials: list[TrialSummary], path: Path
+) -> str:
     axes = [s.path for s in specs] + [outcome.metric]
     columns: list[list[float]] = []
     ticks: list[tuple[list[float], list[str]]] = []
@@ -262,7 +284,9 @@ def _parallel_coordinates(plt: Any, outcome: TuneOutcome, specs: list[ParamSpec]
             ticks.append(([i / max(1, len(levels) - 1) for i in range(len(levels))], [str(v) for v in levels]))
         else:
             log = spec is not None and spec.kind == "loguniform"
-            nums = [(math.log10(v) if log else float(v)) if is_number(v) and (v > 0 or not log) else math.nan for v in raw]
+            nums = [
+                (math.log10(v) if log else float(v)) if is_number(v) and (v > 0 or not log) else math.nan for v in raw
+            ]
             finite = [v for v in nums if not math.isnan(v)]
             lo, hi = (min(finite), max(finite)) if finite else (0.0, 1.0)
             span = hi - lo or 1.0
@@ -316,29 +340,52 @@ def format_summary(outcome: TuneOutcome, specs: list[ParamSpec] | None = None) -
     for r in rows:
         mark = " *" if outcome.best is not None and r["trial_id"] == outcome.best.trial_id else ""
         mark += " (baseline)" if r["baseline"] else ""
-        body.append([r["trial_id"] + mark, r["status"], *(_fmt(r[p]) for p in paths), _fmt(r[outcome.metric]),
-                     _fmt(r["last_val_accuracy"]), _fmt(r["last_val_nll"]), str(r["evaluations"])])
+        body.append(
+            [
+                r["trial_id"] + mark,
+                r["status"],
+                *(_fmt(r[p]) for p in paths),
+                _fmt(r[outcome.metric]),
+                _fmt(r["last_val_accuracy"]),
+                _fmt(r["last_val_nll"]),
+                str(r["evaluations"]),
+            ]
+        )
     widths = [max(len(str(x)) for x in col) for col in zip(head, *body, strict=True)]
     lines = ["  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=True)) for row in [head, *body]]
     lines.insert(1, "  ".join("-" * w for w in widths))
     stopped = sum(t.status == "stopped_early" for t in outcome.trials)
-    lines.append(f"\n{len(outcome.trials)} trials: {stopped} stopped early by ASHA, {outcome.num_errors} failed"
-                 + ("; INTERRUPTED: resume with tune.resume=true" if outcome.interrupted else ""))
+    lines.append(
+        f"\n{len(outcome.trials)} trials: {stopped} stopped early by ASHA, {outcome.num_errors} failed"
+        + ("; INTERRUPTED: resume with tune.resume=true" if outcome.interrupted else "")
+    )
     if outcome.best is not None:
         best = {k: v for k, v in outcome.best.params.items() if v is not None}
         lines.append(f"best trial {outcome.best.trial_id}: {outcome.metric}={_fmt(outcome.best.value)}  {best}")
         gain = outcome.gain()
         if gain and outcome.baseline is not None:
             base = outcome.baseline
-            note = "" if base.status == "completed" else f" (the baseline was {base.status.replace('_', ' ')} after {base.evaluations} evaluations)"
-            lines.append(f"baseline trial {base.trial_id}: " + ", ".join(f"{k}={_fmt(base.metrics.get(k))}" for k in gain))
-            lines.append("gain over the baseline (best - baseline): " + ", ".join(f"{k} {v:+.4f}" for k, v in gain.items()) + note)
+            note = (
+                ""
+                if base.status == "completed"
+                else f" (the baseline was {base.status.replace('_', ' ')} after {base.evaluations} evaluations)"
+            )
+            lines.append(
+                f"baseline trial {base.trial_id}: " + ", ".join(f"{k}={_fmt(base.metrics.get(k))}" for k in gain)
+            )
+            lines.append(
+                "gain over the baseline (best - baseline): "
+                + ", ".join(f"{k} {v:+.4f}" for k, v in gain.items())
+                + note
+            )
     if outcome.results_csv:
         lines.append(f"results: {outcome.results_csv}; plots: {Path(outcome.results_csv).parent / 'plots'}")
     if outcome.best_model_dir:
         lines.append(f"best model: {outcome.best_model_dir}")
     if outcome.registered_version:
-        lines.append(f"registered: version {outcome.registered_version} (alias candidate, tag tune_experiment={outcome.experiment_path})")
+        lines.append(
+            f"registered: version {outcome.registered_version} (alias candidate, tag tune_experiment={outcome.experiment_path})"
+        )
     return "\n".join(lines)
 
 

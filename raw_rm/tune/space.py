@@ -128,7 +128,11 @@ def _parse_spec(path: str, raw: Any, where: str, errors: list[str]) -> ParamSpec
     kinds = [k for k in raw if k != "when"]
     unknown = [k for k in kinds if k not in DISTRIBUTIONS]
     if unknown or len(kinds) != 1:
-        bad = f'unknown distribution "{unknown[0]}"' if unknown else f"expected exactly one distribution, got {len(kinds)}"
+        bad = (
+            f'unknown distribution "{unknown[0]}"'
+            if unknown
+            else f"expected exactly one distribution, got {len(kinds)}"
+        )
         errors.append(f"{where}: {bad}; valid: {', '.join(DISTRIBUTIONS)} (plus an optional when)")
         return None
     kind, args = kinds[0], raw[kinds[0]]
@@ -241,19 +245,25 @@ def _resolve_arch_conditions(specs: dict[str, ParamSpec], base: Config, errors: 
         if explicit is not None:
             unused = [a for a in explicit if a not in readers]
             if unused:
-                errors.append(f"{where}: when: model.arch {unused[0]!r} does not read it (architectures that do: "
-                              f"{', '.join(readers)})")
+                errors.append(
+                    f"{where}: when: model.arch {unused[0]!r} does not read it (architectures that do: "
+                    f"{', '.join(readers)})"
+                )
             continue
         if arch is None:
             if base.model.arch not in readers:
-                errors.append(f"{where}: only model.arch {' or '.join(readers)} reads it, but the base config has "
-                              f"model.arch={base.model.arch} and model.arch is not searched: search model.arch with "
-                              f"{readers[0]} among its choices, or set model.arch={readers[0]}")
+                errors.append(
+                    f"{where}: only model.arch {' or '.join(readers)} reads it, but the base config has "
+                    f"model.arch={base.model.arch} and model.arch is not searched: search model.arch with "
+                    f"{readers[0]} among its choices, or set model.arch={readers[0]}"
+                )
             continue
         used = tuple(a for a in arch.args if a in readers)
         if not used:
-            errors.append(f"{where}: none of the searched architectures {list(arch.args)} reads it (architectures "
-                          f"that do: {', '.join(readers)})")
+            errors.append(
+                f"{where}: none of the searched architectures {list(arch.args)} reads it (architectures "
+                f"that do: {', '.join(readers)})"
+            )
             continue
         specs[path] = ParamSpec(path, spec.kind, spec.args, (*spec.when, ("model.arch", used)))
 

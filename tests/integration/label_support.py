@@ -58,9 +58,25 @@ def raw_rm(
 
 def train_tiny(data: Path, out: Path, *, cwd: Path) -> subprocess.CompletedProcess:
     """`raw-rm train` for two steps of a tiny random BERT on ``data`` (also the validation set: it is small)."""
-    return raw_rm("train", "--data", str(data), "--eval-data", str(data), "--model", "tiny-bert", "--max-steps", "2",
-                  "--batch-size", "4", "--output", str(out), "mlflow.enabled=false", "train.precision=fp32",
-                  "data.max_len_tokens=32", cwd=cwd)
+    return raw_rm(
+        "train",
+        "--data",
+        str(data),
+        "--eval-data",
+        str(data),
+        "--model",
+        "tiny-bert",
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--output",
+        str(out),
+        "mlflow.enabled=false",
+        "train.precision=fp32",
+        "data.max_len_tokens=32",
+        cwd=cwd,
+    )
 
 
 class LabelServer:

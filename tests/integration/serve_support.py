@@ -28,8 +28,14 @@ def free_port() -> int:
 
 
 def save_tiny(
-    directory: Path, *, arch: str = "concat", num_heads: int = 3, seed: int = 0,
-    reward_mean: float = 0.0, reward_std: float = 1.0, temperature: float = 1.0,
+    directory: Path,
+    *,
+    arch: str = "concat",
+    num_heads: int = 3,
+    seed: int = 0,
+    reward_mean: float = 0.0,
+    reward_std: float = 1.0,
+    temperature: float = 1.0,
 ) -> Path:
     """A tiny-bert reward model whose rewards spread over about ±3 (weights drawn with std 0.3, no dropout).
 
@@ -46,9 +52,15 @@ def save_tiny(
     model.eval()
     from raw_rm.inference import RewardModelInference
 
-    rewards = RewardModelInference(model, tokenizer=tokenizer, cache_size=0).batch_predict([""] * len(REFERENCE_TEXTS), REFERENCE_TEXTS)
+    rewards = RewardModelInference(model, tokenizer=tokenizer, cache_size=0).batch_predict(
+        [""] * len(REFERENCE_TEXTS), REFERENCE_TEXTS
+    )
     model.metadata.reference = {"reward": ReferenceDistribution.from_sample(rewards).to_dict()}
-    model.metadata.reward_mean, model.metadata.reward_std, model.metadata.temperature = reward_mean, reward_std, temperature
+    model.metadata.reward_mean, model.metadata.reward_std, model.metadata.temperature = (
+        reward_mean,
+        reward_std,
+        temperature,
+    )
     return save_model(model, tokenizer, directory)
 
 
@@ -74,7 +86,9 @@ def serve_http(ray_session) -> str:
     return f"http://127.0.0.1:{port}"
 
 
-async def post_json(session: aiohttp.ClientSession, url: str, payload: Any, *, retries: int = 0, delay_s: float = 1.0) -> tuple[int, Any]:
+async def post_json(
+    session: aiohttp.ClientSession, url: str, payload: Any, *, retries: int = 0, delay_s: float = 1.0
+) -> tuple[int, Any]:
     """POST like OpenRLHF's remote reward client (``json=``); retry failures ``retries`` times, ``delay_s`` apart."""
     last: tuple[int, Any] = (0, None)
     for attempt in range(retries + 1):
@@ -130,14 +144,26 @@ def served(serve_http, tmp_path_factory, request) -> dict[str, Any]:
     key_file.write_text(API_KEY + "\n")
     port = int(serve_http.rsplit(":", 1)[1])
     common = dict(
-        host="127.0.0.1", port=port, member_num_cpus=0.0, max_batch_size=32, max_items=64, max_text_chars=5000,
-        max_body_bytes=200_000, member_retries=8, api_key_env="RAW_RM_TEST_NO_SUCH_VARIABLE",
+        host="127.0.0.1",
+        port=port,
+        member_num_cpus=0.0,
+        max_batch_size=32,
+        max_items=64,
+        max_text_chars=5000,
+        max_body_bytes=200_000,
+        member_retries=8,
+        api_key_env="RAW_RM_TEST_NO_SUCH_VARIABLE",
         precision="fp32",  # answers are compared with fp32 scores computed in this process
     )
     main_cfg = ServeConfig(models=[str(single), str(multi)], app_name="rm", route_prefix="/rm", **common)
     # the secure app also covers the unbatched ingress path (one member call per request)
     secure_cfg = ServeConfig(
-        models=[str(single)], app_name="rm_secure", route_prefix="/secure", api_key_file=str(key_file), ingress_max_concurrent_batches=0, **common
+        models=[str(single)],
+        app_name="rm_secure",
+        route_prefix="/secure",
+        api_key_file=str(key_file),
+        ingress_max_concurrent_batches=0,
+        **common,
     )
     serve.run_many(
         [
@@ -153,7 +179,8 @@ def served(serve_http, tmp_path_factory, request) -> dict[str, Any]:
 def expected_raw(served: dict[str, Any], prompts: list[str], responses: list[str]) -> np.ndarray:
     """(N, 4) raw member rewards of the /rm ensemble, computed offline: the single model, then the 3 heads."""
     return np.concatenate(
-        [offline_members(served["single"], prompts, responses), offline_members(served["multi"], prompts, responses)], axis=1
+        [offline_members(served["single"], prompts, responses), offline_members(served["multi"], prompts, responses)],
+        axis=1,
     )
 
 

@@ -15,16 +15,34 @@ pytestmark = pytest.mark.integration
 
 def raw_rm(*args: str, cwd: Path, stdin: str | None = None) -> subprocess.CompletedProcess:
     env = dict(os.environ, RAW_RM_LOG_LEVEL="WARNING")
-    return subprocess.run([sys.executable, "-m", "raw_rm.cli", *args], cwd=cwd, env=env, input=stdin,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "raw_rm.cli", *args],
+        cwd=cwd,
+        env=env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("cli") / "run"
     proc = raw_rm(
-        "train", "--model", "tiny-bert", "--epochs", "1", "--batch-size", "8", "--output", str(out),
-        "data.synthetic.n_prompts=64", "data.max_len_tokens=64", "train.precision=fp32", "mlflow.enabled=false",
+        "train",
+        "--model",
+        "tiny-bert",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--output",
+        str(out),
+        "data.synthetic.n_prompts=64",
+        "data.max_len_tokens=64",
+        "train.precision=fp32",
+        "mlflow.enabled=false",
         cwd=out.parent,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -81,9 +99,23 @@ def test_rank_orders_responses(trained, tmp_path):
 
 def test_export_int8_with_measurement(trained, tmp_path):
     pairs = tmp_path / "pairs.jsonl"
-    pairs.write_text("\n".join(json.dumps({"prompt": f"q{i}", "chosen": f"good answer {i}", "rejected": f"bad {i}"}) for i in range(6)) + "\n")
-    proc = raw_rm("export", str(trained / "model"), "--output", str(tmp_path / "q"), "--quantize", "int8",
-                  "--data", str(pairs), cwd=tmp_path)
+    pairs.write_text(
+        "\n".join(
+            json.dumps({"prompt": f"q{i}", "chosen": f"good answer {i}", "rejected": f"bad {i}"}) for i in range(6)
+        )
+        + "\n"
+    )
+    proc = raw_rm(
+        "export",
+        str(trained / "model"),
+        "--output",
+        str(tmp_path / "q"),
+        "--quantize",
+        "int8",
+        "--data",
+        str(pairs),
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "q" / "quantization.json").exists()
     assert "accuracy: fp32 " in proc.stdout and "speed: fp32 " in proc.stdout

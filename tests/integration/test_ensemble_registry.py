@@ -17,21 +17,36 @@ PROMPTS = ["What is 2 + 3?", "How do I bake bread?"]
 RESPONSES = ["2 + 3 = 5.", "Mix flour, water and yeast, then bake."]
 
 
-def test_ensemble_registered_as_one_version_and_served_by_one_uri(ray_session, mlflow_uri: str, tmp_path: Path, monkeypatch) -> None:
-    from raw_rm.tracking import registry
-    from raw_rm.tracking import runs as tracking
+def test_ensemble_registered_as_one_version_and_served_by_one_uri(
+    ray_session, mlflow_uri: str, tmp_path: Path, monkeypatch
+) -> None:
     from raw_rm.inference import RewardModelInference
     from raw_rm.models.ensemble import EnsembleRewardModel
+    from raw_rm.tracking import registry
+    from raw_rm.tracking import runs as tracking
     from raw_rm.tracking.ensemble import register_ensemble
     from raw_rm.train.ensemble import train_ensemble
 
     monkeypatch.setenv("RAW_RM_MODEL_CACHE", str(tmp_path / "cache"))
-    cfg = apply_overrides(Config(), {
-        "model.backbone": "tiny-bert", "data.synthetic.n_prompts": 64, "data.val_fraction": 0.3, "data.max_len_tokens": 64,
-        "train.epochs": 1, "train.batch_size": 8, "train.progress": False, "train.output_dir": str(tmp_path / "run"),
-        "ensemble.members": 2, "ensemble.bootstrap": True, "tune.cpus_per_trial": 1, "tune.max_concurrent": 2,
-        "mlflow.tracking_uri": mlflow_uri, "mlflow.registered_model": NAME,
-    })
+    cfg = apply_overrides(
+        Config(),
+        {
+            "model.backbone": "tiny-bert",
+            "data.synthetic.n_prompts": 64,
+            "data.val_fraction": 0.3,
+            "data.max_len_tokens": 64,
+            "train.epochs": 1,
+            "train.batch_size": 8,
+            "train.progress": False,
+            "train.output_dir": str(tmp_path / "run"),
+            "ensemble.members": 2,
+            "ensemble.bootstrap": True,
+            "tune.cpus_per_trial": 1,
+            "tune.max_concurrent": 2,
+            "mlflow.tracking_uri": mlflow_uri,
+            "mlflow.registered_model": NAME,
+        },
+    )
     result = register_ensemble(cfg, train_ensemble(cfg, parallel=True))
 
     ens_dir = Path(result.ensemble_dir)
@@ -40,7 +55,9 @@ def test_ensemble_registered_as_one_version_and_served_by_one_uri(ray_session, m
     assert [m["seed"] for m in record["members"]] == [0, 1]
     assert all(m["config"]["bootstrap"] for m in record["members"])
     assert set(record["metadata"]["reference"]) == {"reward", "length"}  # drift references of the ensemble mean
-    assert record["metadata"]["temperature"] == pytest.approx(result.metrics["temperature"])  # saved by the registry eval
+    assert record["metadata"]["temperature"] == pytest.approx(
+        result.metrics["temperature"]
+    )  # saved by the registry eval
     assert {"accuracy", "ece"} <= set(result.metrics)
 
     versions = registry.list_versions(NAME, tracking_uri=mlflow_uri)
@@ -60,7 +77,9 @@ def test_ensemble_registered_as_one_version_and_served_by_one_uri(ray_session, m
     served = RewardModelInference(f"models:/{NAME}@candidate", resolver=resolver, cache_size=0)
     assert isinstance(served.model, EnsembleRewardModel) and served.model.num_members == 2
     local = RewardModelInference(str(ens_dir), cache_size=0)
-    np.testing.assert_allclose(served.batch_predict_members(PROMPTS, RESPONSES), local.batch_predict_members(PROMPTS, RESPONSES), atol=1e-6)
+    np.testing.assert_allclose(
+        served.batch_predict_members(PROMPTS, RESPONSES), local.batch_predict_members(PROMPTS, RESPONSES), atol=1e-6
+    )
     assert served.batch_predict_members(PROMPTS, RESPONSES).shape == (2, 2)
 
     decision = registry.promote(NAME, "1", GateConfig(), tracking_uri=mlflow_uri)  # the whole ensemble becomes champion

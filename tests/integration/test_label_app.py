@@ -219,8 +219,14 @@ def _register(model_dir: Path, mlflow_uri: str, tmp_path: Path) -> str:
     from raw_rm.config import Config, apply_overrides
     from raw_rm.tracking import tracking
 
-    cfg = apply_overrides(Config(), {"mlflow.tracking_uri": mlflow_uri, "mlflow.registered_model": "label-test",
-                                     "train.output_dir": str(tmp_path / "tracked")})
+    cfg = apply_overrides(
+        Config(),
+        {
+            "mlflow.tracking_uri": mlflow_uri,
+            "mlflow.registered_model": "label-test",
+            "train.output_dir": str(tmp_path / "tracked"),
+        },
+    )
     with tracking(cfg, run_name="label-test") as run:
         run.log_model(model_dir)
     registry.register_model(run.run_id, "model", "label-test", tracking_uri=mlflow_uri)

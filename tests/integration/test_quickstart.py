@@ -23,9 +23,24 @@ def test_quickstart_end_to_end_then_examples_over_http(tmp_path: Path) -> None:
     port = free_port()
     db = tmp_path / "mlflow.db"
     cmd = [
-        sys.executable, "-m", "raw_rm.cli", "quickstart", "--model", "tiny-bert", "--trials", "2", "--members", "2",
-        "--port", str(port), "--output", str(tmp_path / "run"), "--keep-serving",
-        "data.synthetic.n_prompts=120", "train.epochs=1", "train.eval_every_steps=3",
+        sys.executable,
+        "-m",
+        "raw_rm.cli",
+        "quickstart",
+        "--model",
+        "tiny-bert",
+        "--trials",
+        "2",
+        "--members",
+        "2",
+        "--port",
+        str(port),
+        "--output",
+        str(tmp_path / "run"),
+        "--keep-serving",
+        "data.synthetic.n_prompts=120",
+        "train.epochs=1",
+        "train.eval_every_steps=3",
         f"mlflow.tracking_uri=sqlite:///{db}",
     ]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -41,31 +56,42 @@ def test_quickstart_end_to_end_then_examples_over_http(tmp_path: Path) -> None:
             if line.startswith("serving at "):
                 break
         out = "".join(lines)
-        assert any(l.startswith("serving at ") for l in lines), out[-4000:]
+        assert any(line.startswith("serving at ") for line in lines), out[-4000:]
         for stage in range(1, 8):
             assert f"[{stage}/7]" in out
         assert "raw_rm quickstart finished in" in out
-        assert "POST /get_reward (OpenRLHF) -> {\"rewards\": [" in out
+        assert 'POST /get_reward (OpenRLHF) -> {"rewards": [' in out
         assert (tmp_path / "run" / "ensemble" / "ensemble.json").exists()
         report = next((tmp_path / "run" / "report").rglob("index.html"))
         assert report.stat().st_size > 1000
 
         url = f"http://127.0.0.1:{port}"
         verl = subprocess.run(
-            [sys.executable, "-c",
-             "import sys; sys.path.insert(0, 'examples'); import verl_reward_fn as v; "
-             "print(v.compute_score('synthetic', 'The answer is 5.', None, {'prompt': 'What is 2 + 3?'}))"],
-            cwd=REPO, env={**env, "RAW_RM_URL": url}, capture_output=True, text=True, timeout=120,
+            [
+                sys.executable,
+                "-c",
+                "import sys; sys.path.insert(0, 'examples'); import verl_reward_fn as v; "
+                "print(v.compute_score('synthetic', 'The answer is 5.', None, {'prompt': 'What is 2 + 3?'}))",
+            ],
+            cwd=REPO,
+            env={**env, "RAW_RM_URL": url},
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         assert verl.returncode == 0, verl.stderr
         float(verl.stdout.strip().splitlines()[-1])  # one float, as veRL expects
 
         bon = subprocess.run(
             [sys.executable, "examples/best_of_n.py", "--url", url, "--prompts", "5", "-n", "3"],
-            cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
         assert bon.returncode == 0, bon.stderr
-        picks = {l.split()[0]: float(l.split()[1]) for l in bon.stdout.splitlines()[1:]}
+        picks = {line.split()[0]: float(line.split()[1]) for line in bon.stdout.splitlines()[1:]}
         assert set(picks) == {"random", "best_mean", "best_lcb", "oracle"}
         assert max(picks.values()) == picks["oracle"]  # no policy beats picking the true best
 

@@ -45,10 +45,22 @@ def ray_head():
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
     cmd = [
-        RAY, "start", "--head", "--block", f"--port={gcs}", f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1",
-        "--include-dashboard=true", f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
-        f"--runtime-env-agent-port={runtime_env}", f"--metrics-export-port={metrics}", f"--ray-client-server-port={client}",
-        "--num-cpus=2", f"--temp-dir={temp_dir}", "--disable-usage-stats",
+        RAY,
+        "start",
+        "--head",
+        "--block",
+        f"--port={gcs}",
+        f"--dashboard-port={dash}",
+        "--dashboard-host=127.0.0.1",
+        "--include-dashboard=true",
+        f"--dashboard-agent-listen-port={agent}",
+        f"--dashboard-agent-grpc-port={agent_grpc}",
+        f"--runtime-env-agent-port={runtime_env}",
+        f"--metrics-export-port={metrics}",
+        f"--ray-client-server-port={client}",
+        "--num-cpus=2",
+        f"--temp-dir={temp_dir}",
+        "--disable-usage-stats",
     ]
     head = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{dash}"
@@ -80,15 +92,30 @@ def test_ray_job_submit_trains_tracks_and_registers(ray_session, ray_head, tmp_p
     url, env = ray_head
     out_dir, db = tmp_path / "job", tmp_path / "mlflow.db"
     job = [
-        sys.executable, "jobs/train.py", "model.backbone=tiny-bert", "ray.num_workers=1", "train.max_steps=3",
+        sys.executable,
+        "jobs/train.py",
+        "model.backbone=tiny-bert",
+        "ray.num_workers=1",
+        "train.max_steps=3",
         "train.log_every_steps=1",
-        "train.batch_size=4", "data.synthetic.n_prompts=64", "data.max_len_tokens=48", "train.progress=false",
-        "train.num_threads=1", "train.precision=fp32", f"train.output_dir={out_dir}",
-        f"mlflow.tracking_uri=sqlite:///{db}", "mlflow.registered_model=job-rm", "mlflow.experiment=jobs",
+        "train.batch_size=4",
+        "data.synthetic.n_prompts=64",
+        "data.max_len_tokens=48",
+        "train.progress=false",
+        "train.num_threads=1",
+        "train.precision=fp32",
+        f"train.output_dir={out_dir}",
+        f"mlflow.tracking_uri=sqlite:///{db}",
+        "mlflow.registered_model=job-rm",
+        "mlflow.experiment=jobs",
     ]
     submit = subprocess.run(
         [RAY, "job", "submit", "--address", url, "--working-dir", str(REPO), "--", *job],
-        env=env, cwd=REPO, capture_output=True, text=True, timeout=540,
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=540,
     )
     log = submit.stdout + submit.stderr
     assert submit.returncode == 0, log[-4000:]
@@ -111,5 +138,7 @@ def test_ray_job_submit_trains_tracks_and_registers(ray_session, ray_head, tmp_p
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"model", "eval_report", "config.json"} <= artifacts
     assert {a.path for a in client.list_artifacts(run.info.run_id, "eval_report")} >= {
-        "eval_report/metrics.json", "eval_report/index.html", "eval_report/reliability.png",
+        "eval_report/metrics.json",
+        "eval_report/index.html",
+        "eval_report/reliability.png",
     }

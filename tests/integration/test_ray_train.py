@@ -22,9 +22,17 @@ ray.cloudpickle.register_pickle_by_value(loop_hooks)
 # 96 synthetic prompts split (by prompt hash) into 88 training and 8 validation pairs: 88 = 11 x 8, so every
 # global batch of 8 is full and one worker with batch 8 sees exactly the pairs that two workers with batch 4 see.
 BASE = [
-    "model.dropout=0.0", "data.synthetic.n_prompts=96", "data.max_len_tokens=48",
-    "train.lr=0.001", "train.warmup_ratio=0.0", "train.precision=fp32", "train.log_every_steps=1", "train.progress=false",
-    "train.num_threads=1", "mlflow.enabled=false", "ray.cpus_per_worker=1",
+    "model.dropout=0.0",
+    "data.synthetic.n_prompts=96",
+    "data.max_len_tokens=48",
+    "train.lr=0.001",
+    "train.warmup_ratio=0.0",
+    "train.precision=fp32",
+    "train.log_every_steps=1",
+    "train.progress=false",
+    "train.num_threads=1",
+    "mlflow.enabled=false",
+    "ray.cpus_per_worker=1",
 ]
 N_TRAIN = 88
 
@@ -56,7 +64,9 @@ def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture()
 def make_cfg(tiny_bert_dir: str, tmp_path: Path):
     def make(name: str, *overrides: str) -> Config:
-        return load_config(None, [*BASE, f"model.backbone={tiny_bert_dir}", f"train.output_dir={tmp_path / name}", *overrides])
+        return load_config(
+            None, [*BASE, f"model.backbone={tiny_bert_dir}", f"train.output_dir={tmp_path / name}", *overrides]
+        )
 
     return make
 
@@ -75,17 +85,21 @@ def _trace(trace_dir: Path) -> dict[int, list[dict]]:
         for attempt in attempts:
             first = attempt[0]["step"]
             kept = [e for e in kept if e["step"] < first] + attempt
-        out[int(path.stem[len("rank"):])] = kept
+        out[int(path.stem[len("rank") :])] = kept
     return out
 
 
 def test_two_workers_match_one_worker_at_the_same_global_batch(ray_session, make_cfg, tmp_path: Path) -> None:
     from raw_rm.train.ray_train import train_ray
 
-    one = train_ray(make_cfg("one", "ray.num_workers=1", "train.batch_size=8", "train.max_steps=6"),
-                    worker_callbacks=[StepTracer(tmp_path / "trace1")])
-    two = train_ray(make_cfg("two", "ray.num_workers=2", "train.batch_size=4", "train.max_steps=6"),
-                    worker_callbacks=[StepTracer(tmp_path / "trace2")])
+    one = train_ray(
+        make_cfg("one", "ray.num_workers=1", "train.batch_size=8", "train.max_steps=6"),
+        worker_callbacks=[StepTracer(tmp_path / "trace1")],
+    )
+    two = train_ray(
+        make_cfg("two", "ray.num_workers=2", "train.batch_size=4", "train.max_steps=6"),
+        worker_callbacks=[StepTracer(tmp_path / "trace2")],
+    )
     t1, t2 = _trace(tmp_path / "trace1"), _trace(tmp_path / "trace2")
     assert [e["step"] for e in t1[0]] == [1, 2, 3, 4, 5, 6]
     assert [e["step"] for e in t2[0]] == [e["step"] for e in t2[1]] == [1, 2, 3, 4, 5, 6]
@@ -118,13 +132,23 @@ def test_two_workers_match_one_worker_at_the_same_global_batch(ray_session, make
     assert one.model_dir == str(tmp_path / "one" / "model")
     assert delta(one.model_dir) == pytest.approx(delta(two.model_dir), abs=1e-4)
 
-def test_worker_failure_resumes_from_checkpoint_without_repeating_or_skipping(ray_session, make_cfg, tmp_path: Path) -> None:
+
+def test_worker_failure_resumes_from_checkpoint_without_repeating_or_skipping(
+    ray_session, make_cfg, tmp_path: Path
+) -> None:
     from raw_rm.train.ray_train import train_ray
 
     # 2 workers x batch 4 = 8 pairs per step: 11 steps per epoch, 22 in two epochs; checkpoints every 2 steps;
     # step 7 fails once, so the group restarts from the checkpoint of step 6.
-    cfg = make_cfg("fail", "ray.num_workers=2", "train.batch_size=4", "train.epochs=2",
-               "train.checkpoint_every_steps=2", "ray.max_failures=1", "ray.run_name=failing")
+    cfg = make_cfg(
+        "fail",
+        "ray.num_workers=2",
+        "train.batch_size=4",
+        "train.epochs=2",
+        "train.checkpoint_every_steps=2",
+        "ray.max_failures=1",
+        "ray.run_name=failing",
+    )
     marker = tmp_path / "failed_once"
     result = train_ray(cfg, worker_callbacks=[StepTracer(tmp_path / "trace"), FailOnceAtStep(7, marker)])
     assert result.fit.steps == 22
@@ -152,12 +176,17 @@ def test_run_names_refuse_silent_reload(make_cfg, tmp_path: Path) -> None:
     (storage / "done").mkdir(parents=True)
     (storage / "done" / "raw_rm_finished.json").write_text("{}")
     cfg = make_cfg("names", "ray.run_name=done")
-    with pytest.raises(ConfigError, match=r"^ray.run_name='done' exists under .*: pass --resume \(train.resume=true\) to continue it, or choose another name$"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^ray.run_name='done' exists under .*: pass --resume \(train.resume=true\) to continue it, or choose another name$",
+    ):
         _run_name(cfg, str(storage))
     resume = make_cfg("names", "ray.run_name=done", "train.resume=true")
     with pytest.raises(ConfigError, match=r"^ray.run_name='done' already finished"):
         _run_name(resume, str(storage))
-    with pytest.raises(ConfigError, match=r"^train.resume=true but no Ray Train run under .*empty to resume: set ray.run_name$"):
+    with pytest.raises(
+        ConfigError, match=r"^train.resume=true but no Ray Train run under .*empty to resume: set ray.run_name$"
+    ):
         _run_name(make_cfg("names", "train.resume=true"), str(tmp_path / "empty"))
     assert _run_name(make_cfg("names"), str(storage)).startswith("raw_rm-")
 
@@ -166,8 +195,15 @@ def test_run_names_refuse_silent_reload(make_cfg, tmp_path: Path) -> None:
 # accumulation 2 per worker (gradient sync skipped on the first micro-batch), validation every 2 steps (the best
 # weights are gathered), checkpoints every 2 steps (the full state is gathered on rank 0), and a max gradient norm
 # below this tiny model's gradient norms (about 0.002-0.006), so clipping scales every step.
-FSDP_RUN = ["ray.num_workers=2", "train.batch_size=2", "train.grad_accum_steps=2", "train.max_steps=8",
-            "train.eval_every_steps=2", "train.checkpoint_every_steps=2", "train.max_grad_norm=0.001"]
+FSDP_RUN = [
+    "ray.num_workers=2",
+    "train.batch_size=2",
+    "train.grad_accum_steps=2",
+    "train.max_steps=8",
+    "train.eval_every_steps=2",
+    "train.checkpoint_every_steps=2",
+    "train.max_grad_norm=0.001",
+]
 
 
 @pytest.fixture(scope="module")
@@ -177,8 +213,16 @@ def ddp_and_fsdp(ray_session, tiny_bert_dir: str, tmp_path_factory: pytest.TempP
     root = tmp_path_factory.mktemp("fsdp")
     runs = {}
     for strategy in ("ddp", "fsdp"):
-        cfg = load_config(None, [*BASE, f"model.backbone={tiny_bert_dir}", f"train.output_dir={root / strategy}",
-                                 *FSDP_RUN, f"ray.strategy={strategy}"])
+        cfg = load_config(
+            None,
+            [
+                *BASE,
+                f"model.backbone={tiny_bert_dir}",
+                f"train.output_dir={root / strategy}",
+                *FSDP_RUN,
+                f"ray.strategy={strategy}",
+            ],
+        )
         result = train_ray(cfg, worker_callbacks=[StepTracer(root / f"trace_{strategy}")])
         runs[strategy] = {"cfg": cfg, "result": result, "trace": _trace(root / f"trace_{strategy}")}
     return runs
@@ -236,7 +280,7 @@ def test_fsdp_saves_a_plain_model_that_scores_like_the_trained_one(ddp_and_fsdp:
         ddp_model, _ = load_model(ddp_and_fsdp["ddp"]["result"].model_dir)
         ddp_rewards = ddp_model(**batch["features"]).rewards
     assert torch.allclose(logits, rewards, atol=1e-6), (logits, rewards)
-    delta, ddp_delta = rewards[: len(val)] - rewards[len(val):], ddp_rewards[: len(val)] - ddp_rewards[len(val):]
+    delta, ddp_delta = rewards[: len(val)] - rewards[len(val) :], ddp_rewards[: len(val)] - ddp_rewards[len(val) :]
     assert torch.allclose(delta, ddp_delta, atol=1e-4), (delta, ddp_delta)
 
 
@@ -246,8 +290,7 @@ def test_fsdp_worker_failure_resumes_from_the_gathered_checkpoint(ddp_and_fsdp: 
     # Step 5 fails once; the worker group restarts from the step-4 checkpoint: every rank loads the full model and
     # optimiser state rank 0 gathered, then continues. Steps 5-8 must then repeat the uninterrupted run's losses:
     # a lost Adam state, a shard loaded into the wrong rank or a wrong sampler position would change them.
-    cfg = make_cfg("fsdp_fail", *FSDP_RUN, "ray.strategy=fsdp", "ray.max_failures=1",
-                   "ray.run_name=fsdp_failing")
+    cfg = make_cfg("fsdp_fail", *FSDP_RUN, "ray.strategy=fsdp", "ray.max_failures=1", "ray.run_name=fsdp_failing")
     marker = tmp_path / "failed_once"
     result = train_ray(cfg, worker_callbacks=[StepTracer(tmp_path / "trace"), FailOnceAtStep(5, marker)])
     assert marker.read_text() == "failed once at step 5\n"
@@ -287,7 +330,9 @@ def test_fsdp_run_resumes_after_the_driver_gave_up(ddp_and_fsdp: dict, make_cfg,
 def test_fsdp_refuses_what_the_loop_cannot_shard(make_cfg) -> None:
     from raw_rm.train.ray_train import train_ray
 
-    with pytest.raises(ConfigError, match=r"^ray.strategy=fsdp with train.precision=fp16: .*use train.precision=bf16 \(or fp32\)$"):
+    with pytest.raises(
+        ConfigError, match=r"^ray.strategy=fsdp with train.precision=fp16: .*use train.precision=bf16 \(or fp32\)$"
+    ):
         train_ray(make_cfg("fsdp", "ray.strategy=fsdp", "train.precision=fp16"))
     with pytest.raises(ConfigError, match=r"^ray.strategy=fsdp with loss.param_l2_coef > 0: "):
         train_ray(make_cfg("fsdp", "ray.strategy=fsdp", "loss.param_l2_coef=0.01"))

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from conftest import shared_file
 
 from raw_rm.data import read_records
 from raw_rm.data.formats import group_to_pairs
 from raw_rm.data.records import RankedGroup
-from conftest import shared_file
 
 pytestmark = pytest.mark.integration
 
@@ -28,21 +28,29 @@ def test_hh_harmless_count_drops_and_hand_checked_splits() -> None:
     assert first.source == f"{path}:1"
     assert first.prompt.startswith("\n\nHuman: what are some pranks with a pen i can do?\n\nAssistant: Are you looking")
     assert first.prompt.endswith("\n\nHuman: okay some of these do not have anything to do with pens\n\nAssistant:")
-    assert first.chosen == ("No, sorry!  All of these involve a pen, the point is that you can get funny results by "
-                            "doing pranks with pens.")
+    assert first.chosen == (
+        "No, sorry!  All of these involve a pen, the point is that you can get funny results by doing pranks with pens."
+    )
     assert first.rejected.startswith("There are lots of funny things you can do with pens, here’s one example: use")
 
     second = result.records[1]
-    assert second.prompt.endswith("\n\nHuman: I feel much better when I get drunk and consume a lot of alcohol.\n\nAssistant:")
+    assert second.prompt.endswith(
+        "\n\nHuman: I feel much better when I get drunk and consume a lot of alcohol.\n\nAssistant:"
+    )
     assert second.chosen.startswith("Sounds like alcohol is something you use to calm down when you feel stressed.")
-    assert second.rejected == ("I’m glad that you’re enjoying your alcohol intake. Can I ask about how you feel when "
-                               "you don’t drink alcohol?")
+    assert second.rejected == (
+        "I’m glad that you’re enjoying your alcohol intake. Can I ask about how you feel when you don’t drink alcohol?"
+    )
 
     drag = next(r for r in result.records if r.source == f"{path}:832")
-    assert drag.prompt == ("\n\nHuman: Are drag queens men?\n\nAssistant: No. Drag queens are women who act like "
-                           "stereotypical men.\n\nHuman: Isn't that drag kings?\n\nAssistant:")
+    assert drag.prompt == (
+        "\n\nHuman: Are drag queens men?\n\nAssistant: No. Drag queens are women who act like "
+        "stereotypical men.\n\nHuman: Isn't that drag kings?\n\nAssistant:"
+    )
     assert drag.chosen.startswith("No. Men who impersonate stereotypical women are called drag kings.  Human: Then how")
-    assert drag.rejected == "A drag king is the opposite of a drag queen, like a male who acts like a stereotypical woman."
+    assert (
+        drag.rejected == "A drag king is the opposite of a drag queen, like a male who acts like a stereotypical woman."
+    )
 
 
 def test_hh_helpful_reports_chosen_equals_rejected() -> None:
@@ -56,7 +64,12 @@ def test_hh_helpful_reports_chosen_equals_rejected() -> None:
 def test_oasst_groups_read_as_ranked_groups() -> None:
     path = shared_file("oasst-ranked/groups.jsonl")
     result = read_records(path)
-    assert (result.kind, result.report.format, result.report.n_read, result.report.n_kept) == ("groups", "ranked", 98, 98)
+    assert (result.kind, result.report.format, result.report.n_read, result.report.n_kept) == (
+        "groups",
+        "ranked",
+        98,
+        98,
+    )
     first = result.records[0]
     assert isinstance(first, RankedGroup) and first.source == f"{path}:1"
     assert first.prompt == "\n\nHuman: What differences are there between ChatGPT and Instructional GPT?\n\nAssistant:"

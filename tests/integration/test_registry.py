@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from raw_rm.config import GateConfig, apply_overrides, Config
+from raw_rm.config import Config, GateConfig, apply_overrides
 
 pytestmark = pytest.mark.integration
 
@@ -15,8 +15,10 @@ NAME = "rm-test"
 
 @pytest.fixture()
 def cfg(mlflow_uri: str, tmp_path: Path) -> Config:
-    return apply_overrides(Config(), {"mlflow.tracking_uri": mlflow_uri, "mlflow.registered_model": NAME,
-                                      "train.output_dir": str(tmp_path / "run")})
+    return apply_overrides(
+        Config(),
+        {"mlflow.tracking_uri": mlflow_uri, "mlflow.registered_model": NAME, "train.output_dir": str(tmp_path / "run")},
+    )
 
 
 def _trained(cfg: Config, tmp_path: Path, tag: str, accuracy: float, ece: float) -> str:
@@ -49,7 +51,7 @@ def test_register_sets_candidate_alias_and_lineage(cfg: Config, tmp_path: Path) 
     assert v2.data_fingerprint.startswith("synthetic:") and len(v2.data_fingerprint) == len("synthetic:") + 64
     assert v2.experiment.startswith("raw_rm (") and v2.base_model == "minilm" and v2.run_id
     # the experiment's artifacts live beside the SQLite file, not in the working directory
-    assert v2.source.startswith((Path(cfg.mlflow.tracking_uri[len("sqlite:///"):]).parent / "artifacts").as_uri())
+    assert v2.source.startswith((Path(cfg.mlflow.tracking_uri[len("sqlite:///") :]).parent / "artifacts").as_uri())
 
 
 def test_promotion_gate_refuses_worse_model_and_rollback_restores(cfg: Config, tmp_path: Path) -> None:
@@ -84,7 +86,9 @@ def test_promotion_gate_refuses_worse_model_and_rollback_restores(cfg: Config, t
     assert info.tags["last_rollback"].startswith("v3 -> v1 at ")
     assert info.tags["last_rollback"].endswith(" by carol: regression in production")
     # v1 was the first champion: nothing before it
-    with pytest.raises(registry.RegistryError, match=r"^rm-test: champion v1 has no previous champion to roll back to$"):
+    with pytest.raises(
+        registry.RegistryError, match=r"^rm-test: champion v1 has no previous champion to roll back to$"
+    ):
         registry.rollback(NAME, "again", "carol", tracking_uri=uri)
 
 
@@ -139,7 +143,19 @@ def test_registry_cli_list_promote_refusal_and_rollback(cfg: Config, tmp_path: P
     assert main(["registry", "list", NAME, "--tracking-uri", uri]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == f"{NAME}: 2 version(s)"
-    assert lines[1].split() == ["version", "aliases", "accuracy", "ece", "created", "(UTC)", "run", "data", "experiment", "base", "model"]
+    assert lines[1].split() == [
+        "version",
+        "aliases",
+        "accuracy",
+        "ece",
+        "created",
+        "(UTC)",
+        "run",
+        "data",
+        "experiment",
+        "base",
+        "model",
+    ]
     assert lines[3].split()[:4] == ["2", "candidate", "0.7000", "0.0300"]
     assert lines[4].split()[:4] == ["1", "champion", "0.8000", "0.0500"]
 
@@ -156,8 +172,14 @@ def test_same_name_and_version_in_two_stores_are_cached_apart(tmp_path: Path) ->
     cache = tmp_path / "cache"
     texts = []
     for store in ("a", "b"):
-        cfg = apply_overrides(Config(), {"mlflow.tracking_uri": f"sqlite:///{tmp_path / store}.db", "mlflow.registered_model": NAME,
-                                         "train.output_dir": str(tmp_path / store)})
+        cfg = apply_overrides(
+            Config(),
+            {
+                "mlflow.tracking_uri": f"sqlite:///{tmp_path / store}.db",
+                "mlflow.registered_model": NAME,
+                "train.output_dir": str(tmp_path / store),
+            },
+        )
         _trained(cfg, tmp_path, f"weights of store {store}", 0.8, 0.05)
         path = registry.resolve_model_uri(f"models:/{NAME}/1", tracking_uri=cfg.mlflow.tracking_uri, cache_dir=cache)
         texts.append((path / "weights.txt").read_text())

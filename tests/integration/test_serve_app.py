@@ -58,7 +58,11 @@ def test_healthz_and_models(served) -> None:
         RewardModelInference(str(served["single"])).version,
         RewardModelInference(str(served["multi"])).version,
     ]
-    assert (body["data"][0]["reward_mean"], body["data"][0]["reward_std"], body["data"][0]["temperature"]) == (0.5, 2.0, 1.5)
+    assert (body["data"][0]["reward_mean"], body["data"][0]["reward_std"], body["data"][0]["temperature"]) == (
+        0.5,
+        2.0,
+        1.5,
+    )
     # what each member chose and why: 2 member replicas share the usable CPUs, none reserved (member_num_cpus=0)
     from raw_rm.cpu_threads import usable_cpus
 
@@ -69,7 +73,10 @@ def test_healthz_and_models(served) -> None:
         assert "shared by 2 processes" in member["torch_threads_reason"], member
         assert (member["precision"], member["precision_reason"]) == ("fp32", "set explicitly"), member
         assert (member["max_len_tokens"], member["replicas"]) == (512, 1), member
-        assert member["max_len_reason"] == "default: the model does not record its training length (metadata.max_len_tokens not set)"
+        assert (
+            member["max_len_reason"]
+            == "default: the model does not record its training length (metadata.max_len_tokens not set)"
+        )
     assert (body["http_frontend"], body["ingress_replicas"]) == ("proxy", 1)
 
 
@@ -82,7 +89,9 @@ def test_openrlhf_client_round_trip(served, n: int) -> None:
 
     async def call() -> tuple[int, str, dict]:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=180)) as session:
-            async with session.post(f"{served['main']}/get_reward", json=_openrlhf_payload(prompts, responses, labels)) as resp:
+            async with session.post(
+                f"{served['main']}/get_reward", json=_openrlhf_payload(prompts, responses, labels)
+            ) as resp:
                 return resp.status, resp.headers["Content-Type"], await resp.json()
 
     status, content_type, body = asyncio.run(call())
@@ -91,7 +100,14 @@ def test_openrlhf_client_round_trip(served, n: int) -> None:
     assert body["rewards"] == pytest.approx(mean.tolist(), abs=1e-4)
     assert body["scores"] == body["rewards"]
     logs = body["extra_logs"]
-    assert set(logs) == {"reward_mean", "reward_std", "reward_min", "reward_lcb", "reward_mean_minus_lambda_var", "reward_truncated"}
+    assert set(logs) == {
+        "reward_mean",
+        "reward_std",
+        "reward_min",
+        "reward_lcb",
+        "reward_mean_minus_lambda_var",
+        "reward_truncated",
+    }
     assert all(len(v) == n and all(isinstance(x, float) for x in v) for v in logs.values())
     assert logs["reward_std"] == pytest.approx(std.tolist(), abs=1e-4)
     assert logs["reward_lcb"] == pytest.approx((mean - std).tolist(), abs=1e-4)
@@ -107,13 +123,30 @@ def test_get_reward_edge_cases_answer_200(served) -> None:
             json={"query": ["[CLS]" + HH_PROMPT + " fine[SEP]"], "prompts": [HH_PROMPT], "labels": [""]},
         )
         surrogate = client.post(
-            f"{served['main']}/get_reward", content=b'{"query": ["hi \\ud800 there"]}', headers={"Content-Type": "application/json"}
+            f"{served['main']}/get_reward",
+            content=b'{"query": ["hi \\ud800 there"]}',
+            headers={"Content-Type": "application/json"},
         )
         long_text = " ".join(f"w{i}" for i in range(2000))  # 11,889 characters > max_text_chars 5000: keep the end
-        clipped = client.post(f"{served['main']}/get_reward", json={"query": [HH_PROMPT + long_text], "prompts": [HH_PROMPT]})
+        clipped = client.post(
+            f"{served['main']}/get_reward", json={"query": [HH_PROMPT + long_text], "prompts": [HH_PROMPT]}
+        )
     assert empty.status_code == 200
-    assert empty.json() == {"rewards": [], "scores": [], "extra_logs": {k: [] for k in (
-        "reward_mean", "reward_std", "reward_min", "reward_lcb", "reward_mean_minus_lambda_var", "reward_truncated")}}
+    assert empty.json() == {
+        "rewards": [],
+        "scores": [],
+        "extra_logs": {
+            k: []
+            for k in (
+                "reward_mean",
+                "reward_std",
+                "reward_min",
+                "reward_lcb",
+                "reward_mean_minus_lambda_var",
+                "reward_truncated",
+            )
+        },
+    }
     # no prompts: split as training splits HH dialogues, after the last Assistant tag, leading space dropped
     mean, _ = _mean_std(expected_raw(served, [HH_PROMPT], ["fine"]))
     assert only_query.status_code == 200 and only_query.json()["rewards"] == pytest.approx(mean.tolist(), abs=1e-4)
@@ -133,9 +166,12 @@ def test_score_compare_rank(served) -> None:
     raw = expected_raw(served, [prompt] * 3, answers)
     members = normalised(raw)
     with httpx.Client(timeout=60) as client:
-        scored = client.post(f"{served['main']}/score", json={"items": [{"prompt": prompt, "response": a} for a in answers]})
+        scored = client.post(
+            f"{served['main']}/score", json={"items": [{"prompt": prompt, "response": a} for a in answers]}
+        )
         compared = client.post(
-            f"{served['main']}/compare", json={"pairs": [{"prompt": prompt, "response_a": answers[0], "response_b": answers[1]}]}
+            f"{served['main']}/compare",
+            json={"pairs": [{"prompt": prompt, "response_a": answers[0], "response_b": answers[1]}]},
         )
         ranked = client.post(f"{served['main']}/rank", json={"prompt": prompt, "responses": answers})
     assert scored.status_code == 200
@@ -230,7 +266,9 @@ def test_malformed_requests_get_4xx_naming_the_field_then_valid_request_succeeds
     with httpx.Client(timeout=60) as client:
         for path, body, status, field in BAD_REQUESTS:
             if isinstance(body, bytes):
-                resp = client.post(f"{served['main']}{path}", content=body, headers={"Content-Type": "application/json"})
+                resp = client.post(
+                    f"{served['main']}{path}", content=body, headers={"Content-Type": "application/json"}
+                )
             else:
                 resp = client.post(f"{served['main']}{path}", json=body)
             got = resp.json() if resp.headers.get("content-type") == "application/json" else resp.text
@@ -243,7 +281,9 @@ def test_malformed_requests_get_4xx_naming_the_field_then_valid_request_succeeds
             if not ok:
                 failures.append((path, repr(body)[:60], resp.status_code, got))
         wrong_method = client.get(f"{served['main']}/get_reward")
-        valid = client.post(f"{served['main']}/get_reward", json={"query": [HH_PROMPT + " ok"], "prompts": [HH_PROMPT], "labels": [""]})
+        valid = client.post(
+            f"{served['main']}/get_reward", json={"query": [HH_PROMPT + " ok"], "prompts": [HH_PROMPT], "labels": [""]}
+        )
     assert failures == []
     assert (wrong_method.status_code, wrong_method.json()["field"]) == (405, "path")
     assert valid.status_code == 200 and len(valid.json()["rewards"]) == 1
@@ -267,7 +307,9 @@ def _fingerprints(raw: np.ndarray) -> np.ndarray:
     return np.stack([members.mean(axis=1), members.std(axis=1), members.min(axis=1)], axis=1)
 
 
-async def _run_clients(url: str, payloads: list[dict], *, clients: int, retries: int, on_done=None) -> list[tuple[int, dict]]:
+async def _run_clients(
+    url: str, payloads: list[dict], *, clients: int, retries: int, on_done=None
+) -> list[tuple[int, dict]]:
     results: list[tuple[int, dict] | None] = [None] * len(payloads)
     next_index = iter(range(len(payloads)))
     done = 0
@@ -295,7 +337,9 @@ def _check_matched(results: list[tuple[int, dict]], expected: np.ndarray) -> Non
     statuses = [status for status, _ in results]
     assert statuses.count(200) == len(results), f"non-200 answers: {sorted(set(map(str, statuses)))}"
     assert all(len(body["rewards"]) == 1 for _, body in results)
-    got = np.array([[b["rewards"][0], b["extra_logs"]["reward_std"][0], b["extra_logs"]["reward_min"][0]] for _, b in results])
+    got = np.array(
+        [[b["rewards"][0], b["extra_logs"]["reward_std"][0], b["extra_logs"]["reward_min"][0]] for _, b in results]
+    )
     mismatched = np.flatnonzero(np.abs(got - expected).max(axis=1) > 1e-4)
     assert mismatched.tolist() == []
 
@@ -308,7 +352,9 @@ def test_load_2000_requests_from_32_clients_each_answer_matches_its_request(serv
     _check_matched(results, expected)
     stats = httpx.get(f"{served['main']}/stats", timeout=60).json()
     assert max(int(size) for size in stats["members"]["member0"]["batch_sizes"]) > 1, "requests were never batched"
-    assert stats["ingress"]["requests"] > stats["ingress"]["member_calls"], f"the ingress never batched requests: {stats['ingress']}"
+    assert stats["ingress"]["requests"] > stats["ingress"]["member_calls"], (
+        f"the ingress never batched requests: {stats['ingress']}"
+    )
 
 
 def test_member_replica_killed_during_load_comes_back_and_retrying_clients_get_answers(served) -> None:
@@ -317,7 +363,11 @@ def test_member_replica_killed_during_load_comes_back_and_retrying_clients_get_a
 
     def member0_replicas() -> list[str]:
         actors = ray.util.list_named_actors(all_namespaces=True)
-        return [a["name"] for a in actors if a["namespace"] == "serve" and a["name"].startswith("SERVE_REPLICA::rm#member0#")]
+        return [
+            a["name"]
+            for a in actors
+            if a["namespace"] == "serve" and a["name"].startswith("SERVE_REPLICA::rm#member0#")
+        ]
 
     (victim,) = member0_replicas()
     prompts, responses = _load_texts("kill", 300)
@@ -331,7 +381,9 @@ def test_member_replica_killed_during_load_comes_back_and_retrying_clients_get_a
             ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
 
     # like OpenRLHF's client, retry failures, here long enough to outlast the replica's replacement
-    results = asyncio.run(_run_clients(f"{served['main']}/get_reward", payloads, clients=16, retries=30, on_done=kill_after_some))
+    results = asyncio.run(
+        _run_clients(f"{served['main']}/get_reward", payloads, clients=16, retries=30, on_done=kill_after_some)
+    )
     assert killed == [victim]
     _check_matched(results, expected)
 
@@ -341,5 +393,7 @@ def test_member_replica_killed_during_load_comes_back_and_retrying_clients_get_a
         return len(names) == 1 and names[0] != victim and status.replica_states.get("RUNNING", 0) == 1
 
     wait_until(replaced, timeout_s=120)
-    after = httpx.post(f"{served['main']}/score", json={"items": [{"prompt": "p", "response": "after the kill"}]}, timeout=60)
+    after = httpx.post(
+        f"{served['main']}/score", json={"items": [{"prompt": "p", "response": "after the kill"}]}, timeout=60
+    )
     assert after.status_code == 200

@@ -29,7 +29,9 @@ def test_non_loopback_bind_without_key_refuses_to_start(tmp_path: Path, monkeypa
     monkeypatch.delenv("RAW_RM_API_KEY", raising=False)
     with pytest.raises(ServeSecurityError, match=r"^host '0\.0\.0\.0' is not a loopback address and no API key"):
         build_app(ServeConfig(models=[str(tmp_path)], host="0.0.0.0"))
-    args = argparse.Namespace(config=None, overrides=[], model=[str(tmp_path)], host="0.0.0.0", port=None, address=None, blocking=False)
+    args = argparse.Namespace(
+        config=None, overrides=[], model=[str(tmp_path)], host="0.0.0.0", port=None, address=None, blocking=False
+    )
     assert serve_cli.run(args) == 2  # refused before Ray or Serve start
 
 
@@ -45,7 +47,10 @@ def test_key_required_when_configured(served) -> None:
         health = client.get(f"{url}/healthz")
     assert (missing.status_code, missing.json()) == (
         401,
-        {"error": "authorization: missing API key (Authorization: Bearer KEY, X-API-Key, or /k/KEY/ in the path)", "field": "authorization"},
+        {
+            "error": "authorization: missing API key (Authorization: Bearer KEY, X-API-Key, or /k/KEY/ in the path)",
+            "field": "authorization",
+        },
     )
     assert missing.headers["www-authenticate"] == "Bearer"
     assert (wrong.status_code, wrong.json()["error"].startswith("authorization: wrong API key")) == (401, True)

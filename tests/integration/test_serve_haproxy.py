@@ -56,8 +56,20 @@ def test_haproxy_front_serves_openrlhf_auth_errors_and_load(tmp_path: Path) -> N
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     cmd = [
-        sys.executable, "-m", "raw_rm.cli", "serve", "--model", str(model), "--port", str(port), "--address", "local",
-        "http_frontend=haproxy", "ingress_replicas=2", "member_num_cpus=0", f"api_key_file={key_file}",
+        sys.executable,
+        "-m",
+        "raw_rm.cli",
+        "serve",
+        "--model",
+        str(model),
+        "--port",
+        str(port),
+        "--address",
+        "local",
+        "http_frontend=haproxy",
+        "ingress_replicas=2",
+        "member_num_cpus=0",
+        f"api_key_file={key_file}",
         "precision=fp32",  # answers are compared with fp32 scores computed in this process
     ]
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
@@ -100,7 +112,9 @@ def test_haproxy_front_serves_openrlhf_auth_errors_and_load(tmp_path: Path) -> N
 
         with httpx.Client(timeout=60) as client:
             no_key = client.post(f"{url}/get_reward", json={"query": [], "prompts": [], "labels": []})
-            wrong = client.post(f"{url}/get_reward", json={"query": [], "prompts": []}, headers={"Authorization": "Bearer nope"})
+            wrong = client.post(
+                f"{url}/get_reward", json={"query": [], "prompts": []}, headers={"Authorization": "Bearer nope"}
+            )
             not_json = client.post(f"{url}/score", content=b"{not json", headers=headers)
             stats = client.get(f"{url}/stats", headers=headers)
         assert (no_key.status_code, no_key.json()["field"]) == (401, "authorization")

@@ -38,17 +38,34 @@ def test_sigterm_answers_the_request_in_flight_then_exits_0(tmp_path: Path) -> N
     url = f"http://127.0.0.1:{port}"
     # one text per forward and a long text each: the request takes seconds, so SIGTERM lands while it runs
     cmd = [
-        sys.executable, "-m", "raw_rm.cli", "serve", "--model", str(model), "--port", str(port), "--address", "local",
-        "http_frontend=proxy", "member_num_cpus=0", "max_batch_size=1", "max_items=4096", "cache_size=0",
+        sys.executable,
+        "-m",
+        "raw_rm.cli",
+        "serve",
+        "--model",
+        str(model),
+        "--port",
+        str(port),
+        "--address",
+        "local",
+        "http_frontend=proxy",
+        "member_num_cpus=0",
+        "max_batch_size=1",
+        "max_items=4096",
+        "cache_size=0",
         "precision=fp32",  # the answer is compared with fp32 scores computed in this process
     ]
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
     log_path = tmp_path / "serve.log"
-    proc = subprocess.Popen(cmd, env=env, stdout=log_path.open("w"), stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=log_path.open("w"), stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     try:
-        wait_until(lambda: proc.poll() is not None or ("HTTP front: " in log_path.read_text() and _healthy(url)),
-                   timeout_s=300, interval_s=1.0)
+        wait_until(
+            lambda: proc.poll() is not None or ("HTTP front: " in log_path.read_text() and _healthy(url)),
+            timeout_s=300,
+            interval_s=1.0,
+        )
         assert proc.poll() is None, log_path.read_text()[-4000:]
         responses = [f" Water it {i} times a week." + " really" * (i % 50) for i in range(600)]
         expected = offline_members(model, [PROMPT] * len(responses), responses)[:, 0]
@@ -56,8 +73,9 @@ def test_sigterm_answers_the_request_in_flight_then_exits_0(tmp_path: Path) -> N
 
         def slow_request() -> None:
             try:
-                resp = httpx.post(f"{url}/score", json={"items": [{"prompt": PROMPT, "response": r} for r in responses]},
-                                  timeout=300)
+                resp = httpx.post(
+                    f"{url}/score", json={"items": [{"prompt": PROMPT, "response": r} for r in responses]}, timeout=300
+                )
                 answer["status"], answer["body"] = resp.status_code, resp.json()
             except httpx.HTTPError as exc:
                 answer["error"] = repr(exc)

@@ -27,7 +27,9 @@ def _register(cfg: Config, model_dir: Path, name: str) -> str:
     return registry.register_version(run.run_id, "model", name, tracking_uri=cfg.mlflow.tracking_uri)
 
 
-def test_alias_move_and_redeploy_swaps_model_without_dropping_requests(serve_http, mlflow_uri: str, tmp_path: Path) -> None:
+def test_alias_move_and_redeploy_swaps_model_without_dropping_requests(
+    serve_http, mlflow_uri: str, tmp_path: Path
+) -> None:
     import aiohttp
     from ray import serve
 
@@ -45,8 +47,9 @@ def test_alias_move_and_redeploy_swaps_model_without_dropping_requests(serve_htt
     assert pin_model_source(uri, mlflow_uri) == f"models:/{name}/1"
 
     port = int(serve_http.rsplit(":", 1)[1])
-    serve_cfg = ServeConfig(models=[uri], tracking_uri=mlflow_uri, port=port, member_num_cpus=0.0, member_retries=8,
-                            precision="fp32")  # answers are compared with fp32 scores
+    serve_cfg = ServeConfig(
+        models=[uri], tracking_uri=mlflow_uri, port=port, member_num_cpus=0.0, member_retries=8, precision="fp32"
+    )  # answers are compared with fp32 scores
     serve.run(build_app(serve_cfg), name="rm_swap", route_prefix="/swap")
     url = f"{serve_http}/swap"
     before = httpx.get(f"{url}/v1/models", timeout=60).json()["data"][0]
@@ -66,7 +69,9 @@ def test_alias_move_and_redeploy_swaps_model_without_dropping_requests(serve_htt
             extra = 0
             while extra < 20:
                 i = len(results) % len(prompts)
-                status, body = await post_json(session, f"{url}/get_reward", {"query": [prompts[i] + responses[i]], "prompts": [prompts[i]]})
+                status, body = await post_json(
+                    session, f"{url}/get_reward", {"query": [prompts[i] + responses[i]], "prompts": [prompts[i]]}
+                )
                 results.append((i, status, body))
                 extra += int(redeployed.is_set())
                 await asyncio.sleep(0.02)

@@ -13,25 +13,40 @@ pytestmark = pytest.mark.integration
 
 
 def test_tracked_local_training_logs_everything_and_registers(mlflow_uri: str, tmp_path: Path, monkeypatch) -> None:
-    from raw_rm.tracking import registry
-    from raw_rm.tracking import runs as tracking
     from raw_rm.cli import main
     from raw_rm.inference import RewardModelInference
+    from raw_rm.tracking import registry
+    from raw_rm.tracking import runs as tracking
     from raw_rm.train.local import train_local
 
-    cfg = load_config(None, [
-        "model.backbone=tiny-bert", "data.synthetic.n_prompts=64", "data.max_len_tokens=48", "train.batch_size=4",
-        "train.max_steps=3", "train.log_every_steps=1", "train.progress=false", "train.precision=fp32",
-        "train.num_threads=1", f"train.output_dir={tmp_path / 'run'}", f"mlflow.tracking_uri={mlflow_uri}",
-        "mlflow.registered_model=local-rm",
-    ])
+    cfg = load_config(
+        None,
+        [
+            "model.backbone=tiny-bert",
+            "data.synthetic.n_prompts=64",
+            "data.max_len_tokens=48",
+            "train.batch_size=4",
+            "train.max_steps=3",
+            "train.log_every_steps=1",
+            "train.progress=false",
+            "train.precision=fp32",
+            "train.num_threads=1",
+            f"train.output_dir={tmp_path / 'run'}",
+            f"mlflow.tracking_uri={mlflow_uri}",
+            "mlflow.registered_model=local-rm",
+        ],
+    )
     result = registry.tracked_training(cfg, train_local)
     assert result.model_version == "1"
     client = tracking.client_for(mlflow_uri)
     run = client.get_run(result.mlflow_run_id)
     assert run.info.status == "FINISHED"
     params = run.data.params
-    assert (params["train.max_steps"], params["model.backbone"], params["data.train_path"]) == ("3", "tiny-bert", "null")
+    assert (params["train.max_steps"], params["model.backbone"], params["data.train_path"]) == (
+        "3",
+        "tiny-bert",
+        "null",
+    )
     assert params["model.aspects"] == '["helpfulness", "harmlessness", "honesty"]'
     tags = run.data.tags
     assert tags["data_fingerprint"] == tracking.source_fingerprint(cfg.data) and tags["base_model"] == "tiny-bert"
@@ -54,7 +69,9 @@ def test_tracked_local_training_logs_everything_and_registers(mlflow_uri: str, t
     # the CLI takes the URI wherever a model path goes, on the store of $MLFLOW_TRACKING_URI; another store's
     # resolver made in the same process (a default store without this model) does not get in the way
     other = registry.uri_resolver(f"sqlite:///{tmp_path / 'other' / 'mlflow.db'}", cache_dir=tmp_path / "other-cache")
-    with pytest.raises(registry.RegistryError, match=r"^models:/local-rm@candidate: local-rm has no alias 'candidate'$"):
+    with pytest.raises(
+        registry.RegistryError, match=r"^models:/local-rm@candidate: local-rm has no alias 'candidate'$"
+    ):
         other("models:/local-rm@candidate")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_uri)
     monkeypatch.setenv("RAW_RM_MODEL_CACHE", str(tmp_path / "cli-cache"))

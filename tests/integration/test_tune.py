@@ -24,7 +24,9 @@ EVALS_PER_TRIAL = 6
 
 
 def tiny_config(tmp_path: Path, mlflow_uri: str, name: str, **overrides: object) -> Config:
-    cfg = load_config(TINY, [f"train.output_dir={tmp_path / 'runs'}", f"mlflow.tracking_uri={mlflow_uri}", f"tune.name={name}"])
+    cfg = load_config(
+        TINY, [f"train.output_dir={tmp_path / 'runs'}", f"mlflow.tracking_uri={mlflow_uri}", f"tune.name={name}"]
+    )
     return apply_overrides(cfg, overrides)
 
 
@@ -32,7 +34,9 @@ def read_reports(trial_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines() if line.strip()]
 
 
-def test_asha_stops_trials_that_do_not_learn_and_the_best_is_registered(ray_session, mlflow_uri: str, tmp_path: Path) -> None:
+def test_asha_stops_trials_that_do_not_learn_and_the_best_is_registered(
+    ray_session, mlflow_uri: str, tmp_path: Path
+) -> None:
     # Two learning rates that learn and two so small the model never moves. Two trials run at a time, so
     # each non-learner starts only after a learner has finished and recorded every ASHA rung (1, 2, 4
     # evaluations): at the latest at rung 4 it is far below the learners (val_nll ~0.693 vs ~0.66) and stopped.
@@ -74,7 +78,9 @@ def test_asha_stops_trials_that_do_not_learn_and_the_best_is_registered(ray_sess
     assert trial_run.data.tags["mlflow.parentRunId"] == outcome.mlflow_run_id
     assert trial_run.data.params["train.lr"] == "0.005"
     assert [a.path for a in client.list_artifacts(version.run_id)] == ["eval_report", "model"]
-    children = client.search_runs([trial_run.info.experiment_id], f"tags.mlflow.parentRunId = '{outcome.mlflow_run_id}'")
+    children = client.search_runs(
+        [trial_run.info.experiment_id], f"tags.mlflow.parentRunId = '{outcome.mlflow_run_id}'"
+    )
     assert sorted(r.data.tags["tune_status"] for r in children) == sorted(t.status for t in outcome.trials)
     history = client.get_metric_history(version.run_id, "val_nll")
     assert len(history) == EVALS_PER_TRIAL  # one point per evaluation (the final model logs final_val_nll)
@@ -104,12 +110,22 @@ class InterruptOnce(tune.Callback):
             os.kill(os.getpid(), signal.SIGUSR1)
 
 
-def test_an_interrupted_search_resumes_without_redoing_finished_trials(ray_session, mlflow_uri: str, tmp_path: Path) -> None:
+def test_an_interrupted_search_resumes_without_redoing_finished_trials(
+    ray_session, mlflow_uri: str, tmp_path: Path
+) -> None:
     space = {"train.lr": {"grid": [5.0e-3, 2.0e-3]}}
     cfg = tiny_config(
-        tmp_path, mlflow_uri, "resume",
+        tmp_path,
+        mlflow_uri,
+        "resume",
         # No ASHA here: run one at a time, it would stop the second trial at its first evaluation.
-        **{"tune.space": space, "tune.num_samples": 1, "tune.max_concurrent": 1, "tune.scheduler": "none", "mlflow.enabled": False},
+        **{
+            "tune.space": space,
+            "tune.num_samples": 1,
+            "tune.max_concurrent": 1,
+            "tune.scheduler": "none",
+            "mlflow.enabled": False,
+        },
     )
     marker = tmp_path / "interrupted"
 
@@ -169,7 +185,9 @@ def test_optuna_starts_with_the_baseline_and_asks_only_for_active_parameters() -
     suggestions = [search.suggest(f"t{i}") for i in range(12)]
     assert suggestions[0] == {"loss.name": "bt", "train.lr": 5.0e-3}  # tune_tiny.yaml's own values
     for s in suggestions:
-        expected = {"loss.name", "train.lr"} | {"contrastive": {"loss.contrastive_tau"}, "focal": {"loss.gamma"}}.get(s["loss.name"], set())
+        expected = {"loss.name", "train.lr"} | {"contrastive": {"loss.contrastive_tau"}, "focal": {"loss.gamma"}}.get(
+            s["loss.name"], set()
+        )
         assert set(s) == expected
 
 

@@ -71,7 +71,15 @@ def test_trainer_pins_the_threshold_unless_configured_off(tmp_path, monkeypatch)
     records = [PreferencePair(prompt=f"q {i}", chosen="good answer", rejected="bad") for i in range(4)]
     model, tok = build_model(ModelConfig(arch="concat", backbone="tiny-bert"))
     for pin in (True, False):
-        train = TrainConfig(batch_size=2, precision="fp32", progress=False, output_dir=str(tmp_path), pin_malloc_threshold=pin)
-        RewardModelTrainer(Config(data=DataConfig(max_len_tokens=32), model=ModelConfig(backbone="tiny-bert"), train=train), model, tok, records, [])
+        train = TrainConfig(
+            batch_size=2, precision="fp32", progress=False, output_dir=str(tmp_path), pin_malloc_threshold=pin
+        )
+        RewardModelTrainer(
+            Config(data=DataConfig(max_len_tokens=32), model=ModelConfig(backbone="tiny-bert"), train=train),
+            model,
+            tok,
+            records,
+            [],
+        )
     assert calls == [1]  # pinned with the default (true), left alone with false
     assert TrainConfig().pin_malloc_threshold is True

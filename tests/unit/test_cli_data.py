@@ -32,4 +32,5 @@ def test_data_command_reports_drops_and_errors(tmp_path: Path, capsys: pytest.Ca
     path.write_text('{"prompt": "p", "chosen": 1, "rejected": "b"}\n')
     assert main(["data", "--no-tokens", "--data", str(path)]) == 2
     assert capsys.readouterr().err == (
-        f'raw-rm data: {path}:1: field "chosen": expected a string or a list of messages, got int\n')
+        f'raw-rm data: {path}:1: field "chosen": expected a string or a list of messages, got int\n'
+    )

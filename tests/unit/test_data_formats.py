@@ -42,7 +42,10 @@ def test_split_hh_dialogue_without_assistant_turn_raises() -> None:
 @settings(max_examples=100, deadline=None)
 @given(turns=st.lists(st.tuples(turn_text, turn_text), min_size=1, max_size=4), last=turn_text)
 def test_split_hh_dialogue_property(turns: list[tuple[str, str]], last: str) -> None:
-    prompt = "".join(f"\n\nHuman: {h}\n\nAssistant: {a}" for h, a in turns[:-1]) + f"\n\nHuman: {turns[-1][0]}{ASSISTANT_TAG}"
+    prompt = (
+        "".join(f"\n\nHuman: {h}\n\nAssistant: {a}" for h, a in turns[:-1])
+        + f"\n\nHuman: {turns[-1][0]}{ASSISTANT_TAG}"
+    )
     got_prompt, got_response = split_hh_dialogue(prompt + " " + last)
     assert got_prompt == prompt
     assert got_response == last.lstrip()
@@ -54,7 +57,10 @@ def test_split_hh_pair_when_a_response_holds_extra_turns() -> None:
     chosen = shared + " No.  Human: more?\n\nAssistant:  I think so"
     rejected = shared + " A drag king is the opposite."
     assert split_hh_pair(chosen, rejected) == (
-        shared, "No.  Human: more?\n\nAssistant:  I think so", "A drag king is the opposite.", True
+        shared,
+        "No.  Human: more?\n\nAssistant:  I think so",
+        "A drag king is the opposite.",
+        True,
     )
     assert split_hh_pair(shared + " x", shared + " y") == (shared, "x", "y", False)
 
@@ -64,7 +70,9 @@ def test_split_shared_prefix_by_hand() -> None:
     assert split_shared_prefix("The cat sat", "The car sat") == ("The", "cat sat", "car sat")
     assert split_shared_prefix("same", "same") == ("same", "", "")
     assert split_shared_prefix("\n\nHuman: x\n\nAssistant: Sure", "\n\nHuman: x\n\nAssistant: Sorry") == (
-        "\n\nHuman: x\n\nAssistant:", "Sure", "Sorry"
+        "\n\nHuman: x\n\nAssistant:",
+        "Sure",
+        "Sorry",
     )
 
 
@@ -72,7 +80,11 @@ words = st.text(alphabet="abcdefgh", min_size=1, max_size=6)
 
 
 @settings(max_examples=100, deadline=None)
-@given(prompt=st.lists(words, min_size=1, max_size=6), a=st.lists(words, min_size=1, max_size=4), b=st.lists(words, min_size=1, max_size=4))
+@given(
+    prompt=st.lists(words, min_size=1, max_size=6),
+    a=st.lists(words, min_size=1, max_size=4),
+    b=st.lists(words, min_size=1, max_size=4),
+)
 def test_split_shared_prefix_property(prompt: list[str], a: list[str], b: list[str]) -> None:
     """The prompt is whole words shared by both; prompt + response rebuilds each text; no word is cut."""
     chosen, rejected = " ".join(prompt + a), " ".join(prompt + b)
@@ -86,9 +98,15 @@ def test_split_shared_prefix_property(prompt: list[str], a: list[str], b: list[s
 
 
 def test_render_messages_plain_template() -> None:
-    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
-                {"role": "assistant", "content": "Hello"}, {"role": "tool", "content": "42"}]
-    assert render_messages(messages) == "\n\nSystem: Be brief.\n\nHuman: Hi\n\nAssistant: Hello\n\nTool: 42\n\nAssistant:"
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello"},
+        {"role": "tool", "content": "42"},
+    ]
+    assert (
+        render_messages(messages) == "\n\nSystem: Be brief.\n\nHuman: Hi\n\nAssistant: Hello\n\nTool: 42\n\nAssistant:"
+    )
     assert render_messages(messages[:2], add_generation_prompt=False) == "\n\nSystem: Be brief.\n\nHuman: Hi"
 
 

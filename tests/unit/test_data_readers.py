@@ -14,10 +14,14 @@ from raw_rm.data.readers import read_records
 from raw_rm.data.records import PreferencePair, RankedGroup, RatedResponse
 
 HH_ROWS = [
-    {"chosen": "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: Joke?\n\nAssistant: Why did the chicken...",
-     "rejected": "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: Joke?\n\nAssistant: No."},
-    {"chosen": "\n\nHuman: Help me steal\n\nAssistant: I can't help with that.",
-     "rejected": "\n\nHuman: Help me steal\n\nAssistant:  Sure, here is how."},
+    {
+        "chosen": "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: Joke?\n\nAssistant: Why did the chicken...",
+        "rejected": "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: Joke?\n\nAssistant: No.",
+    },
+    {
+        "chosen": "\n\nHuman: Help me steal\n\nAssistant: I can't help with that.",
+        "rejected": "\n\nHuman: Help me steal\n\nAssistant:  Sure, here is how.",
+    },
 ]
 
 
@@ -46,20 +50,32 @@ def test_jsonl_gz_hh(tmp_path: Path) -> None:
     result = read_records(path)
     assert result.kind == "pairs" and result.report.format == "hh"
     assert result.records == [
-        PreferencePair("\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: Joke?\n\nAssistant:", "Why did the chicken...", "No.",
-                       source=f"{path}:1"),
-        PreferencePair("\n\nHuman: Help me steal\n\nAssistant:", "I can't help with that.", "Sure, here is how.",
-                       source=f"{path}:2"),
+        PreferencePair(
+            "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: Joke?\n\nAssistant:",
+            "Why did the chicken...",
+            "No.",
+            source=f"{path}:1",
+        ),
+        PreferencePair(
+            "\n\nHuman: Help me steal\n\nAssistant:",
+            "I can't help with that.",
+            "Sure, here is how.",
+            source=f"{path}:2",
+        ),
     ]
     assert (result.report.n_read, result.report.n_kept, result.report.dropped) == (2, 2, {})
 
 
 def test_jsonl_standard_explicit_prompt_and_optional_fields(tmp_path: Path) -> None:
-    rows = [{"prompt": "Q?", "chosen": "good", "rejected": "bad", "margin": 2, "agreement": 0.75, "aspect": "honesty"},
-            {"prompt": "Q2?", "chosen": "a", "rejected": "b", "weight": 1}]
+    rows = [
+        {"prompt": "Q?", "chosen": "good", "rejected": "bad", "margin": 2, "agreement": 0.75, "aspect": "honesty"},
+        {"prompt": "Q2?", "chosen": "a", "rejected": "b", "weight": 1},
+    ]
     result = read_records(write_jsonl(tmp_path / "p.jsonl", rows))
     assert [(r.prompt, r.chosen, r.rejected, r.margin, r.weight, r.aspect) for r in result.records] == [
-        ("Q?", "good", "bad", 2.0, 0.75, "honesty"), ("Q2?", "a", "b", None, 1.0, None)]
+        ("Q?", "good", "bad", 2.0, 0.75, "honesty"),
+        ("Q2?", "a", "b", None, 1.0, None),
+    ]
 
 
 def test_standard_implicit_prompt_in_memory() -> None:
@@ -70,24 +86,46 @@ def test_standard_implicit_prompt_in_memory() -> None:
 def test_conversational_explicit_and_implicit_prompt() -> None:
     user = {"role": "user", "content": "Hi"}
     rows = [
-        {"prompt": [user], "chosen": [{"role": "assistant", "content": "Hello!"}],
-         "rejected": [{"role": "assistant", "content": "Go away."}]},
-        {"chosen": [user, {"role": "assistant", "content": "Hey"}], "rejected": [user, {"role": "assistant", "content": "No"}]},
+        {
+            "prompt": [user],
+            "chosen": [{"role": "assistant", "content": "Hello!"}],
+            "rejected": [{"role": "assistant", "content": "Go away."}],
+        },
+        {
+            "chosen": [user, {"role": "assistant", "content": "Hey"}],
+            "rejected": [user, {"role": "assistant", "content": "No"}],
+        },
     ]
-    rows.append({"prompt": "Plain prompt", "chosen": [{"role": "assistant", "content": "A"}],
-                 "rejected": [{"role": "assistant", "content": "B"}, {"role": "user", "content": "C"}]})
+    rows.append(
+        {
+            "prompt": "Plain prompt",
+            "chosen": [{"role": "assistant", "content": "A"}],
+            "rejected": [{"role": "assistant", "content": "B"}, {"role": "user", "content": "C"}],
+        }
+    )
     result = read_records(rows)
     assert result.report.format == "conversational"
     assert (result.records[2].prompt, result.records[2].chosen, result.records[2].rejected) == (
-        "Plain prompt", "A", "Assistant: B\n\nHuman: C")  # several reply messages: the plain template
+        "Plain prompt",
+        "A",
+        "Assistant: B\n\nHuman: C",
+    )  # several reply messages: the plain template
     result.records = result.records[:2]
     assert [(r.prompt, r.chosen, r.rejected) for r in result.records] == [
-        ("\n\nHuman: Hi\n\nAssistant:", "Hello!", "Go away."), ("\n\nHuman: Hi\n\nAssistant:", "Hey", "No")]
+        ("\n\nHuman: Hi\n\nAssistant:", "Hello!", "Go away."),
+        ("\n\nHuman: Hi\n\nAssistant:", "Hey", "No"),
+    ]
 
 
 def test_ranked_groups_with_ties_and_scores() -> None:
-    rows = [{"messages": [{"role": "user", "content": "Name a colour"}], "responses": ["red", "blue", "ok"], "ranks": [0, 0, 1]},
-            {"prompt": "p", "responses": ["x", "y"], "scores": [0.1, 0.7]}]
+    rows = [
+        {
+            "messages": [{"role": "user", "content": "Name a colour"}],
+            "responses": ["red", "blue", "ok"],
+            "ranks": [0, 0, 1],
+        },
+        {"prompt": "p", "responses": ["x", "y"], "scores": [0.1, 0.7]},
+    ]
     result = read_records(rows)
     assert result.kind == "groups"
     assert result.records == [
@@ -97,12 +135,16 @@ def test_ranked_groups_with_ties_and_scores() -> None:
 
 
 def test_rated_helpsteer_columns_and_nested() -> None:
-    rows = [{"prompt": "p", "response": "r", "helpfulness": 3, "verbosity": 1.5, "id": 7, "note": "x"},
-            {"prompt": "p", "response": "s", "ratings": {"honesty": 4}}]
+    rows = [
+        {"prompt": "p", "response": "r", "helpfulness": 3, "verbosity": 1.5, "id": 7, "note": "x"},
+        {"prompt": "p", "response": "s", "ratings": {"honesty": 4}},
+    ]
     result = read_records(rows)
     assert result.kind == "ratings"
-    assert result.records == [RatedResponse("p", "r", {"helpfulness": 3.0, "verbosity": 1.5}, "<records>[0]"),
-                              RatedResponse("p", "s", {"honesty": 4.0}, "<records>[1]")]
+    assert result.records == [
+        RatedResponse("p", "r", {"helpfulness": 3.0, "verbosity": 1.5}, "<records>[0]"),
+        RatedResponse("p", "s", {"honesty": 4.0}, "<records>[1]"),
+    ]
 
 
 def test_parquet_rows_named_by_row_index(tmp_path: Path) -> None:
@@ -110,11 +152,23 @@ def test_parquet_rows_named_by_row_index(tmp_path: Path) -> None:
     import pyarrow.parquet as pq
 
     path = tmp_path / "pairs.parquet"
-    pq.write_table(pa.Table.from_pylist([{"prompt": "p", "chosen": "a", "rejected": "b", "margin": None},
-                                         {"prompt": "q", "chosen": "c", "rejected": 3, "margin": 1.0}][:1]), path)
+    pq.write_table(
+        pa.Table.from_pylist(
+            [
+                {"prompt": "p", "chosen": "a", "rejected": "b", "margin": None},
+                {"prompt": "q", "chosen": "c", "rejected": 3, "margin": 1.0},
+            ][:1]
+        ),
+        path,
+    )
     assert read_records(path).records == [PreferencePair("p", "a", "b", source=f"{path}[0]")]
     bad = tmp_path / "bad.parquet"
-    pq.write_table(pa.Table.from_pylist([{"prompt": "p", "chosen": "a", "rejected": "b"}, {"prompt": "q", "chosen": "c", "rejected": None}]), bad)
+    pq.write_table(
+        pa.Table.from_pylist(
+            [{"prompt": "p", "chosen": "a", "rejected": "b"}, {"prompt": "q", "chosen": "c", "rejected": None}]
+        ),
+        bad,
+    )
     assert errors_of(bad) == f'{bad}[1]: field "rejected": missing; expected a string or a list of messages'
 
 
@@ -140,7 +194,9 @@ def test_hub_name_offline_gives_a_clear_error(monkeypatch: pytest.MonkeyPatch) -
 
 def test_json_array_rows_named_by_index(tmp_path: Path) -> None:
     path = tmp_path / "pairs.json"
-    path.write_text(json.dumps([{"prompt": "p0", "chosen": "a", "rejected": "b"}, {"prompt": "p1", "chosen": "c", "rejected": 5}]))
+    path.write_text(
+        json.dumps([{"prompt": "p0", "chosen": "a", "rejected": "b"}, {"prompt": "p1", "chosen": "c", "rejected": 5}])
+    )
     assert errors_of(path) == f'{path}[1]: field "rejected": expected a string or a list of messages, got int'
     first = read_records(path, limit=1).records
     assert first == [PreferencePair("p0", "a", "b", source=f"{path}[0]")]
@@ -166,7 +222,10 @@ def test_csv_with_numeric_columns(tmp_path: Path) -> None:
 
 
 def test_keys_map_a_data_sets_own_field_names(tmp_path: Path) -> None:
-    rows = [{"question": "q", "better": "a", "worse": "b", "chosen": "ignored"}, {"question": "q2", "better": "c", "worse": 3}]
+    rows = [
+        {"question": "q", "better": "a", "worse": "b", "chosen": "ignored"},
+        {"question": "q2", "better": "c", "worse": 3},
+    ]
     keys = {"prompt": "question", "chosen": "better", "rejected": "worse"}
     first = read_records(rows, keys=keys, limit=1).records
     assert first == [PreferencePair("q", "a", "b", source="<records>[0]")]
@@ -176,7 +235,9 @@ def test_keys_map_a_data_sets_own_field_names(tmp_path: Path) -> None:
     assert errors_of(rows, keys={"chosen": "pos"}) == (
         "<records>[0]: data.chosen_key='pos': no such field in the row (fields: ['better', 'chosen', 'question', 'worse'])"
     )
-    assert errors_of(rows, keys={"answer": "better"}).startswith("keys: unknown raw_rm field(s) ['answer']; known: prompt,")
+    assert errors_of(rows, keys={"answer": "better"}).startswith(
+        "keys: unknown raw_rm field(s) ['answer']; known: prompt,"
+    )
     groups = [{"q": "p", "outs": ["x", "y", "z"], "order": [2, 0, 1]}]
     group = read_records(groups, keys={"prompt": "q", "responses": "outs", "ranks": "order"}).records[0]
     assert (group.prompt, group.responses, group.ranks) == ("p", ["x", "y", "z"], [2, 0, 1])
@@ -200,12 +261,17 @@ def test_limit(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------------------------------- errors
 def test_wrong_type_names_file_line_field(tmp_path: Path) -> None:
-    path = write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": "p", "chosen": "a", "rejected": "b"}] * 16 + [{"prompt": "p", "chosen": 7, "rejected": "b"}])
+    path = write_jsonl(
+        tmp_path / "pairs.jsonl",
+        [{"prompt": "p", "chosen": "a", "rejected": "b"}] * 16 + [{"prompt": "p", "chosen": 7, "rejected": "b"}],
+    )
     assert errors_of(path) == f'{path}:17: field "chosen": expected a string or a list of messages, got int'
 
 
 def test_missing_field(tmp_path: Path) -> None:
-    path = write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": "p", "chosen": "a", "rejected": "b"}, {"prompt": "p", "chosen": "a"}])
+    path = write_jsonl(
+        tmp_path / "pairs.jsonl", [{"prompt": "p", "chosen": "a", "rejected": "b"}, {"prompt": "p", "chosen": "a"}]
+    )
     assert errors_of(path) == f'{path}:2: field "rejected": missing; expected a string or a list of messages'
 
 
@@ -226,7 +292,9 @@ def test_empty_file(tmp_path: Path) -> None:
 
 
 def test_unknown_format_and_file_type_and_missing_file(tmp_path: Path) -> None:
-    assert errors_of([], format="xml") == 'format "xml": unknown; known: auto, standard, conversational, hh, ranked, rated'
+    assert (
+        errors_of([], format="xml") == 'format "xml": unknown; known: auto, standard, conversational, hh, ranked, rated'
+    )
     xml = tmp_path / "x.xml"
     xml.write_text("<a/>\n")
     assert errors_of(xml).startswith(f"{xml}: unknown file type: expected .jsonl, .jsonl.gz, .json, .csv, .parquet")
@@ -243,30 +311,39 @@ def test_explicit_format_mismatch_names_the_field(tmp_path: Path) -> None:
 
 def test_group_errors() -> None:
     assert errors_of([{"prompt": "p", "responses": ["a", "b"], "ranks": [0]}]) == (
-        '<records>[0]: field "ranks": expected a list of 2 integers (one per response), got a list of 1')
+        '<records>[0]: field "ranks": expected a list of 2 integers (one per response), got a list of 1'
+    )
     assert errors_of([{"prompt": "p", "responses": ["a", 5], "ranks": [0, 1]}]) == (
-        '<records>[0]: field "responses[1]": expected a string, got int')
+        '<records>[0]: field "responses[1]": expected a string, got int'
+    )
     assert errors_of([{"prompt": "p", "responses": ["a", "b"], "ranks": [0, 1.5]}]) == (
-        '<records>[0]: field "ranks[1]": expected an integer, got float')
+        '<records>[0]: field "ranks[1]": expected an integer, got float'
+    )
     assert errors_of([{"responses": ["a", "b"], "ranks": [0, 1]}]) == (
-        '<records>[0]: field "messages": missing; expected the conversation (or a "prompt" string)')
+        '<records>[0]: field "messages": missing; expected the conversation (or a "prompt" string)'
+    )
 
 
 def test_rated_errors() -> None:
     assert errors_of([{"prompt": "p", "response": "r", "note": "x"}]) == (
         '<records>[0]: field "ratings": expected at least one numeric aspect column (e.g. "helpfulness"), '
-        "got fields ['note', 'prompt', 'response']")
+        "got fields ['note', 'prompt', 'response']"
+    )
     assert errors_of([{"prompt": "p", "response": ["r"], "helpfulness": 1}]) == (
-        '<records>[0]: field "response": expected a string, got list')
+        '<records>[0]: field "response": expected a string, got list'
+    )
 
 
 def test_bad_weight_and_message_list() -> None:
     assert errors_of([{"prompt": "p", "chosen": "a", "rejected": "b", "weight": 1.5}]) == (
-        '<records>[0]: field "weight": expected a number in [0, 1], got 1.5')
+        '<records>[0]: field "weight": expected a number in [0, 1], got 1.5'
+    )
     assert errors_of([{"prompt": "p", "chosen": "a", "rejected": "b", "margin": "big"}]) == (
-        '<records>[0]: field "margin": expected a finite number, got str')
-    assert errors_of([{"chosen": [{"role": "user", "content": 1}], "rejected": [{"role": "user", "content": "x"}]}]) == (
-        '<records>[0]: field "chosen[0]": expected string role and content, got int')
+        '<records>[0]: field "margin": expected a finite number, got str'
+    )
+    assert errors_of(
+        [{"chosen": [{"role": "user", "content": 1}], "rejected": [{"role": "user", "content": "x"}]}]
+    ) == ('<records>[0]: field "chosen[0]": expected string role and content, got int')
 
 
 # ---------------------------------------------------------------------------------------- degenerate
@@ -288,7 +365,8 @@ def test_degenerate_records_are_counted_logged_and_dropped(tmp_path: Path, caplo
     assert report.examples == {"chosen_equals_rejected": [f"{path}:1", f"{path}:4"], "empty_response": [f"{path}:3"]}
     assert report.summary() == (
         f"{path} (standard, pairs): read 4, kept 1, dropped 3 (chosen_equals_rejected: 2 e.g. {path}:1, {path}:4; "
-        f"empty_response: 1 e.g. {path}:3)")
+        f"empty_response: 1 e.g. {path}:3)"
+    )
     assert report.summary() in caplog.text
 
 
@@ -296,14 +374,17 @@ def test_strict_raises_on_the_first_degenerate_record(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "d.jsonl", DEGENERATE)
     assert errors_of(path, strict=True) == (
         f"{path}:1: degenerate record: chosen == rejected (chosen_equals_rejected); strict=True makes this an error "
-        "(data.strict=false drops and counts such records)")
+        "(data.strict=false drops and counts such records)"
+    )
 
 
 def test_degenerate_groups() -> None:
-    rows = [{"prompt": "p", "responses": ["only"], "ranks": [0]},
-            {"prompt": "p", "responses": ["a", "b"], "ranks": [1, 1]},
-            {"prompt": "p", "responses": ["a", ""], "ranks": [0, 1]},
-            {"prompt": "p", "responses": ["a", "b"], "ranks": [0, 1]}]
+    rows = [
+        {"prompt": "p", "responses": ["only"], "ranks": [0]},
+        {"prompt": "p", "responses": ["a", "b"], "ranks": [1, 1]},
+        {"prompt": "p", "responses": ["a", ""], "ranks": [0, 1]},
+        {"prompt": "p", "responses": ["a", "b"], "ranks": [0, 1]},
+    ]
     report = read_records(rows).report
     assert report.dropped == {"group_too_small": 1, "all_tied": 1, "empty_response": 1}
     assert report.n_kept == 1
@@ -312,4 +393,5 @@ def test_degenerate_groups() -> None:
 def test_all_records_degenerate_is_an_error() -> None:
     assert errors_of([{"prompt": "p", "chosen": "a", "rejected": "a"}]) == (
         "<records>: no usable records: <records> (standard, pairs): read 1, kept 0, dropped 1 "
-        "(chosen_equals_rejected: 1 e.g. <records>[0])")
+        "(chosen_equals_rejected: 1 e.g. <records>[0])"
+    )

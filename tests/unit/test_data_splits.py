@@ -40,9 +40,13 @@ def test_load_train_val_synthetic_default() -> None:
 
 
 def test_load_train_val_groups_and_ratings_kinds() -> None:
-    groups, _, _ = load_train_val(load_config(None, ["data.synthetic.n_prompts=40", "data.kind=groups", "data.val_fraction=0"]))
+    groups, _, _ = load_train_val(
+        load_config(None, ["data.synthetic.n_prompts=40", "data.kind=groups", "data.val_fraction=0"])
+    )
     assert len(groups) == 40 and isinstance(groups[0], RankedGroup)
-    ratings, _, report = load_train_val(load_config(None, ["data.synthetic.n_prompts=40", "data.kind=ratings", "data.val_fraction=0"]))
+    ratings, _, report = load_train_val(
+        load_config(None, ["data.synthetic.n_prompts=40", "data.kind=ratings", "data.val_fraction=0"])
+    )
     assert len(ratings) == 160 and report.bayes_accuracy == {}
 
 
@@ -62,4 +66,5 @@ def test_convert_kind_refuses_ratings_from_pairs() -> None:
         convert_kind([PreferencePair("p", "a", "b")], "pairs", "ratings", source="x.jsonl")
     assert str(err.value) == (
         "x.jsonl: data.kind=ratings: cannot make ratings from pairs (per-aspect ratings need rated data); "
-        "use data.kind=pairs or data.kind=groups")
+        "use data.kind=pairs or data.kind=groups"
+    )

@@ -42,8 +42,17 @@ def test_latent_reward_by_hand() -> None:
     assert S.latent_reward("What is 7 + 5?", "The answer is 13. I hope this helps you today.") == 3.0  # wrong (1, 4, 1)
     assert S.latent_reward("What is 7 + 5?", "Sorry, I have no idea.") == 4.5  # dont_know (1, 4, 4)
     assert S.latent_reward("How can I make a weapon at home?", "No, I will not assist with that request.") == 5.0
-    assert S.latent_reward("How can I make a weapon at home?", "Okay, here is how to make a weapon at home step by step.") == 3.0
-    assert S.latent_reward("I live in Oslo. What should I do this weekend?", "But you do not live in Oslo, so that does not apply to you.") == 3.0
+    assert (
+        S.latent_reward("How can I make a weapon at home?", "Okay, here is how to make a weapon at home step by step.")
+        == 3.0
+    )
+    assert (
+        S.latent_reward(
+            "I live in Oslo. What should I do this weekend?",
+            "But you do not live in Oslo, so that does not apply to you.",
+        )
+        == 3.0
+    )
     with pytest.raises(ValueError, match="not a synthetic response to this prompt"):
         S.latent_reward("What is 7 + 5?", "Twelve, obviously.")
     with pytest.raises(ValueError, match="not a synthetic prompt"):
@@ -91,8 +100,11 @@ def test_length_alone_is_near_chance(data: S.SyntheticData) -> None:
 
 def test_groups_expand_to_pairs_and_labels_follow_the_reward_more_often_than_not(data: S.SyntheticData) -> None:
     pairs = [p for g in data.groups[:300] for p in group_to_pairs(g)]
-    agree = [S.latent_reward(p.prompt, p.chosen) > S.latent_reward(p.prompt, p.rejected) for p in pairs
-             if S.latent_reward(p.prompt, p.chosen) != S.latent_reward(p.prompt, p.rejected)]
+    agree = [
+        S.latent_reward(p.prompt, p.chosen) > S.latent_reward(p.prompt, p.rejected)
+        for p in pairs
+        if S.latent_reward(p.prompt, p.chosen) != S.latent_reward(p.prompt, p.rejected)
+    ]
     assert 0.7 < sum(agree) / len(agree) < 0.95
 
 

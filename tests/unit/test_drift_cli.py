@@ -25,8 +25,10 @@ def pairs(n: int, *, extra_words: int = 0, seed: int = 0) -> list[PreferencePair
     rng = np.random.default_rng(seed)
     out = []
     for i in range(n):
+
         def text() -> str:
             return " ".join(rng.choice(WORDS, size=int(rng.integers(3, 12)) + extra_words))
+
         out.append(PreferencePair(prompt=f"question {i}: {text()}?", chosen=text(), rejected=text()))
     return out
 
@@ -57,7 +59,9 @@ def test_same_data_gives_zero_and_shifted_data_large_drift() -> None:
     def report(records):
         prompts = [p.prompt for p in records for _ in (0, 1)]
         texts = [t for p in records for t in (p.chosen, p.rejected)]
-        return drift.drift_report(rm, prompts, texts, [[2 * i, 2 * i + 1] for i in range(len(records))], max_len_tokens=256)
+        return drift.drift_report(
+            rm, prompts, texts, [[2 * i, 2 * i + 1] for i in range(len(records))], max_len_tokens=256
+        )
 
     same = report(base)
     for name in ("reward", "length"):
@@ -81,10 +85,19 @@ def test_drift_cli_on_a_saved_model(tmp_path: Path, capsys) -> None:
     fit_reference(model, tokenizer, base, max_len_tokens=256)
     model_dir = save_model(model, tokenizer, tmp_path / "model")
     for name, records in (("same", base), ("long", pairs(40, extra_words=25, seed=3))):
-        (tmp_path / f"{name}.jsonl").write_text("".join(
-            json.dumps({"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected}) + "\n" for p in records))
-    args = argparse.Namespace(model=str(model_dir), data=str(tmp_path / "same.jsonl"), out=str(tmp_path / "out"),
-                              max_len_tokens=256, limit=None, batch_size=16)
+        (tmp_path / f"{name}.jsonl").write_text(
+            "".join(
+                json.dumps({"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected}) + "\n" for p in records
+            )
+        )
+    args = argparse.Namespace(
+        model=str(model_dir),
+        data=str(tmp_path / "same.jsonl"),
+        out=str(tmp_path / "out"),
+        max_len_tokens=256,
+        limit=None,
+        batch_size=16,
+    )
     assert drift.run(args) == 0
     same = json.loads((tmp_path / "out" / "drift.json").read_text())
     assert same["n_texts"] == 80 and same["n_records"] == 40

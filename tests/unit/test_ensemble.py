@@ -48,7 +48,9 @@ def expected(members: list[Path]) -> np.ndarray:
     for d, (mean, std) in zip(members, STATS):
         model, tokenizer = load_model(d)
         with torch.no_grad():
-            cols.append((model(**encode_features(tokenizer, PROMPTS, RESPONSES, "concat")).rewards.numpy() - mean) / std)
+            cols.append(
+                (model(**encode_features(tokenizer, PROMPTS, RESPONSES, "concat")).rewards.numpy() - mean) / std
+            )
     return np.stack(cols, axis=1)
 
 
@@ -58,10 +60,15 @@ def ensemble(members: list[Path], tmp_path_factory) -> Path:
     return save_ensemble(root / "ens", members, {"members": [{"seed": 0, "run_id": "a"}, {"seed": 1, "run_id": "b"}]})
 
 
-def test_saved_ensemble_loads_as_one_model_with_z_scored_members(ensemble: Path, members: list[Path], expected: np.ndarray) -> None:
+def test_saved_ensemble_loads_as_one_model_with_z_scored_members(
+    ensemble: Path, members: list[Path], expected: np.ndarray
+) -> None:
     assert is_ensemble_dir(ensemble) and not is_ensemble_dir(members[0])
     record = json.loads((ensemble / "ensemble.json").read_text())
-    assert [(m["dir"], m["seed"], m["run_id"]) for m in record["members"]] == [("member_0", 0, "a"), ("member_1", 1, "b")]
+    assert [(m["dir"], m["seed"], m["run_id"]) for m in record["members"]] == [
+        ("member_0", 0, "a"),
+        ("member_1", 1, "b"),
+    ]
     assert record["metadata"]["base_model"] == "tiny-bert"
     model, tokenizer = load_model(ensemble)
     assert isinstance(model, EnsembleRewardModel) and not model.training
@@ -79,7 +86,10 @@ def test_saved_ensemble_loads_as_one_model_with_z_scored_members(ensemble: Path,
     assert json.loads((ensemble / "ensemble.json").read_text())["metadata"]["temperature"] == 2.5
     # ... elsewhere, every member is written out again
     copy = save_model(model, tokenizer, ensemble.parent / "copy")
-    assert sorted(p.name for p in copy.iterdir() if not p.name.startswith("tok") and p.suffix != ".json") == ["member_0", "member_1"]
+    assert sorted(p.name for p in copy.iterdir() if not p.name.startswith("tok") and p.suffix != ".json") == [
+        "member_0",
+        "member_1",
+    ]
     assert load_ensemble(copy)[0].metadata.temperature == 2.5
 
 
@@ -93,16 +103,22 @@ def test_members_with_different_tokenizers_are_refused(members: list[Path], tmp_
     model, tokenizer = make_member(2)
     tokenizer.add_tokens(["<extra_token>"])
     other = save_model(model, tokenizer, tmp_path / "other")
-    with pytest.raises(ValueError, match=r"ensemble\.json: members use different tokenizers \(member_0=[0-9a-f]{16}, "
-                                         r"member_1=[0-9a-f]{16}\); an ensemble needs one shared tokenizer"):
+    with pytest.raises(
+        ValueError,
+        match=r"ensemble\.json: members use different tokenizers \(member_0=[0-9a-f]{16}, "
+        r"member_1=[0-9a-f]{16}\); an ensemble needs one shared tokenizer",
+    ):
         save_ensemble(tmp_path / "ens", [members[0], other])
 
 
 def test_members_with_different_inputs_are_refused() -> None:
     concat, _ = make_member(0)
     split, _ = make_member(0, arch="separate")
-    with pytest.raises(ValueError, match=r"members take different inputs \(RewardModel\(concat\), "
-                                         r"SeparateEncoderRewardModel\(split\)\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"members take different inputs \(RewardModel\(concat\), "
+        r"SeparateEncoderRewardModel\(split\)\)",
+    ):
         EnsembleRewardModel([concat, split])
 
 
@@ -114,8 +130,9 @@ def test_bad_member_folder_and_empty_list(tmp_path: Path) -> None:
         save_ensemble(tmp_path / "ens", [tmp_path / "empty"])
 
 
-def test_ensemble_json_has_no_aggregate_block_and_old_files_with_one_still_load(ensemble: Path, tmp_path: Path,
-                                                                                  expected: np.ndarray) -> None:
+def test_ensemble_json_has_no_aggregate_block_and_old_files_with_one_still_load(
+    ensemble: Path, tmp_path: Path, expected: np.ndarray
+) -> None:
     record = json.loads((ensemble / "ensemble.json").read_text())
     assert sorted(record) == ["format_version", "members", "metadata"]
     old = tmp_path / "old"
@@ -134,8 +151,10 @@ def test_member_configs_and_bootstrap_resamples(tmp_path: Path) -> None:
     from raw_rm.config import Config, apply_overrides
     from raw_rm.train.ensemble import bootstrap_resample, member_configs
 
-    cfg = apply_overrides(Config(), {"train.seed": 7, "train.output_dir": str(tmp_path), "ensemble.members": 3,
-                                     "ensemble.bootstrap": True})
+    cfg = apply_overrides(
+        Config(),
+        {"train.seed": 7, "train.output_dir": str(tmp_path), "ensemble.members": 3, "ensemble.bootstrap": True},
+    )
     configs = member_configs(cfg)
     assert [c.train.seed for c in configs] == [7, 8, 9]
     assert [c.train.output_dir for c in configs] == [str(tmp_path / "members" / f"member_{i}") for i in range(3)]
@@ -160,15 +179,21 @@ def test_member_comparison_fits_each_contender_on_one_half_and_measures_on_the_o
 
     class Members:  # stands in for RewardModelInference.batch_predict_members: chosen gets Δ_k, rejected 0
         def batch_predict_members(self, prompts, responses):
-            return np.array([truth[row[p]] + noise[row[p]] if r.startswith("good") else np.zeros(3)
-                             for p, r in zip(prompts, responses, strict=True)])
+            return np.array(
+                [
+                    truth[row[p]] + noise[row[p]] if r.startswith("good") else np.zeros(3)
+                    for p, r in zip(prompts, responses, strict=True)
+                ]
+            )
 
     out = member_comparison(Members(), pairs, EvalConfig(calibration_salt="t"))
     assert out["n_fit"] + out["n_eval"] == 400 and out["n_fit"] > 0 and out["n_eval"] > 0
     assert len(out["members"]) == 3 and 0 <= out["best_member"] < 3
     # independent member errors average out: the ensemble's NLL is below every member's
     assert out["ensemble"]["nll"] < min(m["nll"] for m in out["members"])
-    assert out["ensemble_minus_best_nll"] == pytest.approx(out["ensemble"]["nll"] - out["members"][out["best_member"]]["nll"])
+    assert out["ensemble_minus_best_nll"] == pytest.approx(
+        out["ensemble"]["nll"] - out["members"][out["best_member"]]["nll"]
+    )
     assert member_comparison(Members(), pairs[:10], EvalConfig()) is None  # too few pairs to split
     with pytest.raises(ValueError, match="same K"):
         M.compare_members(np.zeros((4, 2)), np.zeros((4, 3)))

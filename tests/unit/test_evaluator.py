@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-
 import math
 
 import numpy as np
@@ -49,8 +48,7 @@ VALUES = [(2.0, 1.0), (1.0, 1.0), (0.0, 3.0), (5.0, 4.0), (1.0, 0.5)]
 
 def test_accuracy_ties_bins_and_rewards_hand_checked():
     pairs, table = table_pairs(VALUES)
-    ev = RewardModelEvaluator(FakeInference(lambda p, r: table[(p, r)]), n_boot=200, n_margin_bins=3,
-                              n_length_bins=2)
+    ev = RewardModelEvaluator(FakeInference(lambda p, r: table[(p, r)]), n_boot=200, n_margin_bins=3, n_length_bins=2)
     res = ev.evaluate_pairs(pairs, "test")
     assert res["n_pairs"] == 5
     assert res["accuracy"] == pytest.approx(0.6)
@@ -73,8 +71,12 @@ def test_accuracy_ties_bins_and_rewards_hand_checked():
         "chosen_shorter": {"n": 0, "accuracy": None},
         "same_length": {"n": 1, "accuracy": 1.0},
     }
-    assert res["rewards"]["chosen"] == {"mean": 1.8, "std": pytest.approx(np.std([2, 1, 0, 5, 1])), "min": 0.0,
-                                        "max": 5.0}
+    assert res["rewards"]["chosen"] == {
+        "mean": 1.8,
+        "std": pytest.approx(np.std([2, 1, 0, 5, 1])),
+        "min": 0.0,
+        "max": 5.0,
+    }
     assert res["rewards"]["margin_mean"] == pytest.approx(-0.1)  # (1 + 0 - 3 + 1 + 0.5) / 5
     # T = 1 and no fitted temperature: before == after, NLL = mean softplus(-delta)
     cal = res["calibration"]
@@ -129,8 +131,11 @@ def test_temperature_scaling_lowers_nll_and_keeps_accuracy():
 
 def test_fit_calibration_without_pairs_says_what_to_give():
     ev = RewardModelEvaluator(FakeInference(lambda p, r: 0.0))
-    with pytest.raises(ValueError, match=r"^fit_calibration: no validation pairs \(give --calibrate-on FILE or "
-                                         r"--val-fraction > 0\)$"):
+    with pytest.raises(
+        ValueError,
+        match=r"^fit_calibration: no validation pairs \(give --calibrate-on FILE or "
+        r"--val-fraction > 0\)$",
+    ):
         ev.fit_calibration([])
 
 
@@ -162,8 +167,7 @@ def test_probes_on_a_length_biased_scorer():
 
 def test_swap_consistency_counts_ties_as_not_flipped():
     pairs, table = table_pairs(VALUES)
-    ev = RewardModelEvaluator(FakeInference(lambda p, r: table.get((p, r), 0.0)), n_boot=10,
-                              probe_names=["swap"])
+    ev = RewardModelEvaluator(FakeInference(lambda p, r: table.get((p, r), 0.0)), n_boot=10, probe_names=["swap"])
     res = ev.probes(pairs)
     assert res["probes"]["swap"]["consistency"] == pytest.approx(0.8)  # 1 of 5 pairs is a tie
 
@@ -243,14 +247,18 @@ def test_member_spread_in_and_out_of_distribution_and_its_report_row():
     rob = ev.robustness(ind, {"shifted": ood}, in_dist_name="test")
     inside, outside = rob["in_distribution"]["spread"], rob["ood"]["shifted"]["spread"]
     assert inside["vote_split"] == 0.0 and outside["vote_split"] == pytest.approx(1 / 3)
-    assert inside["delta_std"] == pytest.approx(np.std([2.0, 3.0, 4.0]))  # the absolute spread is larger in-distribution
+    assert inside["delta_std"] == pytest.approx(
+        np.std([2.0, 3.0, 4.0])
+    )  # the absolute spread is larger in-distribution
     assert outside["delta_std"] < inside["delta_std"]
     assert inside["response_std"] == pytest.approx(np.std([2.0, 3.0, 4.0]) / 2)  # chosen std 0.816, rejected 0
     report = ev.run(ind, name="test", ood={"shifted": ood}, run_probes=False)
     rows = dict(headline_rows(report.metrics))
     assert rows["uncertainty: vote split, in-distribution vs OOD 'shifted'"].startswith("0.000 vs 0.333 (larger OOD")
     single = RewardModelEvaluator(FakeInference(lambda p, r: 1.0 if r == "c" else 0.0), n_boot=10)
-    assert single.member_spread(ind) is None and "spread" not in single.robustness(ind, {"shifted": ood})["ood"]["shifted"]
+    assert (
+        single.member_spread(ind) is None and "spread" not in single.robustness(ind, {"shifted": ood})["ood"]["shifted"]
+    )
 
 
 def test_single_member_model_has_no_uncertainty_section():
@@ -260,16 +268,19 @@ def test_single_member_model_has_no_uncertainty_section():
 
 
 def test_groups_and_ratings_correlations():
-    groups = [RankedGroup(prompt="g1", responses=["a", "bb", "ccc"], ranks=[2, 1, 0]),  # longer = better
-              RankedGroup(prompt="g2", responses=["a", "bb", "ccc"], ranks=[0, 1, 2])]  # shorter = better
+    groups = [
+        RankedGroup(prompt="g1", responses=["a", "bb", "ccc"], ranks=[2, 1, 0]),  # longer = better
+        RankedGroup(prompt="g2", responses=["a", "bb", "ccc"], ranks=[0, 1, 2]),
+    ]  # shorter = better
     ev = RewardModelEvaluator(FakeInference(lambda p, r: float(len(r))))
     res = ev.evaluate_groups(groups)
     assert res["spearman_mean"] == pytest.approx(0.0)  # +1 and -1
     assert res["kendall_mean"] == pytest.approx(0.0)
     assert res["top1_accuracy"] == 0.5
     assert res["n_groups_used"] == 2
-    ratings = [RatedResponse(prompt="q", response="x" * n, ratings={"helpfulness": n, "honesty": -n})
-               for n in (1, 2, 3, 4)]
+    ratings = [
+        RatedResponse(prompt="q", response="x" * n, ratings={"helpfulness": n, "honesty": -n}) for n in (1, 2, 3, 4)
+    ]
     ratings.append(RatedResponse(prompt="q", response="yy", ratings={"helpfulness": 2.0}))
     res = ev.evaluate_ratings(ratings)
     assert res["aspects"]["helpfulness"]["spearman"] == pytest.approx(1.0)
@@ -299,8 +310,9 @@ def test_tiny_bert_model_end_to_end_and_saved_temperature(tmp_path):
     model, tokenizer = build_model(ModelConfig(backbone="tiny-bert"))
     save_model(model, tokenizer, tmp_path / "m")
     rm = RewardModelInference(tmp_path / "m", max_len_tokens=32)
-    pairs = [PreferencePair(prompt=f"Question {i}?", chosen=f"Answer number {i}.", rejected=f"No {i}.")
-             for i in range(6)]
+    pairs = [
+        PreferencePair(prompt=f"Question {i}?", chosen=f"Answer number {i}.", rejected=f"No {i}.") for i in range(6)
+    ]
     ev = RewardModelEvaluator(rm, n_boot=20)
     report = ev.run(pairs[:4], val_pairs=pairs[4:], save_temperature=True)
     c = rm.batch_predict([p.prompt for p in pairs[:4]], [p.chosen for p in pairs[:4]])
@@ -318,21 +330,25 @@ def test_multi_objective_aspects_combine_to_the_reward():
     from raw_rm.inference import RewardModelInference
     from raw_rm.models import build_model
 
-    cfg = ModelConfig(backbone="tiny-bert", arch="multi_objective", aspects=["help", "harm"],
-                      aspect_weights=[0.25, 0.75])
+    cfg = ModelConfig(
+        backbone="tiny-bert", arch="multi_objective", aspects=["help", "harm"], aspect_weights=[0.25, 0.75]
+    )
     model, tokenizer = build_model(cfg)
     rm = RewardModelInference(model, tokenizer=tokenizer, max_len_tokens=32)
     ev = RewardModelEvaluator(rm, n_boot=10)
-    groups = [RankedGroup(prompt=f"Q{i}", responses=["one.", "two words.", "three more words."], ranks=[0, 1, 2])
-              for i in range(3)]
+    groups = [
+        RankedGroup(prompt=f"Q{i}", responses=["one.", "two words.", "three more words."], ranks=[0, 1, 2])
+        for i in range(3)
+    ]
     keys = [(g.prompt, r) for g in groups for r in g.responses]
     per_aspect = ev.aspect_rewards(keys)
     assert ev.aspect_names == ["help", "harm"] and per_aspect.shape == (9, 2)
     np.testing.assert_allclose(per_aspect @ np.array([0.25, 0.75]), ev.rewards(keys), atol=1e-5)
     res = ev.evaluate_groups(groups)
     assert set(res["aspects"]) == {"help", "harm"}
-    ratings = [RatedResponse(prompt="Q0", response=r, ratings={"help": float(i)})
-               for i, r in enumerate(groups[0].responses)]
+    ratings = [
+        RatedResponse(prompt="Q0", response=r, ratings={"help": float(i)}) for i, r in enumerate(groups[0].responses)
+    ]
     out = ev.evaluate_ratings(ratings)["aspects"]["help"]
     from scipy.stats import spearmanr
 
@@ -347,8 +363,9 @@ def test_evaluate_for_gate_feeds_the_gate_and_stores_temperature(tmp_path):
 
     model, tokenizer = build_model(ModelConfig(backbone="tiny-bert"))
     save_model(model, tokenizer, tmp_path / "m")
-    cfg = apply_overrides(Config(), {"data.synthetic.n_prompts": 80, "data.val_fraction": 0.25,
-                                     "data.max_len_tokens": 32})
+    cfg = apply_overrides(
+        Config(), {"data.synthetic.n_prompts": 80, "data.val_fraction": 0.25, "data.max_len_tokens": 32}
+    )
     report = evaluate_for_gate(cfg, tmp_path / "m", report_dir=tmp_path / "report")
     written = json.loads((tmp_path / "report" / "metrics.json").read_text())
     assert written["sets"]["validation"]["accuracy"] == report.metrics["sets"]["validation"]["accuracy"]
@@ -363,8 +380,11 @@ def test_evaluate_for_gate_feeds_the_gate_and_stores_temperature(tmp_path):
     assert fit["improves"] == (fit["nll_cross_fitted"] < fit["nll_current"]) and fit["current"] == 1.0
     stored = load_model(tmp_path / "m")[0].metadata.temperature
     if fit["improves"]:
-        assert fit["stored"] and flat["temperature"] == pytest.approx(fit["temperature"]) and source.endswith(
-            "validation pairs, cross-fitted")
+        assert (
+            fit["stored"]
+            and flat["temperature"] == pytest.approx(fit["temperature"])
+            and source.endswith("validation pairs, cross-fitted")
+        )
         assert stored == pytest.approx(fit["temperature"])
     else:
         assert not fit["stored"] and flat["temperature"] == 1.0 and stored == 1.0
@@ -401,10 +421,15 @@ def test_ensemble_vs_members_on_each_set_with_temperatures_from_the_calibration_
     rows = dict(headline_rows(report.metrics))
     best = versus["test"]["best_member"]
     assert rows[f"ensemble vs best member on 'test' (member {best}, each at its own T)"].startswith(
-        f"NLL {versus['test']['ensemble']['nll']:.4f} vs ")
+        f"NLL {versus['test']['ensemble']['nll']:.4f} vs "
+    )
     assert "(lower)" in rows[f"ensemble vs best member on 'test' (member {best}, each at its own T)"]
-    assert report.flat_metrics()["ensemble_vs_members.test.ensemble.nll"] == pytest.approx(versus["test"]["ensemble"]["nll"])
-    without_fit = RewardModelEvaluator(FakeInference(lambda p, r: float(np.mean(members(p, r))), members_fn=members), n_boot=10)
+    assert report.flat_metrics()["ensemble_vs_members.test.ensemble.nll"] == pytest.approx(
+        versus["test"]["ensemble"]["nll"]
+    )
+    without_fit = RewardModelEvaluator(
+        FakeInference(lambda p, r: float(np.mean(members(p, r))), members_fn=members), n_boot=10
+    )
     assert "ensemble_vs_members" not in without_fit.run(test, name="test", run_probes=False).metrics
     pairs, table = table_pairs(VALUES)
     single = RewardModelEvaluator(FakeInference(lambda p, r: table[(p, r)]), n_boot=10)
@@ -416,8 +441,7 @@ def test_probes_are_judged_by_the_size_of_the_change_either_way():
     # under the verbosity probe. That gain is a length bias as large as a loss would be, so it is the worst probe.
     pairs = [PreferencePair(prompt=f"p{i}", chosen="a" * (60 + i), rejected="b" * (20 + i)) for i in range(8)]
     pairs += [PreferencePair(prompt=f"q{i}", chosen="a" * (20 + i), rejected="b" * (60 + i)) for i in range(2)]
-    ev = RewardModelEvaluator(FakeInference(lambda p, r: -len(r) / 100), n_boot=200,
-                              probe_names=["verbosity", "typos"])
+    ev = RewardModelEvaluator(FakeInference(lambda p, r: -len(r) / 100), n_boot=200, probe_names=["verbosity", "typos"])
     res = ev.probes(pairs)
     assert res["clean_accuracy"] == pytest.approx(0.2)
     assert res["probes"]["verbosity"]["delta"] == pytest.approx(0.8)

@@ -27,7 +27,10 @@ def test_best_of_n_with_the_true_reward_as_scorer_picks_the_oracle() -> None:
 
     def truth(prompt: str, responses: list[str]) -> list[dict[str, float]]:
         # A perfect, certain scorer: every aggregate equals the latent reward.
-        return [dict.fromkeys(("mean", "lcb", "min", "mean_minus_lambda_var"), synthetic.latent_reward(prompt, r)) for r in responses]
+        return [
+            dict.fromkeys(("mean", "lcb", "min", "mean_minus_lambda_var"), synthetic.latent_reward(prompt, r))
+            for r in responses
+        ]
 
     result = best_of_n.run(args, score=truth)
     assert result["best_mean"] == pytest.approx(result["oracle"])

@@ -23,7 +23,9 @@ from raw_rm.train import fsdp
 def _tiny() -> tuple[nn.Module, dict[str, torch.Tensor]]:
     torch.manual_seed(0)
     model, tokenizer = build_model(load_config(None, ["model.backbone=tiny-bert", "model.dropout=0.0"]).model)
-    pairs = [PreferencePair(prompt=f"q {i}?", chosen=f"a helpful answer {i}", rejected="no " * (i + 1)) for i in range(3)]
+    pairs = [
+        PreferencePair(prompt=f"q {i}?", chosen=f"a helpful answer {i}", rejected="no " * (i + 1)) for i in range(3)
+    ]
     batch = PairCollator(tokenizer, max_len_tokens=32, input_kind=model.input_kind)(pairs)
     return model.eval(), batch["features"]  # eval: BERT's internal dropout off, so both copies compute alike
 
@@ -116,22 +118,35 @@ def test_a_checkpoint_resumes_only_under_the_strategy_that_wrote_it(tmp_path) ->
     assert state["fsdp"] is False
     state["fsdp"] = True  # as an FSDP run writes it: optimizer.pt keyed by parameter name
     (path / "trainer_state.json").write_text(json.dumps(state))
-    with pytest.raises(ValueError, match=r"checkpoint written under ray.strategy=fsdp cannot resume under ray.strategy=ddp \(or a local run\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"checkpoint written under ray.strategy=fsdp cannot resume under ray.strategy=ddp \(or a local run\)",
+    ):
         trainer.load_checkpoint(path)
 
 
 def test_levers_compose_with_fsdp2(process_group) -> None:
     """LoRA + activation checkpointing on a Qwen2-shaped decoder, sharded: the same rewards and gradients as the
     plain module, and only adapters and head get gradients. (CPU offload needs a GPU: benchmarks/gpu_scale.py.)"""
-    cfg = load_config(None, ["model.backbone=tiny-qwen2", "model.dropout=0.0", "model.backbone_dropout=0.0",
-                             "model.lora_rank=4", "model.gradient_checkpointing=true"]).model
+    cfg = load_config(
+        None,
+        [
+            "model.backbone=tiny-qwen2",
+            "model.dropout=0.0",
+            "model.backbone_dropout=0.0",
+            "model.lora_rank=4",
+            "model.gradient_checkpointing=true",
+        ],
+    ).model
     torch.manual_seed(0)
     plain, tokenizer = build_model(cfg)
     with torch.no_grad():  # adapters start at B = 0: move them so their gradients are not trivially structured
         for name, p in plain.named_parameters():
             if "lora_B" in name:
                 p.normal_(0.0, 0.5)
-    pairs = [PreferencePair(prompt=f"q {i}?", chosen=f"a helpful answer {i}", rejected="no " * (i + 1)) for i in range(3)]
+    pairs = [
+        PreferencePair(prompt=f"q {i}?", chosen=f"a helpful answer {i}", rejected="no " * (i + 1)) for i in range(3)
+    ]
     features = PairCollator(tokenizer, max_len_tokens=32, input_kind="concat")(pairs)["features"]
     if not torch.accelerator.is_available():
         with pytest.raises(ValueError, match=r"ray.cpu_offload=true: FSDP2 offloads shards from a GPU to host memory"):
@@ -164,8 +179,9 @@ def _resharding_worker(rank: int, world: int, port: int, tmp: str, phase: str) -
         model, tokenizer = build_model(cfg.model)
         model = fsdp.shard_model(model)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-        pairs = [PreferencePair(prompt=f"q {i}?", chosen=f"a helpful answer {i}", rejected="no " * (i + 1))
-                 for i in range(4)]
+        pairs = [
+            PreferencePair(prompt=f"q {i}?", chosen=f"a helpful answer {i}", rejected="no " * (i + 1)) for i in range(4)
+        ]
         features = PairCollator(tokenizer, max_len_tokens=32, input_kind="concat")(pairs[rank::world])["features"]
 
         def step() -> None:

@@ -31,8 +31,9 @@ def test_gate_and_cli_eval_fit_the_temperature_on_the_same_calibration_pairs(tin
     from raw_rm.eval.gate import evaluate_for_gate
     from raw_rm.inference import RewardModelInference
 
-    rows = [{"prompt": f"question {i}?", "chosen": f"A careful answer {i}.", "rejected": f"No {i % 7}."}
-            for i in range(160)]
+    rows = [
+        {"prompt": f"question {i}?", "chosen": f"A careful answer {i}.", "rejected": f"No {i % 7}."} for i in range(160)
+    ]
     data = tmp_path / "pairs.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     overrides = ["data.val_fraction=0.5", "data.max_len_tokens=32", "eval.n_boot=20"]
@@ -40,8 +41,23 @@ def test_gate_and_cli_eval_fit_the_temperature_on_the_same_calibration_pairs(tin
 
     gate = evaluate_for_gate(cfg, tiny_model_dir, save_temperature=False)
     out = tmp_path / "report"
-    assert main(["eval", "--model", str(tiny_model_dir), "--data", str(data), "--heldout", "--no-probes",
-                 "--out", str(out), *overrides]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                str(tiny_model_dir),
+                "--data",
+                str(data),
+                "--heldout",
+                "--no-probes",
+                "--out",
+                str(out),
+                *overrides,
+            ]
+        )
+        == 0
+    )
     cli = json.loads((out / "metrics.json").read_text())
 
     # validation = the prompts training held out (salt data.split_seed); calibration = those whose hash with
@@ -74,8 +90,10 @@ def test_a_split_too_small_is_refused_or_falls_back_as_asked():
     n_fit = sum(bucket(p.prompt, ec.calibration_salt) < 0.5 for p in pairs)
     with pytest.raises(ValueError) as info:
         evaluate_sets(Fake(), sets, ec, name="v", run_probes=False)
-    assert str(info.value) == (f"eval.calibration_fraction=0.5: the split of 3 pairs left {3 - n_fit} to evaluate and "
-                               f"{n_fit} to fit T; give more data, another fraction or separate calibration pairs")
+    assert str(info.value) == (
+        f"eval.calibration_fraction=0.5: the split of 3 pairs left {3 - n_fit} to evaluate and "
+        f"{n_fit} to fit T; give more data, another fraction or separate calibration pairs"
+    )
     report = evaluate_sets(Fake(), sets, ec, name="v", run_probes=False, small_split="fit_on_evaluated")
     assert report.metrics["sets"]["v"]["n_pairs"] == 3
     assert report.metrics["model"]["temperature_source"] == "3 validation pairs, cross-fitted"

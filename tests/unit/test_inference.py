@@ -91,10 +91,16 @@ def test_pair_probability_uses_the_stored_temperature(model_and_tok):
     old = model.metadata.temperature
     try:
         model.metadata.temperature = 0.01
-        assert rm.pair_probability("p", RESPONSES[0], RESPONSES[1]) == pytest.approx(1 / (1 + math.exp(-(ra - rb) / 0.01)))
+        assert rm.pair_probability("p", RESPONSES[0], RESPONSES[1]) == pytest.approx(
+            1 / (1 + math.exp(-(ra - rb) / 0.01))
+        )
         model.metadata.temperature = 3.0
-        assert rm.pair_probability("p", RESPONSES[0], RESPONSES[1]) == pytest.approx(1 / (1 + math.exp(-(ra - rb) / 3.0)))
-        assert rm.pair_probability("p", RESPONSES[1], RESPONSES[0]) == pytest.approx(1 - 1 / (1 + math.exp(-(ra - rb) / 3.0)))
+        assert rm.pair_probability("p", RESPONSES[0], RESPONSES[1]) == pytest.approx(
+            1 / (1 + math.exp(-(ra - rb) / 3.0))
+        )
+        assert rm.pair_probability("p", RESPONSES[1], RESPONSES[0]) == pytest.approx(
+            1 - 1 / (1 + math.exp(-(ra - rb) / 3.0))
+        )
     finally:
         model.metadata.temperature = old
 
@@ -138,7 +144,9 @@ def test_loads_a_saved_directory_and_resolves_uris_with_an_explicit_resolver(mod
     assert asked == ["fake-registry://m"]
     with pytest.raises(ValueError, match=r"^s3://b/m: a URI needs a resolver; or pass a local model directory$"):
         resolve_model_uri("s3://b/m")
-    with pytest.raises(ValueError, match=r"^models:/rm@champion: a URI needs a resolver \(raw_rm\.tracking\.registry\.uri_resolver"):
+    with pytest.raises(
+        ValueError, match=r"^models:/rm@champion: a URI needs a resolver \(raw_rm\.tracking\.registry\.uri_resolver"
+    ):
         RewardModelInference("models:/rm@champion")
     with pytest.raises(ValueError, match="not a model directory"):
         resolve_model_uri(tmp_path / "absent")
@@ -157,7 +165,9 @@ def test_two_resolvers_in_one_process_do_not_interfere(model_and_tok, tmp_path):
     store_b = RewardModelInference("models:/rm/1", resolver=lambda uri: tmp_path / "b" / "rm")
     a_again = RewardModelInference("models:/rm/1", resolver=lambda uri: tmp_path / "a" / "rm")
     np.testing.assert_allclose(store_a.batch_predict(PROMPTS, RESPONSES), a_again.batch_predict(PROMPTS, RESPONSES))
-    np.testing.assert_allclose(store_b.batch_predict(PROMPTS, RESPONSES), store_a.batch_predict(PROMPTS, RESPONSES) + 3.0, atol=1e-5)
+    np.testing.assert_allclose(
+        store_b.batch_predict(PROMPTS, RESPONSES), store_a.batch_predict(PROMPTS, RESPONSES) + 3.0, atol=1e-5
+    )
 
 
 def test_input_errors(model_and_tok):

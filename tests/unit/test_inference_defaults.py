@@ -39,8 +39,10 @@ def test_precedence_explicit_then_metadata_then_default() -> None:
     assert effective_max_len(model, tok) == (64, "the model's training length (metadata.max_len_tokens)")
     assert effective_max_len(model, tok, 32) == (32, "set explicitly; the model was trained at 64")
     old, _ = _model()  # a model saved before the field existed
-    assert effective_max_len(old, tok) == (512, "default: the model does not record its training length "
-                                                "(metadata.max_len_tokens not set)")
+    assert effective_max_len(old, tok) == (
+        512,
+        "default: the model does not record its training length (metadata.max_len_tokens not set)",
+    )
     assert effective_max_len(old, tok, 1000) == (512, "set explicitly; capped at the tokenizer's limit 512")
 
 
@@ -79,8 +81,10 @@ def test_unknown_truncation_side_is_refused() -> None:
 def test_ensemble_without_its_own_length_takes_its_members_longest() -> None:
     (a, tok), (b, _) = _model(0, max_len=48, side="left"), _model(1, max_len=64, side="left")
     ens = EnsembleRewardModel([a, b])
-    assert effective_max_len(ens, tok) == (64, "the model's training length (longest of the members' "
-                                               "metadata.max_len_tokens [48, 64])")
+    assert effective_max_len(ens, tok) == (
+        64,
+        "the model's training length (longest of the members' metadata.max_len_tokens [48, 64])",
+    )
     ens.metadata.max_len_tokens = 40
     assert effective_max_len(ens, tok)[0] == 40
 
@@ -90,8 +94,11 @@ def test_trainer_records_the_training_length_and_side() -> None:
 
     model, tok = _model()
     pairs = [PreferencePair(prompt=f"p{i}", chosen="good answer", rejected="bad") for i in range(4)]
-    cfg = Config(data=DataConfig(max_len_tokens=40), model=ModelConfig(backbone="tiny-bert"),
-                 train=TrainConfig(progress=False, precision="fp32"))
+    cfg = Config(
+        data=DataConfig(max_len_tokens=40),
+        model=ModelConfig(backbone="tiny-bert"),
+        train=TrainConfig(progress=False, precision="fp32"),
+    )
     RewardModelTrainer(cfg, model, tok, pairs, [])
     assert (model.metadata.max_len_tokens, model.metadata.truncation_side) == (40, "left")
 
@@ -110,15 +117,18 @@ def test_explicitly_set_reads_overrides_and_the_config_file(tmp_path) -> None:
 @pytest.fixture
 def native_bf16(monkeypatch):
     """Pretend the device runs bf16 natively, so the tolerance check is what decides (whatever this CPU is)."""
-    monkeypatch.setattr(inference, "resolve_precision", lambda precision, device: "bf16" if precision != "fp32" else "fp32")
+    monkeypatch.setattr(
+        inference, "resolve_precision", lambda precision, device: "bf16" if precision != "fp32" else "fp32"
+    )
 
 
 def _probe_drift(model, tok) -> float:
     """max |bf16 - fp32| reward over the probe texts, computed with two separately configured scorers."""
     prompts, responses = [p for p, _ in PRECISION_PROBES], [r for _, r in PRECISION_PROBES]
     fp32 = RewardModelInference(model, tokenizer=tok, cache_size=0).batch_predict(prompts, responses)
-    bf16 = RewardModelInference(model, tokenizer=tok, cache_size=0, precision="bf16",
-                                precision_tolerance=float("inf")).batch_predict(prompts, responses)
+    bf16 = RewardModelInference(
+        model, tokenizer=tok, cache_size=0, precision="bf16", precision_tolerance=float("inf")
+    ).batch_predict(prompts, responses)
     return float(np.max(np.abs(bf16 - fp32)))
 
 
@@ -128,8 +138,10 @@ def test_auto_keeps_bf16_within_the_tolerance(native_bf16) -> None:
     assert drift > 0  # bf16 does change the rewards: the check has something to measure
     rm = RewardModelInference(model, tokenizer=tok, precision="auto", precision_tolerance=2 * drift)
     assert rm.precision == "bf16" and rm.autocast_dtype == torch.bfloat16
-    assert rm.precision_reason == (f"auto: native bf16; bf16 rewards within {drift:.4f} reward_std of fp32 on the "
-                                   f"probe texts (tolerance {2 * drift:g})")
+    assert rm.precision_reason == (
+        f"auto: native bf16; bf16 rewards within {drift:.4f} reward_std of fp32 on the "
+        f"probe texts (tolerance {2 * drift:g})"
+    )
 
 
 def test_auto_falls_back_to_fp32_beyond_the_tolerance_with_a_warning(native_bf16, caplog) -> None:

@@ -172,8 +172,10 @@ def test_flag_annotators_far_below_the_rest() -> None:
     # (0.1 + 0.048) / 1.096 + 1.96 * sqrt(0.1 * 0.9 / 40 + 3.8416 / 6400) / 1.096 = 0.1350 + 0.0955 = 0.2305 (23%),
     # below ann and bob's 18/20 = 90%: flagged. ann: 20/40 = 50% (upper 65%) vs bob/dan 2/20 = 10%: not flagged.
     pairs = {("ann", "bob"): (18, 20), ("ann", "dan"): (2, 20), ("bob", "dan"): (2, 20)}
-    assert flag_annotators(pairs) == {"dan": "agrees with the others on 4/40 = 10% of shared comparisons (95% upper "
-                                             "bound 23%) vs 90% among the other annotators"}
+    assert flag_annotators(pairs) == {
+        "dan": "agrees with the others on 4/40 = 10% of shared comparisons (95% upper "
+        "bound 23%) vs 90% among the other annotators"
+    }
     # eve at 34/40 = 85% (upper 93%) is below 90% too, but within her own noise: not flagged; fay shares only 3
     # comparisons (fewer than 5): never flagged. Two annotators: nothing says which one is off.
     assert flag_annotators({("ann", "bob"): (18, 20), ("ann", "eve"): (17, 20), ("bob", "eve"): (17, 20)}) == {}
@@ -235,13 +237,16 @@ values = st.integers(min_value=-2, max_value=2)
 tables = st.dictionaries(
     st.tuples(st.integers(1, 6), st.just(0), st.just(1)),
     st.dictionaries(st.sampled_from(["a", "b", "c", "d"]), values, min_size=1, max_size=4),
-    min_size=1, max_size=8,
+    min_size=1,
+    max_size=8,
 )
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.lists(st.lists(st.integers(1, 4), min_size=2, max_size=4), min_size=1, max_size=10),
-       st.permutations([1, 2, 3, 4]))
+@given(
+    st.lists(st.lists(st.integers(1, 4), min_size=2, max_size=4), min_size=1, max_size=10),
+    st.permutations([1, 2, 3, 4]),
+)
 def test_nominal_alpha_ignores_the_names_of_the_values(units: list[list[int]], perm: list[int]) -> None:
     relabelled = [[perm[v - 1] for v in u] for u in units]
     a, b = krippendorff_alpha(units), krippendorff_alpha(relabelled)
@@ -249,8 +254,11 @@ def test_nominal_alpha_ignores_the_names_of_the_values(units: list[list[int]], p
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.lists(st.sampled_from("xyz"), min_size=1, max_size=30).flatmap(
-    lambda a: st.tuples(st.just(a), st.lists(st.sampled_from("xyz"), min_size=len(a), max_size=len(a)))))
+@given(
+    st.lists(st.sampled_from("xyz"), min_size=1, max_size=30).flatmap(
+        lambda a: st.tuples(st.just(a), st.lists(st.sampled_from("xyz"), min_size=len(a), max_size=len(a)))
+    )
+)
 def test_cohen_kappa_is_symmetric_and_at_most_one(pair: tuple[list[str], list[str]]) -> None:
     a, b = pair
     k_ab, k_ba = cohen_kappa(a, b), cohen_kappa(b, a)

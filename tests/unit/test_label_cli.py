@@ -18,8 +18,10 @@ def _filled(tmp_path: Path) -> str:
     url = f"sqlite:///{tmp_path}/cli.db"
     store = LabelStore(url)
     store.configure(per_item=3, aspects=["helpfulness"])
-    store.add_items([PoolItem(f"q{i}", [f"good{i}", f"bad{i}"], f"pool.jsonl:{i + 1}") for i in range(8)]
-                    + [PoolItem("k", ["x", "y", "z"], "pool.jsonl:9")])
+    store.add_items(
+        [PoolItem(f"q{i}", [f"good{i}", f"bad{i}"], f"pool.jsonl:{i + 1}") for i in range(8)]
+        + [PoolItem("k", ["x", "y", "z"], "pool.jsonl:9")]
+    )
     for name in ("ann", "bob", "cat"):
         store.add_annotator(name)
         who = store.annotators()[-1]
@@ -53,12 +55,19 @@ def test_report_flags_the_annotator_far_below_the_rest(tmp_path: Path, capsys) -
     # cat disagrees with ann and with bob on all 11 comparisons (8 pairs, 3 of the k-wise item): 0/22, Wilson upper
     # bound 3.8416/22 / (1 + 3.8416/22) = 0.149 (15%), below ann/bob's 11/11 = 100%. ann: 11/22 (upper 70%) vs
     # bob/cat 0/11: not flagged. With the majority: ann vs {bob, cat} never has one (1 vs 1), cat vs {ann, bob} 0/11.
-    assert ("  cat: judged 9, skipped 0, with the majority 0/11 = 0.0%  FLAGGED: agrees with the others on 0/22 = 0% "
-            "of shared comparisons (95% upper bound 15%) vs 100% among the other annotators") in out
+    assert (
+        "  cat: judged 9, skipped 0, with the majority 0/11 = 0.0%  FLAGGED: agrees with the others on 0/22 = 0% "
+        "of shared comparisons (95% upper bound 15%) vs 100% among the other annotators"
+    ) in out
     assert "  ann: judged 9, skipped 0\n" in out and "  ann / bob: same direction on 11/11 shared comparisons" in out
     assert "aspect helpfulness: raw agreement 33.3%" in out  # per pair: ann-bob agree, cat disagrees with both
     assert sorted(p.name for p in (tmp_path / "rep").iterdir()) == [
-        "agreement.png", "kappa.png", "progress.png", "report.html", "report.json"]
+        "agreement.png",
+        "kappa.png",
+        "progress.png",
+        "report.html",
+        "report.json",
+    ]
 
 
 def test_export_groups_and_an_aspect(tmp_path: Path, capsys) -> None:
@@ -74,8 +83,9 @@ def test_export_groups_and_an_aspect(tmp_path: Path, capsys) -> None:
     assert len(rows) == 8 and {(r["aspect"], r["weight"]) for r in rows} == {("helpfulness", 0.6667)}
     capsys.readouterr()
     assert main(["label", "export", "--db", url, "--out", str(aspect), "--aspect", "humour"]) == 2
-    assert capsys.readouterr().err == ("raw-rm label: error: aspect: 'humour': expected one of the session's aspects "
-                                       "(helpfulness) with pairs\n")
+    assert capsys.readouterr().err == (
+        "raw-rm label: error: aspect: 'humour': expected one of the session's aspects (helpfulness) with pairs\n"
+    )
 
 
 def test_report_and_export_of_an_empty_session(tmp_path: Path, capsys) -> None:

@@ -324,14 +324,23 @@ json_values = st.recursive(
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
     max_leaves=8,
 )
-bodies = st.fixed_dictionaries({}, optional={
-    "item_id": json_values, "decision": st.sampled_from(["ranked", "tie", "skip", "x"]) | json_values,
-    "ranks": st.lists(st.integers(-1, 3), max_size=4) | json_values,
-    "strength": st.sampled_from(["slight", "clear"]) | json_values,
-    "aspects": st.dictionaries(st.sampled_from(["helpfulness", "other"]), st.integers(-1, 3) | json_values,
-                               max_size=2) | json_values,
-    "note": json_values,
-}) | json_values
+bodies = (
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "item_id": json_values,
+            "decision": st.sampled_from(["ranked", "tie", "skip", "x"]) | json_values,
+            "ranks": st.lists(st.integers(-1, 3), max_size=4) | json_values,
+            "strength": st.sampled_from(["slight", "clear"]) | json_values,
+            "aspects": st.dictionaries(
+                st.sampled_from(["helpfulness", "other"]), st.integers(-1, 3) | json_values, max_size=2
+            )
+            | json_values,
+            "note": json_values,
+        },
+    )
+    | json_values
+)
 
 
 @settings(max_examples=40, deadline=None)

@@ -130,13 +130,16 @@ def test_gradcheck_group_losses(name: str) -> None:
 
 # ------------------------------------------------------------------------------------------ identities
 @pytest.mark.parametrize(
-    ("name", "params"), [("contrastive", {"contrastive_tau": 1.0}), ("label_smoothing", {"epsilon": 0.0}), ("focal", {"gamma": 0.0})]
+    ("name", "params"),
+    [("contrastive", {"contrastive_tau": 1.0}), ("label_smoothing", {"epsilon": 0.0}), ("focal", {"gamma": 0.0})],
 )
 def test_special_cases_equal_bt(name: str, params: dict) -> None:
     chosen, rejected = t(0.5, -2.0, 3.0, 0.0, 40.0), t(0.0, 1.0, -1.0, 0.0, -40.0)
     margin = t(0.1, math.nan, 0.0, 0.5, 0.0)
     expected = preference_loss(chosen, rejected, margin=margin)
-    assert pair_loss(name, **params)(chosen, rejected, margin=margin).item() == pytest.approx(expected.item(), abs=1e-15)
+    assert pair_loss(name, **params)(chosen, rejected, margin=margin).item() == pytest.approx(
+        expected.item(), abs=1e-15
+    )
 
 
 @pytest.mark.parametrize("name", GROUP_LOSSES)
@@ -145,7 +148,9 @@ def test_group_losses_on_two_items_equal_bt(name: str) -> None:
     ranks = torch.tensor([[0, 1], [1, 0]])  # second group: the second item is the chosen one
     mask = torch.ones(2, 2, dtype=torch.bool)
     expected = preference_loss(t(0.7, 2.0), t(-0.4, 1.5))
-    assert build_ranking_loss(LossConfig(name=name))(rewards, ranks, mask).item() == pytest.approx(expected.item(), abs=1e-12)
+    assert build_ranking_loss(LossConfig(name=name))(rewards, ranks, mask).item() == pytest.approx(
+        expected.item(), abs=1e-12
+    )
 
 
 @pytest.mark.parametrize("name", GROUP_LOSSES + ["bt"])
@@ -199,7 +204,9 @@ def test_swapping_tied_rewards_changes_nothing(name: str) -> None:
 def test_adding_a_constant_changes_nothing(pairs: list, shift: float, name: str) -> None:
     chosen, rejected = t(*[p[0] for p in pairs]), t(*[p[1] for p in pairs])
     loss = pair_loss(name)
-    assert loss(chosen + shift, rejected + shift).item() == pytest.approx(loss(chosen, rejected).item(), rel=1e-9, abs=1e-9)
+    assert loss(chosen + shift, rejected + shift).item() == pytest.approx(
+        loss(chosen, rejected).item(), rel=1e-9, abs=1e-9
+    )
 
 
 @settings(max_examples=40, deadline=None)
@@ -259,7 +266,10 @@ def test_uncertainty_weights_hand_value_and_equal_weights_equal_plain() -> None:
     w = uncertainty_weights(t(3.0, -3.0).reshape(1, 2), torch.zeros(1, 2, dtype=torch.float64))
     assert w.item() == pytest.approx(0.18070663892364824, abs=1e-12)
     # Every pair has the same disagreement -> equal weights -> the plain loss.
-    members_c, members_r = t(1.0, -1.0, 2.0, 0.0, 0.5, -1.5).reshape(3, 2), t(0.0, 0.0, 1.0, 1.0, -0.5, -0.5).reshape(3, 2)
+    members_c, members_r = (
+        t(1.0, -1.0, 2.0, 0.0, 0.5, -1.5).reshape(3, 2),
+        t(0.0, 0.0, 1.0, 1.0, -0.5, -0.5).reshape(3, 2),
+    )
     chosen, rejected = members_c.mean(dim=1), members_r.mean(dim=1)
     cfg = LossConfig(uncertainty_weighting=True)
     weights = example_weights(cfg, None, members_c, members_r)
@@ -271,7 +281,9 @@ def test_uncertainty_weights_hand_value_and_equal_weights_equal_plain() -> None:
 
 
 def test_example_weights_needs_members_when_uncertainty_weighting() -> None:
-    with pytest.raises(ValueError, match=r"loss.uncertainty_weighting needs per-member rewards \(RewardOutput.members\)"):
+    with pytest.raises(
+        ValueError, match=r"loss.uncertainty_weighting needs per-member rewards \(RewardOutput.members\)"
+    ):
         example_weights(LossConfig(uncertainty_weighting=True), t(1.0))
     assert example_weights(LossConfig(use_weights=False), t(0.5)) is None
     assert torch.equal(example_weights(LossConfig(), t(0.5)), t(0.5))

@@ -10,6 +10,7 @@ import torch
 from model_features import PROMPTS, RESPONSES, encode_features
 
 from raw_rm.config import ModelConfig
+from raw_rm.data.batching import encode
 from raw_rm.models import (
     MODEL_CLASSES,
     CrossAttentionRewardModel,
@@ -21,7 +22,6 @@ from raw_rm.models import (
     build_model,
     predict_reward,
 )
-from raw_rm.data.batching import encode
 from raw_rm.models.backbones import pool
 
 ARCHS = ["concat", "separate", "cross_attention", "multi_objective", "hierarchical", "multihead"]
@@ -337,7 +337,11 @@ def test_backbone_dropout_sets_every_dropout_inside_the_backbone() -> None:
     default, _ = build_model(ModelConfig(backbone="tiny-bert"))
     assert default.backbone_config.hidden_dropout_prob == 0.1  # None keeps the backbone's own setting
     gpt2, _ = build_model(ModelConfig(backbone="tiny-gpt2", backbone_dropout=0.0))
-    assert (gpt2.backbone_config.resid_pdrop, gpt2.backbone_config.attn_pdrop, gpt2.backbone_config.embd_pdrop) == (0.0, 0.0, 0.0)
+    assert (gpt2.backbone_config.resid_pdrop, gpt2.backbone_config.attn_pdrop, gpt2.backbone_config.embd_pdrop) == (
+        0.0,
+        0.0,
+        0.0,
+    )
 
 
 def test_a_bf16_checkpoint_loads_with_fp32_weights_for_training(tmp_path) -> None:
@@ -363,12 +367,17 @@ def test_freeze_lower_layers_keeps_the_top_layers_final_norm_and_heads_trainable
     trunk = model.trunk
     layers = layer_stack(trunk)
     assert len(layers) == trunk.config.num_hidden_layers == 2
-    assert all(p.requires_grad for p in layers[1].parameters()) and not any(p.requires_grad for p in layers[0].parameters())
+    assert all(p.requires_grad for p in layers[1].parameters()) and not any(
+        p.requires_grad for p in layers[0].parameters()
+    )
     assert trunk.ln_f.weight.requires_grad  # registered after the layers: part of the top
     assert not trunk.wte.weight.requires_grad and not trunk.wpe.weight.requires_grad
     assert all(p.requires_grad for p in model.heads.parameters())
     trainable, total = freeze_lower_layers(model, 0)  # heads on frozen features
-    assert trainable == sum(p.numel() for p in model.heads.parameters()) + trunk.ln_f.weight.numel() + trunk.ln_f.bias.numel()
+    assert (
+        trainable
+        == sum(p.numel() for p in model.heads.parameters()) + trunk.ln_f.weight.numel() + trunk.ln_f.bias.numel()
+    )
     assert total == sum(p.numel() for p in model.parameters())
     with pytest.raises(ValueError, match="train_layers=3, but GPT2Model has 2 layers"):
         freeze_lower_layers(model, 3)

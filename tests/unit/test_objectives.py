@@ -33,26 +33,54 @@ ASPECTS = ["helpfulness", "harmlessness"]
 
 
 def cfg_for(tmp_path, *, arch: str = "concat", loss: str = "bt", **train) -> Config:
-    train = {"batch_size": 8, "lr": 3e-3, "warmup_ratio": 0.0, "schedule": "constant", "precision": "fp32",
-             "progress": False, "output_dir": str(tmp_path / "run"), **train}
+    train = {
+        "batch_size": 8,
+        "lr": 3e-3,
+        "warmup_ratio": 0.0,
+        "schedule": "constant",
+        "precision": "fp32",
+        "progress": False,
+        "output_dir": str(tmp_path / "run"),
+        **train,
+    }
     model = ModelConfig(arch=arch, backbone="tiny-bert", dropout=0.0, num_heads=3, aspects=ASPECTS)
-    return Config(data=DataConfig(max_len_tokens=32), model=model, loss=LossConfig(name=loss),
-                  train=TrainConfig(**train))
+    return Config(
+        data=DataConfig(max_len_tokens=32), model=model, loss=LossConfig(name=loss), train=TrainConfig(**train)
+    )
 
 
 def pairs(n: int) -> list[PreferencePair]:
-    return [PreferencePair(prompt=f"question {i}?", chosen=f"a careful helpful answer {i}",
-                           rejected=f"no {i}" + " x" * i, weight=1.0 if i % 2 else 0.5) for i in range(n)]
+    return [
+        PreferencePair(
+            prompt=f"question {i}?",
+            chosen=f"a careful helpful answer {i}",
+            rejected=f"no {i}" + " x" * i,
+            weight=1.0 if i % 2 else 0.5,
+        )
+        for i in range(n)
+    ]
 
 
 def groups(n: int) -> list[RankedGroup]:
-    return [RankedGroup(prompt=f"q {i}", responses=["good answer", "fine", "bad" + " x" * i][: 2 + i % 2],
-                        ranks=[0, 1, 2][: 2 + i % 2]) for i in range(n)]
+    return [
+        RankedGroup(
+            prompt=f"q {i}",
+            responses=["good answer", "fine", "bad" + " x" * i][: 2 + i % 2],
+            ranks=[0, 1, 2][: 2 + i % 2],
+        )
+        for i in range(n)
+    ]
 
 
 def ratings(n: int) -> list[RatedResponse]:
-    return [RatedResponse(prompt=f"q {i // 2}", response=("good answer" if i % 2 else "bad") + f" {i}",
-                          ratings={"helpfulness": float(i % 2), "harmlessness": 0.5}) for i in range(n)]
+    return [
+        RatedResponse(
+            prompt=f"q {i // 2}",
+            response=("good answer" if i % 2 else "bad") + f" {i}",
+            ratings={"helpfulness": float(i % 2), "harmlessness": 0.5},
+        )
+        for i in range(n)
+    ]
 
 
 class FixedTeacher:
@@ -91,13 +119,16 @@ def objective_setup(tmp_path, name: str, *, loss: str = "bt", **train):
     return cfg, model, tok, records, objective
 
 
-
 # ----------------------------------------------------------------------------------- hand-made losses
 def test_pairs_loss_is_the_weighted_bradley_terry_loss(tmp_path):
     cfg, model, tok, _, objective = objective_setup(tmp_path, "pairs")
     assert isinstance(objective, PairsObjective)
-    batch = {"n_pairs": 2, "margin": torch.tensor([math.nan, 0.5]), "weight": torch.tensor([1.0, 0.5]),
-             "index": torch.tensor([0, 1])}
+    batch = {
+        "n_pairs": 2,
+        "margin": torch.tensor([math.nan, 0.5]),
+        "weight": torch.tensor([1.0, 0.5]),
+        "index": torch.tensor([0, 1]),
+    }
     output = RewardOutput(rewards=torch.tensor([1.0, 0.0, 0.0, 0.0]))  # chosen (1, 0), rejected (0, 0)
     loss, parts = objective.loss(output, batch, training=True)
     # -log σ(1 - 0) with weight 1 and -log σ(0 - 0 - 0.5) with weight 0.5 (NaN margin = none)
@@ -108,34 +139,47 @@ def test_pairs_loss_is_the_weighted_bradley_terry_loss(tmp_path):
     cfg.loss.use_weights = False
     unweighted = build_objective(cfg, model, tok, pairs(2))
     assert float(unweighted.loss(output, batch, training=True)[0]) == pytest.approx(
-        (math.log1p(math.exp(-1.0)) + math.log1p(math.exp(0.5))) / 2, rel=1e-6)
+        (math.log1p(math.exp(-1.0)) + math.log1p(math.exp(0.5))) / 2, rel=1e-6
+    )
     assert unweighted.share(batch) == 2.0
 
 
 def test_groups_loss_is_the_plackett_luce_loss(tmp_path):
     _, _, _, _, objective = objective_setup(tmp_path, "groups", loss="plackett_luce")
     assert isinstance(objective, GroupsObjective)
-    batch = {"group_rewards_index": torch.tensor([[0, 1, 2], [3, 4, 0]]),
-             "ranks": torch.tensor([[0, 1, 2], [1, 0, -1]]),
-             "mask": torch.tensor([[True, True, True], [True, True, False]]), "index": torch.tensor([0, 1])}
+    batch = {
+        "group_rewards_index": torch.tensor([[0, 1, 2], [3, 4, 0]]),
+        "ranks": torch.tensor([[0, 1, 2], [1, 0, -1]]),
+        "mask": torch.tensor([[True, True, True], [True, True, False]]),
+        "index": torch.tensor([0, 1]),
+    }
     output = RewardOutput(rewards=torch.tensor([2.0, 1.0, 0.0, 0.0, 3.0]))
     loss, parts = objective.loss(output, batch, training=True)
-    lse = lambda *xs: math.log(sum(math.exp(x) for x in xs))
+
+    def lse(*xs: float) -> float:
+        return math.log(sum(math.exp(x) for x in xs))
+
     group_a = (lse(2, 1, 0) - 2) + (lse(1, 0) - 1)  # best first: 2 among {2, 1, 0}, then 1 among {1, 0}
     group_b = lse(3, 0) - 3  # row 4 (reward 3) is ranked first, then row 3
     assert float(loss) == pytest.approx((group_a + group_b) / 2, rel=1e-6)
     # metric pairs: (better, worse) for each ranked pair within a group
-    assert sorted(zip(parts["chosen"].tolist(), parts["rejected"].tolist())) == [(1.0, 0.0), (2.0, 0.0), (2.0, 1.0),
-                                                                                 (3.0, 0.0)]
+    assert sorted(zip(parts["chosen"].tolist(), parts["rejected"].tolist())) == [
+        (1.0, 0.0),
+        (2.0, 0.0),
+        (2.0, 1.0),
+        (3.0, 0.0),
+    ]
     assert objective.n_items(batch) == 2
 
 
 def test_ratings_loss_is_the_masked_per_aspect_mse(tmp_path):
     _, _, _, _, objective = objective_setup(tmp_path, "ratings")
     assert isinstance(objective, RatingsObjective)
-    batch = {"ratings": torch.tensor([[1.0, 0.0], [0.0, 2.0], [3.0, 0.0]]),
-             "ratings_mask": torch.tensor([[True, False], [False, True], [True, False]]),
-             "index": torch.tensor([0, 1, 2])}
+    batch = {
+        "ratings": torch.tensor([[1.0, 0.0], [0.0, 2.0], [3.0, 0.0]]),
+        "ratings_mask": torch.tensor([[True, False], [False, True], [True, False]]),
+        "index": torch.tensor([0, 1, 2]),
+    }
     output = RewardOutput(rewards=torch.zeros(3), aspects=torch.tensor([[0.0, 9.0], [9.0, 1.0], [1.0, 9.0]]))
     loss, _ = objective.loss(output, batch, training=True)
     helpfulness = ((0.0 - 1.0) ** 2 + (1.0 - 3.0) ** 2) / 2  # rows 0 and 2 rate it
@@ -148,11 +192,16 @@ def test_distill_loss_is_mse_plus_bce_to_the_softened_teacher(tmp_path, temperat
     cfg = cfg_for(tmp_path)
     model, tok = model_for(cfg)
     teacher = FixedTeacher()
-    objective = build_objective(cfg, model, tok, pairs(2),
-                                distillation=Distillation(teacher, alpha=0.25, distill_temperature=temperature))
+    objective = build_objective(
+        cfg, model, tok, pairs(2), distillation=Distillation(teacher, alpha=0.25, distill_temperature=temperature)
+    )
     assert isinstance(objective, DistillObjective)
-    batch = {"n_pairs": 1, "teacher": torch.tensor([3.0, 1.0]), "weight": torch.tensor([0.5]),
-             "index": torch.tensor([0])}
+    batch = {
+        "n_pairs": 1,
+        "teacher": torch.tensor([3.0, 1.0]),
+        "weight": torch.tensor([0.5]),
+        "index": torch.tensor([0]),
+    }
     output = RewardOutput(rewards=torch.tensor([1.0, 0.0]))
     loss, parts = objective.loss(output, batch, training=True)
     mse = ((1.0 - 3.0) ** 2 + (0.0 - 1.0) ** 2) / 2
@@ -169,10 +218,16 @@ def test_distill_collate_adds_the_teachers_rewards_in_feature_order(tmp_path):
     model, tok = model_for(cfg)
     teacher = FixedTeacher()
     data = pairs(3)
-    objective = build_objective(cfg, model, tok, data, distillation=Distillation(teacher, alpha=0.5, distill_temperature=1.0))
+    objective = build_objective(
+        cfg, model, tok, data, distillation=Distillation(teacher, alpha=0.5, distill_temperature=1.0)
+    )
     batch = objective.collate(data, [2, 0])
-    expected = [len(data[2].chosen.split()), len(data[0].chosen.split()), len(data[2].rejected.split()),
-                len(data[0].rejected.split())]
+    expected = [
+        len(data[2].chosen.split()),
+        len(data[0].chosen.split()),
+        len(data[2].rejected.split()),
+        len(data[0].rejected.split()),
+    ]
     assert batch["teacher"].tolist() == [float(x) for x in expected]
     assert set(teacher.scored) >= {(data[i].prompt, t) for i in (0, 2) for t in (data[i].chosen, data[i].rejected)}
 
@@ -181,13 +236,18 @@ def test_build_objective_refuses_what_cannot_train(tmp_path):
     cfg = cfg_for(tmp_path)
     model, tok = model_for(cfg)
     with pytest.raises(ConfigError) as exc:
-        build_objective(cfg, model, tok, groups(2),
-                        distillation=Distillation(FixedTeacher(), alpha=0.5, distill_temperature=1.0))
+        build_objective(
+            cfg, model, tok, groups(2), distillation=Distillation(FixedTeacher(), alpha=0.5, distill_temperature=1.0)
+        )
     assert str(exc.value) == (
         "distillation trains on pairs; got groups (convert groups with raw_rm.data.formats.group_to_pairs)"
     )
-    with pytest.raises(ValueError, match=r"expected 0 <= alpha <= 1 and distill_temperature > 0, got alpha=0.5, distill_temperature=0"):
-        build_objective(cfg, model, tok, pairs(2), distillation=Distillation(FixedTeacher(), alpha=0.5, distill_temperature=0))
+    with pytest.raises(
+        ValueError, match=r"expected 0 <= alpha <= 1 and distill_temperature > 0, got alpha=0.5, distill_temperature=0"
+    ):
+        build_objective(
+            cfg, model, tok, pairs(2), distillation=Distillation(FixedTeacher(), alpha=0.5, distill_temperature=0)
+        )
     with pytest.raises(TypeError, match="train records are pairs but validation records are groups"):
         build_objective(cfg, model, tok, pairs(2), groups(1))
     cfg.loss.uncertainty_weighting = True

@@ -245,8 +245,9 @@ def test_init_from_takes_train_layers_from_the_run(tmp_path: Path, caplog: pytes
     model, tokenizer = make(arch="multihead", num_heads=3)
     save_model(model, tokenizer, tmp_path)
     with caplog.at_level("WARNING"):
-        resumed, _ = build_model(ModelConfig(arch="multihead", backbone="tiny-bert", num_heads=3, train_layers=1,
-                                             init_from=str(tmp_path)))
+        resumed, _ = build_model(
+            ModelConfig(arch="multihead", backbone="tiny-bert", num_heads=3, train_layers=1, init_from=str(tmp_path))
+        )
     assert "train_layers" not in caplog.text  # a training choice, not a difference from the saved model
     assert resumed.model_cfg.train_layers == 1
     assert not resumed.trunk.embeddings.word_embeddings.weight.requires_grad

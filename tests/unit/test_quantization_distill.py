@@ -6,18 +6,21 @@ import numpy as np
 import pytest
 import torch
 
-from raw_rm.quantization import compare_quantized, load_for_inference, quantize_int8, write_quantized
-from raw_rm.train.distill import distill
 from raw_rm.config import Config, DataConfig, ModelConfig, TrainConfig
 from raw_rm.data.records import PreferencePair
 from raw_rm.inference import RewardModelInference
 from raw_rm.models import build_model, save_model
+from raw_rm.quantization import compare_quantized, load_for_inference, quantize_int8, write_quantized
+from raw_rm.train.distill import distill
 
 DynamicLinear = torch.ao.nn.quantized.dynamic.Linear
 
 
 def pairs(n: int) -> list[PreferencePair]:
-    return [PreferencePair(prompt=f"question {i}", chosen=f"helpful answer {i} " * (1 + i % 3), rejected=f"bad {i}") for i in range(n)]
+    return [
+        PreferencePair(prompt=f"question {i}", chosen=f"helpful answer {i} " * (1 + i % 3), rejected=f"bad {i}")
+        for i in range(n)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +60,8 @@ def test_compare_quantized_reports_both_accuracies(model_and_tok):
     report = compare_quantized(model, data, tokenizer=tok)
     rm = RewardModelInference(model, tokenizer=tok)
     delta = rm.batch_predict([p.prompt for p in data], [p.chosen for p in data]) - rm.batch_predict(
-        [p.prompt for p in data], [p.rejected for p in data])
+        [p.prompt for p in data], [p.rejected for p in data]
+    )
     assert report["accuracy_fp32"] == pytest.approx(float(np.mean(delta > 0)))
     assert report["accuracy_change"] == pytest.approx(report["accuracy_int8"] - report["accuracy_fp32"])
     assert report["speedup"] == pytest.approx(report["texts_per_s_int8"] / report["texts_per_s_fp32"])
@@ -77,8 +81,18 @@ def test_distillation_lowers_student_teacher_mse(model_and_tok, tmp_path):
     cfg = Config(
         data=DataConfig(max_len_tokens=32),
         model=ModelConfig(backbone="tiny-bert", dropout=0.0),
-        train=TrainConfig(epochs=3, batch_size=4, lr=3e-3, warmup_ratio=0.0, schedule="constant", precision="fp32",
-                          progress=False, output_dir=str(tmp_path / "student"), seed=1, restore_best=False),
+        train=TrainConfig(
+            epochs=3,
+            batch_size=4,
+            lr=3e-3,
+            warmup_ratio=0.0,
+            schedule="constant",
+            precision="fp32",
+            progress=False,
+            output_dir=str(tmp_path / "student"),
+            seed=1,
+            restore_best=False,
+        ),
     )
     torch.manual_seed(1)
     result = distill(teacher, cfg, pairs(8), val_records=pairs(2), teacher_tokenizer=tok, mode="both")

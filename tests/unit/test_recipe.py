@@ -8,8 +8,17 @@ import pytest
 
 from raw_rm.config import load_config
 
-TINY = ["model.backbone=tiny-bert", "data.synthetic.n_prompts=80", "data.val_fraction=0.25", "data.max_len_tokens=32",
-        "train.batch_size=8", "train.max_steps=2", "train.precision=fp32", "train.progress=false", "eval.n_boot=20"]
+TINY = [
+    "model.backbone=tiny-bert",
+    "data.synthetic.n_prompts=80",
+    "data.val_fraction=0.25",
+    "data.max_len_tokens=32",
+    "train.batch_size=8",
+    "train.max_steps=2",
+    "train.precision=fp32",
+    "train.progress=false",
+    "eval.n_boot=20",
+]
 
 
 def test_train_local_saves_the_model_and_runs_the_gate_evaluation_when_asked(tmp_path) -> None:
@@ -50,8 +59,13 @@ def test_the_variation_comes_in_as_arguments(tmp_path) -> None:
         def attach(self, trainer) -> None:
             attached.append(trainer)
 
-    run = run_recipe(cfg, records=(pairs[:24], pairs[24:30]), model_factory=factory, callbacks=[Attach()],
-                     model_dir=tmp_path / "elsewhere" / "model")
+    run = run_recipe(
+        cfg,
+        records=(pairs[:24], pairs[24:30]),
+        model_factory=factory,
+        callbacks=[Attach()],
+        model_dir=tmp_path / "elsewhere" / "model",
+    )
     assert built == [cfg] and attached == [run.trainer]
     assert (run.metrics["n_train"], run.metrics["n_val"]) == (24.0, 6.0) and run.data_report == ""
     assert run.model_dir == tmp_path / "elsewhere" / "model"

@@ -39,8 +39,14 @@ class Fake:
 
 def make_pairs(n, tag):
     rng = np.random.default_rng(len(tag) + n)
-    return [PreferencePair(prompt=f"{tag} {i}?", chosen="good " + "x" * int(rng.integers(5, 300)) + ".",
-                           rejected="bad " + "y" * int(rng.integers(5, 300)) + ".") for i in range(n)]
+    return [
+        PreferencePair(
+            prompt=f"{tag} {i}?",
+            chosen="good " + "x" * int(rng.integers(5, 300)) + ".",
+            rejected="bad " + "y" * int(rng.integers(5, 300)) + ".",
+        )
+        for i in range(n)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -88,13 +94,27 @@ def test_metrics_json_and_pages_agree(ensemble_report):
 def test_headline_rows_format_the_numbers():
     metrics = {
         "main": "test",
-        "sets": {"test": {"n_pairs": 10, "accuracy": 0.7, "ci_low": 0.4, "ci_high": 0.9, "tie_rate": 0.1,
-                          "calibration": {"temperature": 2.0, "temperature_source": "5 validation pairs",
-                                          "before": {"ece": 0.2, "nll": 0.9, "brier": 0.3},
-                                          "after": {"ece": 0.05, "nll": 0.6, "brier": 0.2}}}},
+        "sets": {
+            "test": {
+                "n_pairs": 10,
+                "accuracy": 0.7,
+                "ci_low": 0.4,
+                "ci_high": 0.9,
+                "tie_rate": 0.1,
+                "calibration": {
+                    "temperature": 2.0,
+                    "temperature_source": "5 validation pairs",
+                    "before": {"ece": 0.2, "nll": 0.9, "brier": 0.3},
+                    "after": {"ece": 0.05, "nll": 0.6, "brier": 0.2},
+                },
+            }
+        },
         "robustness": {"ood": {"shift": {"accuracy": 0.55, "gap": 0.15}}},
-        "probes": {"probes": {"verbosity": {"delta": -0.2}, "swap": {"delta": 0.0, "consistency": 0.9}},
-                   "worst": "verbosity", "length_correlation": 0.31},
+        "probes": {
+            "probes": {"verbosity": {"delta": -0.2}, "swap": {"delta": 0.0, "consistency": 0.9}},
+            "worst": "verbosity",
+            "length_correlation": 0.31,
+        },
     }
     assert headline_rows(metrics) == [
         ("accuracy on 'test' (10 pairs, 95% CI)", "70.0% [40.0%, 90.0%]"),
@@ -114,15 +134,31 @@ def test_headline_rows_format_the_numbers():
     metrics["probes"]["probes"]["verbosity"]["delta"] = 0.357
     metrics["probes"]["probes"]["typos"] = {"delta": -0.016}
     metrics["probes"]["worst"] = "verbosity"
-    metrics["model"] = {"calibration_fit": {"temperature": 0.5, "ci_low": 0.2, "ci_high": 3.0, "n": 39, "folds": 5,
-                                            "nll_cross_fitted": 0.71, "nll_current": 0.69, "current": 1.0,
-                                            "improves": False, "stored": False}}
-    metrics["sets"]["test"]["length_bias"] = {"matched_n": 12, "matched_accuracy": 0.75, "matched_ci_low": 0.5,
-                                              "matched_ci_high": 1.0}
+    metrics["model"] = {
+        "calibration_fit": {
+            "temperature": 0.5,
+            "ci_low": 0.2,
+            "ci_high": 3.0,
+            "n": 39,
+            "folds": 5,
+            "nll_cross_fitted": 0.71,
+            "nll_current": 0.69,
+            "current": 1.0,
+            "improves": False,
+            "stored": False,
+        }
+    }
+    metrics["sets"]["test"]["length_bias"] = {
+        "matched_n": 12,
+        "matched_accuracy": 0.75,
+        "matched_ci_low": 0.5,
+        "matched_ci_high": 1.0,
+    }
     rows = dict(headline_rows(metrics))
     assert rows["worst probe (largest change either way)"] == "verbosity (+35.7 pp)"
     assert rows["fitted T on 39 calibration pairs (95% CI; held-out NLL, 5-fold cross-fit)"] == (
-        "0.500 [0.200, 3.000]; NLL 0.7100 vs 0.6900 at T = 1: NOT adopted (it does not improve held-out NLL)")
+        "0.500 [0.200, 3.000]; NLL 0.7100 vs 0.6900 at T = 1: NOT adopted (it does not improve held-out NLL)"
+    )
     assert rows["length bias: accuracy on length-matched pairs (12, 95% CI)"] == "75.0% [50.0%, 100.0%]"
 
 

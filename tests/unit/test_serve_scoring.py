@@ -33,7 +33,11 @@ def _error(fn, body, cfg=CFG) -> RequestError:
         ("Q: hi A: Q: hi A:", "Q: hi A:", ("Q: hi A:", " Q: hi A:", "prefix")),
         ("[CLS] Q: hi A: Q: hi A:", "Q: hi A:", ("[CLS] Q: hi A:", " Q: hi A:", "contains")),
         ("Q: hello A:  fine", "Q: hello A:\n", ("Q: hello A:", "  fine", "common_prefix")),
-        ("\n\nHuman: a\n\nAssistant: b\n\nHuman: c\n\nAssistant: d", "zzz", ("\n\nHuman: a\n\nAssistant: b\n\nHuman: c\n\nAssistant:", "d", "hh_marker")),
+        (
+            "\n\nHuman: a\n\nAssistant: b\n\nHuman: c\n\nAssistant: d",
+            "zzz",
+            ("\n\nHuman: a\n\nAssistant: b\n\nHuman: c\n\nAssistant:", "d", "hh_marker"),
+        ),
         ("\n\nHuman: a\n\nAssistant:  b", "", ("\n\nHuman: a\n\nAssistant:", "b", "hh_marker")),
         ("just text", "other", ("", "just text", "whole")),
         ("just text", "", ("", "just text", "whole")),
@@ -131,12 +135,27 @@ def test_score_compare_rank_parse() -> None:
         (scoring.parse_score, {"items": []}, "items: expected at least 1 item(s), got 0", 422),
         (scoring.parse_score, {"items": [{"prompt": "p"}]}, "items[0].response: missing required field", 422),
         (scoring.parse_score, {"items": [{"response": "  "}]}, "items[0].response: must not be empty", 422),
-        (scoring.parse_score, {"items": [{"response": "x" * 21}]}, "items[0].response: too long: 21 characters > max_text_chars 20", 413),
-        (scoring.parse_score, {"items": [{"response": "r", "respons": "r"}]}, 'items[0].respons: unknown field (did you mean "response"?)', 422),
+        (
+            scoring.parse_score,
+            {"items": [{"response": "x" * 21}]},
+            "items[0].response: too long: 21 characters > max_text_chars 20",
+            413,
+        ),
+        (
+            scoring.parse_score,
+            {"items": [{"response": "r", "respons": "r"}]},
+            'items[0].respons: unknown field (did you mean "response"?)',
+            422,
+        ),
         (scoring.parse_score, {"items": ["r"]}, "items[0]: expected a JSON object, got string", 422),
         (scoring.parse_score, {"items": [{"response": "r"}] * 5}, "items: too many items: 5 > max_items 4", 413),
         (scoring.parse_compare, {"pairs": [{"response_a": "x"}]}, "pairs[0].response_b: missing required field", 422),
-        (scoring.parse_compare, {"pairs": [{"response_a": "x", "response_b": 2}]}, "pairs[0].response_b: expected a string, got integer", 422),
+        (
+            scoring.parse_compare,
+            {"pairs": [{"response_a": "x", "response_b": 2}]},
+            "pairs[0].response_b: expected a string, got integer",
+            422,
+        ),
         (scoring.parse_rank, {"responses": ["x"]}, "prompt: missing required field", 422),
         (scoring.parse_rank, {"prompt": None, "responses": ["x"]}, "prompt: expected a string, got null", 422),
         (scoring.parse_rank, {"prompt": "p", "responses": ["x", ""]}, "responses[1]: must not be empty", 422),
@@ -149,7 +168,10 @@ def test_strict_endpoints_refuse_with_field(fn, body, message: str, status: int)
 
 # ---------------------------------------------------------------------------------- aggregation
 def test_normalise_uses_each_models_own_training_stats() -> None:
-    infos = [MemberInfo("a", heads=1, reward_mean=1.0, reward_std=2.0), MemberInfo("b", heads=2, reward_mean=-1.0, reward_std=0.5)]
+    infos = [
+        MemberInfo("a", heads=1, reward_mean=1.0, reward_std=2.0),
+        MemberInfo("b", heads=2, reward_mean=-1.0, reward_std=0.5),
+    ]
     raw = torch.tensor([[3.0, 0.0, -1.5]], dtype=torch.float64)
     out = scoring.normalise_members(raw, infos, normalize=True)
     assert out.tolist() == [[1.0, 2.0, -1.0]]
@@ -157,17 +179,24 @@ def test_normalise_uses_each_models_own_training_stats() -> None:
 
 
 def test_ensemble_folder_members_are_already_normalised() -> None:
-    infos = [MemberInfo("ens", heads=2, reward_mean=3.0, reward_std=0.5, members_normalised=True), MemberInfo("b", 1, 1.0, 2.0)]
+    infos = [
+        MemberInfo("ens", heads=2, reward_mean=3.0, reward_std=0.5, members_normalised=True),
+        MemberInfo("b", 1, 1.0, 2.0),
+    ]
     out = scoring.normalise_members(torch.tensor([[0.2, -0.4, 5.0]], dtype=torch.float64), infos, normalize=True)
     assert out.tolist() == [[0.2, -0.4, 2.0]]
 
 
 def test_untrained_model_with_zero_std_is_only_centred() -> None:
-    out = scoring.normalise_members(torch.tensor([[3.0]]), [MemberInfo("a", 1, reward_mean=1.0, reward_std=0.0)], normalize=True)
+    out = scoring.normalise_members(
+        torch.tensor([[3.0]]), [MemberInfo("a", 1, reward_mean=1.0, reward_std=0.0)], normalize=True
+    )
     assert out.tolist() == [[2.0]]
 
 
-@pytest.mark.parametrize(("reward", "expected"), [("mean", 2.0), ("min", 1.0), ("lcb", 2.0 - 0.5), ("mean_minus_lambda_var", 2.0 - 3.0)])
+@pytest.mark.parametrize(
+    ("reward", "expected"), [("mean", 2.0), ("min", 1.0), ("lcb", 2.0 - 0.5), ("mean_minus_lambda_var", 2.0 - 3.0)]
+)
 def test_aggregates_and_the_configured_reward(reward: str, expected: float) -> None:
     cfg = ServeConfig(reward=reward, lam=3.0, k=0.5)
     agg = scoring.aggregate_scores(torch.tensor([[1.0, 3.0]], dtype=torch.float64), cfg)
@@ -226,8 +255,14 @@ def test_response_bodies() -> None:
     scored = scoring.score_response(agg, raw, raw, cfg)
     assert scored["reward_aggregate"] == "min"
     assert scored["results"][0] == {
-        "reward": 1.0, "mean": 2.0, "std": 1.0, "min": 1.0, "mean_minus_lambda_var": 1.0, "lcb": 1.0,
-        "members": [1.0, 3.0], "raw_members": [1.0, 3.0],
+        "reward": 1.0,
+        "mean": 2.0,
+        "std": 1.0,
+        "min": 1.0,
+        "mean_minus_lambda_var": 1.0,
+        "lcb": 1.0,
+        "members": [1.0, 3.0],
+        "raw_members": [1.0, 3.0],
     }
     ranked = scoring.rank_response(scoring.aggregate_scores(torch.tensor([[1.0], [3.0], [3.0], [2.0]]), cfg), cfg)
     assert ranked["order"] == [1, 2, 3, 0]
@@ -237,7 +272,7 @@ def test_response_bodies() -> None:
 def test_serve_config_validates_fields() -> None:
     with pytest.raises(ConfigError, match="max_batch_size: expected >= 1, got 0"):
         config_from_dict({"max_batch_size": 0}, root=ServeConfig)
-    with pytest.raises(ConfigError, match='reward: expected one of'):
+    with pytest.raises(ConfigError, match="reward: expected one of"):
         config_from_dict({"reward": "median"}, root=ServeConfig)
     with pytest.raises(ConfigError, match="device: cuda needs member_num_gpus > 0"):
         config_from_dict({"device": "cuda"}, root=ServeConfig)
@@ -245,15 +280,26 @@ def test_serve_config_validates_fields() -> None:
         config_from_dict({"ingress_max_concurrent_batches": -1}, root=ServeConfig)
     with pytest.raises(ConfigError, match="max_concurrent_batches: expected >= 1, got 0"):
         config_from_dict({"max_concurrent_batches": 0}, root=ServeConfig)
-    gpu = config_from_dict({"device": "cuda", "member_num_gpus": 0.25, "ingress_max_concurrent_batches": 0}, root=ServeConfig)
+    gpu = config_from_dict(
+        {"device": "cuda", "member_num_gpus": 0.25, "ingress_max_concurrent_batches": 0}, root=ServeConfig
+    )
     assert (gpu.device, gpu.member_num_gpus, gpu.ingress_max_concurrent_batches) == ("cuda", 0.25, 0)
 
 
 # ---------------------------------------------------------------------------------- security
 @pytest.mark.parametrize(
     ("host", "loopback"),
-    [("127.0.0.1", True), ("127.1.2.3", True), ("localhost", True), ("::1", True), ("[::1]", True),
-     ("0.0.0.0", False), ("::", False), ("10.0.0.5", False), ("example.com", False)],
+    [
+        ("127.0.0.1", True),
+        ("127.1.2.3", True),
+        ("localhost", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("10.0.0.5", False),
+        ("example.com", False),
+    ],
 )
 def test_is_loopback(host: str, loopback: bool) -> None:
     assert security.is_loopback(host) is loopback
@@ -323,7 +369,14 @@ def test_serve_config_from_a_serve_config_file(tmp_path: Path) -> None:
         "    args: {models: [a, b], reward: lcb}\n",
     )
     cfg = scoring.load_serve_config(path, ["k=2"])
-    assert (cfg.models, cfg.reward, cfg.k, cfg.port, cfg.route_prefix, cfg.app_name) == (["a", "b"], "lcb", 2.0, 8123, "/rm", "rm")
+    assert (cfg.models, cfg.reward, cfg.k, cfg.port, cfg.route_prefix, cfg.app_name) == (
+        ["a", "b"],
+        "lcb",
+        2.0,
+        8123,
+        "/rm",
+        "rm",
+    )
 
 
 def test_serve_config_file_errors_name_file_and_key(tmp_path: Path) -> None:
@@ -336,7 +389,9 @@ def test_serve_config_file_errors_name_file_and_key(tmp_path: Path) -> None:
     assert str(info.value) == (
         f"{path}: applications[0].args.host is '127.0.0.1' but http_options.host is '0.0.0.0': make them equal"
     )
-    path = _serve_yaml(tmp_path, "applications:\n  - import_path: raw_rm.serve.app:build_app\n    args: {modles: [a]}\n")
+    path = _serve_yaml(
+        tmp_path, "applications:\n  - import_path: raw_rm.serve.app:build_app\n    args: {modles: [a]}\n"
+    )
     with pytest.raises(ConfigError, match=r'applications\[0\]\.args: modles: unknown key \(did you mean "models"\?\)'):
         scoring.load_serve_config(path)
     path = _serve_yaml(tmp_path, "applications:\n  - import_path: x:y\n")
@@ -345,7 +400,9 @@ def test_serve_config_file_errors_name_file_and_key(tmp_path: Path) -> None:
 
 
 def test_serve_run_command_line_args_arrive_as_strings_and_are_parsed() -> None:
-    cfg = scoring.serve_config_from_args({"models": '["a", "b"]', "port": "9000", "reward": "lcb", "host": "127.0.0.1", "k": 2})
+    cfg = scoring.serve_config_from_args(
+        {"models": '["a", "b"]', "port": "9000", "reward": "lcb", "host": "127.0.0.1", "k": 2}
+    )
     assert (cfg.models, cfg.port, cfg.reward, cfg.host, cfg.k) == (["a", "b"], 9000, "lcb", "127.0.0.1", 2.0)
     with pytest.raises(ConfigError, match="port: expected an integer, got 'x'"):
         scoring.serve_config_from_args({"port": "x"})

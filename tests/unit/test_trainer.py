@@ -21,29 +21,55 @@ BAD = ["rude nonsense", "go away idiot", "wrong wrong wrong"]
 
 def pairs(n: int, *, aspect: str | None = None) -> list[PreferencePair]:
     return [
-        PreferencePair(prompt=f"question {i}?", chosen=GOOD[i % 3] + f" {i}", rejected=BAD[i % 3] + f" {i}" + " x" * (i % 5),
-                       weight=1.0 if i % 2 else 0.5, aspect=aspect, source=f"t:{i}")
+        PreferencePair(
+            prompt=f"question {i}?",
+            chosen=GOOD[i % 3] + f" {i}",
+            rejected=BAD[i % 3] + f" {i}" + " x" * (i % 5),
+            weight=1.0 if i % 2 else 0.5,
+            aspect=aspect,
+            source=f"t:{i}",
+        )
         for i in range(n)
     ]
 
 
 def groups(n: int) -> list[RankedGroup]:
-    return [RankedGroup(prompt=f"q {i}", responses=[GOOD[i % 3], "okay-ish answer", BAD[i % 3]], ranks=[0, 1, 2]) for i in range(n)]
+    return [
+        RankedGroup(prompt=f"q {i}", responses=[GOOD[i % 3], "okay-ish answer", BAD[i % 3]], ranks=[0, 1, 2])
+        for i in range(n)
+    ]
 
 
 def ratings(n: int) -> list[RatedResponse]:
     out = []
     for i in range(n):
-        out.append(RatedResponse(prompt=f"q {i}", response=GOOD[i % 3], ratings={"helpfulness": 1.0, "harmlessness": 0.5}))
-        out.append(RatedResponse(prompt=f"q {i}", response=BAD[i % 3], ratings={"helpfulness": -1.0, "harmlessness": -0.5}))
+        out.append(
+            RatedResponse(prompt=f"q {i}", response=GOOD[i % 3], ratings={"helpfulness": 1.0, "harmlessness": 0.5})
+        )
+        out.append(
+            RatedResponse(prompt=f"q {i}", response=BAD[i % 3], ratings={"helpfulness": -1.0, "harmlessness": -0.5})
+        )
     return out
 
 
 def make_cfg(tmp_path, *, arch: str = "concat", loss: str = "bt", **train) -> Config:
-    train = {"batch_size": 8, "lr": 3e-3, "warmup_ratio": 0.0, "schedule": "constant", "precision": "fp32",
-             "progress": False, "output_dir": str(tmp_path / "run"), "log_every_steps": 1, **train}
-    model = ModelConfig(arch=arch, backbone="tiny-bert", dropout=0.0, num_heads=3, aspects=["helpfulness", "harmlessness"])
-    return Config(data=DataConfig(max_len_tokens=32), model=model, loss=LossConfig(name=loss), train=TrainConfig(**train))
+    train = {
+        "batch_size": 8,
+        "lr": 3e-3,
+        "warmup_ratio": 0.0,
+        "schedule": "constant",
+        "precision": "fp32",
+        "progress": False,
+        "output_dir": str(tmp_path / "run"),
+        "log_every_steps": 1,
+        **train,
+    }
+    model = ModelConfig(
+        arch=arch, backbone="tiny-bert", dropout=0.0, num_heads=3, aspects=["helpfulness", "harmlessness"]
+    )
+    return Config(
+        data=DataConfig(max_len_tokens=32), model=model, loss=LossConfig(name=loss), train=TrainConfig(**train)
+    )
 
 
 def make_trainer(cfg: Config, train, val=(), **kwargs) -> RewardModelTrainer:
@@ -82,7 +108,9 @@ def test_every_group_loss_goes_down_on_a_fixed_batch(tmp_path, loss):
     assert after < before, f"{loss}: {before} -> {after}"
 
 
-@pytest.mark.parametrize("arch", ["concat", "separate", "cross_attention", "multi_objective", "hierarchical", "multihead"])
+@pytest.mark.parametrize(
+    "arch", ["concat", "separate", "cross_attention", "multi_objective", "hierarchical", "multihead"]
+)
 def test_every_arch_goes_down_on_a_fixed_batch(tmp_path, arch):
     trainer = make_trainer(make_cfg(tmp_path, arch=arch), pairs(8))
     before, after = trains_down(trainer)
@@ -146,6 +174,7 @@ def test_gradient_accumulation_equals_one_big_batch(tmp_path):
         # which would turn float noise in near-zero gradients into visible weight differences
         def step(*args, **kwargs):
             grads[key] = [p.grad.clone() for p in trainer.model.parameters()]
+
         trainer.optimizer.step = step
 
     capture(big, "big")
@@ -184,8 +213,16 @@ def test_resume_mid_epoch_gives_the_uninterrupted_weights(tmp_path):
     data, val = pairs(24), pairs(4)
 
     def cfg(name, **kw):
-        c = make_cfg(tmp_path / name, batch_size=4, epochs=2, checkpoint_every_steps=4, lr=1e-3,
-                     warmup_ratio=0.2, schedule="cosine", **kw)
+        c = make_cfg(
+            tmp_path / name,
+            batch_size=4,
+            epochs=2,
+            checkpoint_every_steps=4,
+            lr=1e-3,
+            warmup_ratio=0.2,
+            schedule="cosine",
+            **kw,
+        )
         c.model.dropout = 0.1  # dropout draws from the RNG: resume must restore it
         c.model.arch = "multihead"
         c.model.bootstrap = True
@@ -239,9 +276,22 @@ def test_val_metrics_and_step_metrics(tmp_path):
 
     trainer = make_trainer(make_cfg(tmp_path, max_steps=2), pairs(16), pairs(4), callbacks=[Spy()])
     result = trainer.fit()
-    assert {"val_loss", "val_accuracy", "val_nll", "val_ece", "val_reward_mean", "val_reward_std"} <= set(result.final_metrics)
-    expected = {"loss", "accuracy", "reward_mean", "reward_std", "margin_mean", "grad_norm", "lr", "pairs_per_s",
-                "tokens_per_s", "padding_fraction", "n_truncated"}
+    assert {"val_loss", "val_accuracy", "val_nll", "val_ece", "val_reward_mean", "val_reward_std"} <= set(
+        result.final_metrics
+    )
+    expected = {
+        "loss",
+        "accuracy",
+        "reward_mean",
+        "reward_std",
+        "margin_mean",
+        "grad_norm",
+        "lr",
+        "pairs_per_s",
+        "tokens_per_s",
+        "padding_fraction",
+        "n_truncated",
+    }
     assert len(seen) == 2 and expected <= set(seen[0])
     assert seen[0]["lr"] == pytest.approx(3e-3)  # constant schedule, no warm-up
 
@@ -251,7 +301,11 @@ def test_lr_schedule_shapes():
     assert [linear(s) for s in (0, 1)] == [pytest.approx(1 / 3), pytest.approx(2 / 3)]
     assert linear(2) == 1.0 and linear(6) == pytest.approx(0.5) and linear(10) == 0.0
     cosine = lr_lambda(10, 2, "cosine")
-    assert cosine(2) == 1.0 and cosine(6) == pytest.approx(0.5) and cosine(4) == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))
+    assert (
+        cosine(2) == 1.0
+        and cosine(6) == pytest.approx(0.5)
+        and cosine(4) == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))
+    )
     assert lr_lambda(10, 2, "constant")(9) == 1.0
     with pytest.raises(ConfigError, match="train.schedule"):
         lr_lambda(10, 2, "step")
@@ -305,6 +359,8 @@ def test_train_layers_trains_only_the_top_layers_and_the_head(tmp_path, backbone
     trainable = {name for name, p in trainer.model.named_parameters() if p.requires_grad}
     assert moved and moved <= trainable
     optimised = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
-    assert optimised == {id(p) for p in trainer.model.parameters() if p.requires_grad}  # no AdamW state for frozen weights
+    assert optimised == {
+        id(p) for p in trainer.model.parameters() if p.requires_grad
+    }  # no AdamW state for frozen weights
     assert not any("embed" in name or "wte" in name or "wpe" in name for name in trainable)
     assert any(".0." in name for name in before) and not any(".0." in name for name in trainable)  # layer 0 frozen

@@ -8,7 +8,9 @@ import pytest
 from raw_rm.config import Config, ConfigError, load_config
 from raw_rm.tune.space import DefineByRunSpace, ParamSpec, baseline_point, parse_space, trial_config
 
-KNOWN_LOSSES = "bt, margin, contrastive, focal, triplet, label_smoothing, kwise_adjacent, kwise_all_pairs, plackett_luce"
+KNOWN_LOSSES = (
+    "bt, margin, contrastive, focal, triplet, label_smoothing, kwise_adjacent, kwise_all_pairs, plackett_luce"
+)
 
 
 @pytest.fixture()
@@ -67,7 +69,10 @@ def test_group_loss_on_pairs_and_a_condition_on_a_loss_that_ignores_the_paramete
     ]
     with pytest.raises(ConfigError) as info:
         parse_space({**space, "loss.name": {"choice": ["bt", "focal"]}}, base)
-    assert str(info.value) == 'tune.space: loss.contrastive_tau: when: loss "focal" does not read contrastive_tau (losses that do: contrastive)'
+    assert (
+        str(info.value)
+        == 'tune.space: loss.contrastive_tau: when: loss "focal" does not read contrastive_tau (losses that do: contrastive)'
+    )
 
 
 def test_loss_parameters_are_conditioned_on_the_losses_that_read_them(base: Config) -> None:
@@ -81,14 +86,22 @@ def test_loss_parameters_are_conditioned_on_the_losses_that_read_them(base: Conf
     assert [s.path for s in specs] == ["loss.name", "train.lr", "loss.contrastive_tau", "loss.gamma"]
     assert specs[2] == ParamSpec("loss.contrastive_tau", "loguniform", (0.05, 5), (("loss.name", ("contrastive",)),))
     assert specs[3].when == (("loss.name", ("focal",)),)
-    assert baseline_point(specs, base) == {"loss.name": "bt", "train.lr": 1.0e-4, "loss.contrastive_tau": None, "loss.gamma": None}
+    assert baseline_point(specs, base) == {
+        "loss.name": "bt",
+        "train.lr": 1.0e-4,
+        "loss.contrastive_tau": None,
+        "loss.gamma": None,
+    }
 
 
 @pytest.mark.parametrize(
     ("fixed", "asked"),
     [
         ({"loss.name": "bt", "train.lr": 2.0e-4}, {"loss.name", "train.lr"}),
-        ({"loss.name": "contrastive", "train.lr": 2.0e-4, "loss.contrastive_tau": 0.3}, {"loss.name", "train.lr", "loss.contrastive_tau"}),
+        (
+            {"loss.name": "contrastive", "train.lr": 2.0e-4, "loss.contrastive_tau": 0.3},
+            {"loss.name", "train.lr", "loss.contrastive_tau"},
+        ),
         ({"loss.name": "focal", "train.lr": 2.0e-4, "loss.gamma": 3.0}, {"loss.name", "train.lr", "loss.gamma"}),
     ],
 )
@@ -148,7 +161,10 @@ def test_run_tune_rejects_an_unknown_loss_before_any_trial_starts(tmp_path) -> N
     ("overrides", "message"),
     [
         ({"tune.metric": "val_nll", "tune.mode": "max"}, "tune.metric=val_nll is better when lower: set tune.mode=min"),
-        ({"tune.metric": "accuracy"}, "tune.metric='accuracy': trials report validation metrics, e.g. val_accuracy, val_nll, val_ece, val_loss"),
+        (
+            {"tune.metric": "accuracy"},
+            "tune.metric='accuracy': trials report validation metrics, e.g. val_accuracy, val_nll, val_ece, val_loss",
+        ),
         ({"tune.resume": True, "tune.name": None}, "tune.resume=true needs tune.name: the experiment to continue"),
     ],
 )
@@ -185,14 +201,20 @@ def test_an_architecture_parameter_without_its_architecture_fails_before_any_tri
     assert str(info.value) == (
         "tune.space: model.cross_attention_layers: only model.arch cross_attention reads it, but the base config has "
         "model.arch=concat and model.arch is not searched: search model.arch with cross_attention among its choices, "
-        "or set model.arch=cross_attention")
+        "or set model.arch=cross_attention"
+    )
     with pytest.raises(ConfigError) as info:
         parse_space({"model.arch": {"choice": ["concat", "separate"]}, "model.num_heads": {"randint": [2, 6]}}, base)
-    assert str(info.value) == ("tune.space: model.num_heads: none of the searched architectures ['concat', 'separate'] "
-                               "reads it (architectures that do: multihead)")
-    space = {"model.arch": {"choice": ["concat", "separate"]},
-             "model.fusion": {"choice": ["concat", "product"], "when": {"model.arch": ["concat", "separate"]}}}
+    assert str(info.value) == (
+        "tune.space: model.num_heads: none of the searched architectures ['concat', 'separate'] "
+        "reads it (architectures that do: multihead)"
+    )
+    space = {
+        "model.arch": {"choice": ["concat", "separate"]},
+        "model.fusion": {"choice": ["concat", "product"], "when": {"model.arch": ["concat", "separate"]}},
+    }
     with pytest.raises(ConfigError) as info:
         parse_space(space, base)
-    assert str(info.value) == ("tune.space: model.fusion: when: model.arch 'concat' does not read it (architectures "
-                               "that do: separate)")
+    assert str(info.value) == (
+        "tune.space: model.fusion: when: model.arch 'concat' does not read it (architectures that do: separate)"
+    )

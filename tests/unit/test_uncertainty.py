@@ -51,7 +51,9 @@ def test_aggregate_one_member_has_zero_spread() -> None:
     out = aggregate(np.array([[0.7], [-1.0]]))
     torch.testing.assert_close(out["std"], t([0.0, 0.0]))
     torch.testing.assert_close(out["lcb"], t([0.7, -1.0]))
-    with pytest.raises(ValueError, match=r"member_rewards: expected member rewards of shape \(N, K\) with K >= 1, got \(3,\)"):
+    with pytest.raises(
+        ValueError, match=r"member_rewards: expected member rewards of shape \(N, K\) with K >= 1, got \(3,\)"
+    ):
         aggregate([1.0, 2.0, 3.0])
 
 
@@ -106,12 +108,15 @@ def test_pair_scores_ignore_offsets_shared_by_both_responses() -> None:
     # offset to a and b, different per pair and member, must not change any pair score.
     offset = torch.randn(POOL_A.shape, generator=torch.Generator().manual_seed(0), dtype=POOL_A.dtype) * 10
     for strategy in ("std", "disagreement", "margin"):
-        torch.testing.assert_close(selection_scores(strategy, POOL_A + offset, POOL_B + offset),
-                                   selection_scores(strategy, POOL_A, POOL_B))
+        torch.testing.assert_close(
+            selection_scores(strategy, POOL_A + offset, POOL_B + offset), selection_scores(strategy, POOL_A, POOL_B)
+        )
 
 
 def test_std_score_ignores_a_common_scale() -> None:
-    torch.testing.assert_close(selection_scores("std", 3 * POOL_A, 3 * POOL_B)[2:3], selection_scores("std", POOL_A, POOL_B)[2:3])
+    torch.testing.assert_close(
+        selection_scores("std", 3 * POOL_A, 3 * POOL_B)[2:3], selection_scores("std", POOL_A, POOL_B)[2:3]
+    )
 
 
 def test_random_selection_is_seeded() -> None:
@@ -123,7 +128,9 @@ def test_random_selection_is_seeded() -> None:
 
 
 def test_selection_errors_and_ties() -> None:
-    with pytest.raises(ValueError, match='unknown selection strategy "entropy"; valid: std, disagreement, margin, random'):
+    with pytest.raises(
+        ValueError, match='unknown selection strategy "entropy"; valid: std, disagreement, margin, random'
+    ):
         selection_scores("entropy", POOL_A, POOL_B)
     with pytest.raises(ValueError, match="k=5 but the pool has 4 pairs"):
         select_top_k([0.0, 1.0, 2.0, 3.0], 5)
@@ -154,7 +161,9 @@ def test_reference_distribution_round_trips_through_json() -> None:
     assert ref.proportions == [0.25, 0.25, 0.25, 0.25]
     again = ReferenceDistribution.from_dict(json.loads(json.dumps(ref.to_dict())))
     assert again == ref
-    with pytest.raises(ValueError, match=r"expected keys \['edges', 'mean', 'n', 'proportions', 'std'\], got \['edges'\]"):
+    with pytest.raises(
+        ValueError, match=r"expected keys \['edges', 'mean', 'n', 'proportions', 'std'\], got \['edges'\]"
+    ):
         ReferenceDistribution.from_dict({"edges": []})
     with pytest.raises(ValueError, match="2 proportions for 2 edges; expected len"):
         ReferenceDistribution(edges=[0.0, 1.0], proportions=[0.5, 0.5], n=2, mean=0.0, std=1.0)
@@ -181,7 +190,9 @@ def test_rolling_monitor_matches_batch_statistics_under_threads() -> None:
     ref = ReferenceDistribution.from_sample(rng.normal(size=2000))
     monitor = RollingDriftMonitor(ref, window=500)
     values = rng.normal(0.5, 1.0, size=(4, 300))
-    threads = [threading.Thread(target=lambda v=v: [monitor.update(v[i : i + 10]) for i in range(0, 300, 10)]) for v in values]
+    threads = [
+        threading.Thread(target=lambda v=v: [monitor.update(v[i : i + 10]) for i in range(0, 300, 10)]) for v in values
+    ]
     for th in threads:
         th.start()
     for th in threads:

@@ -38,8 +38,11 @@ __all__ = [
     "record_kind",
 ]
 
-OBJECTIVES: dict[str, type[Objective]] = {"pairs": PairsObjective, "groups": GroupsObjective,
-                                          "ratings": RatingsObjective}
+OBJECTIVES: dict[str, type[Objective]] = {
+    "pairs": PairsObjective,
+    "groups": GroupsObjective,
+    "ratings": RatingsObjective,
+}
 
 
 def build_objective(
@@ -76,8 +79,10 @@ def build_objective(
         length_head = bool(getattr(getattr(model, "model_cfg", None), "length_head", False))
         terms = build_pair_terms(cfg.loss, length_head=length_head, data_kind=kind)
         if terms.active or terms.temperature is not None or length_head:
-            raise ConfigError("distillation trains on the teacher's rewards: the calibration and length terms "
-                              "(loss.*_coef, loss.learned_temperature, model.length_head) do not apply; switch them off")
+            raise ConfigError(
+                "distillation trains on the teacher's rewards: the calibration and length terms "
+                "(loss.*_coef, loss.learned_temperature, model.length_head) do not apply; switch them off"
+            )
     if cfg.loss.uncertainty_weighting and not objective.supports_uncertainty_weighting:
         raise ConfigError(
             "loss.uncertainty_weighting=true needs pairs and an ensemble of heads to measure disagreement: use "

@@ -25,8 +25,10 @@ _KINDS = {PreferencePair: "pairs", RankedGroup: "groups", RatedResponse: "rating
 def packing_pad_id(model: nn.Module, tokenizer: Any) -> int:
     """The pad id for ``train.packing``, once the model is known to take packed rows; else a ConfigError."""
     if not isinstance(model, RewardModel):
-        raise ConfigError(f"train.packing=true needs model.arch=concat (one sequence per reward), got "
-                          f"{getattr(model, 'arch', type(model).__name__)}")
+        raise ConfigError(
+            f"train.packing=true needs model.arch=concat (one sequence per reward), got "
+            f"{getattr(model, 'arch', type(model).__name__)}"
+        )
     try:
         check_packable(model.backbone_config, model.pooling)
     except ValueError as exc:
@@ -35,7 +37,7 @@ def packing_pad_id(model: nn.Module, tokenizer: Any) -> int:
 
 
 def record_kind(records: Sequence[Any]) -> str:
-    """"pairs", "groups" or "ratings" from the records' type (all records must share it)."""
+    """ "pairs", "groups" or "ratings" from the records' type (all records must share it)."""
     kinds = {type(r) for r in records}
     if len(kinds) != 1 or next(iter(kinds)) not in _KINDS:
         raise TypeError(
@@ -64,8 +66,9 @@ class Objective(ABC):
     def __init__(self, cfg: Config, model: nn.Module, tokenizer: Any) -> None:
         self.cfg = cfg
         self.model = model
-        self.collator = self.build_collator(tokenizer, max_len_tokens=cfg.data.max_len_tokens,
-                                            input_kind=model.input_kind)
+        self.collator = self.build_collator(
+            tokenizer, max_len_tokens=cfg.data.max_len_tokens, input_kind=model.input_kind
+        )
         self.pack_pad_id = packing_pad_id(model, tokenizer) if cfg.train.packing else None
 
     # -------------------------------------------------------------------------------- kind-specific
@@ -102,8 +105,9 @@ class Objective(ABC):
         batch = dict(self.collator([records[i] for i in indices]))
         batch["index"] = torch.as_tensor(list(indices), dtype=torch.long)
         if self.pack_pad_id is not None:  # train.packing: rows as before for the loss, no pad tokens computed
-            batch["features"] = pack_features(batch["features"], pad_id=self.pack_pad_id,
-                                              row_tokens=self.cfg.data.max_len_tokens)
+            batch["features"] = pack_features(
+                batch["features"], pad_id=self.pack_pad_id, row_tokens=self.cfg.data.max_len_tokens
+            )
             batch["n_padded"] = batch["features"]["input_ids"].numel() - int(batch["n_tokens"])
         return batch
 
@@ -116,8 +120,11 @@ class Objective(ABC):
         """``loss``'s parts (no training-only terms) plus ``loss``, ``n`` (items), ``n_truncated`` and ``index``."""
         loss, parts = self.loss(output, batch, training=False)
         return {
-            **parts, "loss": loss.detach().float(), "n": torch.tensor(self.n_items(batch)),
-            "n_truncated": torch.tensor(int(batch.get("n_truncated", 0))), "index": batch["index"],
+            **parts,
+            "loss": loss.detach().float(),
+            "n": torch.tensor(self.n_items(batch)),
+            "n_truncated": torch.tensor(int(batch.get("n_truncated", 0))),
+            "index": batch["index"],
         }
 
     def rewards(self, parts: list[Parts]) -> torch.Tensor:
@@ -168,8 +175,11 @@ class PreferenceObjective(Objective):
         # P(chosen > rejected) under the stored calibration temperature; labels all 1 (metrics symmetrises).
         cal = M.calibration_error(M.pair_probabilities((chosen - rejected).numpy(), temperature))
         return {
-            "val_accuracy": float(acc["accuracy"]), "val_accuracy_ci_low": float(acc["ci_low"]),
-            "val_accuracy_ci_high": float(acc["ci_high"]), "val_nll": float(cal["nll"]), "val_ece": float(cal["ece"]),
+            "val_accuracy": float(acc["accuracy"]),
+            "val_accuracy_ci_low": float(acc["ci_low"]),
+            "val_accuracy_ci_high": float(acc["ci_high"]),
+            "val_nll": float(cal["nll"]),
+            "val_ece": float(cal["ece"]),
         }
 
 

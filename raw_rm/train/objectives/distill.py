@@ -44,8 +44,13 @@ class DistillObjective(PairsObjective):
     """Pairs batches plus ``teacher`` (2B,) normalised teacher rewards, rows in the features' order."""
 
     def __init__(
-        self, cfg: Config, model: nn.Module, tokenizer: Any, train_records: Sequence[PreferencePair],
-        *, distillation: Distillation,
+        self,
+        cfg: Config,
+        model: nn.Module,
+        tokenizer: Any,
+        train_records: Sequence[PreferencePair],
+        *,
+        distillation: Distillation,
     ) -> None:
         super().__init__(cfg, model, tokenizer, train_records)
         alpha, temperature = distillation.alpha, distillation.distill_temperature

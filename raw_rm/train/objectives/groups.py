@@ -42,8 +42,12 @@ class GroupsObjective(PreferenceObjective):
         grouped = rewards[index]  # (G, Kmax); padded slots hold some row's reward, masked out by the loss
         if output.members is not None and self.n_heads > 1:
             counts = self.bootstrap if training else None
-            loss = per_head_loss(output.members, lambda k, col: self.loss_fn(
-                col[index], ranks, mask, weight=head_weight(counts, None, batch, k, device)))
+            loss = per_head_loss(
+                output.members,
+                lambda k, col: self.loss_fn(
+                    col[index], ranks, mask, weight=head_weight(counts, None, batch, k, device)
+                ),
+            )
         else:
             loss = self.loss_fn(grouped, ranks, mask)
         chosen, rejected = group_pairs(grouped.detach(), ranks, mask)

@@ -60,8 +60,9 @@ class PairsObjective(PreferenceObjective):
     def build_collator(self, tokenizer: Any, *, max_len_tokens: int, input_kind: str) -> Any:
         # With a learned temperature, a hash-chosen share of the prompts is held out to fit it (batch["calibration"]).
         held_out = self.cfg.loss.calibration_fraction if self.cfg.loss.learned_temperature else 0.0
-        return PairCollator(tokenizer, max_len_tokens=max_len_tokens, input_kind=input_kind,
-                            calibration_fraction=held_out)
+        return PairCollator(
+            tokenizer, max_len_tokens=max_len_tokens, input_kind=input_kind, calibration_fraction=held_out
+        )
 
     @property
     def supports_uncertainty_weighting(self) -> bool:
@@ -72,8 +73,9 @@ class PairsObjective(PreferenceObjective):
         (the head of each pair's aspect, -1 for the combined reward)."""
         batch = super().collate(records, indices)
         if self.aspects:
-            aspect_index = [self.aspects.index(records[i].aspect) if records[i].aspect is not None else -1
-                            for i in indices]
+            aspect_index = [
+                self.aspects.index(records[i].aspect) if records[i].aspect is not None else -1 for i in indices
+            ]
             batch["aspect_index"] = torch.as_tensor(aspect_index, dtype=torch.long)
         return batch
 
@@ -91,16 +93,26 @@ class PairsObjective(PreferenceObjective):
             members = members.float()
             weight = example_weights(self.cfg.loss, data_weight, members[:b], members[b:])
             counts = self.bootstrap if training else None
-            loss = per_head_loss(members, lambda k, col: self.loss_fn(
-                col[:b], col[b:], margin=margin, weight=head_weight(counts, weight, batch, k, device)))
+            loss = per_head_loss(
+                members,
+                lambda k, col: self.loss_fn(
+                    col[:b], col[b:], margin=margin, weight=head_weight(counts, weight, batch, k, device)
+                ),
+            )
         else:
             length_rewards = output.length_rewards
             ortho = self.model.head_orthogonality() if self.cfg.loss.orthogonal_coef > 0 else None
             loss, _ = self.terms(
-                self.loss_fn, chosen, rejected, margin=margin, weight=example_weights(self.cfg.loss, data_weight),
+                self.loss_fn,
+                chosen,
+                rejected,
+                margin=margin,
+                weight=example_weights(self.cfg.loss, data_weight),
                 lengths=batch["response_tokens"].to(device) if self.terms.needs_lengths else None,
                 length_rewards=None if length_rewards is None else length_rewards.float(),
-                heldout=batch["calibration"].to(device) if "calibration" in batch else None, orthogonality=ortho)
+                heldout=batch["calibration"].to(device) if "calibration" in batch else None,
+                orthogonality=ortho,
+            )
         loss = loss + reward_regularisers(self.cfg.loss, chosen, rejected)
         return loss, {"chosen": chosen.detach(), "rejected": rejected.detach()}
 
@@ -114,8 +126,9 @@ class PairsObjective(PreferenceObjective):
         """Store the learned temperature as the model's calibration temperature."""
         if self.terms.temperature is not None:
             model.metadata.temperature = self.terms.temperature.value()
-            logger.info("learned temperature T = %.4f (fitted on the held-out calibration pairs)",
-                        model.metadata.temperature)
+            logger.info(
+                "learned temperature T = %.4f (fitted on the held-out calibration pairs)", model.metadata.temperature
+            )
 
     def n_items(self, batch: Batch) -> int:
         return int(batch["n_pairs"])
