@@ -215,9 +215,9 @@ def _label_everything(server: LabelServer, tokens: dict[str, str]) -> None:
 
 def _register(model_dir: Path, mlflow_uri: str, tmp_path: Path) -> str:
     """Log ``model_dir`` in a tracked run and register it; returns its ``models:/NAME@candidate`` URI."""
-    from raw_rm import registry
     from raw_rm.config import Config, apply_overrides
-    from raw_rm.tracking import tracking
+    from raw_rm.tracking import registry
+    from raw_rm.tracking.runs import tracking
 
     cfg = apply_overrides(
         Config(),
@@ -229,7 +229,7 @@ def _register(model_dir: Path, mlflow_uri: str, tmp_path: Path) -> str:
     )
     with tracking(cfg, run_name="label-test") as run:
         run.log_model(model_dir)
-    registry.register_model(run.run_id, "model", "label-test", tracking_uri=mlflow_uri)
+    registry.register_version(run.run_id, "model", "label-test", tracking_uri=mlflow_uri)
     return "models:/label-test@candidate"
 
 
