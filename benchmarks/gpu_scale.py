@@ -193,6 +193,29 @@ def run_combo(shape_name, combo, batches, *, args, vocab, pad_id, device, dtype)
     }
 
 
+def step_timer(device, *, warmup: int):
+    """A ``transformers`` callback timing each optimiser step (GPU synchronised) after ``warmup`` steps."""
+    from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        def __init__(self):
+            self.times: list[float] = []
+            self.start = 0.0
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            self.start = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if state.global_step > warmup:
+                self.times.append(time.perf_counter() - self.start)
+
+    return StepTimer()
+
+
 def run_trl(shape_name, batches, *, args, vocab, pad_id, device):
     """TRL's RewardTrainer on the same model shape, batches (as pre-tokenised pairs) and steps; None without TRL."""
     try:
@@ -229,20 +252,29 @@ def run_trl(shape_name, batches, *, args, vocab, pad_id, device):
         gradient_checkpointing=False,
         disable_dropout=True,
     )
-    trainer = RewardTrainer(model=hf, args=trl_cfg, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+    timer = step_timer(device, warmup=args.warmup)
+    trainer = RewardTrainer(
+        model=hf,
+        args=trl_cfg,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        callbacks=[timer],
+    )
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
     trainer.train()
-    elapsed = time.perf_counter() - start
-    tokens = sum(len(r["chosen_input_ids"]) + len(r["rejected_input_ids"]) for r in rows)
+    # TRL shuffles rows into its batches: tokens per timed step are the mean over all steps' rows
+    tokens_per_step = sum(len(r["chosen_input_ids"]) + len(r["rejected_input_ids"]) for r in rows) / (
+        args.warmup + args.steps
+    )
     peak = torch.cuda.max_memory_allocated() / GIB if device.type == "cuda" else float("nan")
     return {
         "size": shape_name,
         "combo": "TRL RewardTrainer (padded)",
-        "tokens_per_s": tokens / elapsed,
+        "tokens_per_s": tokens_per_step * len(timer.times) / sum(timer.times),
+        "median_step_s": statistics.median(timer.times),
         "peak_gib": peak,
-        "note": "includes warm-up steps and TRL's collation",
+        "note": "timed like raw_rm's rows: optimiser steps after the warm-up, TRL's collation included",
     }
 
 
@@ -258,18 +290,37 @@ def main() -> int:
     parser.add_argument("--attn", default="sdpa", choices=["sdpa", "eager", "flash_attention_2"])
     parser.add_argument("--data", type=Path, default=DATA / "hh-rlhf-harmless" / "pairs.jsonl.gz")
     parser.add_argument("--long-data", type=Path, default=DATA / "qa-feedback" / "dev_feedback.json.gz")
+    parser.add_argument(
+        "--lengths",
+        type=Path,
+        default=None,
+        help="read the (chosen, rejected) token lengths from this JSON instead of the data (a GPU machine without it)",
+    )
+    parser.add_argument("--save-lengths", type=Path, default=None, help="write the measured lengths here and exit")
     parser.add_argument("--no-trl", action="store_true")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
+    tokenizer = load_tokenizer("tiny-gpt2")
+    vocab, pad_id = len(tokenizer), tokenizer.pad_token_id
+    if args.save_lengths:  # before the CPU trim below: the lengths are for the GPU run's batch x steps
+        lengths = text_lengths(
+            tokenizer, hh=args.data, long=args.long_data, n=args.batch * (args.warmup + args.steps), seed=0
+        )
+        args.save_lengths.write_text(json.dumps(lengths))
+        print(f"wrote {len(lengths)} (chosen, rejected) token lengths to {args.save_lengths}")
+        return 0
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu_smoke else "cpu")
     if device.type == "cpu":
         args.sizes, args.max_len, args.batch = ["tiny"], min(args.max_len, 512), min(args.batch, 4)
         args.steps, args.warmup = min(args.steps, 3), min(args.warmup, 1)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    tokenizer = load_tokenizer("tiny-gpt2")
-    vocab, pad_id = len(tokenizer), tokenizer.pad_token_id
     n_pairs = args.batch * (args.warmup + args.steps)
-    lengths = text_lengths(tokenizer, hh=args.data, long=args.long_data, n=n_pairs, seed=0)
+    if args.lengths:
+        lengths = [tuple(pair) for pair in json.loads(args.lengths.read_text())][:n_pairs]
+        if len(lengths) < n_pairs:
+            raise SystemExit(f"--lengths {args.lengths}: {len(lengths)} pairs, {n_pairs} needed (batch x steps)")
+    else:
+        lengths = text_lengths(tokenizer, hh=args.data, long=args.long_data, n=n_pairs, seed=0)
     batches = make_batches(lengths, batch=args.batch, max_len=args.max_len, vocab=vocab, pad_id=pad_id, seed=0)
     facts = machine_facts(
         device=device.type,
